@@ -1,0 +1,130 @@
+//! Filesystem helpers shared by every stage: path resolution confined to a root directory
+//! and atomic file writes.
+
+use anyhow::{Context, Result, bail};
+use std::ffi::OsStr;
+use std::fs;
+use std::io::Write;
+use std::path::{Component, Path, PathBuf};
+
+/// Maximum symlinks followed while resolving one path (Linux's MAXSYMLINKS).
+const MAX_SYMLINKS: usize = 40;
+
+/// Resolves `path` (absolute or relative, as seen inside the container) under `root`,
+/// following symlinks component by component as if `root` were `/`: `..` and absolute
+/// symlink targets never leave `root`, as `openat2(RESOLVE_IN_ROOT)` does.
+///
+/// When `follow_last` is false the last component is not followed (for lstat-like use).
+/// Missing components are allowed; the rest of the path is appended literally.
+pub fn resolve_in_root(root: &Path, path: &Path, follow_last: bool) -> Result<PathBuf> {
+    let mut resolved: Vec<std::ffi::OsString> = Vec::new();
+    let mut pending: Vec<std::ffi::OsString> = components_rev(path);
+    let mut links = 0;
+    while let Some(comp) = pending.pop() {
+        if comp == ".." {
+            resolved.pop();
+            continue;
+        }
+        if comp == "." || comp.is_empty() {
+            continue;
+        }
+        let is_last = pending.is_empty();
+        let mut candidate = root.to_path_buf();
+        candidate.extend(resolved.iter());
+        candidate.push(&comp);
+        if is_last && !follow_last {
+            resolved.push(comp);
+            break;
+        }
+        match fs::symlink_metadata(&candidate) {
+            Ok(md) if md.file_type().is_symlink() => {
+                links += 1;
+                if links > MAX_SYMLINKS {
+                    bail!("resolving {}: too many levels of symbolic links", path.display());
+                }
+                let target = fs::read_link(&candidate)
+                    .with_context(|| format!("reading symlink {}", candidate.display()))?;
+                if target.is_absolute() {
+                    resolved.clear();
+                }
+                pending.extend(components_rev(&target));
+            }
+            _ => resolved.push(comp),
+        }
+    }
+    let mut out = root.to_path_buf();
+    out.extend(resolved.iter());
+    Ok(out)
+}
+
+fn components_rev(path: &Path) -> Vec<std::ffi::OsString> {
+    let mut v: Vec<std::ffi::OsString> = path
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s.to_os_string()),
+            Component::ParentDir => Some(OsStr::new("..").to_os_string()),
+            _ => None,
+        })
+        .collect();
+    v.reverse();
+    v
+}
+
+/// Writes `data` to `path` atomically: a temp file in the same directory, fsync, rename,
+/// then fsync of the directory. Readers see the old or the new content, never a mix.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path.parent().context("atomic write: path has no parent")?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    tmp.write_all(data).with_context(|| format!("writing {}", path.display()))?;
+    tmp.as_file().sync_all().with_context(|| format!("syncing {}", path.display()))?;
+    tmp.persist(path).map_err(|e| e.error).with_context(|| format!("renaming into {}", path.display()))?;
+    sync_dir(dir)
+}
+
+/// fsyncs a directory so that a rename inside it is durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("syncing directory {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn resolve_stays_in_root() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        fs::create_dir_all(root.join("a/b")).unwrap();
+        symlink("/", root.join("a/up")).unwrap();
+        symlink("../../../../etc", root.join("a/b/esc")).unwrap();
+        symlink("b", root.join("a/rel")).unwrap();
+        assert_eq!(resolve_in_root(root, Path::new("/a/up/a/b"), true).unwrap(), root.join("a/b"));
+        assert_eq!(resolve_in_root(root, Path::new("a/b/esc/passwd"), true).unwrap(), root.join("etc/passwd"));
+        assert_eq!(resolve_in_root(root, Path::new("../../x"), true).unwrap(), root.join("x"));
+        assert_eq!(resolve_in_root(root, Path::new("/a/rel"), true).unwrap(), root.join("a/b"));
+        assert_eq!(resolve_in_root(root, Path::new("/a/rel"), false).unwrap(), root.join("a/rel"));
+    }
+
+    #[test]
+    fn symlink_loop_is_an_error() {
+        let t = tempfile::tempdir().unwrap();
+        symlink("l2", t.path().join("l1")).unwrap();
+        symlink("l1", t.path().join("l2")).unwrap();
+        assert!(resolve_in_root(t.path(), Path::new("/l1/x"), true).is_err());
+    }
+
+    #[test]
+    fn atomic_write_replaces() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("f");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+    }
+}

@@ -1,0 +1,22 @@
+//! kiln: a daemonless, rootless container image builder.
+//!
+//! The modules follow the data: `dockerfile` (parse, expand, ignore) → `plan` (stages,
+//! ARG scope) → `build` (one function per instruction, cache, commit) → `sandbox`
+//! (user namespace, chroot, seccomp, caps) on a `rootfs` (overlay) → `layer` (diff → tar →
+//! hash + compress) → `store` (OCI layout) → `registry` / `archive`.
+
+pub mod archive;
+pub mod build;
+pub mod cli;
+pub mod digest;
+pub mod dockerfile;
+pub mod fsutil;
+pub mod image;
+pub mod layer;
+pub mod plan;
+pub mod reference;
+pub mod registry;
+pub mod rootfs;
+pub mod sandbox;
+pub mod store;
+pub mod users;

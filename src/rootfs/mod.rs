@@ -1,0 +1,1 @@
+//! rootfs (being written)
