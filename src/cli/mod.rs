@@ -1,4 +1,128 @@
-//! Command line (being written)
+//! The command line: clap derive types and dispatch. Each subcommand lives in its own file
+//! and only turns flags into calls of the library.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+mod build;
+mod images;
+mod pull;
+mod push;
+mod run;
+
+/// Options every subcommand accepts, before or after the subcommand name.
+#[derive(clap::Args, Debug, Clone)]
+pub struct GlobalOpts {
+    /// Storage root (default: $XDG_DATA_HOME/kiln or ~/.local/share/kiln).
+    #[arg(long, global = true, env = "KILN_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Print what kiln decides and why (isolation, storage driver, cache keys).
+    #[arg(long, global = true)]
+    pub debug: bool,
+}
+
+impl GlobalOpts {
+    /// The storage root this invocation uses.
+    pub fn store_root(&self) -> Result<PathBuf> {
+        if let Some(r) = &self.root {
+            return Ok(r.clone());
+        }
+        if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+            return Ok(PathBuf::from(x).join("kiln"));
+        }
+        let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).ok_or_else(|| {
+            anyhow::anyhow!("cannot find the storage root: neither --root, KILN_ROOT, XDG_DATA_HOME nor HOME is set")
+        })?;
+        Ok(PathBuf::from(home).join(".local/share/kiln"))
+    }
+
+    /// Opens the store at the storage root.
+    pub fn store(&self) -> Result<crate::store::Store> {
+        crate::store::Store::open(&self.store_root()?)
+    }
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "kiln", version, about = "Build OCI container images without a daemon and without root")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOpts,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Build an image from a Dockerfile.
+    Build(build::BuildArgs),
+    /// Pull an image from a registry.
+    Pull(pull::PullArgs),
+    /// Push an image to a registry, an OCI layout or an archive.
+    Push(push::PushArgs),
+    /// Make a one-layer image from a rootfs tarball or directory.
+    Import(images::ImportArgs),
+    /// List images.
+    Images(images::ImagesArgs),
+    /// Show an image's manifest and config.
+    Inspect(images::InspectArgs),
+    /// Add a name to an image.
+    Tag(images::TagArgs),
+    /// Remove image names (and images left without a name).
+    Rmi(images::RmiArgs),
+    /// Write an image to an oci-archive or docker-archive file.
+    Save(images::SaveArgs),
+    /// Load images from an oci-archive or docker-archive file.
+    Load(images::LoadArgs),
+    /// Run a command in a container made from an image.
+    Run(run::RunArgs),
+    /// Run a command (default: a shell) in kiln's user namespace.
+    Unshare(run::UnshareArgs),
+    /// Show which isolation and storage kiln uses here, and why.
+    Info(run::InfoArgs),
+    /// Internal: the sandbox helper process (not for users).
+    #[command(name = "__sandbox", hide = true)]
+    Sandbox(run::SandboxArgs),
+}
+
+impl Command {
+    /// Commands that must run inside kiln's user namespace (they mount or own files as
+    /// other ids). The namespace is entered before any thread starts.
+    fn needs_userns(&self) -> bool {
+        matches!(self, Command::Build(_) | Command::Run(_) | Command::Unshare(_))
+    }
+}
+
+/// Entry point of the binary: parse, enter the namespace if needed, dispatch, report.
 pub fn main() -> i32 {
-    0
+    let cli = Cli::parse();
+    if cli.command.needs_userns() {
+        if let Err(e) = crate::sandbox::userns::ensure(cli.global.debug) {
+            eprintln!("kiln: {e:#}");
+            return 125;
+        }
+    }
+    let result = match cli.command {
+        Command::Build(a) => build::run(&cli.global, a),
+        Command::Pull(a) => pull::run(&cli.global, a),
+        Command::Push(a) => push::run(&cli.global, a),
+        Command::Import(a) => images::import(&cli.global, a),
+        Command::Images(a) => images::images(&cli.global, a),
+        Command::Inspect(a) => images::inspect(&cli.global, a),
+        Command::Tag(a) => images::tag(&cli.global, a),
+        Command::Rmi(a) => images::rmi(&cli.global, a),
+        Command::Save(a) => images::save(&cli.global, a),
+        Command::Load(a) => images::load(&cli.global, a),
+        Command::Run(a) => run::run(&cli.global, a),
+        Command::Unshare(a) => run::unshare(&cli.global, a),
+        Command::Info(a) => run::info(&cli.global, a),
+        Command::Sandbox(a) => run::sandbox(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kiln: error: {e:#}");
+            1
+        }
+    }
 }

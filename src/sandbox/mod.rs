@@ -1,1 +1,2 @@
 //! sandbox (being written)
+pub mod userns;

@@ -1,0 +1,2 @@
+//! being written
+pub fn ensure(_debug: bool) -> anyhow::Result<()> { Ok(()) }
