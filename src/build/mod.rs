@@ -1,1 +1,523 @@
-//! build (being written)
+//! The build executor: runs a [`crate::plan::Plan`] stage by stage, one function per
+//! instruction kind, with a step cache, and commits the result to the store.
+//!
+//! Every stage keeps an [`StageState`]: the image config being built, its layers and the
+//! unpacked layer directories that serve as overlay lowers. A RUN/COPY/ADD step mounts an
+//! overlay of those lowers with a fresh upper dir, acts on the merged view (sandboxed for
+//! RUN, directly for COPY/ADD), and commits the upper dir as the step's layer; the upper dir
+//! then becomes the next step's lowest-but-one lower, so nothing is unpacked twice.
+
+pub mod cache;
+pub mod copy;
+mod mounts;
+mod output;
+mod progress;
+mod step;
+
+pub use output::OutputSpec;
+pub use progress::Progress;
+
+use crate::digest::Digest;
+use crate::dockerfile::{self, Command, Instruction, ShellOrExec};
+use crate::image::{Compression, Descriptor, History, Image, ImageConfig};
+use crate::layer::LayerOptions;
+use crate::plan::{self, BaseRef, Plan};
+use crate::reference::Reference;
+use crate::sandbox::{Network, SeccompChoice};
+use crate::store::{ManifestFormat, Store};
+use anyhow::{Context, Result, bail};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Default PATH for images that do not set one (BuildKit's DefaultPathEnv for Linux).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A `--secret id=ID,src=FILE|env=VAR` given to the build.
+#[derive(Clone, Debug)]
+pub struct SecretSpec {
+    pub id: String,
+    pub source: SecretSource,
+}
+
+#[derive(Clone, Debug)]
+pub enum SecretSource {
+    File(PathBuf),
+    Env(String),
+}
+
+impl SecretSpec {
+    pub fn parse(s: &str) -> Result<SecretSpec> {
+        let mut id = None;
+        let mut source = None;
+        for part in s.split(',') {
+            let (k, v) = part.split_once('=').unwrap_or((part, ""));
+            match k {
+                "id" => id = Some(v.to_string()),
+                "src" | "source" => source = Some(SecretSource::File(PathBuf::from(v))),
+                "env" => source = Some(SecretSource::Env(v.to_string())),
+                "type" if v == "file" || v == "env" => {}
+                _ => bail!("--secret {s}: unknown field {k:?} (expected id=, src= or env=)"),
+            }
+        }
+        let id = id.with_context(|| format!("--secret {s}: missing id="))?;
+        // Docker: with neither src nor env, an env var named like the id, else a file.
+        let source = source.unwrap_or_else(|| SecretSource::Env(id.clone()));
+        Ok(SecretSpec { id, source })
+    }
+
+    /// The secret's bytes.
+    pub fn read(&self) -> Result<Vec<u8>> {
+        match &self.source {
+            SecretSource::File(p) => {
+                std::fs::read(p).with_context(|| format!("reading secret {} from {}", self.id, p.display()))
+            }
+            SecretSource::Env(v) => std::env::var(v)
+                .map(String::into_bytes)
+                .with_context(|| format!("secret {}: environment variable {v} is not set", self.id)),
+        }
+    }
+}
+
+/// Everything `kiln build` was asked to do.
+#[derive(Clone, Debug)]
+pub struct BuildRequest {
+    pub context: PathBuf,
+    pub dockerfile: PathBuf,
+    pub tags: Vec<String>,
+    pub build_args: BTreeMap<String, String>,
+    pub target: Option<String>,
+    pub no_cache: bool,
+    pub no_cache_filter: Vec<String>,
+    pub pull: bool,
+    pub platform: Option<String>,
+    pub format: ManifestFormat,
+    pub labels: BTreeMap<String, String>,
+    pub iidfile: Option<PathBuf>,
+    pub outputs: Vec<OutputSpec>,
+    pub network: Network,
+    pub secrets: Vec<SecretSpec>,
+    pub ssh: BTreeMap<String, PathBuf>,
+    pub timestamp: Option<i64>,
+    pub compression: Compression,
+    pub compression_level: Option<u32>,
+    pub tls_verify: bool,
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+    pub seccomp: SeccompChoice,
+    pub no_new_privs: bool,
+    pub progress: Progress,
+    pub dry_run: bool,
+    pub jobs: usize,
+    pub storage_driver: Option<String>,
+    pub debug: bool,
+}
+
+/// The state of one stage while it is built.
+#[derive(Clone, Debug)]
+pub struct StageState {
+    pub config: ImageConfig,
+    /// Layer descriptors, bottom first (diff ids are in `config.rootfs`).
+    pub layers: Vec<Descriptor>,
+    /// Cache chain key of the last step.
+    pub key: Digest,
+    /// ARG values visible in this stage (declared with ARG, or inherited from the base stage).
+    pub args: BTreeMap<String, String>,
+    /// CMD was set in this stage (ENTRYPOINT resets an inherited CMD only).
+    pub cmd_set: bool,
+}
+
+impl StageState {
+    /// The variables a word sees: ARGs, overridden by ENV (as Docker does).
+    pub fn vars(&self) -> BTreeMap<String, String> {
+        let mut vars = self.args.clone();
+        for kv in self.config.config.env.iter().flatten() {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            vars.insert(k.to_string(), v.to_string());
+        }
+        vars
+    }
+}
+
+/// A build in progress: the request, the plan and finished stages.
+pub struct Builder<'a> {
+    pub store: &'a Store,
+    pub req: &'a BuildRequest,
+    pub plan: Plan,
+    pub escape: char,
+    pub ignore: dockerfile::ignore::IgnoreMatcher,
+    pub progress: progress::Printer,
+    pub layer_opts: LayerOptions,
+    pub driver: Box<dyn crate::rootfs::RootfsDriver>,
+    /// Finished stages by index.
+    done: HashMap<usize, StageState>,
+    /// Images named by `COPY --from=IMAGE` / `--mount from=IMAGE`, by reference.
+    images: HashMap<String, StageState>,
+    /// Created-time string used for history and the config.
+    created: String,
+}
+
+/// Builds the image described by `req`. Returns None for `--dry-run`.
+pub fn build(store: &Store, req: &BuildRequest) -> Result<Option<Image>> {
+    let started = Instant::now();
+    let (text, df_name) = read_dockerfile(req)?;
+    let df = dockerfile::parse(&text, &df_name)?;
+    let plan_opts = plan::BuildOptions {
+        build_args: req.build_args.clone(),
+        target: req.target.clone(),
+        platform: req.platform.clone(),
+    };
+    let plan = plan::plan(&df, &plan_opts)?;
+    let ignore = if req.dockerfile.as_os_str() == "-" {
+        dockerfile::ignore::IgnoreMatcher::load(&req.context, &req.context.join("Dockerfile"))?
+    } else {
+        dockerfile::ignore::IgnoreMatcher::load(&req.context, &req.dockerfile)?
+    };
+    if req.dry_run {
+        print_plan(&plan);
+        return Ok(None);
+    }
+    if !req.context.is_dir() {
+        bail!("build context {} is not a directory", req.context.display());
+    }
+    let created = match req.timestamp {
+        Some(t) => rfc3339(t),
+        None => humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    };
+    let driver = crate::rootfs::choose_driver(store, req.storage_driver.as_deref(), req.debug)?;
+    let mut b = Builder {
+        store,
+        req,
+        escape: df.directives.escape,
+        plan,
+        ignore,
+        progress: progress::Printer::new(req.progress),
+        layer_opts: LayerOptions {
+            compression: req.compression,
+            level: req.compression_level,
+            timestamp: req.timestamp,
+        },
+        driver,
+        done: HashMap::new(),
+        images: HashMap::new(),
+        created,
+    };
+    for unused in &b.plan.unused_build_args {
+        b.progress.warn(&format!("build argument {unused} was given but not used by any stage"));
+    }
+    let target = b.plan.target;
+    let state = b.stage(target)?;
+    let image = b.commit_image(state)?;
+    b.progress.summary(&image, &req.tags, started.elapsed());
+    Ok(Some(image))
+}
+
+fn read_dockerfile(req: &BuildRequest) -> Result<(String, String)> {
+    if req.dockerfile.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("reading the Dockerfile from stdin")?;
+        return Ok((s, "Dockerfile".to_string()));
+    }
+    let name = req.dockerfile.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let bytes = std::fs::read(&req.dockerfile).with_context(|| {
+        format!("reading Dockerfile {}", req.dockerfile.display())
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{name}: the file is not UTF-8 text (invalid byte at offset {}): is it a Dockerfile?",
+            e.utf8_error().valid_up_to()
+        )
+    })?;
+    if text.contains('\0') {
+        bail!("{name}: the file contains NUL bytes: is it a Dockerfile?");
+    }
+    Ok((text, name))
+}
+
+fn print_plan(plan: &Plan) {
+    println!("target stage: {}", plan.target);
+    if !plan.global_args.is_empty() {
+        println!("global args:");
+        for (k, v) in &plan.global_args {
+            println!("  {k}={v}");
+        }
+    }
+    for st in &plan.stages {
+        let base = match &st.base {
+            BaseRef::Scratch => "scratch".to_string(),
+            BaseRef::Stage(i) => format!("stage {i}"),
+            BaseRef::Image(r) => r.clone(),
+        };
+        println!(
+            "stage {}{}: FROM {base} (needs stages {:?})",
+            st.index,
+            st.name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default(),
+            st.deps
+        );
+        for ins in &st.instructions {
+            println!("  {}: {}", ins.loc, ins.original);
+        }
+    }
+}
+
+/// RFC 3339 time of a Unix timestamp.
+pub fn rfc3339(secs: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+impl<'a> Builder<'a> {
+    /// The finished state of stage `index`, building it (and what it needs) first.
+    pub fn stage(&mut self, index: usize) -> Result<StageState> {
+        if let Some(s) = self.done.get(&index) {
+            return Ok(s.clone());
+        }
+        let pos = self
+            .plan
+            .stages
+            .iter()
+            .position(|s| s.index == index)
+            .with_context(|| format!("stage {index} is not part of the plan"))?;
+        let stage = self.plan.stages[pos].clone();
+        let mut state = match &stage.base {
+            BaseRef::Scratch => self.scratch_state(),
+            BaseRef::Stage(i) => {
+                let mut s = self.stage(*i)?;
+                s.cmd_set = false;
+                s
+            }
+            BaseRef::Image(r) => self.image_state(r, &stage.from)?,
+        };
+        // ARGs: a stage sees global ARGs only once it redeclares them; stage-to-stage
+        // inheritance keeps the parent's ARG values.
+        if !matches!(stage.base, BaseRef::Stage(_)) {
+            state.args.clear();
+        }
+        state.key = cache::chain(&state.key, &format!("stage {index} platform {:?}", stage.platform), &[]);
+        let total = stage.instructions.len();
+        let stage_label = stage.name.clone().unwrap_or_else(|| format!("stage-{index}"));
+        // ONBUILD triggers of an image base run first, then are cleared.
+        if matches!(stage.base, BaseRef::Image(_)) {
+            if let Some(triggers) = state.config.config.on_build.take() {
+                for (i, t) in triggers.iter().enumerate() {
+                    let ins = dockerfile::parse_onbuild_trigger(t, &stage.from.loc)
+                        .with_context(|| format!("{}: ONBUILD trigger {t:?} of the base image", stage.from.loc))?;
+                    self.progress.step_start(&stage_label, i + 1, triggers.len(), &format!("ONBUILD {t}"));
+                    step::execute(self, &mut state, &ins, index)?;
+                }
+            }
+        }
+        for (i, ins) in stage.instructions.iter().enumerate() {
+            self.progress.step_start(&stage_label, i + 1, total, &ins.original);
+            let t = Instant::now();
+            let cached = step::execute(self, &mut state, ins, index).with_context(|| format!("{}: {}", ins.loc, ins.original))?;
+            self.progress.step_done(cached, t.elapsed());
+        }
+        self.done.insert(index, state.clone());
+        Ok(state)
+    }
+
+    fn scratch_state(&self) -> StageState {
+        let mut config = ImageConfig::empty();
+        if let Some(p) = &self.plan_platform() {
+            config.os = p.0.clone();
+            config.architecture = p.1.clone();
+            config.variant = p.2.clone();
+        }
+        config.config.env = Some(vec![format!("PATH={DEFAULT_PATH}")]);
+        StageState {
+            config,
+            layers: Vec::new(),
+            key: cache::chain(&Digest::of(b"scratch"), "scratch", &[]),
+            args: BTreeMap::new(),
+            cmd_set: false,
+        }
+    }
+
+    fn plan_platform(&self) -> Option<(String, String, Option<String>)> {
+        let p = self.req.platform.as_deref()?;
+        let mut parts = p.split('/');
+        let os = parts.next()?.to_string();
+        let arch = parts.next()?.to_string();
+        let variant = parts.next().map(str::to_string);
+        Some((os, arch, variant))
+    }
+
+    /// State for `FROM image` (pulled when missing or with --pull).
+    fn image_state(&mut self, reference: &str, from: &Instruction) -> Result<StageState> {
+        let image = self.get_image(reference).with_context(|| format!("{}: FROM {reference}", from.loc))?;
+        let mut config = image.config.clone();
+        if config.config.env_get("PATH").is_none() {
+            config.config.env_set("PATH", DEFAULT_PATH);
+        }
+        Ok(StageState {
+            key: cache::chain(&Digest::of(b"image"), image.id().as_str(), &[]),
+            config,
+            layers: image.manifest.layers.clone(),
+            args: BTreeMap::new(),
+            cmd_set: false,
+        })
+    }
+
+    /// An image from the store, pulled first when missing (or always with --pull).
+    pub fn get_image(&mut self, reference: &str) -> Result<Image> {
+        let parsed = Reference::parse(reference)?;
+        if !self.req.pull {
+            if let Ok(img) = self.store.load_image(&parsed.to_string()) {
+                return Ok(img);
+            }
+        }
+        let opts = crate::registry::RegistryOptions {
+            tls_verify: self.req.tls_verify,
+            platform: self.req.platform.clone(),
+            auth_file: None,
+        };
+        let printer = &self.progress;
+        let say = |m: &str| printer.info(m);
+        crate::registry::pull(self.store, &parsed, &opts, &say).with_context(|| format!("pulling {parsed}"))
+    }
+
+    /// The state of `COPY --from=NAME` / `--mount from=NAME`: a stage (name or index) or an image.
+    pub fn source_state(&mut self, name: &str, loc: &dockerfile::Loc) -> Result<StageState> {
+        match plan::copy_from_ref(&self.plan, name) {
+            BaseRef::Stage(i) => self.stage(i),
+            BaseRef::Scratch => Ok(self.scratch_state()),
+            BaseRef::Image(r) => {
+                if let Some(s) = self.images.get(&r) {
+                    return Ok(s.clone());
+                }
+                let img = self.get_image(&r).with_context(|| format!("{loc}: --from={name}"))?;
+                let st = StageState {
+                    key: cache::chain(&Digest::of(b"image"), img.id().as_str(), &[]),
+                    config: img.config.clone(),
+                    layers: img.manifest.layers.clone(),
+                    args: BTreeMap::new(),
+                    cmd_set: false,
+                };
+                self.images.insert(r, st.clone());
+                Ok(st)
+            }
+        }
+    }
+
+    /// Unpacked lower dirs for a stage's layers, top first.
+    pub fn lowers(&self, state: &StageState) -> Result<Vec<PathBuf>> {
+        lowers_for(self.store, &state.layers, &state.config.rootfs.diff_ids)
+    }
+
+    /// Writes the final image: labels from the command line, created time, tags, outputs.
+    fn commit_image(&mut self, mut state: StageState) -> Result<Image> {
+        if !self.req.labels.is_empty() {
+            let labels = state.config.config.labels.get_or_insert_with(BTreeMap::new);
+            for (k, v) in &self.req.labels {
+                labels.insert(k.clone(), v.clone());
+            }
+        }
+        state.config.created = Some(self.created.clone());
+        let image = self.store.write_image(&state.config, state.layers.clone(), self.req.format)?;
+        for t in &self.req.tags {
+            let r = Reference::parse(t).with_context(|| format!("-t {t}"))?;
+            let desc = Descriptor::new(
+                image.manifest.media_type.as_deref().unwrap_or(crate::image::MT_OCI_MANIFEST),
+                image.manifest_digest.clone(),
+                self.store.read_blob(&image.manifest_digest)?.len() as u64,
+            );
+            self.store.tag(&r.to_string(), &desc)?;
+        }
+        if let Some(p) = &self.req.iidfile {
+            std::fs::write(p, image.id().as_str()).with_context(|| format!("writing --iidfile {}", p.display()))?;
+        }
+        for o in &self.req.outputs {
+            output::write(self, &image, &state, o)?;
+        }
+        Ok(image)
+    }
+
+    /// A history entry for a step.
+    pub fn history(&self, created_by: String, empty_layer: bool) -> History {
+        History {
+            created: Some(self.created.clone()),
+            created_by: Some(created_by),
+            comment: Some("buildkit.dockerfile.v0".to_string()),
+            empty_layer: empty_layer.then_some(true),
+            author: None,
+        }
+    }
+}
+
+/// Makes sure every layer of an image is unpacked in the store; returns the lower dirs,
+/// top first. Layers are unpacked once per diff_id (into a temp dir, then renamed, so a
+/// killed kiln never leaves a half-unpacked layer behind) and shared by every build.
+pub fn lowers_for(store: &Store, layers: &[Descriptor], diff_ids: &[Digest]) -> Result<Vec<PathBuf>> {
+    if layers.len() != diff_ids.len() {
+        bail!("image has {} layers but {} diff_ids in its config", layers.len(), diff_ids.len());
+    }
+    let mut dirs = Vec::with_capacity(layers.len());
+    for (desc, diff_id) in layers.iter().zip(diff_ids) {
+        dirs.push(ensure_unpacked(store, desc, diff_id)?);
+    }
+    dirs.reverse();
+    Ok(dirs)
+}
+
+/// The lower dirs of an image (top first), unpacking layers that are not yet unpacked.
+pub fn rootfs_for_image(store: &Store, image: &Image) -> Result<Vec<PathBuf>> {
+    lowers_for(store, &image.manifest.layers, &image.config.rootfs.diff_ids)
+}
+
+fn ensure_unpacked(store: &Store, desc: &Descriptor, diff_id: &Digest) -> Result<PathBuf> {
+    let dir = store.layer_dir(diff_id);
+    if dir.is_dir() {
+        return Ok(dir);
+    }
+    let compression = Compression::of_media_type(&desc.media_type)
+        .with_context(|| format!("layer {}: unsupported media type {}", desc.digest, desc.media_type))?;
+    let tmp = store.tmp_dir("unpack-")?;
+    let target = tmp.path().join("layer");
+    std::fs::create_dir(&target).with_context(|| format!("creating {}", target.display()))?;
+    let blob = std::fs::File::open(store.blob_path(&desc.digest))
+        .with_context(|| format!("opening layer blob {}", desc.digest))?;
+    let got = crate::layer::unpack_to_lower(std::io::BufReader::with_capacity(1 << 20, blob), compression, &target)
+        .with_context(|| format!("unpacking layer {}", desc.digest))?;
+    if &got != diff_id {
+        bail!("layer {}: content has diff_id {got}, but the image config says {diff_id}", desc.digest);
+    }
+    publish_layer_dir(store, &target, diff_id)?;
+    Ok(dir)
+}
+
+/// Moves a finished layer dir into place under `layers/`; another process may have won the
+/// race, in which case ours is simply dropped.
+pub fn publish_layer_dir(store: &Store, src: &Path, diff_id: &Digest) -> Result<()> {
+    let dir = store.layer_dir(diff_id);
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    match std::fs::rename(src, &dir) {
+        Ok(()) => Ok(()),
+        Err(_) if dir.is_dir() => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("moving unpacked layer into {}", dir.display())),
+    }
+}
+
+/// The argv of a shell- or exec-form command, with the stage's SHELL for shell form.
+pub fn command_argv(cmd: &ShellOrExec, shell: &[String]) -> Vec<String> {
+    match cmd {
+        ShellOrExec::Exec(v) => v.clone(),
+        ShellOrExec::Shell(s) => {
+            let mut v = shell.to_vec();
+            v.push(s.clone());
+            v
+        }
+    }
+}
+
+/// The stage's SHELL (default `/bin/sh -c`).
+pub fn shell_of(config: &ImageConfig) -> Vec<String> {
+    config.config.shell.clone().unwrap_or_else(|| vec!["/bin/sh".to_string(), "-c".to_string()])
+}
+
+/// True when the instruction changes the filesystem (and so produces a layer).
+pub fn is_fs_step(cmd: &Command) -> bool {
+    matches!(cmd, Command::Run(_) | Command::Copy { .. } | Command::Add { .. } | Command::Workdir(_))
+}

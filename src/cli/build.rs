@@ -1,7 +1,223 @@
+//! `kiln build`: flags → `crate::build::BuildRequest`.
+
 use super::GlobalOpts;
-use anyhow::Result;
+use crate::build::{BuildRequest, OutputSpec, Progress, SecretSpec};
+use crate::image::Compression;
+use crate::store::ManifestFormat;
+use anyhow::{Context, Result, bail};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
 #[derive(clap::Args, Debug)]
-pub struct BuildArgs {}
-pub fn run(_g: &GlobalOpts, _a: BuildArgs) -> Result<i32> {
-    anyhow::bail!("build: being written")
+pub struct BuildArgs {
+    /// Build context directory.
+    #[arg(default_value = ".")]
+    pub context: PathBuf,
+    /// Dockerfile (default: CONTEXT/Dockerfile; "-" reads stdin).
+    #[arg(short = 'f', long = "file")]
+    pub file: Option<PathBuf>,
+    /// Name and tag the image (repeatable).
+    #[arg(short = 't', long = "tag")]
+    pub tags: Vec<String>,
+    /// Set a build-time variable: KEY=VALUE, or KEY to take it from the environment.
+    #[arg(long = "build-arg")]
+    pub build_args: Vec<String>,
+    /// Build up to this stage.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Do not use the build cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Do not use the cache for these stages (repeatable, comma separated).
+    #[arg(long = "no-cache-filter", value_delimiter = ',')]
+    pub no_cache_filter: Vec<String>,
+    /// Always pull base images, even when they are in the store.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub pull: Option<bool>,
+    /// Target platform (os/arch[/variant]); only the host platform can run RUN steps.
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Image format: oci or docker.
+    #[arg(long, default_value = "oci")]
+    pub format: String,
+    /// Add a label to the image (KEY=VALUE, repeatable).
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Write the image id to this file.
+    #[arg(long)]
+    pub iidfile: Option<PathBuf>,
+    /// Outputs: type=oci|docker|local|tar,dest=PATH (repeatable).
+    #[arg(short = 'o', long = "output")]
+    pub outputs: Vec<String>,
+    /// Network for RUN steps: host (default) or none.
+    #[arg(long, default_value = "host")]
+    pub network: String,
+    /// Secrets for RUN --mount=type=secret: id=ID,src=FILE or id=ID,env=VAR.
+    #[arg(long = "secret")]
+    pub secrets: Vec<String>,
+    /// SSH agent sockets for RUN --mount=type=ssh: default or ID=SOCKET.
+    #[arg(long = "ssh")]
+    pub ssh: Vec<String>,
+    /// Clamp file times in new layers and the created times to this Unix time.
+    #[arg(long, env = "SOURCE_DATE_EPOCH")]
+    pub timestamp: Option<i64>,
+    /// Layer compression: gzip, zstd or none.
+    #[arg(long, default_value = "gzip")]
+    pub compression: String,
+    /// Compression level (gzip 1-9, zstd 1-19).
+    #[arg(long = "compression-level")]
+    pub compression_level: Option<u32>,
+    /// Verify TLS certificates of registries (loopback registries are plain HTTP anyway).
+    #[arg(long = "tls-verify", default_value_t = true, action = clap::ArgAction::Set)]
+    pub tls_verify: bool,
+    /// Add capabilities to RUN steps.
+    #[arg(long = "cap-add")]
+    pub cap_add: Vec<String>,
+    /// Drop capabilities from RUN steps.
+    #[arg(long = "cap-drop")]
+    pub cap_drop: Vec<String>,
+    /// seccomp=FILE|unconfined, no-new-privileges.
+    #[arg(long = "security-opt")]
+    pub security_opt: Vec<String>,
+    /// Progress output: auto, tty or plain.
+    #[arg(long, default_value = "auto")]
+    pub progress: String,
+    /// Print only the image id.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Print the resolved plan (stages, steps, expanded arguments) and stop.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Stages built at the same time (default: number of cores).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Storage driver for RUN steps: overlay or copy.
+    #[arg(long = "storage-driver")]
+    pub storage_driver: Option<String>,
+    /// Build and then push the image to its registry (with -t).
+    #[arg(long)]
+    pub push: bool,
+}
+
+pub fn run(g: &GlobalOpts, a: BuildArgs) -> Result<i32> {
+    let store = g.store()?;
+    let mut build_args = BTreeMap::new();
+    for kv in &a.build_args {
+        match kv.split_once('=') {
+            Some((k, v)) => build_args.insert(k.to_string(), v.to_string()),
+            // `--build-arg K` takes the value from the environment, as Docker does.
+            None => match std::env::var(kv) {
+                Ok(v) => build_args.insert(kv.clone(), v),
+                Err(_) => continue,
+            },
+        };
+    }
+    let mut labels = BTreeMap::new();
+    for kv in &a.labels {
+        let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let format = match a.format.as_str() {
+        "oci" => ManifestFormat::Oci,
+        "docker" | "v2s2" => ManifestFormat::Docker,
+        f => bail!("--format {f}: expected oci or docker"),
+    };
+    let compression = match a.compression.as_str() {
+        "gzip" => Compression::Gzip,
+        "zstd" => Compression::Zstd,
+        "none" | "uncompressed" => Compression::None,
+        c => bail!("--compression {c}: expected gzip, zstd or none"),
+    };
+    let network = match a.network.as_str() {
+        "host" | "default" => crate::sandbox::Network::Host,
+        "none" => crate::sandbox::Network::None,
+        n => bail!("--network {n}: expected host or none"),
+    };
+    let progress = match a.progress.as_str() {
+        "auto" => Progress::Auto,
+        "plain" => Progress::Plain,
+        "tty" => Progress::Tty,
+        "quiet" => Progress::Quiet,
+        p => bail!("--progress {p}: expected auto, tty or plain"),
+    };
+    let mut seccomp = crate::sandbox::SeccompChoice::Default;
+    let mut no_new_privs = false;
+    for opt in &a.security_opt {
+        if let Some(v) = opt.strip_prefix("seccomp=").or_else(|| opt.strip_prefix("seccomp:")) {
+            seccomp = if v == "unconfined" {
+                crate::sandbox::SeccompChoice::Unconfined
+            } else {
+                crate::sandbox::SeccompChoice::Profile(PathBuf::from(v))
+            };
+        } else if opt == "no-new-privileges" || opt == "no-new-privileges=true" {
+            no_new_privs = true;
+        } else {
+            bail!("--security-opt {opt}: expected seccomp=FILE, seccomp=unconfined or no-new-privileges");
+        }
+    }
+    let outputs = a.outputs.iter().map(|o| OutputSpec::parse(o)).collect::<Result<Vec<_>>>()?;
+    let secrets = a.secrets.iter().map(|s| SecretSpec::parse(s)).collect::<Result<Vec<_>>>()?;
+    let mut ssh = BTreeMap::new();
+    for s in &a.ssh {
+        let (id, sock) = match s.split_once('=') {
+            Some((id, sock)) => (id.to_string(), PathBuf::from(sock)),
+            None => {
+                let sock = std::env::var_os("SSH_AUTH_SOCK")
+                    .with_context(|| format!("--ssh {s}: SSH_AUTH_SOCK is not set"))?;
+                (s.clone(), PathBuf::from(sock))
+            }
+        };
+        ssh.insert(id, sock);
+    }
+    if a.push && a.tags.is_empty() {
+        bail!("--push needs a name to push to: add -t REGISTRY/NAME:TAG");
+    }
+    let context = a.context.clone();
+    let dockerfile = a.file.clone().unwrap_or_else(|| context.join("Dockerfile"));
+    let req = BuildRequest {
+        context,
+        dockerfile,
+        tags: a.tags.clone(),
+        build_args,
+        target: a.target.clone(),
+        no_cache: a.no_cache,
+        no_cache_filter: a.no_cache_filter.clone(),
+        pull: a.pull.unwrap_or(false),
+        platform: a.platform.clone(),
+        format,
+        labels,
+        iidfile: a.iidfile.clone(),
+        outputs,
+        network,
+        secrets,
+        ssh,
+        timestamp: a.timestamp,
+        compression,
+        compression_level: a.compression_level,
+        tls_verify: a.tls_verify,
+        cap_add: a.cap_add.clone(),
+        cap_drop: a.cap_drop.clone(),
+        seccomp,
+        no_new_privs,
+        progress: if a.quiet { Progress::Quiet } else { progress },
+        dry_run: a.dry_run,
+        jobs: a.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
+        storage_driver: a.storage_driver.clone(),
+        debug: g.debug,
+    };
+    let outcome = crate::build::build(&store, &req)?;
+    let Some(image) = outcome else { return Ok(0) };
+    if a.push {
+        let opts = crate::registry::RegistryOptions { tls_verify: a.tls_verify, platform: None, auth_file: None };
+        for t in &a.tags {
+            let dest = crate::reference::Reference::parse(t)?;
+            let say = |m: &str| eprintln!("{m}");
+            crate::registry::push(&store, &image, &dest, &opts, Some(format), &say)
+                .with_context(|| format!("pushing {dest}"))?;
+        }
+    }
+    if a.quiet {
+        println!("{}", image.id());
+    }
+    Ok(0)
 }

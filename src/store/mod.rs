@@ -1,5 +1,679 @@
-//! store (being written)
-pub struct Store;
+//! The local content store.
+//!
+//! The store root is a valid OCI image layout (`oci-layout`, `index.json`, `blobs/sha256/…`), so
+//! `skopeo inspect oci:$ROOT:docker.io/library/debian:latest` and other OCI tools read it
+//! directly. Names are `index.json` entries annotated `org.opencontainers.image.ref.name` with the
+//! full normalised reference; entries without that annotation are unnamed ("dangling") images,
+//! e.g. an archive loaded without a name. kiln's own directories sit next to the layout:
+//! `tmp/` (blobs being written, scratch dirs), `layers/<diff_id hex>/` (unpacked layers used as
+//! overlay lowers), `cache/` (build cache) and `locks/`.
+//!
+//! Crash safety: a blob is written to a temp file under `tmp/` while it is hashed, verified
+//! against the expected digest, fsynced and renamed into `blobs/sha256/`, so a blob at its final
+//! path is always complete and correct; stale temp files are harmless. `index.json` is rewritten
+//! atomically (temp file, fsync, rename) while holding an exclusive `flock` on
+//! `locks/index`, so concurrent kiln processes never lose each other's updates.
+//! [`Store::lock`] is a separate, coarse lock (`locks/store`) for whole-store operations such as
+//! garbage collection; index updates do not take it, so holding it while tagging cannot deadlock.
+
+use crate::digest::{Digest, HashingWriter};
+use crate::image::{
+    ANNOTATION_REF_NAME, Compression, Descriptor, Image, ImageConfig, Index, MT_DOCKER_CONFIG, MT_DOCKER_LAYER,
+    MT_DOCKER_LAYER_GZIP, MT_DOCKER_MANIFEST, MT_OCI_CONFIG, MT_OCI_INDEX, MT_OCI_LAYER, MT_OCI_LAYER_GZIP,
+    MT_OCI_LAYER_ZSTD, MT_OCI_MANIFEST, Manifest, host_arch, is_index, is_manifest,
+};
+use crate::reference::Reference;
+use anyhow::{Context, Result, bail};
+use nix::fcntl::{Flock, FlockArg};
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// The content of the `oci-layout` file.
+pub const OCI_LAYOUT_JSON: &str = r#"{"imageLayoutVersion":"1.0.0"}"#;
+
+/// Which media types a written manifest uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ManifestFormat {
+    /// OCI image manifest and config media types.
+    #[default]
+    Oci,
+    /// Docker image manifest v2 schema 2 media types.
+    Docker,
+}
+
+impl ManifestFormat {
+    pub fn manifest_media_type(self) -> &'static str {
+        match self {
+            ManifestFormat::Oci => MT_OCI_MANIFEST,
+            ManifestFormat::Docker => MT_DOCKER_MANIFEST,
+        }
+    }
+
+    pub fn config_media_type(self) -> &'static str {
+        match self {
+            ManifestFormat::Oci => MT_OCI_CONFIG,
+            ManifestFormat::Docker => MT_DOCKER_CONFIG,
+        }
+    }
+
+    /// The layer media type for a compression. Docker has no zstd layer type; the OCI one is
+    /// used in Docker manifests too, as BuildKit does.
+    pub fn layer_media_type(self, c: Compression) -> &'static str {
+        match (self, c) {
+            (ManifestFormat::Oci, Compression::None) => MT_OCI_LAYER,
+            (ManifestFormat::Oci, Compression::Gzip) => MT_OCI_LAYER_GZIP,
+            (ManifestFormat::Docker, Compression::None) => MT_DOCKER_LAYER,
+            (ManifestFormat::Docker, Compression::Gzip) => MT_DOCKER_LAYER_GZIP,
+            (_, Compression::Zstd) => MT_OCI_LAYER_ZSTD,
+        }
+    }
+
+    /// The format a manifest media type belongs to.
+    pub fn of_manifest_media_type(mt: &str) -> ManifestFormat {
+        if mt == MT_DOCKER_MANIFEST { ManifestFormat::Docker } else { ManifestFormat::Oci }
+    }
+}
+
+/// An open store (cheap to clone; all state is on disk).
+#[derive(Clone, Debug)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// An exclusive lock on the whole store; released when dropped.
+pub struct StoreLock {
+    _lock: Flock<File>,
+}
+
+impl std::fmt::Debug for StoreLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreLock")
+    }
+}
+
+fn flock(path: &Path) -> Result<StoreLock> {
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening lock file {}", path.display()))?;
+    let lock = Flock::lock(file, FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .with_context(|| format!("locking {}", path.display()))?;
+    Ok(StoreLock { _lock: lock })
+}
+
 impl Store {
-    pub fn open(_root: &std::path::Path) -> anyhow::Result<Store> { anyhow::bail!("being written") }
+    /// Opens the store at `root`, creating the layout and kiln's directories if missing.
+    pub fn open(root: &Path) -> Result<Store> {
+        let root = if root.is_absolute() {
+            root.to_path_buf()
+        } else {
+            std::env::current_dir().context("finding the current directory")?.join(root)
+        };
+        let store = Store { root };
+        for d in ["blobs/sha256", "tmp", "layers", "cache", "locks"] {
+            let p = store.root.join(d);
+            fs::create_dir_all(&p).with_context(|| format!("creating the store directory {}", p.display()))?;
+        }
+        let layout = store.root.join("oci-layout");
+        if !layout.exists() {
+            crate::fsutil::write_atomic(&layout, OCI_LAYOUT_JSON.as_bytes())?;
+        }
+        if !store.index_path().exists() {
+            let _g = store.index_lock()?;
+            if !store.index_path().exists() {
+                store.write_index(&empty_index())?;
+            }
+        }
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn index_path(&self) -> PathBuf {
+        self.root.join("index.json")
+    }
+
+    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(d.hex())
+    }
+
+    pub fn has_blob(&self, d: &Digest) -> bool {
+        self.blob_path(d).is_file()
+    }
+
+    /// A writer for a new blob: a temp file under `tmp/`, hashed while written. Call
+    /// [`BlobWriter::commit`] to verify and publish it; dropping it discards the data.
+    pub fn blob_writer(&self) -> Result<BlobWriter> {
+        let tmp = self.root.join("tmp");
+        let file = tempfile::Builder::new()
+            .prefix("blob-")
+            .tempfile_in(&tmp)
+            .with_context(|| format!("creating a temporary blob file in {}", tmp.display()))?;
+        Ok(BlobWriter { inner: HashingWriter::new(BufWriter::with_capacity(256 * 1024, file)), store: self.clone() })
+    }
+
+    /// Stores `data` as a blob and returns its digest.
+    pub fn put_bytes(&self, data: &[u8]) -> Result<Digest> {
+        let d = Digest::of(data);
+        if self.has_blob(&d) {
+            return Ok(d);
+        }
+        let mut w = self.blob_writer()?;
+        w.write_all(data).context("writing a blob")?;
+        Ok(w.commit(Some(&d))?.0)
+    }
+
+    /// Opens a blob for streaming reads.
+    pub fn open_blob(&self, d: &Digest) -> Result<File> {
+        let p = self.blob_path(d);
+        File::open(&p).with_context(|| format!("blob {d} is missing from the store at {}", self.root.display()))
+    }
+
+    /// Reads a small (JSON) blob whole, verifying its digest.
+    pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>> {
+        let p = self.blob_path(d);
+        let data =
+            fs::read(&p).with_context(|| format!("blob {d} is missing from the store at {}", self.root.display()))?;
+        let got = Digest::of(&data);
+        if &got != d {
+            bail!("blob {} in the store is corrupt: its content hashes to {got}", p.display());
+        }
+        Ok(data)
+    }
+
+    /// Serialises `config` into a config blob and a manifest (media types per `format`, layer
+    /// media types converted accordingly) into a manifest blob. Does not name the image.
+    pub fn write_image(&self, config: &ImageConfig, layers: Vec<Descriptor>, format: ManifestFormat) -> Result<Image> {
+        let config_bytes = serde_json::to_vec(config).context("serialising the image config")?;
+        let config_digest = self.put_bytes(&config_bytes)?;
+        let config_desc = Descriptor::new(format.config_media_type(), config_digest, config_bytes.len() as u64);
+        let (digest, manifest, _) = self.write_manifest(config_desc, layers, format)?;
+        Ok(Image { manifest_digest: digest, manifest, config: config.clone() })
+    }
+
+    /// Writes a manifest for an existing config blob. Layer media types are converted to
+    /// `format`. Returns the manifest digest, the manifest and its descriptor.
+    pub fn write_manifest(
+        &self,
+        config: Descriptor,
+        layers: Vec<Descriptor>,
+        format: ManifestFormat,
+    ) -> Result<(Digest, Manifest, Descriptor)> {
+        let mut config = config;
+        config.media_type = format.config_media_type().to_string();
+        let layers = layers
+            .into_iter()
+            .map(|mut l| {
+                if let Some(c) = Compression::of_media_type(&l.media_type) {
+                    // Foreign/non-distributable layers keep their type.
+                    if !l.media_type.contains("foreign") && !l.media_type.contains("nondistributable") {
+                        l.media_type = format.layer_media_type(c).to_string();
+                    }
+                }
+                l
+            })
+            .collect();
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: Some(format.manifest_media_type().to_string()),
+            config,
+            layers,
+            annotations: Default::default(),
+        };
+        let bytes = serde_json::to_vec(&manifest).context("serialising the manifest")?;
+        let digest = self.put_bytes(&bytes)?;
+        let desc = Descriptor::new(format.manifest_media_type(), digest.clone(), bytes.len() as u64);
+        Ok((digest, manifest, desc))
+    }
+
+    /// Loads an image by reference (any form, normalised), full digest (of the manifest or of
+    /// the config, i.e. the image id) or image id prefix (at least 4 hex digits). When the
+    /// name points at an index, the linux/<host arch> manifest is chosen.
+    pub fn load_image(&self, name_or_id: &str) -> Result<Image> {
+        let desc = self.resolve(name_or_id)?.ok_or_else(|| self.not_found(name_or_id))?;
+        self.load_descriptor(&desc).with_context(|| format!("loading image {name_or_id}"))
+    }
+
+    /// The error for an image that is not in the store.
+    pub fn not_found(&self, name_or_id: &str) -> anyhow::Error {
+        match Reference::parse(name_or_id) {
+            Ok(r) if r.to_string() != name_or_id => anyhow::anyhow!(
+                "image {name_or_id} ({r}) not found in the store at {}",
+                self.root.display()
+            ),
+            _ => anyhow::anyhow!("image {name_or_id} not found in the store at {}", self.root.display()),
+        }
+    }
+
+    /// Loads the image a manifest (or index) descriptor points at.
+    pub fn load_descriptor(&self, desc: &Descriptor) -> Result<Image> {
+        let bytes = self.read_blob(&desc.digest)?;
+        let v: serde_json::Value = serde_json::from_slice(&bytes)
+            .with_context(|| format!("manifest {} in the store is not JSON", desc.digest))?;
+        let mt = v.get("mediaType").and_then(|m| m.as_str()).unwrap_or(&desc.media_type).to_string();
+        if is_index(&mt) || (!is_manifest(&mt) && v.get("manifests").is_some()) {
+            let index: Index = serde_json::from_slice(&bytes)
+                .with_context(|| format!("index {} in the store is not a valid image index", desc.digest))?;
+            let child = pick_platform(&index.manifests).with_context(|| {
+                format!("index {} has no manifest for linux/{} among its platforms", desc.digest, host_arch())
+            })?;
+            return self.load_descriptor(child);
+        }
+        let manifest: Manifest = serde_json::from_slice(&bytes)
+            .with_context(|| format!("manifest {} in the store is not a valid image manifest", desc.digest))?;
+        let config_bytes = self.read_blob(&manifest.config.digest)?;
+        let config: ImageConfig = serde_json::from_slice(&config_bytes)
+            .with_context(|| format!("config {} in the store is not a valid image config", manifest.config.digest))?;
+        Ok(Image { manifest_digest: desc.digest.clone(), manifest, config })
+    }
+
+    /// Finds the index.json descriptor for a name or id (see [`Store::load_image`]). The
+    /// descriptor may point at an index (multi-platform image) when one was stored.
+    pub fn resolve(&self, name_or_id: &str) -> Result<Option<Descriptor>> {
+        let entries = self.read_index()?.manifests;
+        if name_or_id.starts_with("sha256:") {
+            let d = Digest::parse(name_or_id)?;
+            if let Some(e) = entries.iter().find(|e| e.digest == d) {
+                return Ok(Some(strip_name(e)));
+            }
+            if let Some(e) = self.find_by_id(&entries, |id| id == &d)? {
+                return Ok(Some(e));
+            }
+            // An unnamed manifest blob (e.g. a build without -t).
+            if self.has_blob(&d)
+                && let Ok(bytes) = self.read_blob(&d)
+                && let Ok(m) = serde_json::from_slice::<Manifest>(&bytes)
+            {
+                let mt = m.media_type.clone().unwrap_or_else(|| MT_OCI_MANIFEST.to_string());
+                return Ok(Some(Descriptor::new(&mt, d, bytes.len() as u64)));
+            }
+            return Ok(None);
+        }
+        if let Ok(r) = Reference::parse(name_or_id) {
+            let name = r.to_string();
+            if let Some(e) = entries.iter().find(|e| e.annotations.get(ANNOTATION_REF_NAME) == Some(&name)) {
+                return Ok(Some(strip_name(e)));
+            }
+        }
+        let is_hex = name_or_id.len() >= 4
+            && name_or_id.len() <= 64
+            && name_or_id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if is_hex {
+            return self.find_by_id(&entries, |id| id.hex().starts_with(name_or_id));
+        }
+        Ok(None)
+    }
+
+    /// The entry whose image id (config digest) satisfies `pred`; an error when several
+    /// different images match (an ambiguous prefix).
+    fn find_by_id(&self, entries: &[Descriptor], pred: impl Fn(&Digest) -> bool) -> Result<Option<Descriptor>> {
+        let mut found: Option<(Digest, Descriptor)> = None;
+        for e in entries {
+            let Ok(img) = self.load_descriptor(e) else { continue };
+            if pred(img.id()) {
+                match &found {
+                    Some((id, _)) if id != img.id() => {
+                        bail!("image id prefix is ambiguous: it matches {} and {}", id.short(), img.id().short())
+                    }
+                    Some(_) => {}
+                    None => found = Some((img.id().clone(), strip_name(e))),
+                }
+            }
+        }
+        Ok(found.map(|(_, d)| d))
+    }
+
+    /// Names `manifest` with `reference` (normalised). An unnamed entry for the same manifest
+    /// is replaced.
+    pub fn tag(&self, reference: &str, manifest: &Descriptor) -> Result<()> {
+        let name = Reference::parse(reference)?.to_string();
+        self.update_index(|idx| {
+            idx.manifests.retain(|e| {
+                let n = e.annotations.get(ANNOTATION_REF_NAME);
+                n != Some(&name) && !(n.is_none() && e.digest == manifest.digest)
+            });
+            let mut d = strip_name(manifest);
+            d.annotations.insert(ANNOTATION_REF_NAME.to_string(), name.clone());
+            idx.manifests.push(d);
+            Ok(())
+        })
+    }
+
+    /// Records `manifest` as an unnamed image (shown as `<none>` by `kiln images`), unless it
+    /// already has an entry.
+    pub fn add_unnamed(&self, manifest: &Descriptor) -> Result<()> {
+        self.update_index(|idx| {
+            if !idx.manifests.iter().any(|e| e.digest == manifest.digest) {
+                idx.manifests.push(strip_name(manifest));
+            }
+            Ok(())
+        })
+    }
+
+    /// Removes the name `reference`; returns whether it existed.
+    pub fn untag(&self, reference: &str) -> Result<bool> {
+        let name = Reference::parse(reference)?.to_string();
+        let mut removed = false;
+        self.update_index(|idx| {
+            let before = idx.manifests.len();
+            idx.manifests.retain(|e| e.annotations.get(ANNOTATION_REF_NAME) != Some(&name));
+            removed = idx.manifests.len() != before;
+            Ok(())
+        })?;
+        Ok(removed)
+    }
+
+    /// Removes every index entry (named or not) for the manifest `digest`; returns the
+    /// names removed.
+    pub fn remove_manifest(&self, digest: &Digest) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        self.update_index(|idx| {
+            idx.manifests.retain(|e| {
+                if &e.digest == digest {
+                    names.extend(e.annotations.get(ANNOTATION_REF_NAME).cloned());
+                    false
+                } else {
+                    true
+                }
+            });
+            Ok(())
+        })?;
+        Ok(names)
+    }
+
+    /// Named images: (normalised reference, manifest descriptor without the name annotation).
+    pub fn list(&self) -> Result<Vec<(String, Descriptor)>> {
+        Ok(self
+            .list_all()?
+            .into_iter()
+            .filter_map(|(n, d)| n.map(|n| (n, d)))
+            .collect())
+    }
+
+    /// Every index entry, named or not, in index order.
+    pub fn list_all(&self) -> Result<Vec<(Option<String>, Descriptor)>> {
+        Ok(self
+            .read_index()?
+            .manifests
+            .iter()
+            .map(|e| (e.annotations.get(ANNOTATION_REF_NAME).cloned(), strip_name(e)))
+            .collect())
+    }
+
+    /// A fresh temporary directory under `root/tmp` (removed when dropped).
+    pub fn tmp_dir(&self, prefix: &str) -> Result<tempfile::TempDir> {
+        let tmp = self.root.join("tmp");
+        tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(&tmp)
+            .with_context(|| format!("creating a temporary directory in {}", tmp.display()))
+    }
+
+    pub fn layer_dir(&self, diff_id: &Digest) -> PathBuf {
+        self.root.join("layers").join(diff_id.hex())
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.root.join("cache")
+    }
+
+    /// An exclusive lock on the whole store (for garbage collection and similar).
+    pub fn lock(&self) -> Result<StoreLock> {
+        flock(&self.root.join("locks/store"))
+    }
+
+    fn index_lock(&self) -> Result<StoreLock> {
+        flock(&self.root.join("locks/index"))
+    }
+
+    /// Reads index.json (readers need no lock: it is only ever replaced by rename).
+    pub fn read_index(&self) -> Result<Index> {
+        let p = self.index_path();
+        let data = fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+        serde_json::from_slice(&data).with_context(|| format!("{} is not a valid OCI image index", p.display()))
+    }
+
+    fn write_index(&self, idx: &Index) -> Result<()> {
+        let data = serde_json::to_vec(idx).context("serialising index.json")?;
+        crate::fsutil::write_atomic(&self.index_path(), &data)
+    }
+
+    /// Read-modify-write of index.json under the index lock.
+    fn update_index(&self, f: impl FnOnce(&mut Index) -> Result<()>) -> Result<()> {
+        let _g = self.index_lock()?;
+        let mut idx = self.read_index()?;
+        f(&mut idx)?;
+        self.write_index(&idx)
+    }
+}
+
+fn empty_index() -> Index {
+    Index {
+        schema_version: 2,
+        media_type: Some(MT_OCI_INDEX.to_string()),
+        manifests: Vec::new(),
+        annotations: Default::default(),
+    }
+}
+
+/// A copy of an index entry without its ref-name annotation.
+fn strip_name(d: &Descriptor) -> Descriptor {
+    let mut d = d.clone();
+    d.annotations.remove(ANNOTATION_REF_NAME);
+    d
+}
+
+/// Picks linux/<host arch> from an index's manifests (an entry without a platform is taken
+/// when it is the only one).
+pub fn pick_platform(manifests: &[Descriptor]) -> Option<&Descriptor> {
+    let arch = host_arch();
+    manifests
+        .iter()
+        .find(|m| m.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == arch))
+        .or_else(|| if manifests.len() == 1 && manifests[0].platform.is_none() { manifests.first() } else { None })
+}
+
+/// A blob being written; see [`Store::blob_writer`].
+pub struct BlobWriter {
+    inner: HashingWriter<BufWriter<tempfile::NamedTempFile>>,
+    store: Store,
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl BlobWriter {
+    /// Verifies the content against `expected` (if given), fsyncs it and renames it into
+    /// `blobs/sha256/`. On a mismatch nothing is stored and the error names both digests.
+    pub fn commit(self, expected: Option<&Digest>) -> Result<(Digest, u64)> {
+        let (buf, digest, size) = self.inner.finish();
+        let tmp = buf.into_inner().map_err(|e| e.into_error()).context("writing a blob")?;
+        if let Some(exp) = expected
+            && exp != &digest
+        {
+            bail!("digest mismatch: expected {exp}, got {digest} ({size} bytes); nothing was stored");
+        }
+        let dest = self.store.blob_path(&digest);
+        if dest.is_file() {
+            return Ok((digest, size));
+        }
+        tmp.as_file().sync_all().context("syncing a blob")?;
+        tmp.persist(&dest).map_err(|e| e.error).with_context(|| format!("storing blob {}", dest.display()))?;
+        crate::fsutil::sync_dir(dest.parent().unwrap_or(self.store.root()))?;
+        Ok((digest, size))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::MT_OCI_LAYER_GZIP;
+
+    fn tiny_image(store: &Store, format: ManifestFormat) -> Image {
+        let layer = store.put_bytes(b"not really a layer").unwrap();
+        let mut cfg = ImageConfig::empty();
+        cfg.rootfs.diff_ids.push(layer.clone());
+        store.write_image(&cfg, vec![Descriptor::new(MT_OCI_LAYER_GZIP, layer, 18)], format).unwrap()
+    }
+
+    fn desc(img: &Image) -> Descriptor {
+        let bytes = serde_json::to_vec(&img.manifest).unwrap();
+        Descriptor::new(img.manifest.media_type.as_deref().unwrap(), img.manifest_digest.clone(), bytes.len() as u64)
+    }
+
+    #[test]
+    fn open_creates_layout() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::open(t.path()).unwrap();
+        assert_eq!(fs::read_to_string(t.path().join("oci-layout")).unwrap(), OCI_LAYOUT_JSON);
+        assert!(s.read_index().unwrap().manifests.is_empty());
+        assert!(t.path().join("blobs/sha256").is_dir());
+        Store::open(t.path()).unwrap();
+    }
+
+    #[test]
+    fn blob_mismatch_stores_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::open(t.path()).unwrap();
+        let wrong = Digest::of(b"something else");
+        let mut w = s.blob_writer().unwrap();
+        w.write_all(b"hello").unwrap();
+        let err = w.commit(Some(&wrong)).unwrap_err().to_string();
+        assert!(err.contains("digest mismatch"), "{err}");
+        assert!(!s.has_blob(&Digest::of(b"hello")));
+        assert!(!s.has_blob(&wrong));
+        assert_eq!(fs::read_dir(t.path().join("tmp")).unwrap().count(), 0, "temp file left behind");
+        assert_eq!(fs::read_dir(t.path().join("blobs/sha256")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn blob_commit_and_drop() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::open(t.path()).unwrap();
+        let mut w = s.blob_writer().unwrap();
+        w.write_all(b"hello").unwrap();
+        let (d, n) = w.commit(Some(&Digest::of(b"hello"))).unwrap();
+        assert_eq!(n, 5);
+        assert_eq!(s.read_blob(&d).unwrap(), b"hello");
+        let mut w = s.blob_writer().unwrap();
+        w.write_all(b"discarded").unwrap();
+        drop(w);
+        assert!(!s.has_blob(&Digest::of(b"discarded")));
+        assert_eq!(fs::read_dir(t.path().join("tmp")).unwrap().count(), 0);
+        // Corruption is detected on read.
+        fs::write(s.blob_path(&d), b"jello").unwrap();
+        assert!(s.read_blob(&d).unwrap_err().to_string().contains("corrupt"));
+    }
+
+    #[test]
+    fn tag_untag_and_normalisation() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::open(t.path()).unwrap();
+        let img = tiny_image(&s, ManifestFormat::Oci);
+        s.tag("busybox", &desc(&img)).unwrap();
+        s.tag("docker.io/library/busybox:v1", &desc(&img)).unwrap();
+        let names: Vec<String> = s.list().unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["docker.io/library/busybox:latest", "docker.io/library/busybox:v1"]);
+        // Any spelling of the same reference finds it.
+        for n in ["busybox", "busybox:latest", "library/busybox", "docker.io/library/busybox:latest"] {
+            assert_eq!(s.load_image(n).unwrap().manifest_digest, img.manifest_digest, "{n}");
+        }
+        // Retagging replaces, not duplicates.
+        s.tag("busybox:latest", &desc(&img)).unwrap();
+        assert_eq!(s.list().unwrap().len(), 2);
+        // The index is valid JSON with the annotation and the OCI media type.
+        let raw: serde_json::Value = serde_json::from_slice(&fs::read(t.path().join("index.json")).unwrap()).unwrap();
+        assert_eq!(raw["mediaType"], MT_OCI_INDEX);
+        assert_eq!(raw["manifests"][0]["annotations"][ANNOTATION_REF_NAME], "docker.io/library/busybox:v1");
+        assert!(s.untag("busybox:v1").unwrap());
+        assert!(!s.untag("busybox:v1").unwrap());
+        assert_eq!(s.list().unwrap().len(), 1);
+        let err = s.load_image("nope").unwrap_err().to_string();
+        assert!(err.contains("image nope (docker.io/library/nope:latest) not found in the store at"), "{err}");
+        // No stray temp files from the atomic index writes.
+        assert!(fs::read_dir(t.path()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with(".tmp")));
+    }
+
+    #[test]
+    fn load_by_id_prefix_and_digests() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::open(t.path()).unwrap();
+        let img = tiny_image(&s, ManifestFormat::Docker);
+        assert_eq!(img.manifest.media_type.as_deref(), Some(MT_DOCKER_MANIFEST));
+        assert_eq!(img.manifest.layers[0].media_type, MT_DOCKER_LAYER_GZIP);
+        assert_eq!(img.manifest.config.media_type, MT_DOCKER_CONFIG);
+        s.tag("app:v1", &desc(&img)).unwrap();
+        let id = img.id().clone();
+        assert_eq!(s.load_image(id.short()).unwrap().manifest_digest, img.manifest_digest);
+        assert_eq!(s.load_image(&id.hex()[..4]).unwrap().manifest_digest, img.manifest_digest);
+        assert_eq!(s.load_image(id.as_str()).unwrap().manifest_digest, img.manifest_digest);
+        assert_eq!(s.load_image(img.manifest_digest.as_str()).unwrap().config, img.config);
+        assert!(s.load_image("0000000000ff").is_err() || id.hex().starts_with("0000000000ff"));
+    }
+
+    #[test]
+    fn load_picks_platform_from_index() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::open(t.path()).unwrap();
+        let img = tiny_image(&s, ManifestFormat::Oci);
+        let mut other = ImageConfig::empty();
+        other.architecture = "s390x-not-here".into();
+        let img2 = s.write_image(&other, vec![], ManifestFormat::Oci).unwrap();
+        let mut d1 = desc(&img);
+        d1.platform = Some(crate::image::Platform {
+            architecture: host_arch().into(),
+            os: "linux".into(),
+            variant: None,
+            os_version: None,
+        });
+        let mut d2 = desc(&img2);
+        d2.platform = Some(crate::image::Platform {
+            architecture: "s390x-not-here".into(),
+            os: "linux".into(),
+            variant: None,
+            os_version: None,
+        });
+        let idx = Index {
+            schema_version: 2,
+            media_type: Some(MT_OCI_INDEX.into()),
+            manifests: vec![d2, d1],
+            annotations: Default::default(),
+        };
+        let bytes = serde_json::to_vec(&idx).unwrap();
+        let id = s.put_bytes(&bytes).unwrap();
+        s.tag("multi:1", &Descriptor::new(MT_OCI_INDEX, id, bytes.len() as u64)).unwrap();
+        assert_eq!(s.load_image("multi:1").unwrap().manifest_digest, img.manifest_digest);
+    }
+
+    #[test]
+    fn concurrent_tagging_loses_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::open(t.path()).unwrap();
+        let img = tiny_image(&s, ManifestFormat::Oci);
+        let d = desc(&img);
+        std::thread::scope(|sc| {
+            for i in 0..4 {
+                let s = Store::open(t.path()).unwrap();
+                let d = d.clone();
+                sc.spawn(move || {
+                    for j in 0..10 {
+                        s.tag(&format!("app:t{i}-{j}"), &d).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(s.list().unwrap().len(), 40);
+    }
 }

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# One-time machine setup for kiln's tests and demo (Debian 12 / Ubuntu, as root):
+# Debian packages, an unprivileged test user with /etc/subuid and /etc/subgid ranges,
+# /dev/fuse open to users as distributions ship it. Idempotent.
+#   scripts/setup.sh            (KILN_TEST_USER overrides the user name, default: tester)
+set -euo pipefail
+[[ $(id -u) == 0 ]] || { echo "scripts/setup.sh must run as root (it installs packages and creates a user)" >&2; exit 1; }
+export DEBIAN_FRONTEND=noninteractive
+user=${KILN_TEST_USER:-tester}
+need=(uidmap docker-registry busybox-static mmdebstrap fuse3 fuse-overlayfs skopeo umoci buildah
+      libseccomp-dev pkg-config gcc curl python3 ca-certificates git xz-utils bzip2 zstd)
+missing=()
+for p in "${need[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if ((${#missing[@]})); then
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The Debian registry package starts a system service on :5000; tests start their own.
+id "$user" >/dev/null 2>&1 || useradd -m -s /bin/bash "$user"
+uid=$(id -u "$user")
+grep -q "^$user:" /etc/subuid || echo "$user:$((100000 + (uid % 1000) * 65536)):65536" >> /etc/subuid
+grep -q "^$user:" /etc/subgid || echo "$user:$((100000 + (uid % 1000) * 65536)):65536" >> /etc/subgid
+[[ -e /dev/fuse ]] && chmod 666 /dev/fuse
+# Tests copy the kiln binary somewhere the test user can read; make sure the repo is reachable.
+echo "setup done: user $user ($(grep "^$user:" /etc/subuid)), packages installed"

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test command: unit tests, integration tests (they run kiln as the unprivileged test
+# user when started as root), clippy and rustfmt checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo fmt --check
+cargo clippy --all-targets -- -D warnings
+cargo test --release -- --test-threads=2 "$@"

@@ -1,0 +1,489 @@
+//! RUN steps: the command line (shell/exec form, heredocs), the environment, and
+//! `RUN --mount` (cache, bind, tmpfs, secret, ssh), then the sandbox.
+
+use super::step::{ReadOnlyRoot, fs_step};
+use super::{Builder, StageState, shell_of};
+use crate::dockerfile::{Instruction, ShellOrExec};
+use crate::sandbox::{MountSpec, Network, RunSpec};
+use anyhow::{Context, Result, bail};
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// Build args that every RUN sees without declaring them (both spellings), as BuildKit does.
+const PROXY_ARGS: &[&str] = &["HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY", "ALL_PROXY"];
+
+/// One parsed `--mount=...` of a RUN instruction.
+#[derive(Clone, Debug, Default)]
+struct RunMount {
+    kind: String,
+    target: String,
+    source: Option<String>,
+    from: Option<String>,
+    id: Option<String>,
+    readonly: Option<bool>,
+    sharing: Option<String>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    mode: Option<u32>,
+    size: Option<u64>,
+    required: bool,
+    env: Option<String>,
+}
+
+fn parse_mount(spec: &str) -> Result<RunMount> {
+    let mut m = RunMount { kind: "bind".to_string(), ..Default::default() };
+    for field in spec.split(',') {
+        let (k, v) = match field.split_once('=') {
+            Some((k, v)) => (k.trim().to_ascii_lowercase(), Some(v.trim().to_string())),
+            None => (field.trim().to_ascii_lowercase(), None),
+        };
+        let bool_v = || -> Result<bool> {
+            match v.as_deref() {
+                None | Some("true") | Some("1") => Ok(true),
+                Some("false") | Some("0") => Ok(false),
+                Some(x) => bail!("--mount {spec}: {k}={x}: expected true or false"),
+            }
+        };
+        let num = |base: u32| -> Result<u32> {
+            let s = v.as_deref().unwrap_or("");
+            u32::from_str_radix(s, base).with_context(|| format!("--mount {spec}: {k}={s}: expected a number"))
+        };
+        match k.as_str() {
+            "type" => m.kind = v.unwrap_or_default(),
+            "target" | "dst" | "destination" => m.target = v.unwrap_or_default(),
+            "source" | "src" => m.source = v,
+            "from" => m.from = v,
+            "id" => m.id = v,
+            "ro" | "readonly" => m.readonly = Some(bool_v()?),
+            "rw" | "readwrite" => m.readonly = Some(!bool_v()?),
+            "sharing" => m.sharing = v,
+            "uid" => m.uid = Some(num(10)?),
+            "gid" => m.gid = Some(num(10)?),
+            "mode" => m.mode = Some(num(8)?),
+            "size" => m.size = Some(parse_size(v.as_deref().unwrap_or("")).with_context(|| format!("--mount {spec}"))?),
+            "required" => m.required = bool_v()?,
+            "env" => m.env = v,
+            "" => {}
+            other => bail!("--mount {spec}: unknown option {other:?}"),
+        }
+    }
+    if !matches!(m.kind.as_str(), "bind" | "cache" | "tmpfs" | "secret" | "ssh") {
+        bail!("--mount {spec}: unknown mount type {:?} (expected bind, cache, tmpfs, secret or ssh)", m.kind);
+    }
+    if m.target.is_empty() {
+        match m.kind.as_str() {
+            "secret" => m.target = format!("/run/secrets/{}", m.id.clone().or(m.source.clone()).unwrap_or_default()),
+            "ssh" => m.target = "/run/buildkit/ssh_agent.0".to_string(),
+            _ if m.env.is_some() => {}
+            _ => bail!("--mount {spec}: target= is required"),
+        }
+    }
+    Ok(m)
+}
+
+fn parse_size(s: &str) -> Result<u64> {
+    let (num, mult) = match s.to_ascii_lowercase().trim_end_matches('b') {
+        x if x.ends_with('k') => (x[..x.len() - 1].to_string(), 1u64 << 10),
+        x if x.ends_with('m') => (x[..x.len() - 1].to_string(), 1 << 20),
+        x if x.ends_with('g') => (x[..x.len() - 1].to_string(), 1 << 30),
+        x => (x.to_string(), 1),
+    };
+    Ok(num.parse::<u64>().with_context(|| format!("invalid size {s:?}"))? * mult)
+}
+
+/// The argv of a RUN: shell/exec form, and heredocs as BuildKit runs them — a lone heredoc
+/// is the script (a file when it has a shebang); otherwise the heredocs go to the shell.
+fn run_argv(
+    cmd: &ShellOrExec,
+    ins: &Instruction,
+    shell: &[String],
+    scratch: &Path,
+    mounts: &mut Vec<MountSpec>,
+) -> Result<Vec<String>> {
+    let ShellOrExec::Shell(line) = cmd else {
+        return Ok(super::command_argv(cmd, shell));
+    };
+    if ins.heredocs.is_empty() {
+        return Ok(super::command_argv(cmd, shell));
+    }
+    let lone = ins.heredocs.len() == 1 && is_lone_heredoc(line, &ins.heredocs[0].name);
+    if lone {
+        let h = &ins.heredocs[0];
+        if h.content.starts_with("#!") {
+            let path = scratch.join("heredoc-script");
+            std::fs::write(&path, &h.content).with_context(|| format!("writing {}", path.display()))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+            let dest = format!("/dev/pipes/{}", h.name);
+            mounts.push(MountSpec::Bind { src: path, dest: dest.clone(), readonly: true });
+            return Ok(vec![dest]);
+        }
+        let mut v = shell.to_vec();
+        v.push(h.content.clone());
+        return Ok(v);
+    }
+    let mut script = line.clone();
+    for h in &ins.heredocs {
+        script.push('\n');
+        script.push_str(&h.content);
+        if !h.content.ends_with('\n') && !h.content.is_empty() {
+            script.push('\n');
+        }
+        script.push_str(&h.name);
+    }
+    let mut v = shell.to_vec();
+    v.push(script);
+    Ok(v)
+}
+
+fn is_lone_heredoc(line: &str, name: &str) -> bool {
+    let t = line.trim();
+    let t = t.strip_prefix("<<").unwrap_or(t);
+    let t = t.strip_prefix('-').unwrap_or(t);
+    let t = t.trim_matches(|c| c == '"' || c == '\'');
+    t == name
+}
+
+/// Executes a RUN instruction.
+pub fn run_step(b: &mut Builder, state: &mut StageState, ins: &Instruction, stage_index: usize, cmd: &ShellOrExec) -> Result<bool> {
+    let vars = state.vars();
+    let esc = b.escape;
+    let mut mount_specs = Vec::new();
+    let mut network = b.req.network;
+    for f in &ins.flags {
+        let v = crate::dockerfile::expand::process_word(f.value.as_deref().unwrap_or(""), &vars, esc)?;
+        match f.name.as_str() {
+            "mount" => mount_specs.push(parse_mount(&v).with_context(|| format!("{}", f.loc))?),
+            "network" => {
+                network = match v.as_str() {
+                    "none" => Network::None,
+                    "host" | "default" => Network::Host,
+                    other => bail!("{}: --network={other}: expected default, none or host", f.loc),
+                }
+            }
+            "security" => match v.as_str() {
+                "sandbox" => {}
+                other => bail!(
+                    "{}: --security={other} is not supported: kiln runs RUN steps in its rootless sandbox (only --security=sandbox)",
+                    f.loc
+                ),
+            },
+            other => bail!("{}: unknown flag --{other} for RUN", f.loc),
+        }
+    }
+    // Environment: image ENV, then ARGs in scope that ENV does not override, then proxies.
+    let mut env: Vec<String> = state.config.config.env.clone().unwrap_or_default();
+    let env_keys: Vec<String> = env.iter().map(|kv| kv.split('=').next().unwrap_or("").to_string()).collect();
+    for (k, v) in &state.args {
+        if !env_keys.contains(k) {
+            env.push(format!("{k}={v}"));
+        }
+    }
+    for (k, v) in &b.req.build_args {
+        if PROXY_ARGS.contains(&k.to_ascii_uppercase().as_str()) {
+            for name in [k.to_ascii_uppercase(), k.to_ascii_lowercase()] {
+                if !env.iter().any(|kv| kv.split('=').next() == Some(&name)) {
+                    env.push(format!("{name}={v}"));
+                }
+            }
+        }
+    }
+    let shell = shell_of(&state.config);
+    let created_by = match cmd {
+        ShellOrExec::Shell(s) => format!("RUN {} {} # buildkit", shell.join(" "), s),
+        ShellOrExec::Exec(v) => format!("RUN {} # buildkit", serde_json::to_string(v)?),
+    };
+    let heredocs: Vec<_> = ins.heredocs.iter().map(|h| (&h.name, &h.content)).collect();
+    let mount_key: Vec<String> = mount_specs
+        .iter()
+        .map(|m| format!("{}:{}:{:?}:{:?}:{:?}", m.kind, m.target, m.source, m.from, m.readonly))
+        .collect();
+    // Bind mounts from the context or a stage are inputs: their content is part of the key.
+    let mut source_digest = None;
+    let mut sources = Vec::new();
+    for m in &mount_specs {
+        if m.kind == "bind" {
+            let (root, is_context) = match &m.from {
+                Some(f) => {
+                    let st = b.source_state(f, &ins.loc)?;
+                    (Some(st), false)
+                }
+                None => (None, true),
+            };
+            sources.push((m.clone(), root, is_context));
+        }
+    }
+    let mut ro_roots = Vec::new();
+    let mut bind_roots: Vec<(RunMount, PathBuf)> = Vec::new();
+    for (m, st, is_context) in sources {
+        let root = match st {
+            Some(st) => {
+                let r = ReadOnlyRoot::mount(b, &st)?;
+                let p = r.path.clone();
+                ro_roots.push(r);
+                p
+            }
+            None => b.req.context.clone(),
+        };
+        let src_rel = m.source.clone().unwrap_or_else(|| "/".to_string());
+        let src = crate::fsutil::resolve_in_root(&root, Path::new(&src_rel), true)?;
+        if !src.exists() {
+            bail!("{}: --mount source {src_rel}: not found", ins.loc);
+        }
+        let req = super::copy::CopyRequest {
+            srcs: vec![src_rel.clone()],
+            dest: "/".to_string(),
+            workdir: "/".to_string(),
+            chown: None,
+            chmod: None,
+            exclude: Vec::new(),
+            parents: false,
+            link: false,
+            is_add: false,
+            checksum: None,
+            keep_git_dir: false,
+            heredocs: Vec::new(),
+        };
+        let ignore = if is_context { Some(&b.ignore) } else { None };
+        let d = super::copy::source_digest(&super::copy::CopySource { root: &root, ignore, is_context }, &req)?;
+        source_digest = Some(crate::digest::Digest::of(
+            format!("{:?}{}", source_digest.as_ref().map(|d: &crate::digest::Digest| d.to_string()), d).as_bytes(),
+        ));
+        bind_roots.push((m, src));
+    }
+    let key_text = format!(
+        "RUN {:?} heredocs {:?} env {:?} mounts {:?} network {:?} user {:?} workdir {:?}",
+        cmd_text(cmd),
+        heredocs,
+        env,
+        mount_key,
+        network,
+        state.config.config.user,
+        state.config.config.working_dir
+    );
+    let user = state.config.config.user.clone().unwrap_or_else(|| "0".to_string());
+    let cwd = state.config.config.working_dir.clone().unwrap_or_else(|| "/".to_string());
+    let cmd = cmd.clone();
+    let ins_owned = ins.clone();
+    let result = fs_step(b, state, ins, stage_index, &key_text, source_digest.as_ref(), created_by, |b, root, _st| {
+        let scratch = b.store.tmp_dir("run-")?;
+        let mut mounts = Vec::new();
+        let argv = run_argv(&cmd, &ins_owned, &shell, scratch.path(), &mut mounts)?;
+        let mut env = env.clone();
+        let mut locks = Vec::new();
+        for m in &mount_specs {
+            add_mount(b, m, &bind_roots, scratch.path(), &mut mounts, &mut env, &mut locks)
+                .with_context(|| format!("{}: --mount type={},target={}", ins_owned.loc, m.kind, m.target))?;
+        }
+        let spec = RunSpec {
+            rootfs: root.to_path_buf(),
+            args: argv.clone(),
+            env,
+            cwd: cwd.clone(),
+            user: user.clone(),
+            network,
+            hostname: "kiln".to_string(),
+            mounts,
+            seccomp: b.req.seccomp.clone(),
+            cap_add: b.req.cap_add.clone(),
+            cap_drop: b.req.cap_drop.clone(),
+            no_new_privs: b.req.no_new_privs,
+            stdin: None,
+            output_prefix: b.progress.prefix(),
+            tty: false,
+        };
+        let outcome = crate::sandbox::run(&spec)?;
+        drop(locks);
+        if outcome.status != 0 {
+            bail!(
+                "process \"{}\" did not complete successfully: exit code: {}",
+                argv.join(" "),
+                outcome.status
+            );
+        }
+        Ok(outcome.placeholders)
+    });
+    drop(ro_roots);
+    result
+}
+
+fn cmd_text(cmd: &ShellOrExec) -> String {
+    match cmd {
+        ShellOrExec::Shell(s) => format!("shell:{s}"),
+        ShellOrExec::Exec(v) => format!("exec:{v:?}"),
+    }
+}
+
+/// Turns one `--mount` into sandbox mounts (and env for secrets/ssh).
+fn add_mount(
+    b: &Builder,
+    m: &RunMount,
+    bind_roots: &[(RunMount, PathBuf)],
+    scratch: &Path,
+    mounts: &mut Vec<MountSpec>,
+    env: &mut Vec<String>,
+    locks: &mut Vec<std::fs::File>,
+) -> Result<()> {
+    match m.kind.as_str() {
+        "bind" => {
+            let src = bind_roots
+                .iter()
+                .find(|(bm, _)| bm.target == m.target && bm.source == m.source && bm.from == m.from)
+                .map(|(_, p)| p.clone())
+                .context("bind source was not prepared")?;
+            let readonly = m.readonly.unwrap_or(true);
+            let src = if readonly {
+                src
+            } else {
+                // rw binds: writes are discarded, so the step works on a copy.
+                let copy = scratch.join(format!("bind-{}", mounts.len()));
+                let st = std::process::Command::new("cp")
+                    .arg("-a")
+                    .arg(&src)
+                    .arg(&copy)
+                    .status()
+                    .context("running cp -a for a rw bind mount")?;
+                if !st.success() {
+                    bail!("copying {} for a rw bind mount failed", src.display());
+                }
+                copy
+            };
+            mounts.push(MountSpec::Bind { src, dest: m.target.clone(), readonly });
+        }
+        "cache" => {
+            let id = m.id.clone().unwrap_or_else(|| m.target.clone());
+            let dir = b.store.root().join("cache-mounts").join(crate::digest::Digest::of(id.as_bytes()).hex());
+            if !dir.exists() {
+                std::fs::create_dir_all(&dir).with_context(|| format!("creating cache mount {}", dir.display()))?;
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(m.mode.unwrap_or(0o755)))?;
+                nix::unistd::chown(&dir, Some(m.uid.unwrap_or(0).into()), Some(m.gid.unwrap_or(0).into()))
+                    .with_context(|| format!("chown of cache mount {}", dir.display()))?;
+            }
+            let sharing = m.sharing.as_deref().unwrap_or("shared");
+            let mut src = dir.clone();
+            if sharing == "locked" || sharing == "private" {
+                let lock = std::fs::File::create(dir.with_extension("lock"))?;
+                let got = nix::fcntl::Flock::lock(
+                    lock,
+                    if sharing == "locked" {
+                        nix::fcntl::FlockArg::LockExclusive
+                    } else {
+                        nix::fcntl::FlockArg::LockExclusiveNonblock
+                    },
+                );
+                match got {
+                    Ok(l) => locks.push(l.unlock().map_err(|(_, e)| e)?),
+                    Err(_) if sharing == "private" => {
+                        // In use by another build: a private mount gets a fresh directory.
+                        src = scratch.join(format!("cache-{}", mounts.len()));
+                        std::fs::create_dir(&src)?;
+                    }
+                    Err((_, e)) => return Err(e).context("locking the cache mount"),
+                }
+            } else if !matches!(sharing, "shared") {
+                bail!("sharing={sharing}: expected shared, private or locked");
+            }
+            mounts.push(MountSpec::Bind { src, dest: m.target.clone(), readonly: m.readonly.unwrap_or(false) });
+        }
+        "tmpfs" => mounts.push(MountSpec::Tmpfs { dest: m.target.clone(), size: m.size, mode: m.mode }),
+        "secret" => {
+            let id = m.id.clone().or(m.source.clone()).unwrap_or_default();
+            let Some(secret) = b.req.secrets.iter().find(|s| s.id == id) else {
+                if m.required {
+                    bail!("secret {id} is required but was not given with --secret id={id},src=FILE");
+                }
+                return Ok(());
+            };
+            let data = secret.read()?;
+            if let Some(var) = &m.env {
+                env.push(format!("{var}={}", String::from_utf8_lossy(&data)));
+                if m.target.is_empty() {
+                    return Ok(());
+                }
+            }
+            let path = scratch.join(format!("secret-{}", mounts.len()));
+            std::fs::write(&path, &data).with_context(|| format!("writing secret {id}"))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(m.mode.unwrap_or(0o400)))?;
+            nix::unistd::chown(&path, Some(m.uid.unwrap_or(0).into()), Some(m.gid.unwrap_or(0).into()))?;
+            mounts.push(MountSpec::Bind { src: path, dest: m.target.clone(), readonly: true });
+        }
+        "ssh" => {
+            let id = m.id.clone().unwrap_or_else(|| "default".to_string());
+            let Some(sock) = b.req.ssh.get(&id) else {
+                if m.required {
+                    bail!("ssh agent {id} is required but was not given with --ssh {id}");
+                }
+                return Ok(());
+            };
+            mounts.push(MountSpec::Bind { src: sock.clone(), dest: m.target.clone(), readonly: false });
+            env.push(format!("SSH_AUTH_SOCK={}", m.target));
+        }
+        _ => unreachable!("checked in parse_mount"),
+    }
+    Ok(())
+}
+
+/// WORKDIR: creates the directory (and missing parents) inside the rootfs, owned by the
+/// stage's USER as BuildKit does.
+pub fn make_workdir(root: &Path, path: &str, user: Option<&str>) -> Result<Vec<PathBuf>> {
+    let owner = match user {
+        Some(u) if !u.is_empty() => {
+            let r = crate::users::resolve_user(root, u)?;
+            Some((r.uid, r.gid))
+        }
+        _ => None,
+    };
+    let target = crate::fsutil::resolve_in_root(root, Path::new(path), true)?;
+    let mut missing = Vec::new();
+    let mut p = target.as_path();
+    while !p.exists() && p.starts_with(root) && p != root {
+        missing.push(p.to_path_buf());
+        p = match p.parent() {
+            Some(x) => x,
+            None => break,
+        };
+    }
+    for dir in missing.iter().rev() {
+        std::fs::create_dir(dir).with_context(|| format!("creating WORKDIR {}", dir.display()))?;
+        if let Some((uid, gid)) = owner {
+            nix::unistd::chown(dir, Some(uid.into()), Some(gid.into()))
+                .with_context(|| format!("chown of WORKDIR {}", dir.display()))?;
+        }
+    }
+    if !target.is_dir() {
+        bail!("WORKDIR {path}: exists and is not a directory");
+    }
+    Ok(Vec::new())
+}
+
+/// Parses `KEY=VALUE` pairs into a map (for `--mount` tests and options).
+#[allow(dead_code)]
+fn kv_map(s: &str) -> BTreeMap<String, String> {
+    s.split(',')
+        .filter_map(|p| p.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_specs() {
+        let m = parse_mount("type=cache,target=/root/.cache,id=pip,sharing=locked,uid=1000,mode=0700").unwrap();
+        assert_eq!((m.kind.as_str(), m.target.as_str(), m.id.as_deref()), ("cache", "/root/.cache", Some("pip")));
+        assert_eq!((m.uid, m.mode), (Some(1000), Some(0o700)));
+        let s = parse_mount("type=secret,id=tok").unwrap();
+        assert_eq!(s.target, "/run/secrets/tok");
+        assert!(parse_mount("type=nfs,target=/x").is_err());
+        assert!(parse_mount("type=bind").is_err());
+        assert_eq!(parse_mount("type=tmpfs,target=/t,size=64m").unwrap().size, Some(64 << 20));
+    }
+
+    #[test]
+    fn lone_heredoc() {
+        assert!(is_lone_heredoc("<<EOF", "EOF"));
+        assert!(is_lone_heredoc("<<-'EOF'", "EOF"));
+        assert!(!is_lone_heredoc("<<EOF 3<<IN awk -f -", "EOF"));
+    }
+}

@@ -1,0 +1,82 @@
+//! Build progress: plain `#N [stage k/n] STEP` lines with durations (CI), or the same with
+//! a live status line on a terminal; `--quiet` prints nothing but errors.
+
+use crate::image::Image;
+use std::cell::Cell;
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    Auto,
+    Plain,
+    Tty,
+    Quiet,
+}
+
+pub struct Printer {
+    mode: Progress,
+    step: Cell<usize>,
+}
+
+impl Printer {
+    pub fn new(mode: Progress) -> Printer {
+        let mode = match mode {
+            Progress::Auto if std::io::stderr().is_terminal() => Progress::Tty,
+            Progress::Auto => Progress::Plain,
+            m => m,
+        };
+        Printer { mode, step: Cell::new(0) }
+    }
+
+    fn out(&self, line: &str) {
+        if self.mode != Progress::Quiet {
+            let mut e = std::io::stderr().lock();
+            let _ = writeln!(e, "{line}");
+        }
+    }
+
+    pub fn step_start(&self, stage: &str, n: usize, total: usize, text: &str) {
+        self.step.set(self.step.get() + 1);
+        let line = format!("#{} [{stage} {n}/{total}] {text}", self.step.get());
+        if self.mode == Progress::Tty {
+            self.out(&format!("\x1b[1m{line}\x1b[0m"));
+        } else {
+            self.out(&line);
+        }
+    }
+
+    pub fn step_done(&self, cached: bool, took: Duration) {
+        if cached {
+            self.out(&format!("#{} CACHED", self.step.get()));
+        } else {
+            self.out(&format!("#{} DONE {:.1}s", self.step.get(), took.as_secs_f64()));
+        }
+    }
+
+    /// The prefix for a RUN step's output lines.
+    pub fn prefix(&self) -> String {
+        if self.mode == Progress::Quiet { String::new() } else { format!("#{} ", self.step.get()) }
+    }
+
+    pub fn info(&self, msg: &str) {
+        self.out(msg);
+    }
+
+    pub fn warn(&self, msg: &str) {
+        let mut e = std::io::stderr().lock();
+        let _ = writeln!(e, "WARNING: {msg}");
+    }
+
+    pub fn summary(&self, image: &Image, tags: &[String], took: Duration) {
+        let size: u64 = image.manifest.layers.iter().map(|l| l.size).sum();
+        self.out(&format!(
+            "writing image {} ({} layers, {:.1} MB) in {:.1}s{}",
+            image.id(),
+            image.manifest.layers.len(),
+            size as f64 / 1e6,
+            took.as_secs_f64(),
+            if tags.is_empty() { String::new() } else { format!("; named {}", tags.join(", ")) }
+        ));
+    }
+}

@@ -1,0 +1,510 @@
+//! One function per instruction kind. Metadata instructions only change the config;
+//! RUN/COPY/ADD/WORKDIR change the filesystem through [`FsStep`], which handles the cache,
+//! the overlay mount and the layer commit.
+
+use super::{Builder, StageState, cache, command_argv, shell_of};
+use crate::digest::Digest;
+use crate::dockerfile::expand::{process_word, process_words};
+use crate::dockerfile::{Command, Instruction, ShellOrExec};
+use crate::image::HealthConfig;
+use anyhow::{Context, Result, bail};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Executes one instruction on `state`. Returns true when the step was a cache hit.
+pub fn execute(b: &mut Builder, state: &mut StageState, ins: &Instruction, stage_index: usize) -> Result<bool> {
+    let esc = b.escape;
+    let vars = state.vars();
+    let word = |w: &str| process_word(w, &vars, esc);
+    let words = |w: &str| process_words(w, &vars, esc);
+    match &ins.command {
+        Command::From { .. } => bail!("FROM inside a stage"),
+        Command::Arg(decls) => {
+            for (name, default) in decls {
+                let value = b
+                    .plan
+                    .arg_value(stage_index, name, &state.args)
+                    .or_else(|| default.as_ref().map(|d| process_word(d, &state.vars(), esc)).transpose().ok().flatten());
+                match value {
+                    Some(v) => {
+                        state.args.insert(name.clone(), v);
+                    }
+                    None => {
+                        // Declared without a value: visible (as empty to expansion) but not set.
+                        state.args.remove(name);
+                    }
+                }
+            }
+            meta(b, state, ins, false)
+        }
+        Command::Env(pairs) => {
+            for (k, v) in pairs {
+                let k = word(k)?;
+                let v = process_word(v, &state.vars(), esc)?;
+                state.config.config.env_set(&k, &v);
+            }
+            meta(b, state, ins, true)
+        }
+        Command::Label(pairs) => {
+            for (k, v) in pairs {
+                let k = word(k)?;
+                let v = word(v)?;
+                state.config.config.labels.get_or_insert_with(BTreeMap::new).insert(k, v);
+            }
+            meta(b, state, ins, true)
+        }
+        Command::Maintainer(m) => {
+            state.config.author = Some(m.clone());
+            meta(b, state, ins, true)
+        }
+        Command::Expose(ports) => {
+            let mut list = Vec::new();
+            for p in ports {
+                list.extend(words(p)?);
+            }
+            let exposed = state.config.config.exposed_ports.get_or_insert_with(BTreeMap::new);
+            for p in list {
+                for port in expand_port(&p).with_context(|| format!("EXPOSE {p}"))? {
+                    exposed.insert(port, serde_json::json!({}));
+                }
+            }
+            meta(b, state, ins, true)
+        }
+        Command::Volume(vols) => {
+            let mut list = Vec::new();
+            for v in vols {
+                list.extend(words(v)?);
+            }
+            if list.iter().any(|v| v.trim().is_empty()) || list.is_empty() {
+                bail!("VOLUME specified can not be an empty string");
+            }
+            let volumes = state.config.config.volumes.get_or_insert_with(BTreeMap::new);
+            for v in list {
+                volumes.insert(v, serde_json::json!({}));
+            }
+            meta(b, state, ins, true)
+        }
+        Command::User(u) => {
+            state.config.config.user = Some(word(u)?);
+            meta(b, state, ins, true)
+        }
+        Command::Stopsignal(s) => {
+            state.config.config.stop_signal = Some(word(s)?);
+            meta(b, state, ins, true)
+        }
+        Command::Shell(v) => {
+            state.config.config.shell = Some(v.clone());
+            meta(b, state, ins, true)
+        }
+        Command::Cmd(c) => {
+            state.config.config.cmd = Some(command_argv(c, &shell_of(&state.config)));
+            state.cmd_set = true;
+            meta(b, state, ins, true)
+        }
+        Command::Entrypoint(c) => {
+            let argv = command_argv(c, &shell_of(&state.config));
+            // `ENTRYPOINT []` / `ENTRYPOINT ""` clears it.
+            let empty = matches!(c, ShellOrExec::Exec(v) if v.is_empty()) || matches!(c, ShellOrExec::Shell(s) if s.trim().is_empty());
+            state.config.config.entrypoint = if empty { None } else { Some(argv) };
+            if !state.cmd_set {
+                state.config.config.cmd = None;
+            }
+            meta(b, state, ins, true)
+        }
+        Command::Healthcheck(spec) => {
+            state.config.config.healthcheck = Some(healthcheck(ins, spec.as_ref(), &shell_of(&state.config))?);
+            meta(b, state, ins, true)
+        }
+        Command::Onbuild(inner) => {
+            let text = inner.original.clone();
+            state.config.config.on_build.get_or_insert_with(Vec::new).push(text);
+            meta(b, state, ins, true)
+        }
+        Command::Workdir(w) => {
+            let w = word(w)?;
+            let current = state.config.config.working_dir.clone().unwrap_or_else(|| "/".to_string());
+            let path = clean_path(&if w.starts_with('/') { w } else { format!("{}/{}", current.trim_end_matches('/'), w) });
+            state.config.config.working_dir = Some(path.clone());
+            let user = state.config.config.user.clone();
+            let created_by = format!("WORKDIR {path}");
+            fs_step(b, state, ins, stage_index, &format!("WORKDIR {path} user={user:?}"), None, created_by, |_b, root, _st| {
+                super::mounts::make_workdir(root, &path, user.as_deref())
+            })
+        }
+        Command::Run(cmd) => super::mounts::run_step(b, state, ins, stage_index, cmd),
+        Command::Copy { srcs, dest } | Command::Add { srcs, dest } => {
+            copy_step(b, state, ins, stage_index, srcs, dest, matches!(ins.command, Command::Add { .. }))
+        }
+    }
+}
+
+/// A metadata-only step: history entry (empty layer) and the cache chain.
+fn meta(b: &mut Builder, state: &mut StageState, ins: &Instruction, history: bool) -> Result<bool> {
+    let desc = describe(ins, state);
+    state.key = cache::chain(&state.key, &desc, &[]);
+    if history {
+        let h = b.history(created_by_meta(ins, state), true);
+        state.config.history.push(h);
+    }
+    Ok(false)
+}
+
+fn created_by_meta(ins: &Instruction, _state: &StageState) -> String {
+    ins.original.clone()
+}
+
+/// The cache description of an instruction: its text with the variables it can see.
+fn describe(ins: &Instruction, state: &StageState) -> String {
+    let args: Vec<String> = state.args.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{} | args {:?} | env {:?}", ins.original, args, state.config.config.env)
+}
+
+/// Runs a filesystem step with caching: `key_text` (plus `source`) identifies the step's
+/// inputs; on a miss, `act` runs on the mounted rootfs and the upper dir becomes the layer.
+#[allow(clippy::too_many_arguments)]
+pub fn fs_step(
+    b: &mut Builder,
+    state: &mut StageState,
+    ins: &Instruction,
+    stage_index: usize,
+    key_text: &str,
+    source: Option<&Digest>,
+    created_by: String,
+    act: impl FnOnce(&mut Builder, &Path, &StageState) -> Result<Vec<PathBuf>>,
+) -> Result<bool> {
+    let key = cache::chain(&state.key, key_text, &source.map(|d| d.as_str().to_string()).into_iter().collect::<Vec<_>>());
+    let stage_name = b.plan.stages.iter().find(|s| s.index == stage_index).and_then(|s| s.name.clone());
+    let use_cache = !b.req.no_cache
+        && !b.req.no_cache_filter.iter().any(|f| Some(f.to_lowercase()) == stage_name || f == &stage_index.to_string());
+    if use_cache {
+        if let Some(hit) = cache::lookup(b.store, &key)? {
+            apply_layer(state, hit.layer, b.history(created_by, false), key);
+            return Ok(true);
+        }
+    }
+    let lowers = b.lowers(state)?;
+    let work = b.store.tmp_dir("step-")?;
+    let upper = work.path().join("upper");
+    let workdir = work.path().join("work");
+    let merged = work.path().join("merged");
+    for d in [&upper, &workdir, &merged] {
+        std::fs::create_dir(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    b.driver.mount(&lowers, &upper, &workdir, &merged).context("mounting the step's rootfs")?;
+    let result = act(b, &merged, state);
+    let unmounted = b.driver.unmount(&merged).context("unmounting the step's rootfs");
+    let placeholders = result?;
+    unmounted?;
+    for p in &placeholders {
+        remove_placeholder(&upper.join(p));
+    }
+    let layer = crate::layer::commit_dir(b.store, &upper, &placeholders, &b.layer_opts, b.req.format)?;
+    if let Some(l) = &layer {
+        super::publish_layer_dir(b.store, &upper, &l.diff_id)?;
+    }
+    let entry = cache::Entry { layer: layer.map(|l| (l.descriptor, l.diff_id)) };
+    cache::store(b.store, &key, &entry)?;
+    apply_layer(state, entry.layer, b.history(created_by, false), key);
+    Ok(false)
+}
+
+/// Removes a mount placeholder that the sandbox created, if it is still empty.
+fn remove_placeholder(p: &Path) {
+    if let Ok(md) = std::fs::symlink_metadata(p) {
+        if md.is_dir() {
+            let _ = std::fs::remove_dir(p);
+        } else if md.len() == 0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn apply_layer(
+    state: &mut StageState,
+    layer: Option<(crate::image::Descriptor, Digest)>,
+    mut history: crate::image::History,
+    key: Digest,
+) {
+    match layer {
+        Some((desc, diff_id)) => {
+            state.layers.push(desc);
+            state.config.rootfs.diff_ids.push(diff_id);
+        }
+        None => history.empty_layer = Some(true),
+    }
+    state.config.history.push(history);
+    state.key = key;
+}
+
+#[allow(clippy::too_many_arguments)]
+fn copy_step(
+    b: &mut Builder,
+    state: &mut StageState,
+    ins: &Instruction,
+    stage_index: usize,
+    srcs: &[String],
+    dest: &str,
+    is_add: bool,
+) -> Result<bool> {
+    use super::copy::{CopyRequest, CopySource};
+    let vars = state.vars();
+    let esc = b.escape;
+    let mut from = None;
+    let mut req = CopyRequest {
+        srcs: Vec::new(),
+        dest: process_word(dest, &vars, esc)?,
+        workdir: state.config.config.working_dir.clone().unwrap_or_else(|| "/".to_string()),
+        chown: None,
+        chmod: None,
+        exclude: Vec::new(),
+        parents: false,
+        link: false,
+        is_add,
+        checksum: None,
+        keep_git_dir: false,
+        heredocs: Vec::new(),
+    };
+    for f in &ins.flags {
+        let v = || -> Result<String> { process_word(f.value.as_deref().unwrap_or(""), &vars, esc) };
+        match f.name.as_str() {
+            "from" => from = Some(v()?),
+            "chown" => req.chown = Some(v()?),
+            "chmod" => req.chmod = Some(v()?),
+            "exclude" => req.exclude.push(v()?),
+            "parents" => req.parents = f.value.as_deref().is_none_or(|x| x == "true"),
+            "link" => req.link = f.value.as_deref().is_none_or(|x| x == "true"),
+            "checksum" => req.checksum = Some(v()?),
+            "keep-git-dir" => req.keep_git_dir = f.value.as_deref().is_none_or(|x| x == "true"),
+            other => bail!("{}: unknown flag --{other} for {}", f.loc, ins.keyword),
+        }
+    }
+    for h in &ins.heredocs {
+        let content = if h.expand { process_word_heredoc(&h.content, &vars, esc)? } else { h.content.clone() };
+        req.heredocs.push((h.name.clone(), content));
+    }
+    for s in srcs {
+        if s.starts_with("<<") {
+            req.srcs.push(s.clone());
+        } else {
+            req.srcs.extend(process_words(s, &vars, esc)?);
+        }
+    }
+    let (source_root_state, is_context) = match &from {
+        Some(name) => (Some(b.source_state(name, &ins.loc)?), false),
+        None => (None, true),
+    };
+    // COPY --from reads a read-only overlay of the source stage's layers.
+    let src_mount = match &source_root_state {
+        Some(st) => Some(ReadOnlyRoot::mount(b, st)?),
+        None => None,
+    };
+    let src_root: PathBuf = match &src_mount {
+        Some(m) => m.path.clone(),
+        None => b.req.context.clone(),
+    };
+    let ignore = if is_context { Some(&b.ignore) } else { None };
+    let source = CopySource { root: &src_root, ignore, is_context };
+    let digest = super::copy::source_digest(&source, &req)?;
+    let key_text = format!(
+        "{} {:?} -> {:?} flags {:?}",
+        ins.keyword,
+        req.srcs,
+        req.dest,
+        ins.flags.iter().map(|f| (&f.name, &f.value)).collect::<Vec<_>>()
+    );
+    let created_by = format!("{} # buildkit", ins.original);
+    let ignore_owned = if is_context { Some(b.ignore.clone()) } else { None };
+    let result = fs_step(b, state, ins, stage_index, &key_text, Some(&digest), created_by, |_b, root, _st| {
+        let source = CopySource { root: &src_root, ignore: ignore_owned.as_ref(), is_context };
+        super::copy::copy_into(root, &source, &req)?;
+        Ok(Vec::new())
+    });
+    drop(src_mount);
+    result
+}
+
+/// Heredoc bodies expand variables but keep quotes and newlines literally.
+fn process_word_heredoc(content: &str, vars: &BTreeMap<String, String>, esc: char) -> Result<String> {
+    crate::dockerfile::expand::expand_heredoc(content, vars, esc)
+}
+
+/// A read-only view of another stage's (or image's) filesystem, unmounted on drop.
+pub struct ReadOnlyRoot {
+    pub path: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+    mounted: bool,
+}
+
+impl ReadOnlyRoot {
+    pub fn mount(b: &Builder, st: &StageState) -> Result<ReadOnlyRoot> {
+        let lowers = b.lowers(st)?;
+        let dir = b.store.tmp_dir("from-")?;
+        let path = dir.path().join("root");
+        std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+        if lowers.is_empty() {
+            return Ok(ReadOnlyRoot { path, _dir: Some(dir), mounted: false });
+        }
+        crate::rootfs::mount_readonly(&lowers, &path)?;
+        Ok(ReadOnlyRoot { path, _dir: Some(dir), mounted: true })
+    }
+}
+
+impl Drop for ReadOnlyRoot {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// Expands `80`, `80/TCP`, `8000-8002/udp` into `port/proto` keys (protocol lower-cased).
+pub fn expand_port(spec: &str) -> Result<Vec<String>> {
+    let (ports, proto) = match spec.split_once('/') {
+        Some((p, proto)) => (p, proto.to_ascii_lowercase()),
+        None => (spec, "tcp".to_string()),
+    };
+    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
+        bail!("invalid proto: {proto}");
+    }
+    // An IP prefix (`127.0.0.1:80`) is accepted by Docker and ignored.
+    let ports = ports.rsplit(':').next().unwrap_or(ports);
+    let (lo, hi) = match ports.split_once('-') {
+        Some((a, z)) => (parse_port(a)?, parse_port(z)?),
+        None => {
+            let p = parse_port(ports)?;
+            (p, p)
+        }
+    };
+    if hi < lo {
+        bail!("invalid port range: {ports}");
+    }
+    Ok((lo..=hi).map(|p| format!("{p}/{proto}")).collect())
+}
+
+fn parse_port(s: &str) -> Result<u16> {
+    s.parse::<u16>().with_context(|| format!("invalid port {s:?}: expected a number from 0 to 65535"))
+}
+
+/// Lexically cleans an absolute path (`/a/./b/../c/` → `/a/c`).
+pub fn clean_path(p: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for c in p.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    format!("/{}", out.join("/"))
+}
+
+fn healthcheck(ins: &Instruction, spec: Option<&crate::dockerfile::HealthcheckSpec>, shell: &[String]) -> Result<HealthConfig> {
+    let Some(spec) = spec else {
+        return Ok(HealthConfig { test: Some(vec!["NONE".to_string()]), ..Default::default() });
+    };
+    let test = match &spec.test {
+        ShellOrExec::Exec(v) => {
+            let mut t = vec!["CMD".to_string()];
+            t.extend(v.iter().cloned());
+            t
+        }
+        ShellOrExec::Shell(s) => {
+            let _ = shell;
+            vec!["CMD-SHELL".to_string(), s.clone()]
+        }
+    };
+    let mut hc = HealthConfig { test: Some(test), ..Default::default() };
+    for f in &ins.flags {
+        let v = f.value.as_deref().unwrap_or("");
+        match f.name.as_str() {
+            "interval" => hc.interval = Some(parse_duration(v).with_context(|| format!("{}: --interval", f.loc))?),
+            "timeout" => hc.timeout = Some(parse_duration(v).with_context(|| format!("{}: --timeout", f.loc))?),
+            "start-period" => {
+                hc.start_period = Some(parse_duration(v).with_context(|| format!("{}: --start-period", f.loc))?)
+            }
+            "start-interval" => {
+                hc.start_interval = Some(parse_duration(v).with_context(|| format!("{}: --start-interval", f.loc))?)
+            }
+            "retries" => {
+                hc.retries = Some(v.parse().with_context(|| format!("{}: --retries {v:?}: expected a number", f.loc))?)
+            }
+            other => bail!("{}: unknown flag --{other} for HEALTHCHECK", f.loc),
+        }
+    }
+    // Docker writes zero durations as absent.
+    for d in [&mut hc.interval, &mut hc.timeout, &mut hc.start_period, &mut hc.start_interval] {
+        if *d == Some(0) {
+            *d = None;
+        }
+    }
+    if hc.retries == Some(0) {
+        hc.retries = None;
+    }
+    Ok(hc)
+}
+
+/// Parses a Go duration (`30s`, `1m30s`, `500ms`, `1h`) into nanoseconds.
+pub fn parse_duration(s: &str) -> Result<i64> {
+    if s == "0" {
+        return Ok(0);
+    }
+    let mut total: f64 = 0.0;
+    let mut rest = s;
+    if rest.is_empty() {
+        bail!("invalid duration {s:?}");
+    }
+    while !rest.is_empty() {
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        if num_len == 0 {
+            bail!("invalid duration {s:?}: expected a number like 30s");
+        }
+        let n: f64 = rest[..num_len].parse().with_context(|| format!("invalid duration {s:?}"))?;
+        rest = &rest[num_len..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let mult = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            u => bail!("invalid duration {s:?}: unknown unit {u:?} (expected ns, us, ms, s, m or h)"),
+        };
+        total += n * mult;
+        rest = &rest[unit_len..];
+    }
+    Ok(total as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports() {
+        assert_eq!(expand_port("80").unwrap(), ["80/tcp"]);
+        assert_eq!(expand_port("53/UDP").unwrap(), ["53/udp"]);
+        assert_eq!(expand_port("8000-8002").unwrap(), ["8000/tcp", "8001/tcp", "8002/tcp"]);
+        assert!(expand_port("80/foo").is_err());
+        assert!(expand_port("x").is_err());
+        assert!(expand_port("9-1").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), 30_000_000_000);
+        assert_eq!(parse_duration("1m30s").unwrap(), 90_000_000_000);
+        assert_eq!(parse_duration("500ms").unwrap(), 500_000_000);
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn clean() {
+        assert_eq!(clean_path("/a/./b/../c/"), "/a/c");
+        assert_eq!(clean_path("/../x"), "/x");
+        assert_eq!(clean_path("/"), "/");
+    }
+}
