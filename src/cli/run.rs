@@ -1,14 +1,512 @@
+//! `kiln run`, `kiln unshare`, `kiln info` and the hidden sandbox helper `kiln __sandbox`.
+
 use super::GlobalOpts;
-use anyhow::Result;
+use crate::sandbox::{self, MountSpec, Network, RunSpec, SeccompChoice, userns};
+use anyhow::{Context, Result, bail};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// `kiln run [OPTIONS] IMAGE [CMD...]`
 #[derive(clap::Args, Debug)]
-pub struct RunArgs {}
+#[command(trailing_var_arg = true)]
+pub struct RunArgs {
+    /// Accepted for Docker compatibility: the container's filesystem is always thrown away.
+    #[arg(long)]
+    pub rm: bool,
+    /// Set an environment variable (`KEY=VALUE`, or `KEY` to pass the host's value).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// User (`name|uid[:group|gid]`).
+    #[arg(short = 'u', long = "user")]
+    pub user: Option<String>,
+    /// `host` (default) or `none`.
+    #[arg(long, default_value = "host")]
+    pub network: String,
+    /// Publish a port: `[IP:]HOST:CONTAINER[/tcp]`. With host networking equal ports need
+    /// nothing; different ports get a userspace TCP forwarder.
+    #[arg(short = 'p', long = "publish", value_name = "HOST:CONTAINER")]
+    pub publish: Vec<String>,
+    /// Override the image's ENTRYPOINT (`""` clears it).
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// Keep stdin open (the terminal's).
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Allocate a terminal (uses kiln's own terminal).
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Bind mount `SRC:DEST[:ro]`.
+    #[arg(short = 'v', long = "volume", value_name = "SRC:DEST[:ro]")]
+    pub volume: Vec<String>,
+    /// Mount a tmpfs at DIR.
+    #[arg(long, value_name = "DIR")]
+    pub tmpfs: Vec<String>,
+    /// Container hostname.
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Add a capability (or ALL).
+    #[arg(long = "cap-add", value_name = "CAP")]
+    pub cap_add: Vec<String>,
+    /// Drop a capability (or ALL).
+    #[arg(long = "cap-drop", value_name = "CAP")]
+    pub cap_drop: Vec<String>,
+    /// `seccomp=FILE`, `seccomp=unconfined` or `no-new-privileges`.
+    #[arg(long = "security-opt", value_name = "OPT")]
+    pub security_opt: Vec<String>,
+    /// Storage driver: overlay or copy.
+    #[arg(long = "storage-driver")]
+    pub storage_driver: Option<String>,
+    /// Testing: run on these directories (top first) instead of an image.
+    #[arg(long = "lower", hide = true)]
+    pub lower: Vec<PathBuf>,
+    /// Testing: keep the upper directory (the container's changes) here.
+    #[arg(long = "upper", hide = true)]
+    pub upper: Option<PathBuf>,
+    /// The image (omitted with --lower), then the command and its arguments.
+    #[arg(allow_hyphen_values = true, value_name = "IMAGE [CMD]...")]
+    pub args: Vec<String>,
+}
+
+/// `kiln unshare [CMD...]`
 #[derive(clap::Args, Debug)]
-pub struct UnshareArgs {}
+#[command(trailing_var_arg = true)]
+pub struct UnshareArgs {
+    /// The command (default: $SHELL or /bin/sh).
+    #[arg(allow_hyphen_values = true)]
+    pub cmd: Vec<String>,
+}
+
+/// `kiln info`
 #[derive(clap::Args, Debug)]
-pub struct InfoArgs {}
+pub struct InfoArgs {
+    /// `text` (default) or `json`.
+    #[arg(long, default_value = "text")]
+    pub format: String,
+}
+
+/// `kiln __sandbox SPECFILE`
 #[derive(clap::Args, Debug)]
-pub struct SandboxArgs {}
-pub fn run(_g: &GlobalOpts, _a: RunArgs) -> Result<i32> { anyhow::bail!("being written") }
-pub fn unshare(_g: &GlobalOpts, _a: UnshareArgs) -> Result<i32> { anyhow::bail!("being written") }
-pub fn info(_g: &GlobalOpts, _a: InfoArgs) -> Result<i32> { anyhow::bail!("being written") }
-pub fn sandbox(_a: SandboxArgs) -> Result<i32> { anyhow::bail!("being written") }
+pub struct SandboxArgs {
+    pub spec: PathBuf,
+}
+
+/// Parsed `-p` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortMap {
+    pub ip: String,
+    pub host: u16,
+    pub container: u16,
+}
+
+/// Parses `[IP:]HOST:CONTAINER[/tcp]` (or `PORT`, meaning the same port on both sides).
+pub fn parse_publish(s: &str) -> Result<PortMap> {
+    let (spec, proto) = s.split_once('/').unwrap_or((s, "tcp"));
+    if !proto.eq_ignore_ascii_case("tcp") {
+        bail!("-p {s}: only tcp ports can be published");
+    }
+    let parts: Vec<&str> = spec.rsplitn(3, ':').collect();
+    let port = |p: &str| {
+        p.parse::<u16>()
+            .with_context(|| format!("-p {s}: {p:?} is not a port number"))
+    };
+    Ok(match parts.as_slice() {
+        [c] => PortMap {
+            ip: "0.0.0.0".into(),
+            host: port(c)?,
+            container: port(c)?,
+        },
+        [c, h] => PortMap {
+            ip: "0.0.0.0".into(),
+            host: port(h)?,
+            container: port(c)?,
+        },
+        [c, h, ip] => PortMap {
+            ip: if ip.is_empty() {
+                "0.0.0.0".into()
+            } else {
+                ip.trim_matches(|c| c == '[' || c == ']').to_string()
+            },
+            host: port(h)?,
+            container: port(c)?,
+        },
+        _ => bail!("-p {s}: expected [IP:]HOST:CONTAINER"),
+    })
+}
+
+/// Forwards TCP connections from `ip:host` to `127.0.0.1:container` (threads, for the life
+/// of the process).
+fn start_forwarder(p: &PortMap) -> Result<()> {
+    let listener = std::net::TcpListener::bind((p.ip.as_str(), p.host)).with_context(|| {
+        format!(
+            "cannot listen on {}:{} to forward to port {}",
+            p.ip, p.host, p.container
+        )
+    })?;
+    let target = p.container;
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let Ok(upstream) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    return;
+                };
+                let (Ok(mut a_r), Ok(mut u_w)) = (conn.try_clone(), upstream.try_clone()) else {
+                    return;
+                };
+                let t = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut a_r, &mut u_w);
+                    let _ = u_w.shutdown(std::net::Shutdown::Write);
+                });
+                let (mut u_r, mut a_w) = (upstream, conn);
+                let _ = std::io::copy(&mut u_r, &mut a_w);
+                let _ = a_w.shutdown(std::net::Shutdown::Write);
+                let _ = t.join();
+            });
+        }
+    });
+    Ok(())
+}
+
+fn parse_security_opts(opts: &[String]) -> Result<(SeccompChoice, bool)> {
+    let mut seccomp = SeccompChoice::Default;
+    let mut nnp = false;
+    for opt in opts {
+        if let Some(v) = opt.strip_prefix("seccomp=").or_else(|| opt.strip_prefix("seccomp:")) {
+            seccomp = if v == "unconfined" {
+                SeccompChoice::Unconfined
+            } else {
+                SeccompChoice::Profile(PathBuf::from(v))
+            };
+        } else if opt == "no-new-privileges" || opt == "no-new-privileges=true" || opt == "no-new-privileges:true" {
+            nnp = true;
+        } else {
+            bail!("--security-opt {opt}: expected seccomp=FILE, seccomp=unconfined or no-new-privileges");
+        }
+    }
+    Ok((seccomp, nnp))
+}
+
+/// The lower directories (top first) of an image, unpacking layers not yet unpacked.
+fn image_lowers(store: &crate::store::Store, image: &crate::image::Image) -> Result<Vec<PathBuf>> {
+    let layers = &image.manifest.layers;
+    let diff_ids = &image.config.rootfs.diff_ids;
+    if layers.len() != diff_ids.len() {
+        bail!(
+            "image {}: {} layers but {} diff_ids",
+            image.manifest_digest,
+            layers.len(),
+            diff_ids.len()
+        );
+    }
+    let mut dirs = Vec::new();
+    for (desc, diff_id) in layers.iter().zip(diff_ids) {
+        let dir = store.layer_dir(diff_id);
+        if !dir.is_dir() {
+            let c = crate::image::Compression::of_media_type(&desc.media_type)
+                .with_context(|| format!("layer {}: unsupported media type {}", desc.digest, desc.media_type))?;
+            let tmp = store.tmp_dir("unpack-")?;
+            let target = tmp.path().join("layer");
+            std::fs::create_dir(&target)?;
+            let blob = std::fs::File::open(store.blob_path(&desc.digest))
+                .with_context(|| format!("cannot open layer blob {}", desc.digest))?;
+            let got = crate::layer::unpack_to_lower(std::io::BufReader::new(blob), c, &target)
+                .with_context(|| format!("cannot unpack layer {}", desc.digest))?;
+            if &got != diff_id {
+                bail!(
+                    "layer {}: content has diff_id {got}, but the image config says {diff_id}",
+                    desc.digest
+                );
+            }
+            if let Some(p) = dir.parent() {
+                std::fs::create_dir_all(p)?;
+            }
+            if let Err(e) = std::fs::rename(&target, &dir) {
+                if !dir.is_dir() {
+                    return Err(e).with_context(|| format!("cannot move the unpacked layer to {}", dir.display()));
+                }
+            }
+        }
+        dirs.push(dir);
+    }
+    dirs.reverse();
+    Ok(dirs)
+}
+
+/// `kiln run`: the image's ENTRYPOINT/CMD in the sandbox on a throwaway upper.
+pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<i32> {
+    let network = match a.network.as_str() {
+        "host" | "default" => Network::Host,
+        "none" => Network::None,
+        n => bail!("--network {n}: expected host or none"),
+    };
+    let (seccomp, no_new_privs) = parse_security_opts(&a.security_opt)?;
+    let ports = a.publish.iter().map(|p| parse_publish(p)).collect::<Result<Vec<_>>>()?;
+    let testing = !a.lower.is_empty();
+    let (image_name, mut cmd) = if testing {
+        (None, a.args.clone())
+    } else {
+        let mut it = a.args.clone().into_iter();
+        let Some(img) = it.next() else {
+            bail!("kiln run needs an image: kiln run [OPTIONS] IMAGE [CMD...]")
+        };
+        (Some(img), it.collect::<Vec<_>>())
+    };
+    let store = g.store()?;
+    let (lowers, config) = match &image_name {
+        Some(name) => {
+            let image = store.load_image(name)?;
+            (image_lowers(&store, &image)?, image.config.config.clone())
+        }
+        None => (a.lower.clone(), crate::image::ContainerConfig::default()),
+    };
+    let entrypoint = match &a.entrypoint {
+        Some(e) if e.is_empty() => Vec::new(),
+        Some(e) => vec![e.clone()],
+        None => config.entrypoint.clone().unwrap_or_default(),
+    };
+    if cmd.is_empty() && a.entrypoint.is_none() {
+        cmd = config.cmd.clone().unwrap_or_default();
+    }
+    let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    if args.is_empty() {
+        bail!("no command specified: the image has neither ENTRYPOINT nor CMD, and none was given");
+    }
+    let mut env = config.env.clone().unwrap_or_default();
+    for e in &a.env {
+        let kv = match e.split_once('=') {
+            Some(_) => e.clone(),
+            None => match std::env::var(e) {
+                Ok(v) => format!("{e}={v}"),
+                Err(_) => continue,
+            },
+        };
+        let key = kv.split_once('=').map(|(k, _)| k.to_string()).unwrap_or_default();
+        env.retain(|x| x.split_once('=').map(|(k, _)| k) != Some(key.as_str()));
+        env.push(kv);
+    }
+    let mut mounts = Vec::new();
+    for v in &a.volume {
+        let parts: Vec<&str> = v.split(':').collect();
+        let (src, dest, ro) = match parts.as_slice() {
+            [s, d] => (*s, *d, false),
+            [s, d, o] if *o == "ro" || *o == "rw" => (*s, *d, *o == "ro"),
+            _ => bail!("-v {v}: expected SRC:DEST[:ro]"),
+        };
+        let src = std::fs::canonicalize(src).with_context(|| format!("-v {v}: {src} does not exist"))?;
+        mounts.push(MountSpec::Bind {
+            src,
+            dest: dest.to_string(),
+            readonly: ro,
+        });
+    }
+    for t in &a.tmpfs {
+        mounts.push(MountSpec::Tmpfs {
+            dest: t.clone(),
+            size: None,
+            mode: None,
+        });
+    }
+    for p in &ports {
+        if p.host == p.container {
+            continue; // host networking: the container's port is the host's
+        }
+        if network == Network::None {
+            bail!(
+                "-p {}:{}: cannot publish a port with --network none",
+                p.host,
+                p.container
+            );
+        }
+        start_forwarder(p)?;
+    }
+    if network == Network::None && !ports.is_empty() {
+        bail!("cannot publish ports with --network none");
+    }
+
+    let driver = crate::rootfs::choose_driver(&store, a.storage_driver.as_deref(), g.debug)?;
+    let tmp = store.tmp_dir("run-")?;
+    let upper = match &a.upper {
+        Some(u) => {
+            std::fs::create_dir_all(u).with_context(|| format!("cannot create {}", u.display()))?;
+            u.clone()
+        }
+        None => tmp.path().join("upper"),
+    };
+    // work must be on the upper's filesystem
+    let work_parent = if a.upper.is_some() {
+        upper.parent().unwrap_or(Path::new("/")).to_path_buf()
+    } else {
+        tmp.path().to_path_buf()
+    };
+    let work_dir = tempfile::Builder::new()
+        .prefix(".kiln-work-")
+        .tempdir_in(&work_parent)?;
+    let merged = tmp.path().join("merged");
+    for d in [&upper, &merged] {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
+    driver
+        .mount(&lowers, &upper, work_dir.path(), &merged)
+        .context("cannot mount the container's rootfs")?;
+    let spec = RunSpec {
+        rootfs: merged.clone(),
+        args,
+        env,
+        cwd: a
+            .workdir
+            .clone()
+            .or(config.working_dir.clone())
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".into()),
+        user: a.user.clone().or(config.user.clone()).unwrap_or_default(),
+        network,
+        hostname: a.hostname.clone().unwrap_or_default(),
+        mounts,
+        seccomp,
+        cap_add: a.cap_add.clone(),
+        cap_drop: a.cap_drop.clone(),
+        no_new_privs,
+        stdin: None,
+        output_prefix: String::new(),
+        tty: a.tty || a.interactive,
+    };
+    let outcome = sandbox::run(&spec);
+    let unmounted = driver.unmount(&merged);
+    let outcome = outcome?;
+    unmounted?;
+    if a.upper.is_some() {
+        for p in &outcome.placeholders {
+            let p = upper.join(p);
+            let _ = if p.is_dir() {
+                std::fs::remove_dir(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+        }
+    }
+    Ok(outcome.status)
+}
+
+/// `kiln unshare`: a command in kiln's user namespace, with `KILN_ROOT` set.
+pub fn unshare(g: &GlobalOpts, a: UnshareArgs) -> Result<i32> {
+    let mut cmd = a.cmd;
+    if cmd.is_empty() {
+        cmd.push(
+            std::env::var("SHELL")
+                .ok()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "/bin/sh".into()),
+        );
+    }
+    let root = g.store_root()?;
+    let st = std::process::Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .env("KILN_ROOT", &root)
+        .status()
+        .with_context(|| format!("cannot run {}", cmd[0]))?;
+    Ok(sandbox::exit_code(st))
+}
+
+/// `kiln info`: which isolation and storage kiln uses here, and why.
+pub fn info(g: &GlobalOpts, a: InfoArgs) -> Result<i32> {
+    // Probe from where builds run: inside kiln's namespaces.
+    userns::ensure(g.debug)?;
+    let mapping = userns::id_mapping();
+    let root = g.store_root()?;
+    let tmp = root.join("tmp");
+    let probe_dir = if std::fs::create_dir_all(&tmp).is_ok() {
+        tmp
+    } else {
+        std::env::temp_dir()
+    };
+    let driver = crate::rootfs::probe(&probe_dir);
+    let profile = sandbox::seccomp::parse_profile(sandbox::seccomp::DEFAULT_PROFILE)?;
+    let kernel = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().to_string())
+        .unwrap_or_default();
+    let caps = sandbox::caps::effective(&[], &[])?;
+    let seccomp_ok = sandbox::seccomp::compile(&profile, &sandbox::caps::names(&caps)).map(|b| b.len() / 8);
+    let seccomp_text = match &seccomp_ok {
+        Ok(n) => format!(
+            "default profile (Docker format, {} rules, {n} BPF instructions)",
+            profile.syscalls.len()
+        ),
+        Err(e) => format!("unavailable: {e:#}"),
+    };
+    if a.format == "json" {
+        let v = serde_json::json!({
+            "kernel": kernel,
+            "store": root,
+            "idMapping": mapping,
+            "idMappingDescription": mapping.describe(),
+            "rootfsDriver": if driver.overlay { "overlay" } else { "copy" },
+            "rootfsDriverReason": driver.reason,
+            "seccomp": seccomp_text,
+            "capabilities": format!("{:016x}", sandbox::caps::mask(&caps)),
+            "cgroups": "not used (kiln sets no resource limits)",
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+    if a.format != "text" {
+        bail!("--format {}: expected text or json", a.format);
+    }
+    let mut o = std::io::stdout().lock();
+    writeln!(o, "kernel:        {kernel}")?;
+    writeln!(o, "store:         {}", root.display())?;
+    writeln!(o, "ids:           {}", mapping.describe())?;
+    writeln!(
+        o,
+        "rootfs driver: {} ({})",
+        if driver.overlay { "overlay" } else { "copy snapshots" },
+        driver.reason
+    )?;
+    writeln!(o, "seccomp:       {seccomp_text}")?;
+    writeln!(
+        o,
+        "capabilities:  Docker's default set ({:016x})",
+        sandbox::caps::mask(&caps)
+    )?;
+    writeln!(o, "cgroups:       not used (kiln sets no resource limits)")?;
+    Ok(0)
+}
+
+/// The hidden helper process behind [`sandbox::run`].
+pub fn sandbox(a: SandboxArgs) -> Result<i32> {
+    let spec = sandbox::read_spec(&a.spec)?;
+    sandbox::helper_main(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_forms() {
+        assert_eq!(
+            parse_publish("5000:5000").unwrap(),
+            PortMap {
+                ip: "0.0.0.0".into(),
+                host: 5000,
+                container: 5000
+            }
+        );
+        assert_eq!(parse_publish("8080:80/tcp").unwrap().container, 80);
+        assert_eq!(parse_publish("127.0.0.1:8080:80").unwrap().ip, "127.0.0.1");
+        assert_eq!(parse_publish("53").unwrap().host, 53);
+        assert!(parse_publish("53:53/udp").is_err());
+        assert!(parse_publish("x:80").is_err());
+    }
+
+    #[test]
+    fn security_opts() {
+        assert_eq!(
+            parse_security_opts(&["seccomp=unconfined".into()]).unwrap().0,
+            SeccompChoice::Unconfined
+        );
+        assert!(parse_security_opts(&["no-new-privileges".into()]).unwrap().1);
+        assert!(parse_security_opts(&["apparmor=x".into()]).is_err());
+    }
+}

@@ -1,1 +1,116 @@
-//! registry (being written)
+//! Docker Registry HTTP API v2 / OCI distribution: pull and push.
+//!
+//! Blocking `ureq` client; auth per `WWW-Authenticate` (anonymous, basic, bearer tokens cached
+//! per scope) with credentials from `$REGISTRY_AUTH_FILE` / Docker's config.json / credential
+//! helpers; plain HTTP for loopback registries and `--tls-verify=false`; bounded retries with
+//! backoff; blobs streamed straight into the store (pull) or from it (push), every digest
+//! verified.
+
+pub mod auth;
+pub mod client;
+pub mod platform;
+mod pull;
+mod push;
+
+pub use pull::pull;
+pub use push::{convert_manifest, push};
+
+use anyhow::Result;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// How kiln talks to a registry.
+#[derive(Clone, Debug)]
+pub struct RegistryOptions {
+    /// Verify TLS certificates; when false, https is tried without checks, then plain http.
+    pub tls_verify: bool,
+    /// `os/arch[/variant]` to pick from an index; default `linux/<host arch>`.
+    pub platform: Option<String>,
+    /// Credentials file instead of `$REGISTRY_AUTH_FILE` / `~/.docker/config.json`.
+    pub auth_file: Option<PathBuf>,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        RegistryOptions {
+            tls_verify: true,
+            platform: None,
+            auth_file: None,
+        }
+    }
+}
+
+/// Runs `f` over `items` on up to `workers` threads; stops handing out work after the first
+/// error and returns it. Progress lines that `f` reports are passed to `progress` on the
+/// calling thread (so `progress` need not be `Sync`).
+pub(crate) fn parallel<T: Sync>(
+    items: &[T],
+    workers: usize,
+    progress: &dyn Fn(&str),
+    f: impl Fn(&T, &dyn Fn(&str)) -> Result<()> + Sync,
+) -> Result<()> {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let first_err = Mutex::new(None);
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::scope(|s| {
+        for _ in 0..workers.min(items.len()).max(1) {
+            let tx = tx.clone();
+            let (next, failed, first_err, f) = (&next, &failed, &first_err, &f);
+            s.spawn(move || {
+                let report = |line: &str| {
+                    let _ = tx.send(line.to_string());
+                };
+                while !failed.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    if let Err(e) = f(item, &report) {
+                        failed.store(true, Ordering::Relaxed);
+                        first_err.lock().unwrap().get_or_insert(e);
+                    }
+                }
+            });
+        }
+        drop(tx);
+        for line in rx {
+            progress(&line);
+        }
+    });
+    match first_err.into_inner().unwrap() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parallel_runs_all_and_reports_errors() {
+        let seen = Mutex::new(Vec::new());
+        let lines = std::cell::RefCell::new(Vec::new());
+        parallel(
+            &[1, 2, 3, 4, 5],
+            3,
+            &|l| lines.borrow_mut().push(l.to_string()),
+            |i, report| {
+                seen.lock().unwrap().push(*i);
+                report(&format!("item {i}"));
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(lines.borrow().len(), 5);
+        let mut v = seen.into_inner().unwrap();
+        v.sort();
+        assert_eq!(v, [1, 2, 3, 4, 5]);
+        let err = parallel(&[1, 2, 3], 2, &|_| {}, |i, _| {
+            if *i == 2 { anyhow::bail!("two failed") } else { Ok(()) }
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), "two failed");
+        parallel::<u8>(&[], 4, &|_| {}, |_, _| unreachable!()).unwrap();
+    }
+}

@@ -1,1 +1,140 @@
-//! rootfs (being written)
+//! How a step's root filesystem is assembled from layer directories, and how its changes
+//! end up in an "upper" directory in kernel-overlay format (whiteout = char device 0:0, opaque
+//! directory = xattr `user.overlay.opaque="y"`), which `crate::layer::commit_dir` turns into a
+//! layer.
+//!
+//! [`RootfsDriver`] is the seam: the kernel overlay ([`KernelOverlay`], `userxattr`, in kiln's
+//! user namespace) is the normal driver; [`CopySnapshot`] copies the layers into a plain
+//! directory and computes the changes when it is unmounted; a FUSE overlay can implement the
+//! same trait later.
+
+mod copy;
+mod overlay;
+
+pub use copy::CopySnapshot;
+pub use overlay::{KernelOverlay, mount_overlay_readonly};
+
+use crate::store::Store;
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// Assembles a root filesystem from read-only lower directories and a writable upper one.
+pub trait RootfsDriver: Send + Sync {
+    /// Short name for messages (`overlay`, `copy`).
+    fn name(&self) -> &str;
+    /// Mounts (or materialises) `lowers` (top first) + `upper` at `target`. `work` is an empty
+    /// scratch directory on the same filesystem as `upper`. An empty `lowers` means FROM scratch.
+    fn mount(&self, lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<()>;
+    /// Unmounts `target`. Afterwards `upper` holds exactly the changes made under `target`.
+    fn unmount(&self, target: &Path) -> Result<()>;
+}
+
+/// The probe result: whether the kernel overlay works here, and why (not).
+#[derive(Clone, Debug)]
+pub struct DriverChoice {
+    pub overlay: bool,
+    pub reason: String,
+}
+
+static CHOICE: OnceLock<DriverChoice> = OnceLock::new();
+
+/// Probes (once per process) whether a kernel overlay with `userxattr` mounts in `dir`.
+pub fn probe(dir: &Path) -> DriverChoice {
+    CHOICE
+        .get_or_init(|| match overlay::probe_in(dir) {
+            Ok(()) => DriverChoice {
+                overlay: true,
+                reason: format!("kernel overlayfs (userxattr) mounts in {}", dir.display()),
+            },
+            Err(e) => DriverChoice {
+                overlay: false,
+                reason: format!("kernel overlayfs cannot be used: {e:#}"),
+            },
+        })
+        .clone()
+}
+
+/// Picks the driver for this process: `forced` (`overlay` or `copy`, from `--storage-driver`)
+/// or, by default, the kernel overlay when a probe mount in the store's tmp dir works, else
+/// copy-based snapshots. Says which and why under `debug`.
+pub fn choose_driver(store: &Store, forced: Option<&str>, debug: bool) -> Result<Box<dyn RootfsDriver>> {
+    let tmp = store.root().join("tmp");
+    std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    choose_driver_in(&tmp, forced, debug)
+}
+
+/// Like [`choose_driver`], probing in `dir`.
+pub fn choose_driver_in(dir: &Path, forced: Option<&str>, debug: bool) -> Result<Box<dyn RootfsDriver>> {
+    match forced {
+        Some("copy") | Some("vfs") => {
+            if debug {
+                eprintln!("kiln: debug: rootfs driver: copy snapshots (--storage-driver)");
+            }
+            return Ok(Box::new(CopySnapshot::default()));
+        }
+        Some("overlay") | None => {}
+        Some(other) => bail!("unknown storage driver {other:?}: expected overlay or copy"),
+    }
+    let c = probe(dir);
+    if forced == Some("overlay") && !c.overlay {
+        bail!("--storage-driver overlay: {}", c.reason);
+    }
+    if debug {
+        if c.overlay {
+            eprintln!("kiln: debug: rootfs driver: overlay ({})", c.reason);
+        } else {
+            eprintln!(
+                "kiln: debug: rootfs driver: copy snapshots ({}); steps will be slower",
+                c.reason
+            );
+        }
+    }
+    Ok(if c.overlay {
+        Box::new(KernelOverlay)
+    } else {
+        Box::new(CopySnapshot::default())
+    })
+}
+
+/// Mounts a read-only view of `lowers` (top first) at `target` (for COPY --from a stage or an
+/// image). Unmount with [`unmount`].
+pub fn mount_readonly(lowers: &[PathBuf], target: &Path) -> Result<()> {
+    mount_overlay_readonly(lowers, target)
+}
+
+/// Detaches a mount made by this module.
+pub fn unmount(target: &Path) -> Result<()> {
+    overlay::umount(target)
+}
+
+/// Overlay bookkeeping xattrs that must never reach a layer.
+pub fn is_overlay_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"user.overlay.")
+        || name.starts_with(b"trusted.overlay.")
+        || name.starts_with(b"user.fuseoverlayfs.")
+}
+
+/// A sibling directory of `p` guaranteed to exist and be empty (for FROM scratch lowers).
+pub(crate) fn empty_sibling(p: &Path) -> Result<PathBuf> {
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "x".into());
+    let parent = p.parent().unwrap_or(Path::new("/"));
+    let e = parent.join(format!(".{name}.kiln-empty"));
+    match std::fs::create_dir(&e) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+            if std::fs::read_dir(&e)
+                .with_context(|| format!("cannot read {}", e.display()))?
+                .next()
+                .is_some()
+            {
+                bail!("{} should be empty but is not", e.display());
+            }
+        }
+        Err(err) => return Err(err).with_context(|| format!("cannot create {}", e.display())),
+    }
+    Ok(e)
+}

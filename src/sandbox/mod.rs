@@ -1,2 +1,193 @@
-//! sandbox (being written)
+//! The sandbox a RUN step (or `kiln run`) executes in.
+//!
+//! [`run`] is called by the build executor with a mounted rootfs. It creates the mount-point
+//! placeholders the step needs, then spawns a fresh kiln process (`kiln __sandbox SPECFILE`,
+//! single-threaded) which unshares mount, PID, IPC, UTS (and, with `--network none`, network)
+//! namespaces, forks the step's PID 1, mounts /proc, /dev, /sys and the /etc files, pivots
+//! into the rootfs, switches to the USER, cuts capabilities to Docker's default set, installs
+//! the seccomp filter and execs the command. Output is streamed line by line with the step's
+//! prefix. Everything the step mounted lives in the helper's mount namespace and vanishes
+//! with it.
+
+pub mod caps;
+mod helper;
+pub mod mounts;
+pub mod seccomp;
+pub mod syscall;
 pub mod userns;
+
+pub use helper::{helper_main, read_spec};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+/// Networking of a step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Network {
+    /// The host's network (Buildah's chroot isolation does the same).
+    #[default]
+    Host,
+    /// A private network namespace with only loopback, up.
+    None,
+}
+
+/// Which seccomp filter a step gets.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SeccompChoice {
+    /// kiln's compiled-in profile (`seccomp/default.json`, Docker's default semantics).
+    #[default]
+    Default,
+    /// No filter (`--security-opt seccomp=unconfined`).
+    Unconfined,
+    /// A profile in Docker's JSON format (`--security-opt seccomp=FILE`).
+    Profile(PathBuf),
+}
+
+/// A mount inside the step, in addition to /proc, /dev, /sys and the /etc files.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MountSpec {
+    Bind {
+        src: PathBuf,
+        dest: String,
+        readonly: bool,
+    },
+    Tmpfs {
+        dest: String,
+        size: Option<u64>,
+        mode: Option<u32>,
+    },
+}
+
+/// Everything the sandbox needs to run one command.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSpec {
+    /// The mounted merged root directory.
+    pub rootfs: PathBuf,
+    /// argv; `args[0]` is looked up in the step's `PATH` when it has no slash.
+    pub args: Vec<String>,
+    /// `KEY=VALUE` pairs; HOME, PATH and HOSTNAME are added when missing.
+    pub env: Vec<String>,
+    /// Working directory inside the rootfs (created when missing); empty means `/`.
+    pub cwd: String,
+    /// USER spec (`name|uid[:group|gid]`), resolved against the rootfs; empty means root.
+    pub user: String,
+    pub network: Network,
+    /// Empty means `kiln`.
+    pub hostname: String,
+    pub mounts: Vec<MountSpec>,
+    pub seccomp: SeccompChoice,
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+    pub no_new_privs: bool,
+    /// Fed to the command's stdin (heredocs); `None`: /dev/null (unless `tty`).
+    #[serde(skip)]
+    pub stdin: Option<Vec<u8>>,
+    /// Prepended to every output line (when not `tty`).
+    pub output_prefix: String,
+    /// Interactive: stdin/stdout/stderr are the terminal's, no prefixing.
+    pub tty: bool,
+}
+
+/// How a step ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunOutcome {
+    /// The exit code; 128+signal when killed.
+    pub status: i32,
+    /// Paths (relative to the rootfs) created as mount points: exclude them from the layer.
+    pub placeholders: Vec<PathBuf>,
+}
+
+/// The exit code of a finished child (128+signal when killed).
+pub fn exit_code(st: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0))
+}
+
+fn pump(r: impl std::io::Read, prefix: String, to_stderr: bool) {
+    let mut r = std::io::BufReader::new(r);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match r.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                if !line.ends_with(b"\n") {
+                    line.push(b'\n');
+                }
+                let mut buf = Vec::with_capacity(prefix.len() + line.len());
+                buf.extend_from_slice(prefix.as_bytes());
+                buf.extend_from_slice(&line);
+                let _ = if to_stderr {
+                    std::io::stderr().lock().write_all(&buf)
+                } else {
+                    let mut o = std::io::stdout().lock();
+                    o.write_all(&buf).and_then(|_| o.flush())
+                };
+            }
+        }
+    }
+}
+
+/// Runs `spec.args` in a sandbox on `spec.rootfs` (see the module doc). The caller must be in
+/// kiln's namespaces ([`userns::ensure`]) and have mounted the rootfs.
+pub fn run(spec: &RunSpec) -> Result<RunOutcome> {
+    if spec.args.is_empty() {
+        anyhow::bail!("no command to run");
+    }
+    let created = mounts::create_placeholders(spec)
+        .with_context(|| format!("cannot prepare mount points in {}", spec.rootfs.display()))?;
+    let mut file = tempfile::Builder::new()
+        .prefix("kiln-run-")
+        .suffix(".json")
+        .tempfile()
+        .context("cannot create the sandbox spec file")?;
+    serde_json::to_writer(&mut file, spec)?;
+    file.flush()?;
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg("__sandbox").arg(file.path());
+    let prefixed = !spec.tty && !spec.output_prefix.is_empty();
+    if prefixed {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    }
+    cmd.stdin(if spec.tty {
+        Stdio::inherit()
+    } else if spec.stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    // SAFETY: prctl is async-signal-safe.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .context("cannot start the sandbox helper (/proc/self/exe __sandbox)")?;
+    let mut threads = Vec::new();
+    if let (Some(data), Some(mut w)) = (spec.stdin.clone(), child.stdin.take()) {
+        threads.push(std::thread::spawn(move || {
+            let _ = w.write_all(&data);
+        }));
+    }
+    if prefixed {
+        let (o, e) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        let (p1, p2) = (spec.output_prefix.clone(), spec.output_prefix.clone());
+        threads.push(std::thread::spawn(move || pump(o, p1, false)));
+        threads.push(std::thread::spawn(move || pump(e, p2, true)));
+    }
+    let st = child.wait().context("waiting for the sandbox helper failed")?;
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(RunOutcome {
+        status: exit_code(st),
+        placeholders: mounts::prune_placeholders(&spec.rootfs, &created),
+    })
+}

@@ -1,2 +1,557 @@
-//! being written
-pub fn ensure(_debug: bool) -> anyhow::Result<()> { Ok(()) }
+//! Entering kiln's user namespace.
+//!
+//! `ensure` runs first thing in `main` (while the process is still single-threaded: the
+//! kernel refuses `CLONE_NEWUSER` in a threaded process). An unprivileged kiln forks; the
+//! child unshares a user and a mount namespace, the parent maps container uid 0 to the user
+//! and 1..=65536 to the user's /etc/subuid and /etc/subgid ranges with the setuid helpers
+//! `newuidmap`/`newgidmap` (or, where that is impossible, maps only the user's own id and says
+//! why), and the child re-executes kiln as uid 0 in the namespace with `KILN_USERNS=1`. The
+//! parent only forwards signals and exits with the child's status. Real root only gets a
+//! private mount namespace.
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use std::ffi::CString;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
+
+/// Marks a process that already runs inside kiln's namespaces.
+pub const ENV_USERNS: &str = "KILN_USERNS";
+/// Describes the mapping the parent set up: `full` or `single:REASON`.
+pub const ENV_IDMAP: &str = "KILN_IDMAP";
+
+/// Maximum number of subordinate ids kiln maps (container ids 1..=65536).
+pub const MAX_SUBIDS: u32 = 65536;
+
+/// One line of /proc/PID/uid_map: `count` ids starting at `container` map to `host`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct IdRange {
+    pub container: u32,
+    pub host: u32,
+    pub count: u32,
+}
+
+/// Which identity mapping kiln runs with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum IdMapping {
+    /// Container 0 is the user, 1.. are subordinate ids: image ownership works.
+    Full {
+        uid_ranges: Vec<IdRange>,
+        gid_ranges: Vec<IdRange>,
+    },
+    /// Only the user's own id is mapped (to 0): files owned by other ids cannot be created.
+    SingleUid { reason: String },
+    /// Real root in the initial user namespace: no mapping needed.
+    Host,
+}
+
+impl IdMapping {
+    /// One human sentence.
+    pub fn describe(&self) -> String {
+        match self {
+            IdMapping::Full { uid_ranges, gid_ranges } => format!(
+                "user namespace with subordinate ids: uids {} / gids {}",
+                fmt_ranges(uid_ranges),
+                fmt_ranges(gid_ranges)
+            ),
+            IdMapping::SingleUid { reason } => {
+                format!("single-uid user namespace (only your own id is mapped, to 0): {reason}")
+            }
+            IdMapping::Host => "real root: no user namespace, private mount namespace only".to_string(),
+        }
+    }
+}
+
+fn fmt_ranges(r: &[IdRange]) -> String {
+    r.iter()
+        .map(|r| format!("{}->{}+{}", r.container, r.host, r.count))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Parses the text of /proc/PID/{uid,gid}_map.
+pub fn parse_id_map(text: &str) -> Vec<IdRange> {
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace().map(|f| f.parse::<u64>().ok());
+            let (c, h, n) = (it.next()??, it.next()??, it.next()??);
+            Some(IdRange {
+                container: c as u32,
+                host: h as u32,
+                count: n.min(u32::MAX as u64) as u32,
+            })
+        })
+        .collect()
+}
+
+fn is_initial_map(r: &[IdRange]) -> bool {
+    r.len() == 1 && r[0].container == 0 && r[0].host == 0 && r[0].count == u32::MAX
+}
+
+/// True when this process is in the initial user namespace (not inside any userns).
+pub fn in_initial_userns() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map")
+        .map(|t| is_initial_map(&parse_id_map(&t)))
+        .unwrap_or(true)
+}
+
+/// What kiln runs with. Inside the namespace: read from /proc/self/uid_map (plus the reason
+/// the parent left in `KILN_IDMAP`). Outside it as a normal user: what `ensure` would set up.
+pub fn id_mapping() -> IdMapping {
+    let uids = parse_id_map(&std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default());
+    let gids = parse_id_map(&std::fs::read_to_string("/proc/self/gid_map").unwrap_or_default());
+    if is_initial_map(&uids) {
+        if nix::unistd::geteuid().is_root() {
+            return IdMapping::Host;
+        }
+        let uid = nix::unistd::getuid().as_raw();
+        let gid = nix::unistd::getgid().as_raw();
+        return match plan_mapping(uid, gid) {
+            Ok(p) => IdMapping::Full {
+                uid_ranges: vec![
+                    IdRange {
+                        container: 0,
+                        host: uid,
+                        count: 1,
+                    },
+                    IdRange {
+                        container: 1,
+                        host: p.uid.0,
+                        count: p.uid.1,
+                    },
+                ],
+                gid_ranges: vec![
+                    IdRange {
+                        container: 0,
+                        host: gid,
+                        count: 1,
+                    },
+                    IdRange {
+                        container: 1,
+                        host: p.gid.0,
+                        count: p.gid.1,
+                    },
+                ],
+            },
+            Err(reason) => IdMapping::SingleUid { reason },
+        };
+    }
+    let total: u64 = uids.iter().map(|r| r.count as u64).sum();
+    if total > 1 {
+        return IdMapping::Full {
+            uid_ranges: uids,
+            gid_ranges: gids,
+        };
+    }
+    let reason = std::env::var(ENV_IDMAP)
+        .ok()
+        .and_then(|v| v.strip_prefix("single:").map(str::to_string))
+        .unwrap_or_else(|| "only one id is mapped in this user namespace".to_string());
+    IdMapping::SingleUid { reason }
+}
+
+/// Subordinate id ranges that newuidmap/newgidmap would map: (start, count) for uids and gids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubIdPlan {
+    pub uid: (u32, u32),
+    pub gid: (u32, u32),
+    pub newuidmap: PathBuf,
+    pub newgidmap: PathBuf,
+}
+
+/// Finds the first `/etc/subuid`-style entry for the user (by name or by numeric id); the
+/// count is capped at [`MAX_SUBIDS`].
+pub fn find_subid_range(text: &str, name: Option<&str>, id: u32) -> Option<(u32, u32)> {
+    let ids = id.to_string();
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .find_map(|l| {
+            let mut f = l.split(':');
+            let (who, start, count) = (
+                f.next()?,
+                f.next()?.trim().parse::<u32>().ok()?,
+                f.next()?.trim().parse::<u32>().ok()?,
+            );
+            ((Some(who) == name || who == ids) && count > 0).then_some((start, count.min(MAX_SUBIDS)))
+        })
+}
+
+fn find_helper(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+    for d in ["/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin"] {
+        dirs.push(PathBuf::from(d));
+    }
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+fn helper_usable(p: &Path) -> Result<(), String> {
+    let md = std::fs::metadata(p).map_err(|e| format!("cannot stat {}: {e}", p.display()))?;
+    let setuid = md.permissions().mode() & 0o4000 != 0;
+    let has_caps = xattr::get(p, "security.capability").ok().flatten().is_some();
+    if !setuid && !has_caps {
+        return Err(format!(
+            "{} is neither setuid root nor has file capabilities",
+            p.display()
+        ));
+    }
+    Ok(())
+}
+
+fn no_new_privs() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("NoNewPrivs:") && l.trim_end().ends_with('1'))
+        })
+        .unwrap_or(false)
+}
+
+/// Decides whether a full subordinate-id mapping is possible for `uid`/`gid`; the error is
+/// the reason (one clause) why not.
+pub fn plan_mapping(uid: u32, gid: u32) -> Result<SubIdPlan, String> {
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten();
+    let uname = user.as_ref().map(|u| u.name.clone());
+    let gname = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
+        .ok()
+        .flatten()
+        .map(|g| g.name);
+    let who = uname.clone().unwrap_or_else(|| uid.to_string());
+    let subuid = std::fs::read_to_string("/etc/subuid").unwrap_or_default();
+    let subgid = std::fs::read_to_string("/etc/subgid").unwrap_or_default();
+    let Some(ur) = find_subid_range(&subuid, uname.as_deref(), uid) else {
+        return Err(format!("no range for {who} in /etc/subuid"));
+    };
+    // /etc/subgid is keyed by user name (or uid) too, like shadow's newgidmap does.
+    let Some(gr) =
+        find_subid_range(&subgid, uname.as_deref(), uid).or_else(|| find_subid_range(&subgid, gname.as_deref(), gid))
+    else {
+        return Err(format!("no range for {who} in /etc/subgid"));
+    };
+    let Some(nu) = find_helper("newuidmap") else {
+        return Err("newuidmap is not installed (package uidmap)".to_string());
+    };
+    let Some(ng) = find_helper("newgidmap") else {
+        return Err("newgidmap is not installed (package uidmap)".to_string());
+    };
+    helper_usable(&nu)?;
+    helper_usable(&ng)?;
+    if no_new_privs() {
+        return Err("no_new_privs is set on this process (NoNewPrivs: 1), so setuid helpers cannot work".to_string());
+    }
+    Ok(SubIdPlan {
+        uid: ur,
+        gid: gr,
+        newuidmap: nu,
+        newgidmap: ng,
+    })
+}
+
+static CHILD: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    let pid = CHILD.load(Ordering::SeqCst);
+    // Signals the terminal sends to the whole foreground process group (SI_KERNEL) already
+    // reach the child; forward only those sent to us alone (kill, timeout, systemd).
+    let from_kernel = !info.is_null() && unsafe { (*info).si_code } == libc::SI_KERNEL;
+    if pid > 0 && !from_kernel {
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+fn write_all(fd: &OwnedFd, data: &[u8]) {
+    let mut off = 0;
+    while off < data.len() {
+        match nix::unistd::write(fd, &data[off..]) {
+            Ok(n) => off += n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return,
+        }
+    }
+}
+
+fn read_msg(fd: &OwnedFd) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        match nix::unistd::read(fd, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                if out.ends_with(b"\n") {
+                    break;
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+fn make_rprivate() -> nix::Result<()> {
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+}
+
+/// Enters kiln's user and mount namespace (see the module doc). Returns in the process that
+/// should do the work; the original process never returns (it exits with the child's status).
+pub fn ensure(debug: bool) -> Result<()> {
+    if std::env::var(ENV_USERNS).as_deref() == Ok("1") {
+        return Ok(());
+    }
+    if nix::unistd::geteuid().is_root() && in_initial_userns() {
+        match nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS) {
+            Ok(()) => {
+                make_rprivate().context("cannot make the mounts of kiln's mount namespace private")?;
+                if debug {
+                    eprintln!("kiln: debug: running as real root: private mount namespace, no user namespace");
+                }
+            }
+            Err(e) => bail!(
+                "running as root but cannot create a mount namespace ({e}); kiln needs unshare(CLONE_NEWNS) \
+                 (a container's seccomp profile may block it: run it with --privileged or a profile allowing unshare)"
+            ),
+        }
+        // SAFETY: single-threaded (called first in main).
+        unsafe {
+            std::env::set_var(ENV_USERNS, "1");
+            std::env::set_var(ENV_IDMAP, "host");
+        }
+        return Ok(());
+    }
+    enter_userns(debug)
+}
+
+fn enter_userns(debug: bool) -> Result<()> {
+    let uid = nix::unistd::getuid().as_raw();
+    let gid = nix::unistd::getgid().as_raw();
+    let (c2p_r, c2p_w) = nix::unistd::pipe().context("cannot create a pipe")?;
+    let (p2c_r, p2c_w) = nix::unistd::pipe().context("cannot create a pipe")?;
+    // Prepare everything the child needs before forking (no allocation decisions after).
+    let exe = CString::new("/proc/self/exe").unwrap();
+    let args: Vec<CString> = std::env::args_os()
+        .map(|a| CString::new(a.as_bytes()).unwrap_or_else(|_| CString::new("?").unwrap()))
+        .collect();
+    let mut env: Vec<Vec<u8>> = std::env::vars_os()
+        .filter(|(k, _)| k != ENV_USERNS && k != ENV_IDMAP)
+        .map(|(k, v)| {
+            let mut e = k.as_bytes().to_vec();
+            e.push(b'=');
+            e.extend_from_slice(v.as_bytes());
+            e
+        })
+        .collect();
+    env.push(format!("{ENV_USERNS}=1").into_bytes());
+
+    // SAFETY: called first in main, single-threaded.
+    match unsafe { nix::unistd::fork() }.context("cannot fork")? {
+        nix::unistd::ForkResult::Child => {
+            drop(c2p_r);
+            drop(p2c_w);
+            let r = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER | nix::sched::CloneFlags::CLONE_NEWNS);
+            if let Err(e) = r {
+                let hint = if e == nix::errno::Errno::EINVAL {
+                    " (the process has more than one thread)"
+                } else {
+                    " (unprivileged user namespaces may be disabled: check sysctl kernel.unprivileged_userns_clone \
+                     and user.max_user_namespaces, or an AppArmor/seccomp policy)"
+                };
+                eprintln!("kiln: cannot create a user namespace: {e}{hint}");
+                unsafe { libc::_exit(125) };
+            }
+            write_all(&c2p_w, b"u\n");
+            let msg = read_msg(&p2c_r);
+            if msg.is_empty() {
+                unsafe { libc::_exit(125) };
+            }
+            let idmap = String::from_utf8_lossy(msg.strip_suffix(b"\n").unwrap_or(&msg)).to_string();
+            if idmap.starts_with("error:") {
+                unsafe { libc::_exit(125) };
+            }
+            env.push(format!("{ENV_IDMAP}={idmap}").into_bytes());
+            if let Err(e) = nix::unistd::setresgid(0.into(), 0.into(), 0.into()) {
+                eprintln!("kiln: cannot become gid 0 in the user namespace: {e}");
+                unsafe { libc::_exit(125) };
+            }
+            if let Err(e) = nix::unistd::setresuid(0.into(), 0.into(), 0.into()) {
+                eprintln!("kiln: cannot become uid 0 in the user namespace: {e}");
+                unsafe { libc::_exit(125) };
+            }
+            let _ = nix::unistd::setgroups(&[]); // denied with the single-id map: fine
+            if let Err(e) = make_rprivate() {
+                eprintln!("kiln: cannot make the mounts of kiln's mount namespace private: {e}");
+                unsafe { libc::_exit(125) };
+            }
+            let envc: Vec<CString> = env.into_iter().filter_map(|e| CString::new(e).ok()).collect();
+            let e = nix::unistd::execve(&exe, &args, &envc).unwrap_err();
+            eprintln!("kiln: cannot re-execute /proc/self/exe in the user namespace: {e}");
+            unsafe { libc::_exit(125) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(c2p_w);
+            drop(p2c_r);
+            CHILD.store(child.as_raw(), Ordering::SeqCst);
+            install_forwarders();
+            let ready = read_msg(&c2p_r);
+            if ready.is_empty() {
+                // The child failed to unshare (it printed why) and exited.
+                std::process::exit(wait_child(child));
+            }
+            let idmap = match write_maps(child.as_raw(), uid, gid, debug) {
+                Ok(m) => m,
+                Err(e) => {
+                    write_all(&p2c_w, b"error:\n");
+                    let _ = wait_child(child);
+                    eprintln!("kiln: {e:#}");
+                    std::process::exit(125);
+                }
+            };
+            write_all(&p2c_w, format!("{idmap}\n").as_bytes());
+            drop(p2c_w);
+            std::process::exit(wait_child(child));
+        }
+    }
+}
+
+fn install_forwarders() {
+    let act = nix::sys::signal::SigAction::new(
+        nix::sys::signal::SigHandler::SigAction(forward_signal),
+        nix::sys::signal::SaFlags::SA_RESTART,
+        nix::sys::signal::SigSet::empty(),
+    );
+    for s in [
+        nix::sys::signal::SIGINT,
+        nix::sys::signal::SIGTERM,
+        nix::sys::signal::SIGHUP,
+        nix::sys::signal::SIGQUIT,
+    ] {
+        // SAFETY: the handler only calls kill(2).
+        unsafe {
+            let _ = nix::sys::signal::sigaction(s, &act);
+        }
+    }
+}
+
+/// Waits for `child` and turns its end into an exit code (128+signal when killed).
+pub fn wait_child(child: nix::unistd::Pid) -> i32 {
+    loop {
+        match nix::sys::wait::waitpid(child, None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => return c,
+            Ok(nix::sys::wait::WaitStatus::Signaled(_, s, _)) => return 128 + s as i32,
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return 125,
+        }
+    }
+}
+
+fn run_map_helper(helper: &Path, pid: i32, id: u32, range: (u32, u32)) -> Result<(), String> {
+    let out = std::process::Command::new(helper)
+        .args([
+            pid.to_string(),
+            "0".into(),
+            id.to_string(),
+            "1".into(),
+            "1".into(),
+            range.0.to_string(),
+            range.1.to_string(),
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", helper.display()))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr).trim().replace('\n', "; ");
+        return Err(format!("{} failed: {err}", helper.display()));
+    }
+    Ok(())
+}
+
+/// Writes the child's id maps; returns the `KILN_IDMAP` value (`full` or `single:REASON`).
+fn write_maps(pid: i32, uid: u32, gid: u32, debug: bool) -> Result<String> {
+    let plan = plan_mapping(uid, gid);
+    let full = match &plan {
+        Ok(p) => {
+            run_map_helper(&p.newuidmap, pid, uid, p.uid).and_then(|_| run_map_helper(&p.newgidmap, pid, gid, p.gid))
+        }
+        Err(reason) => Err(reason.clone()),
+    };
+    match full {
+        Ok(()) => {
+            if debug {
+                let p = plan.as_ref().unwrap();
+                eprintln!(
+                    "kiln: debug: user namespace: uid 0 -> {uid}, 1..{} -> {}..; gid 0 -> {gid}, 1..{} -> {}..",
+                    p.uid.1, p.uid.0, p.gid.1, p.gid.0
+                );
+            }
+            Ok("full".to_string())
+        }
+        Err(reason) => {
+            let uid_map = parse_id_map(&std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap_or_default());
+            if uid_map.is_empty() {
+                std::fs::write(format!("/proc/{pid}/uid_map"), format!("0 {uid} 1\n"))
+                    .with_context(|| format!("cannot write /proc/{pid}/uid_map"))?;
+            }
+            let gid_map = parse_id_map(&std::fs::read_to_string(format!("/proc/{pid}/gid_map")).unwrap_or_default());
+            if gid_map.is_empty() {
+                let _ = std::fs::write(format!("/proc/{pid}/setgroups"), "deny");
+                std::fs::write(format!("/proc/{pid}/gid_map"), format!("0 {gid} 1\n"))
+                    .with_context(|| format!("cannot write /proc/{pid}/gid_map"))?;
+            }
+            eprintln!(
+                "kiln: notice: single-uid user namespace ({reason}); files owned by other users cannot be \
+                 created. Fix: add ranges to /etc/subuid and /etc/subgid and install uidmap."
+            );
+            Ok(format!("single:{reason}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subid_lookup_by_name_or_id_and_cap() {
+        let t = "# comment\nalice:100000:65536\n1001:200000:1000000\nbob:300000:0\n";
+        assert_eq!(find_subid_range(t, Some("alice"), 5), Some((100000, 65536)));
+        assert_eq!(find_subid_range(t, Some("carol"), 1001), Some((200000, 65536)));
+        assert_eq!(find_subid_range(t, Some("bob"), 7), None);
+        assert_eq!(find_subid_range(t, None, 9), None);
+    }
+
+    #[test]
+    fn id_map_parsing() {
+        let m = parse_id_map("         0       1001          1\n         1     100000      65536\n");
+        assert_eq!(
+            m,
+            vec![
+                IdRange {
+                    container: 0,
+                    host: 1001,
+                    count: 1
+                },
+                IdRange {
+                    container: 1,
+                    host: 100000,
+                    count: 65536
+                }
+            ]
+        );
+        assert!(is_initial_map(&parse_id_map("0 0 4294967295\n")));
+        assert!(!is_initial_map(&m));
+    }
+}

@@ -3,7 +3,8 @@
 //! The store root is a valid OCI image layout (`oci-layout`, `index.json`, `blobs/sha256/…`), so
 //! `skopeo inspect oci:$ROOT:docker.io/library/debian:latest` and other OCI tools read it
 //! directly. Names are `index.json` entries annotated `org.opencontainers.image.ref.name` with the
-//! full normalised reference; entries without that annotation are unnamed ("dangling") images,
+//! full normalised reference (for Docker v2s2 manifests, see [`Store::tag`] for the OCI view
+//! that carries it); entries without a name are unnamed ("dangling") images,
 //! e.g. an archive loaded without a name. kiln's own directories sit next to the layout:
 //! `tmp/` (blobs being written, scratch dirs), `layers/<diff_id hex>/` (unpacked layers used as
 //! overlay lowers), `cache/` (build cache) and `locks/`.
@@ -71,8 +72,35 @@ impl ManifestFormat {
 
     /// The format a manifest media type belongs to.
     pub fn of_manifest_media_type(mt: &str) -> ManifestFormat {
-        if mt == MT_DOCKER_MANIFEST { ManifestFormat::Docker } else { ManifestFormat::Oci }
+        if mt == MT_DOCKER_MANIFEST {
+            ManifestFormat::Docker
+        } else {
+            ManifestFormat::Oci
+        }
     }
+}
+
+/// Marks an index.json entry that is an OCI-typed copy of a Docker manifest (value: the
+/// Docker manifest's digest); see [`Store::tag`].
+pub const ANNOTATION_OCI_VIEW_OF: &str = "io.kiln.oci-view-of";
+/// The name of a Docker-manifest entry whose OCI view carries the standard ref name.
+pub const ANNOTATION_KILN_REF_NAME: &str = "io.kiln.ref.name";
+
+/// A Docker v2s2 manifest rewritten with OCI media types (config and layers unchanged, so the
+/// image id and diff_ids stay the same). OCI manifests are returned unchanged.
+pub fn oci_view_of_manifest(bytes: &[u8]) -> Result<Vec<u8>> {
+    let mut m: Manifest = serde_json::from_slice(bytes).context("parsing a manifest")?;
+    if m.media_type.as_deref() != Some(MT_DOCKER_MANIFEST) {
+        return Ok(bytes.to_vec());
+    }
+    m.media_type = Some(MT_OCI_MANIFEST.to_string());
+    m.config.media_type = MT_OCI_CONFIG.to_string();
+    for l in &mut m.layers {
+        if let Some(c) = Compression::of_media_type(&l.media_type) {
+            l.media_type = ManifestFormat::Oci.layer_media_type(c).to_string();
+        }
+    }
+    serde_json::to_vec(&m).context("serialising a manifest")
 }
 
 /// An open store (cheap to clone; all state is on disk).
@@ -111,13 +139,16 @@ impl Store {
         let root = if root.is_absolute() {
             root.to_path_buf()
         } else {
-            std::env::current_dir().context("finding the current directory")?.join(root)
+            std::env::current_dir()
+                .context("finding the current directory")?
+                .join(root)
         };
         let store = Store { root };
         for d in ["blobs/sha256", "tmp", "layers", "cache", "locks"] {
             let p = store.root.join(d);
             fs::create_dir_all(&p).with_context(|| format!("creating the store directory {}", p.display()))?;
         }
+        store.clean_stale_tmp();
         let layout = store.root.join("oci-layout");
         if !layout.exists() {
             crate::fsutil::write_atomic(&layout, OCI_LAYOUT_JSON.as_bytes())?;
@@ -129,6 +160,26 @@ impl Store {
             }
         }
         Ok(store)
+    }
+
+    /// Removes blob temp files a killed kiln left behind (untouched for a day; a live writer
+    /// keeps its file's mtime fresh). Best effort: they are harmless anyway.
+    fn clean_stale_tmp(&self) {
+        let Ok(rd) = fs::read_dir(self.root.join("tmp")) else {
+            return;
+        };
+        let day = std::time::Duration::from_secs(24 * 3600);
+        for e in rd.flatten() {
+            let stale = e.file_name().to_string_lossy().starts_with("blob-")
+                && e.metadata()
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|a| a > day);
+            if stale {
+                let _ = fs::remove_file(e.path());
+            }
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -155,7 +206,10 @@ impl Store {
             .prefix("blob-")
             .tempfile_in(&tmp)
             .with_context(|| format!("creating a temporary blob file in {}", tmp.display()))?;
-        Ok(BlobWriter { inner: HashingWriter::new(BufWriter::with_capacity(256 * 1024, file)), store: self.clone() })
+        Ok(BlobWriter {
+            inner: HashingWriter::new(BufWriter::with_capacity(256 * 1024, file)),
+            store: self.clone(),
+        })
     }
 
     /// Stores `data` as a blob and returns its digest.
@@ -182,7 +236,10 @@ impl Store {
             fs::read(&p).with_context(|| format!("blob {d} is missing from the store at {}", self.root.display()))?;
         let got = Digest::of(&data);
         if &got != d {
-            bail!("blob {} in the store is corrupt: its content hashes to {got}", p.display());
+            bail!(
+                "blob {} in the store is corrupt: its content hashes to {got}",
+                p.display()
+            );
         }
         Ok(data)
     }
@@ -194,7 +251,11 @@ impl Store {
         let config_digest = self.put_bytes(&config_bytes)?;
         let config_desc = Descriptor::new(format.config_media_type(), config_digest, config_bytes.len() as u64);
         let (digest, manifest, _) = self.write_manifest(config_desc, layers, format)?;
-        Ok(Image { manifest_digest: digest, manifest, config: config.clone() })
+        Ok(Image {
+            manifest_digest: digest,
+            manifest,
+            config: config.clone(),
+        })
     }
 
     /// Writes a manifest for an existing config blob. Layer media types are converted to
@@ -237,7 +298,8 @@ impl Store {
     /// name points at an index, the linux/<host arch> manifest is chosen.
     pub fn load_image(&self, name_or_id: &str) -> Result<Image> {
         let desc = self.resolve(name_or_id)?.ok_or_else(|| self.not_found(name_or_id))?;
-        self.load_descriptor(&desc).with_context(|| format!("loading image {name_or_id}"))
+        self.load_descriptor(&desc)
+            .with_context(|| format!("loading image {name_or_id}"))
     }
 
     /// The error for an image that is not in the store.
@@ -256,27 +318,43 @@ impl Store {
         let bytes = self.read_blob(&desc.digest)?;
         let v: serde_json::Value = serde_json::from_slice(&bytes)
             .with_context(|| format!("manifest {} in the store is not JSON", desc.digest))?;
-        let mt = v.get("mediaType").and_then(|m| m.as_str()).unwrap_or(&desc.media_type).to_string();
+        let mt = v
+            .get("mediaType")
+            .and_then(|m| m.as_str())
+            .unwrap_or(&desc.media_type)
+            .to_string();
         if is_index(&mt) || (!is_manifest(&mt) && v.get("manifests").is_some()) {
             let index: Index = serde_json::from_slice(&bytes)
                 .with_context(|| format!("index {} in the store is not a valid image index", desc.digest))?;
             let child = pick_platform(&index.manifests).with_context(|| {
-                format!("index {} has no manifest for linux/{} among its platforms", desc.digest, host_arch())
+                format!(
+                    "index {} has no manifest for linux/{} among its platforms",
+                    desc.digest,
+                    host_arch()
+                )
             })?;
             return self.load_descriptor(child);
         }
         let manifest: Manifest = serde_json::from_slice(&bytes)
             .with_context(|| format!("manifest {} in the store is not a valid image manifest", desc.digest))?;
         let config_bytes = self.read_blob(&manifest.config.digest)?;
-        let config: ImageConfig = serde_json::from_slice(&config_bytes)
-            .with_context(|| format!("config {} in the store is not a valid image config", manifest.config.digest))?;
-        Ok(Image { manifest_digest: desc.digest.clone(), manifest, config })
+        let config: ImageConfig = serde_json::from_slice(&config_bytes).with_context(|| {
+            format!(
+                "config {} in the store is not a valid image config",
+                manifest.config.digest
+            )
+        })?;
+        Ok(Image {
+            manifest_digest: desc.digest.clone(),
+            manifest,
+            config,
+        })
     }
 
     /// Finds the index.json descriptor for a name or id (see [`Store::load_image`]). The
     /// descriptor may point at an index (multi-platform image) when one was stored.
     pub fn resolve(&self, name_or_id: &str) -> Result<Option<Descriptor>> {
-        let entries = self.read_index()?.manifests;
+        let entries = self.entries()?;
         if name_or_id.starts_with("sha256:") {
             let d = Digest::parse(name_or_id)?;
             if let Some(e) = entries.iter().find(|e| e.digest == d) {
@@ -297,13 +375,15 @@ impl Store {
         }
         if let Ok(r) = Reference::parse(name_or_id) {
             let name = r.to_string();
-            if let Some(e) = entries.iter().find(|e| e.annotations.get(ANNOTATION_REF_NAME) == Some(&name)) {
+            if let Some(e) = entries.iter().find(|e| name_of(e) == Some(&name)) {
                 return Ok(Some(strip_name(e)));
             }
         }
         let is_hex = name_or_id.len() >= 4
             && name_or_id.len() <= 64
-            && name_or_id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            && name_or_id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if is_hex {
             return self.find_by_id(&entries, |id| id.hex().starts_with(name_or_id));
         }
@@ -319,7 +399,11 @@ impl Store {
             if pred(img.id()) {
                 match &found {
                     Some((id, _)) if id != img.id() => {
-                        bail!("image id prefix is ambiguous: it matches {} and {}", id.short(), img.id().short())
+                        bail!(
+                            "image id prefix is ambiguous: it matches {} and {}",
+                            id.short(),
+                            img.id().short()
+                        )
                     }
                     Some(_) => {}
                     None => found = Some((img.id().clone(), strip_name(e))),
@@ -331,16 +415,54 @@ impl Store {
 
     /// Names `manifest` with `reference` (normalised). An unnamed entry for the same manifest
     /// is replaced.
+    ///
+    /// A Docker v2s2 manifest also gets an *OCI view*: a second index.json entry pointing at
+    /// an OCI-typed copy of the manifest (same config and layer blobs, annotated
+    /// `io.kiln.oci-view-of`). The view carries `org.opencontainers.image.ref.name`; the
+    /// original entry carries the name as `io.kiln.ref.name`. skopeo and umoci only accept
+    /// OCI-typed entries of an OCI layout, so `skopeo inspect oci:$ROOT:NAME` and `umoci unpack
+    /// --image $ROOT:NAME` keep working for pulled Docker images, while kiln itself keeps using
+    /// the original manifest (and its digest).
     pub fn tag(&self, reference: &str, manifest: &Descriptor) -> Result<()> {
         let name = Reference::parse(reference)?.to_string();
+        let raw = self
+            .read_blob(&manifest.digest)
+            .with_context(|| format!("cannot name {name}: its manifest is not in the store"))?;
+        let is_docker = serde_json::from_slice::<serde_json::Value>(&raw)
+            .ok()
+            .and_then(|v| {
+                v.get("mediaType")
+                    .and_then(|m| m.as_str())
+                    .map(|m| m == MT_DOCKER_MANIFEST)
+            })
+            .unwrap_or(manifest.media_type == MT_DOCKER_MANIFEST);
+        let view = if is_docker {
+            let bytes = oci_view_of_manifest(&raw)?;
+            let mut d = Descriptor::new(MT_OCI_MANIFEST, self.put_bytes(&bytes)?, bytes.len() as u64);
+            d.platform = manifest.platform.clone();
+            d.annotations.insert(ANNOTATION_REF_NAME.to_string(), name.clone());
+            d.annotations
+                .insert(ANNOTATION_OCI_VIEW_OF.to_string(), manifest.digest.to_string());
+            Some(d)
+        } else {
+            None
+        };
         self.update_index(|idx| {
             idx.manifests.retain(|e| {
-                let n = e.annotations.get(ANNOTATION_REF_NAME);
+                let n = name_of(e);
                 n != Some(&name) && !(n.is_none() && e.digest == manifest.digest)
             });
             let mut d = strip_name(manifest);
-            d.annotations.insert(ANNOTATION_REF_NAME.to_string(), name.clone());
+            // With an OCI view, the view carries the standard name annotation (one entry per
+            // name for other tools) and the original keeps the name in kiln's own annotation.
+            let key = if view.is_some() {
+                ANNOTATION_KILN_REF_NAME
+            } else {
+                ANNOTATION_REF_NAME
+            };
+            d.annotations.insert(key.to_string(), name.clone());
             idx.manifests.push(d);
+            idx.manifests.extend(view);
             Ok(())
         })
     }
@@ -361,9 +483,11 @@ impl Store {
         let name = Reference::parse(reference)?.to_string();
         let mut removed = false;
         self.update_index(|idx| {
-            let before = idx.manifests.len();
-            idx.manifests.retain(|e| e.annotations.get(ANNOTATION_REF_NAME) != Some(&name));
-            removed = idx.manifests.len() != before;
+            idx.manifests.retain(|e| {
+                let hit = name_of(e) == Some(&name);
+                removed |= hit && !e.annotations.contains_key(ANNOTATION_OCI_VIEW_OF);
+                !hit
+            });
             Ok(())
         })?;
         Ok(removed)
@@ -375,8 +499,11 @@ impl Store {
         let mut names = Vec::new();
         self.update_index(|idx| {
             idx.manifests.retain(|e| {
+                if e.annotations.get(ANNOTATION_OCI_VIEW_OF) == Some(&digest.to_string()) {
+                    return false;
+                }
                 if &e.digest == digest {
-                    names.extend(e.annotations.get(ANNOTATION_REF_NAME).cloned());
+                    names.extend(name_of(e).cloned());
                     false
                 } else {
                     true
@@ -399,11 +526,17 @@ impl Store {
     /// Every index entry, named or not, in index order.
     pub fn list_all(&self) -> Result<Vec<(Option<String>, Descriptor)>> {
         Ok(self
-            .read_index()?
-            .manifests
+            .entries()?
             .iter()
-            .map(|e| (e.annotations.get(ANNOTATION_REF_NAME).cloned(), strip_name(e)))
+            .map(|e| (name_of(e).cloned(), strip_name(e)))
             .collect())
+    }
+
+    /// index.json entries without the OCI views of Docker manifests (see [`Store::tag`]).
+    fn entries(&self) -> Result<Vec<Descriptor>> {
+        let mut m = self.read_index()?.manifests;
+        m.retain(|e| !e.annotations.contains_key(ANNOTATION_OCI_VIEW_OF));
+        Ok(m)
     }
 
     /// A fresh temporary directory under `root/tmp` (removed when dropped).
@@ -462,10 +595,19 @@ fn empty_index() -> Index {
     }
 }
 
+/// The name of an index entry (standard annotation, or kiln's for Docker manifests that have
+/// an OCI view).
+fn name_of(e: &Descriptor) -> Option<&String> {
+    e.annotations
+        .get(ANNOTATION_REF_NAME)
+        .or_else(|| e.annotations.get(ANNOTATION_KILN_REF_NAME))
+}
+
 /// A copy of an index entry without its ref-name annotation.
 fn strip_name(d: &Descriptor) -> Descriptor {
     let mut d = d.clone();
     d.annotations.remove(ANNOTATION_REF_NAME);
+    d.annotations.remove(ANNOTATION_KILN_REF_NAME);
     d
 }
 
@@ -475,8 +617,18 @@ pub fn pick_platform(manifests: &[Descriptor]) -> Option<&Descriptor> {
     let arch = host_arch();
     manifests
         .iter()
-        .find(|m| m.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == arch))
-        .or_else(|| if manifests.len() == 1 && manifests[0].platform.is_none() { manifests.first() } else { None })
+        .find(|m| {
+            m.platform
+                .as_ref()
+                .is_some_and(|p| p.os == "linux" && p.architecture == arch)
+        })
+        .or_else(|| {
+            if manifests.len() == 1 && manifests[0].platform.is_none() {
+                manifests.first()
+            } else {
+                None
+            }
+        })
 }
 
 /// A blob being written; see [`Store::blob_writer`].
@@ -510,7 +662,9 @@ impl BlobWriter {
             return Ok((digest, size));
         }
         tmp.as_file().sync_all().context("syncing a blob")?;
-        tmp.persist(&dest).map_err(|e| e.error).with_context(|| format!("storing blob {}", dest.display()))?;
+        tmp.persist(&dest)
+            .map_err(|e| e.error)
+            .with_context(|| format!("storing blob {}", dest.display()))?;
         crate::fsutil::sync_dir(dest.parent().unwrap_or(self.store.root()))?;
         Ok((digest, size))
     }
@@ -525,19 +679,28 @@ mod tests {
         let layer = store.put_bytes(b"not really a layer").unwrap();
         let mut cfg = ImageConfig::empty();
         cfg.rootfs.diff_ids.push(layer.clone());
-        store.write_image(&cfg, vec![Descriptor::new(MT_OCI_LAYER_GZIP, layer, 18)], format).unwrap()
+        store
+            .write_image(&cfg, vec![Descriptor::new(MT_OCI_LAYER_GZIP, layer, 18)], format)
+            .unwrap()
     }
 
     fn desc(img: &Image) -> Descriptor {
         let bytes = serde_json::to_vec(&img.manifest).unwrap();
-        Descriptor::new(img.manifest.media_type.as_deref().unwrap(), img.manifest_digest.clone(), bytes.len() as u64)
+        Descriptor::new(
+            img.manifest.media_type.as_deref().unwrap(),
+            img.manifest_digest.clone(),
+            bytes.len() as u64,
+        )
     }
 
     #[test]
     fn open_creates_layout() {
         let t = tempfile::tempdir().unwrap();
         let s = Store::open(t.path()).unwrap();
-        assert_eq!(fs::read_to_string(t.path().join("oci-layout")).unwrap(), OCI_LAYOUT_JSON);
+        assert_eq!(
+            fs::read_to_string(t.path().join("oci-layout")).unwrap(),
+            OCI_LAYOUT_JSON
+        );
         assert!(s.read_index().unwrap().manifests.is_empty());
         assert!(t.path().join("blobs/sha256").is_dir());
         Store::open(t.path()).unwrap();
@@ -554,7 +717,11 @@ mod tests {
         assert!(err.contains("digest mismatch"), "{err}");
         assert!(!s.has_blob(&Digest::of(b"hello")));
         assert!(!s.has_blob(&wrong));
-        assert_eq!(fs::read_dir(t.path().join("tmp")).unwrap().count(), 0, "temp file left behind");
+        assert_eq!(
+            fs::read_dir(t.path().join("tmp")).unwrap().count(),
+            0,
+            "temp file left behind"
+        );
         assert_eq!(fs::read_dir(t.path().join("blobs/sha256")).unwrap().count(), 0);
     }
 
@@ -585,9 +752,17 @@ mod tests {
         s.tag("busybox", &desc(&img)).unwrap();
         s.tag("docker.io/library/busybox:v1", &desc(&img)).unwrap();
         let names: Vec<String> = s.list().unwrap().into_iter().map(|(n, _)| n).collect();
-        assert_eq!(names, ["docker.io/library/busybox:latest", "docker.io/library/busybox:v1"]);
+        assert_eq!(
+            names,
+            ["docker.io/library/busybox:latest", "docker.io/library/busybox:v1"]
+        );
         // Any spelling of the same reference finds it.
-        for n in ["busybox", "busybox:latest", "library/busybox", "docker.io/library/busybox:latest"] {
+        for n in [
+            "busybox",
+            "busybox:latest",
+            "library/busybox",
+            "docker.io/library/busybox:latest",
+        ] {
             assert_eq!(s.load_image(n).unwrap().manifest_digest, img.manifest_digest, "{n}");
         }
         // Retagging replaces, not duplicates.
@@ -596,14 +771,24 @@ mod tests {
         // The index is valid JSON with the annotation and the OCI media type.
         let raw: serde_json::Value = serde_json::from_slice(&fs::read(t.path().join("index.json")).unwrap()).unwrap();
         assert_eq!(raw["mediaType"], MT_OCI_INDEX);
-        assert_eq!(raw["manifests"][0]["annotations"][ANNOTATION_REF_NAME], "docker.io/library/busybox:v1");
+        assert_eq!(
+            raw["manifests"][0]["annotations"][ANNOTATION_REF_NAME],
+            "docker.io/library/busybox:v1"
+        );
         assert!(s.untag("busybox:v1").unwrap());
         assert!(!s.untag("busybox:v1").unwrap());
         assert_eq!(s.list().unwrap().len(), 1);
         let err = s.load_image("nope").unwrap_err().to_string();
-        assert!(err.contains("image nope (docker.io/library/nope:latest) not found in the store at"), "{err}");
+        assert!(
+            err.contains("image nope (docker.io/library/nope:latest) not found in the store at"),
+            "{err}"
+        );
         // No stray temp files from the atomic index writes.
-        assert!(fs::read_dir(t.path()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with(".tmp")));
+        assert!(
+            fs::read_dir(t.path())
+                .unwrap()
+                .all(|e| !e.unwrap().file_name().to_string_lossy().starts_with(".tmp"))
+        );
     }
 
     #[test]
@@ -617,10 +802,49 @@ mod tests {
         s.tag("app:v1", &desc(&img)).unwrap();
         let id = img.id().clone();
         assert_eq!(s.load_image(id.short()).unwrap().manifest_digest, img.manifest_digest);
-        assert_eq!(s.load_image(&id.hex()[..4]).unwrap().manifest_digest, img.manifest_digest);
+        assert_eq!(
+            s.load_image(&id.hex()[..4]).unwrap().manifest_digest,
+            img.manifest_digest
+        );
         assert_eq!(s.load_image(id.as_str()).unwrap().manifest_digest, img.manifest_digest);
         assert_eq!(s.load_image(img.manifest_digest.as_str()).unwrap().config, img.config);
         assert!(s.load_image("0000000000ff").is_err() || id.hex().starts_with("0000000000ff"));
+    }
+
+    #[test]
+    fn docker_manifests_get_an_oci_view() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::open(t.path()).unwrap();
+        let img = tiny_image(&s, ManifestFormat::Docker);
+        s.tag("app:v1", &desc(&img)).unwrap();
+        s.tag("app:v1", &desc(&img)).unwrap();
+        let raw = s.read_index().unwrap().manifests;
+        assert_eq!(raw.len(), 2, "the Docker manifest and its OCI view");
+        let view = raw.iter().find(|e| e.media_type == MT_OCI_MANIFEST).unwrap();
+        assert_eq!(view.annotations[ANNOTATION_REF_NAME], "docker.io/library/app:v1");
+        let orig = raw.iter().find(|e| e.media_type == MT_DOCKER_MANIFEST).unwrap();
+        assert!(
+            !orig.annotations.contains_key(ANNOTATION_REF_NAME),
+            "one standard name per image"
+        );
+        assert_eq!(orig.annotations[ANNOTATION_KILN_REF_NAME], "docker.io/library/app:v1");
+        let vm: Manifest = serde_json::from_slice(&s.read_blob(&view.digest).unwrap()).unwrap();
+        assert_eq!(vm.config.digest, *img.id());
+        assert_eq!(vm.layers[0].media_type, MT_OCI_LAYER_GZIP);
+        // kiln itself sees one image, with the original manifest.
+        assert_eq!(s.list().unwrap().len(), 1);
+        assert_eq!(s.load_image("app:v1").unwrap().manifest_digest, img.manifest_digest);
+        assert!(s.untag("app:v1").unwrap());
+        assert!(s.read_index().unwrap().manifests.is_empty());
+        s.tag("app:v1", &desc(&img)).unwrap();
+        assert_eq!(
+            s.remove_manifest(&img.manifest_digest).unwrap(),
+            ["docker.io/library/app:v1"]
+        );
+        assert!(s.read_index().unwrap().manifests.is_empty());
+        // Tagging a manifest that is not in the store is an error.
+        let bogus = Descriptor::new(MT_OCI_MANIFEST, Digest::of(b"nothing"), 7);
+        assert!(s.tag("x:1", &bogus).is_err());
     }
 
     #[test]
@@ -653,7 +877,8 @@ mod tests {
         };
         let bytes = serde_json::to_vec(&idx).unwrap();
         let id = s.put_bytes(&bytes).unwrap();
-        s.tag("multi:1", &Descriptor::new(MT_OCI_INDEX, id, bytes.len() as u64)).unwrap();
+        s.tag("multi:1", &Descriptor::new(MT_OCI_INDEX, id, bytes.len() as u64))
+            .unwrap();
         assert_eq!(s.load_image("multi:1").unwrap().manifest_digest, img.manifest_digest);
     }
 

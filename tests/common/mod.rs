@@ -250,3 +250,10 @@ impl Drop for Registry {
         let _ = self.child.wait();
     }
 }
+
+impl Kiln {
+    /// Starts kiln in the background.
+    pub fn spawn(mut self) -> std::process::Child {
+        self.cmd.spawn().expect("starting kiln")
+    }
+}

@@ -1,0 +1,2341 @@
+//! COPY and ADD with Docker/BuildKit semantics.
+//!
+//! [`copy_into`] performs one COPY/ADD instruction into a mounted (merged) rootfs with plain
+//! file-system calls; the overlay underneath records the changes. [`source_digest`] hashes
+//! everything the same instruction would copy, for the build cache.
+//!
+//! The rules follow BuildKit's file op (`tonistiigi/fsutil/copy`):
+//! - a source path is relative to its root (`/x`, `../x` → `x`), symlinks on the way (and a
+//!   symlink named as the source itself) are followed inside the root;
+//! - wildcards (`*`, `?`, `[..]`, `\` escapes) match per path component like Go's
+//!   `filepath.Match`; a pattern that matches nothing is fine as long as the instruction as a
+//!   whole matched something;
+//! - a file goes to `dest` (or `dest/<name>` when `dest` is a directory or must be one: a
+//!   trailing `/` or `/.`, several sources, `--parents`); a directory's *contents* are copied
+//!   into `dest` (created 0755 when missing), sub-directories with their own metadata;
+//! - missing parent dirs of `dest` are created 0755, owned by the `--chown` user or root;
+//! - copied entries keep their mode (incl. setuid), mtime, symlink targets, hardlinks, fifos,
+//!   xattrs; ownership becomes `--chown`, else 0:0 for the build context, else is kept;
+//! - ADD extracts local tar archives (any compression, detected by content) into `dest`,
+//!   downloads `http(s)://` URLs (mode 0600, `--checksum`), clones git URLs.
+
+use crate::digest::Digest;
+use crate::dockerfile::ignore::IgnoreMatcher;
+use crate::fsutil::resolve_in_root;
+use anyhow::{Context, Result, anyhow, bail};
+use filetime::FileTime;
+use rayon::prelude::*;
+use sha2::{Digest as _, Sha256};
+use std::collections::HashMap;
+use std::fs::{self, File, Metadata};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Where COPY/ADD reads from.
+pub struct CopySource<'a> {
+    /// The build context dir, or a stage's / image's rootfs (merged, read-only).
+    pub root: &'a Path,
+    /// `.dockerignore` of the context (None for other roots).
+    pub ignore: Option<&'a IgnoreMatcher>,
+    /// True for the build context: copied files become 0:0 unless `--chown`.
+    pub is_context: bool,
+}
+
+/// One expanded COPY/ADD instruction.
+#[derive(Clone, Debug, Default)]
+pub struct CopyRequest {
+    /// Source paths/patterns relative to the source root; URLs / git URLs for ADD; `<<NAME`
+    /// for a heredoc.
+    pub srcs: Vec<String>,
+    /// Destination, absolute or relative to `workdir`.
+    pub dest: String,
+    /// The stage's WORKDIR (absolute).
+    pub workdir: String,
+    /// Raw `--chown` spec (`user[:group]`, resolved in the destination rootfs).
+    pub chown: Option<String>,
+    /// Raw `--chmod` (octal or symbolic).
+    pub chmod: Option<String>,
+    /// `--exclude` patterns.
+    pub exclude: Vec<String>,
+    pub parents: bool,
+    pub link: bool,
+    pub is_add: bool,
+    /// ADD `--checksum=sha256:…`.
+    pub checksum: Option<String>,
+    pub keep_git_dir: bool,
+    /// Heredoc bodies (name, content) for sources named `<<NAME`.
+    pub heredocs: Vec<(String, String)>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Public entry points
+// ---------------------------------------------------------------------------------------------
+
+/// Performs the COPY/ADD described by `req` from `src` into the mounted rootfs `rootfs`.
+pub fn copy_into(rootfs: &Path, src: &CopySource, req: &CopyRequest) -> Result<()> {
+    let chmod = req.chmod.as_deref().map(parse_chmod).transpose()?;
+    let chown = match req.chown.as_deref() {
+        Some(spec) => {
+            Some(crate::users::resolve_chown(rootfs, spec).with_context(|| format!("resolving --chown={spec}"))?)
+        }
+        None => None,
+    };
+    let items = resolve_items(src, req)?;
+    let dest = Dest::of(req);
+    let dest_is_dir = dest.dir_hint || req.parents || items.len() > 1 || req.srcs.len() > 1;
+    let mut cx = Copier {
+        rootfs,
+        chown,
+        chmod,
+        links: HashMap::new(),
+        dir_fixups: Vec::new(),
+    };
+    let ensure = if dest_is_dir {
+        dest.abs.clone()
+    } else {
+        parent_of(&dest.abs)
+    };
+    cx.mkdir_all(&ensure)?;
+    for item in &items {
+        cx.copy_item(req, item, &dest)?;
+    }
+    cx.finish()
+}
+
+/// Content hash of everything `req` would copy from `src`: relative paths, file bytes, modes,
+/// symlink targets, hardlink structure, ownership (for non-context roots), and the request's
+/// destination and flags. Never mtimes, never the root's absolute path.
+pub fn source_digest(src: &CopySource, req: &CopyRequest) -> Result<Digest> {
+    if let Some(c) = req.chmod.as_deref() {
+        parse_chmod(c)?;
+    }
+    let items = resolve_items(src, req)?;
+    let mut h = Sha256::new();
+    let put = |h: &mut Sha256, s: &[u8]| {
+        h.update((s.len() as u64).to_le_bytes());
+        h.update(s);
+    };
+    put(&mut h, b"kiln-copy-v1");
+    let dest = Dest::of(req);
+    put(
+        &mut h,
+        format!("{:?}", (&dest.abs, dest.dir_hint, &req.srcs)).as_bytes(),
+    );
+    put(
+        &mut h,
+        format!(
+            "{:?}",
+            (
+                &req.chown,
+                &req.chmod,
+                &req.exclude,
+                req.parents,
+                req.link,
+                req.is_add,
+                &req.checksum,
+                req.keep_git_dir
+            )
+        )
+        .as_bytes(),
+    );
+    put(&mut h, if src.is_context { b"context" } else { b"root" });
+
+    // Regular files to hash, in a stable order; hashed in parallel.
+    let mut files: Vec<&Path> = Vec::new();
+    for item in &items {
+        if let Kind::Local { abs, md, entries, .. } = &item.kind {
+            if md.is_file() {
+                files.push(abs);
+            }
+            files.extend(entries.iter().filter(|e| e.md.is_file()).map(|e| e.abs.as_path()));
+        }
+    }
+    let sums: Vec<[u8; 32]> = files.par_iter().map(|p| hash_file(p)).collect::<Result<_>>()?;
+    let mut sums = sums.into_iter();
+    let mut inodes: HashMap<(u64, u64), usize> = HashMap::new();
+    let mut counter = 0usize;
+    for item in &items {
+        put(
+            &mut h,
+            format!("item {:?} {:?}", item.name, item.parents_rel).as_bytes(),
+        );
+        match &item.kind {
+            Kind::Heredoc { content } => put(&mut h, content.as_bytes()),
+            Kind::Remote(d) => put(&mut h, format!("url {} {}", d.url, d.digest).as_bytes()),
+            Kind::Local {
+                abs,
+                md,
+                entries,
+                keep_owner,
+            } => {
+                let mut line = |h: &mut Sha256, rel: &Path, path: &Path, md: &Metadata| -> Result<()> {
+                    let ft = md.file_type();
+                    let mut s = format!("{:?} {:o}", rel, md.mode());
+                    if *keep_owner {
+                        s.push_str(&format!(" {}:{}", md.uid(), md.gid()));
+                    }
+                    if ft.is_symlink() {
+                        let t = fs::read_link(path).with_context(|| format!("reading symlink {}", path.display()))?;
+                        s.push_str(&format!(" -> {t:?}"));
+                    } else if ft.is_block_device() || ft.is_char_device() {
+                        s.push_str(&format!(" dev {}", md.rdev()));
+                    } else if ft.is_file() {
+                        counter += 1;
+                        if md.nlink() > 1 {
+                            let first = *inodes.entry((md.dev(), md.ino())).or_insert(counter);
+                            s.push_str(&format!(" link {first}"));
+                        }
+                        let sum = sums.next().context("internal error: file hash list too short")?;
+                        s.push_str(&format!(" {} {}", md.len(), hex::encode(sum)));
+                    }
+                    put(h, s.as_bytes());
+                    Ok(())
+                };
+                line(&mut h, Path::new(""), abs, md)?;
+                for e in entries {
+                    line(&mut h, &e.rel, &e.abs, &e.md)?;
+                }
+            }
+        }
+    }
+    Digest::parse(&format!("sha256:{}", hex::encode(h.finalize())))
+}
+
+fn hash_file(p: &Path) -> Result<[u8; 32]> {
+    let mut f = File::open(p).with_context(|| format!("opening {}", p.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf).with_context(|| format!("reading {}", p.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().into())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Destination
+// ---------------------------------------------------------------------------------------------
+
+struct Dest {
+    /// Clean absolute container path.
+    abs: String,
+    /// The destination names a directory: empty, `.`, or ends with `/` or `/.`.
+    dir_hint: bool,
+}
+
+impl Dest {
+    fn of(req: &CopyRequest) -> Dest {
+        let d = req.dest.as_str();
+        let dir_hint = d.is_empty() || d == "." || d.ends_with('/') || d.ends_with("/.");
+        let joined = if d.starts_with('/') {
+            d.to_string()
+        } else {
+            format!("{}/{}", req.workdir, d)
+        };
+        Dest {
+            abs: format!("/{}", clean_components(&joined).join("/")),
+            dir_hint,
+        }
+    }
+}
+
+/// Lexically cleans a path, rooted: `/a/../b/./c` and `../../b/c` both give `[b, c]`.
+fn clean_components(p: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for c in p.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            c => out.push(c.to_string()),
+        }
+    }
+    out
+}
+
+fn parent_of(abs: &str) -> String {
+    let comps = clean_components(abs);
+    format!("/{}", comps[..comps.len().saturating_sub(1)].join("/"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sources
+// ---------------------------------------------------------------------------------------------
+
+struct Entry {
+    /// Path relative to the copied directory.
+    rel: PathBuf,
+    abs: PathBuf,
+    md: Metadata,
+}
+
+#[allow(clippy::large_enum_variant)]
+enum Kind {
+    Heredoc {
+        content: String,
+    },
+    Remote(Arc<Downloaded>),
+    Local {
+        /// The source with symlinks followed (inside the root).
+        abs: PathBuf,
+        md: Metadata,
+        /// For a directory: its visible descendants, parents before children.
+        entries: Vec<Entry>,
+        /// Keep the source's owner (stage/image roots) instead of 0:0.
+        keep_owner: bool,
+    },
+}
+
+struct Item {
+    kind: Kind,
+    /// The name a file gets inside a destination directory.
+    name: String,
+    /// `--parents`: the source's path (after the `/./` pivot) kept under the destination,
+    /// with the source directory of each component.
+    parents_rel: Option<Vec<(String, PathBuf)>>,
+    /// `_git` clones keep a handle on their checkout.
+    _keep: Option<Arc<tempfile::TempDir>>,
+}
+
+/// Path filters of one walk: .dockerignore (relative to the source root) and --exclude
+/// (relative to the copied source).
+struct Filter<'a> {
+    ignore: Option<&'a IgnoreMatcher>,
+    exclude: &'a PatternSet,
+}
+
+impl Filter<'_> {
+    fn ignored(&self, ctx_rel: &str) -> bool {
+        !ctx_rel.is_empty() && self.ignore.is_some_and(|m| m.is_excluded(ctx_rel))
+    }
+}
+
+fn join_rel(a: &str, b: &str) -> String {
+    if a.is_empty() {
+        b.to_string()
+    } else {
+        format!("{a}/{b}")
+    }
+}
+
+fn rel_str(root: &Path, p: &Path) -> String {
+    p.strip_prefix(root)
+        .map(|r| r.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Resolves every source of the request into items (wildcards expanded, symlinks followed,
+/// directories walked with .dockerignore and --exclude applied).
+fn resolve_items(src: &CopySource, req: &CopyRequest) -> Result<Vec<Item>> {
+    let exclude = PatternSet::new(&req.exclude).context("invalid --exclude pattern")?;
+    let filter = Filter {
+        ignore: if src.is_context { src.ignore } else { None },
+        exclude: &exclude,
+    };
+    let word = if req.is_add { "ADD" } else { "COPY" };
+    let mut items = Vec::new();
+    let mut local_patterns = 0usize;
+    for s in &req.srcs {
+        if let Some((name, content)) = heredoc_for(s, req) {
+            items.push(Item {
+                kind: Kind::Heredoc {
+                    content: content.clone(),
+                },
+                name: name.clone(),
+                parents_rel: None,
+                _keep: None,
+            });
+            continue;
+        }
+        if is_git_url(s) {
+            if !req.is_add {
+                bail!("{word} does not support git sources ({s}): use ADD");
+            }
+            let (dir, sub) = git_checkout(s, req.keep_git_dir)?;
+            let abs = resolve_in_root(dir.path(), Path::new(&sub), true)?;
+            let md = fs::metadata(&abs).with_context(|| format!("{s}: no directory {sub:?} in the repository"))?;
+            let no_filter = PatternSet::default();
+            let f = Filter {
+                ignore: None,
+                exclude: if req.exclude.is_empty() { &no_filter } else { &exclude },
+            };
+            let mut entries = Vec::new();
+            if md.is_dir() {
+                walk(&abs, dir.path(), &f, Path::new(""), "", &mut entries)?;
+            }
+            let name = abs
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            items.push(Item {
+                kind: Kind::Local {
+                    abs,
+                    md,
+                    entries,
+                    keep_owner: false,
+                },
+                name,
+                parents_rel: None,
+                _keep: Some(dir),
+            });
+            continue;
+        }
+        if is_http_url(s) {
+            if !req.is_add {
+                bail!("{word} does not support URLs ({s}): use ADD");
+            }
+            let d = download(s, req.checksum.as_deref())?;
+            items.push(Item {
+                name: d.filename.clone(),
+                kind: Kind::Remote(d),
+                parents_rel: None,
+                _keep: None,
+            });
+            continue;
+        }
+        if req.checksum.is_some() {
+            bail!("ADD --checksum is only supported for HTTP(S) sources, not {s:?}");
+        }
+        local_patterns += 1;
+        items.extend(resolve_local(src, req, s, &filter)?);
+    }
+    if items.is_empty() && (local_patterns > 0 || req.srcs.is_empty()) {
+        bail!(
+            "{word} failed: no source files were specified (nothing matched {})",
+            req.srcs.join(" ")
+        );
+    }
+    Ok(items)
+}
+
+fn heredoc_for<'a>(s: &str, req: &'a CopyRequest) -> Option<&'a (String, String)> {
+    if req.heredocs.is_empty() {
+        return None;
+    }
+    let name = match s.strip_prefix("<<") {
+        Some(n) => n.strip_prefix('-').unwrap_or(n).trim_matches(|c| c == '"' || c == '\''),
+        None => s,
+    };
+    req.heredocs.iter().find(|(n, _)| n == name)
+}
+
+/// A local source path or pattern → its items.
+fn resolve_local(src: &CopySource, req: &CopyRequest, s: &str, filter: &Filter) -> Result<Vec<Item>> {
+    let root = src.root;
+    let comps = clean_components(s);
+    // --parents: an inner "/./" marks the pivot; what follows it is kept under dest.
+    let pivot = match (req.parents, s.find("/./")) {
+        (true, Some(i)) => clean_components(&s[..i]).len(),
+        _ => 0,
+    };
+    let wild = comps.iter().position(|c| contains_wildcards(c));
+    let mut found: Vec<String> = Vec::new(); // paths relative to the root
+    match wild {
+        None => {
+            let rel = comps.join("/");
+            let abs = resolve_in_root(root, Path::new(&rel), true)?;
+            let ctx_rel = rel_str(root, &abs);
+            let md = fs::symlink_metadata(&abs).ok();
+            let visible = match &md {
+                None => false,
+                Some(md) => !filter.ignored(&ctx_rel) || (md.is_dir() && dir_has_visible(&abs, root, filter)?),
+            };
+            if !visible {
+                bail!("\"/{rel}\": not found");
+            }
+            found.push(rel);
+        }
+        Some(w) => {
+            let base = comps[..w].join("/");
+            let base_abs = resolve_in_root(root, Path::new(&base), true)?;
+            if fs::metadata(&base_abs).is_ok_and(|m| m.is_dir()) {
+                let mut matches = Vec::new();
+                match_wildcards(&base_abs, &comps[w..], String::new(), &mut matches)?;
+                for m in matches {
+                    let abs = resolve_in_root(root, Path::new(&rel_str(root, &base_abs)).join(&m).as_path(), true)?;
+                    let Ok(md) = fs::symlink_metadata(&abs) else { continue };
+                    let ctx_rel = rel_str(root, &base_abs.join(&m));
+                    let visible = !filter.ignored(&ctx_rel) || (md.is_dir() && dir_has_visible(&abs, root, filter)?);
+                    if !visible {
+                        continue;
+                    }
+                    if filter.exclude.matches(&m) && !(md.is_dir() && filter.exclude.has_exceptions()) {
+                        continue;
+                    }
+                    found.push(join_rel(&base, &m));
+                }
+            }
+        }
+    }
+    let mut items = Vec::new();
+    for rel in found {
+        let abs = resolve_in_root(root, Path::new(&rel), true)?;
+        let md = fs::symlink_metadata(&abs).with_context(|| format!("\"/{rel}\": not found"))?;
+        let mut entries = Vec::new();
+        if md.is_dir() {
+            walk(&abs, root, filter, Path::new(""), "", &mut entries)?;
+        }
+        let rcomps = clean_components(&rel);
+        let name = rcomps.last().cloned().unwrap_or_else(|| "/".to_string());
+        let parents_rel = if req.parents {
+            let mut v = Vec::new();
+            for i in pivot..rcomps.len() {
+                let p = resolve_in_root(root, Path::new(&rcomps[..=i].join("/")), true)?;
+                v.push((rcomps[i].clone(), p));
+            }
+            Some(v)
+        } else {
+            None
+        };
+        items.push(Item {
+            kind: Kind::Local {
+                abs,
+                md,
+                entries,
+                keep_owner: !src.is_context,
+            },
+            name,
+            parents_rel,
+            _keep: None,
+        });
+    }
+    Ok(items)
+}
+
+/// Go's `containsWildcards`: an unescaped `*`, `?` or `[`.
+fn contains_wildcards(s: &str) -> bool {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 1,
+            b'*' | b'?' | b'[' => return true,
+            _ => {}
+        }
+        i += 1;
+    }
+    false
+}
+
+fn sorted_names(dir: &Path) -> Result<Vec<std::ffi::OsString>> {
+    let mut names: Vec<_> = fs::read_dir(dir)
+        .with_context(|| format!("reading directory {}", dir.display()))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<io::Result<_>>()
+        .with_context(|| format!("reading directory {}", dir.display()))?;
+    names.sort();
+    Ok(names)
+}
+
+/// Matches pattern components below `dir` (not following symlinks on the way, as Go's
+/// filepath.Walk does); results are relative to the pattern's base, in lexical order.
+fn match_wildcards(dir: &Path, pats: &[String], prefix: String, out: &mut Vec<String>) -> Result<()> {
+    for name in sorted_names(dir)? {
+        let n = name.to_string_lossy();
+        if !go_match(&pats[0], &n).with_context(|| format!("invalid source pattern {:?}", pats.join("/")))? {
+            continue;
+        }
+        let rel = join_rel(&prefix, &n);
+        if pats.len() == 1 {
+            out.push(rel);
+        } else {
+            let p = dir.join(&name);
+            if fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+                match_wildcards(&p, &pats[1..], rel, out)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether a (possibly ignored) directory has any visible descendant.
+fn dir_has_visible(dir: &Path, root: &Path, filter: &Filter) -> Result<bool> {
+    let mut v = Vec::new();
+    walk(dir, root, filter, Path::new(""), "", &mut v)?;
+    Ok(!v.is_empty())
+}
+
+/// Walks `dir` (pre-order, sorted) into `out`. `ex_rel` is the exclude-relative path of `dir`.
+/// Ignored/excluded directories are entered only when an exception pattern may re-include
+/// something below them, and kept only when something was.
+fn walk(dir: &Path, root: &Path, filter: &Filter, rel: &Path, ex_rel: &str, out: &mut Vec<Entry>) -> Result<()> {
+    for name in sorted_names(dir)? {
+        let abs = dir.join(&name);
+        let md = fs::symlink_metadata(&abs).with_context(|| format!("reading {}", abs.display()))?;
+        if md.file_type().is_socket() {
+            continue;
+        }
+        let n = name.to_string_lossy();
+        let e_rel = join_rel(ex_rel, &n);
+        let ignored = filter.ignored(&rel_str(root, &abs));
+        let excluded = filter.exclude.matches(&e_rel);
+        let child_rel = rel.join(&name);
+        if !ignored && !excluded {
+            let is_dir = md.is_dir();
+            out.push(Entry {
+                rel: child_rel.clone(),
+                abs: abs.clone(),
+                md,
+            });
+            if is_dir {
+                walk(&abs, root, filter, &child_rel, &e_rel, out)?;
+            }
+        } else if md.is_dir() && (!excluded || filter.exclude.has_exceptions()) {
+            // .dockerignore exceptions (`!dir/keep`) may re-include paths below an ignored dir.
+            let mut sub = Vec::new();
+            walk(&abs, root, filter, &child_rel, &e_rel, &mut sub)?;
+            if !sub.is_empty() {
+                out.push(Entry {
+                    rel: child_rel,
+                    abs,
+                    md,
+                });
+                out.append(&mut sub);
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Copying
+// ---------------------------------------------------------------------------------------------
+
+struct Copier<'a> {
+    rootfs: &'a Path,
+    chown: Option<(u32, u32)>,
+    chmod: Option<Chmod>,
+    /// (dev, ino) of multiply-linked source files → their first copy.
+    links: HashMap<(u64, u64), PathBuf>,
+    /// Directories whose metadata is set last (children first, so mtimes stick).
+    dir_fixups: Vec<(PathBuf, PathBuf, Metadata, bool)>,
+}
+
+impl Copier<'_> {
+    /// Owner of directories kiln creates on the way: the --chown user, else root.
+    fn created_owner(&self) -> (u32, u32) {
+        self.chown.unwrap_or((0, 0))
+    }
+
+    fn owner(&self, md: &Metadata, keep_owner: bool) -> (u32, u32) {
+        match self.chown {
+            Some(o) => o,
+            None if keep_owner => (md.uid(), md.gid()),
+            None => (0, 0),
+        }
+    }
+
+    /// Resolves a container path and creates the missing directories (0755, created owner).
+    fn mkdir_all(&self, container_path: &str) -> Result<PathBuf> {
+        let resolved = resolve_in_root(self.rootfs, Path::new(container_path), true)?;
+        let rel = resolved
+            .strip_prefix(self.rootfs)
+            .map_err(|_| anyhow!("destination {container_path} resolves outside the root"))?
+            .to_path_buf();
+        let mut cur = self.rootfs.to_path_buf();
+        for comp in rel.components() {
+            cur.push(comp);
+            match fs::symlink_metadata(&cur) {
+                Ok(md) if md.is_dir() => {}
+                Ok(_) => bail!(
+                    "cannot create directory {container_path}: {} is not a directory",
+                    cur.display()
+                ),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    fs::create_dir(&cur).with_context(|| format!("creating directory {}", cur.display()))?;
+                    set_mode(&cur, 0o755)?;
+                    let (u, g) = self.created_owner();
+                    chown(&cur, u, g)?;
+                }
+                Err(e) => return Err(e).with_context(|| format!("inspecting {}", cur.display())),
+            }
+        }
+        Ok(resolved)
+    }
+
+    /// Where a non-directory source named `name` goes: into `target` when it is a directory.
+    fn file_target(&self, target: &Path, name: &str) -> PathBuf {
+        if fs::symlink_metadata(target).is_ok_and(|m| m.is_dir()) {
+            target.join(name)
+        } else {
+            target.to_path_buf()
+        }
+    }
+
+    fn copy_item(&mut self, req: &CopyRequest, item: &Item, dest: &Dest) -> Result<()> {
+        let target = resolve_in_root(self.rootfs, Path::new(&dest.abs), true)?;
+        match &item.kind {
+            Kind::Heredoc { content } => {
+                let path = self.file_target(&target, &item.name);
+                let mode = self.chmod.as_ref().map_or(0o644, |c| c.apply(0o644, false));
+                let (u, g) = self.created_owner();
+                write_new_file(&path, &mut content.as_bytes(), mode, u, g)
+            }
+            Kind::Remote(d) => {
+                let path = self.file_target(&target, &item.name);
+                let mode = self.chmod.as_ref().map_or(0o600, |c| c.apply(0o600, false));
+                let (u, g) = self.created_owner();
+                let mut f =
+                    File::open(d.file.path()).with_context(|| format!("reopening the download of {}", d.url))?;
+                write_new_file(&path, &mut f, mode, u, g)?;
+                if let Some(t) = d.mtime {
+                    filetime::set_symlink_file_times(&path, t, t)
+                        .with_context(|| format!("setting times of {}", path.display()))?;
+                }
+                Ok(())
+            }
+            Kind::Local {
+                abs,
+                md,
+                entries,
+                keep_owner,
+            } => {
+                let keep_owner = *keep_owner;
+                if let Some(parents) = &item.parents_rel {
+                    // --parents: recreate the source's directories under dest.
+                    let mut cur = target.clone();
+                    let n = parents.len();
+                    for (i, (comp, src_dir)) in parents.iter().enumerate() {
+                        if i + 1 == n && !md.is_dir() {
+                            cur = cur.join(comp);
+                            break;
+                        }
+                        let smd = fs::metadata(src_dir).with_context(|| format!("reading {}", src_dir.display()))?;
+                        cur = self.ensure_dir(src_dir, &cur.join(comp), &smd, keep_owner)?;
+                    }
+                    if md.is_dir() {
+                        return self.copy_tree(&cur, entries, keep_owner);
+                    }
+                    return self.copy_entry(abs, md, &cur, keep_owner);
+                }
+                if md.is_dir() {
+                    let tdir = match fs::symlink_metadata(&target) {
+                        Ok(m) if m.is_dir() => target,
+                        Ok(_) => bail!(
+                            "cannot copy directory {} to {}: it is not a directory",
+                            item.name,
+                            dest.abs
+                        ),
+                        Err(_) => self.mkdir_all(&dest.abs)?,
+                    };
+                    return self.copy_tree(&tdir, entries, keep_owner);
+                }
+                if req.is_add && md.is_file() && self.try_extract(abs, &dest.abs)? {
+                    return Ok(());
+                }
+                let path = self.file_target(&target, &item.name);
+                self.copy_entry(abs, md, &path, keep_owner)
+            }
+        }
+    }
+
+    /// ADD of a local archive: extract into dest. Returns false when the file is no archive.
+    fn try_extract(&mut self, abs: &Path, dest_abs: &str) -> Result<bool> {
+        let f = File::open(abs).with_context(|| format!("opening {}", abs.display()))?;
+        let Some(reader) = crate::layer::open_archive(io::BufReader::with_capacity(1 << 20, f))
+            .with_context(|| format!("reading {}", abs.display()))?
+        else {
+            return Ok(false);
+        };
+        let dir = self.mkdir_all(dest_abs)?;
+        let opts = crate::layer::ApplyOptions {
+            chown: self.chown,
+            keep_whiteouts_as_files: true,
+        };
+        let name = abs.file_name().unwrap_or_default().display().to_string();
+        let mut counted = CountingReader { inner: reader, n: 0 };
+        crate::layer::apply(&mut counted, &dir, &opts).with_context(|| format!("extracting {name} into {dest_abs}"))?;
+        // Like Go's archive/tar (Docker), an archive that ends inside a 512-byte block is
+        // broken even when every entry could be read.
+        io::copy(&mut counted, &mut io::sink()).with_context(|| format!("reading the end of {name}"))?;
+        if counted.n % 512 != 0 {
+            bail!(
+                "extracting {name}: unexpected end of the archive (truncated tar: {} bytes)",
+                counted.n
+            );
+        }
+        Ok(true)
+    }
+
+    /// A directory for a copied source directory: created, or an existing one (followed when
+    /// it is a symlink to a directory inside the root). Its metadata is set at the end.
+    fn ensure_dir(&mut self, src: &Path, path: &Path, md: &Metadata, keep_owner: bool) -> Result<PathBuf> {
+        match fs::symlink_metadata(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir(path).with_context(|| format!("creating directory {}", path.display()))?;
+                self.dir_fixups
+                    .push((path.to_path_buf(), src.to_path_buf(), md.clone(), keep_owner));
+                Ok(path.to_path_buf())
+            }
+            Err(e) => Err(e).with_context(|| format!("inspecting {}", path.display())),
+            Ok(m) if m.is_dir() => {
+                self.dir_fixups
+                    .push((path.to_path_buf(), src.to_path_buf(), md.clone(), keep_owner));
+                Ok(path.to_path_buf())
+            }
+            Ok(m) if m.file_type().is_symlink() => {
+                let inside = path.strip_prefix(self.rootfs).unwrap_or(path);
+                let resolved = resolve_in_root(self.rootfs, &Path::new("/").join(inside), true)?;
+                if fs::symlink_metadata(&resolved).is_ok_and(|m| m.is_dir()) {
+                    Ok(resolved)
+                } else {
+                    bail!(
+                        "cannot copy a directory to {}: it is a symlink to a non-directory",
+                        path.display()
+                    )
+                }
+            }
+            Ok(_) => bail!(
+                "cannot copy a directory to {}: it exists and is not a directory",
+                path.display()
+            ),
+        }
+    }
+
+    /// Copies walked entries below the target directory `tdir`.
+    fn copy_tree(&mut self, tdir: &Path, entries: &[Entry], keep_owner: bool) -> Result<()> {
+        // Actual target of each copied directory (symlinked target dirs are followed safely).
+        let mut dirs: HashMap<&Path, PathBuf> = HashMap::new();
+        for e in entries {
+            let parent = e.rel.parent().unwrap_or(Path::new(""));
+            let pdir = if parent.as_os_str().is_empty() {
+                tdir.to_path_buf()
+            } else {
+                dirs.get(parent)
+                    .cloned()
+                    .with_context(|| format!("internal error: no target for {}", parent.display()))?
+            };
+            let dst = pdir.join(e.rel.file_name().unwrap_or_default());
+            if e.md.is_dir() {
+                let real = self.ensure_dir(&e.abs, &dst, &e.md, keep_owner)?;
+                dirs.insert(&e.rel, real);
+            } else {
+                self.copy_entry(&e.abs, &e.md, &dst, keep_owner)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies one non-directory entry (file, symlink, fifo, device) to `dst`.
+    fn copy_entry(&mut self, src: &Path, md: &Metadata, dst: &Path, keep_owner: bool) -> Result<()> {
+        let ft = md.file_type();
+        if ft.is_dir() {
+            bail!("internal error: copy_entry called for directory {}", src.display());
+        }
+        if ft.is_socket() {
+            return Ok(());
+        }
+        match fs::symlink_metadata(dst) {
+            Ok(m) if m.is_dir() => bail!("cannot replace directory {} with a file", dst.display()),
+            Ok(_) => fs::remove_file(dst).with_context(|| format!("replacing {}", dst.display()))?,
+            Err(_) => {}
+        }
+        if ft.is_file() {
+            if md.nlink() > 1 {
+                if let Some(first) = self.links.get(&(md.dev(), md.ino()))
+                    && fs::hard_link(first, dst).is_ok()
+                {
+                    return Ok(());
+                }
+                self.links.insert((md.dev(), md.ino()), dst.to_path_buf());
+            }
+            let mut f = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(src)
+                .with_context(|| format!("opening {}", src.display()))?;
+            let mut out = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(dst)
+                .with_context(|| format!("creating {}", dst.display()))?;
+            io::copy(&mut f, &mut out).with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+        } else if ft.is_symlink() {
+            let t = fs::read_link(src).with_context(|| format!("reading symlink {}", src.display()))?;
+            std::os::unix::fs::symlink(&t, dst).with_context(|| format!("creating symlink {}", dst.display()))?;
+        } else if ft.is_fifo() {
+            nix::unistd::mkfifo(dst, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                .with_context(|| format!("creating fifo {}", dst.display()))?;
+        } else if ft.is_char_device() || ft.is_block_device() {
+            let kind = if ft.is_char_device() {
+                nix::sys::stat::SFlag::S_IFCHR
+            } else {
+                nix::sys::stat::SFlag::S_IFBLK
+            };
+            nix::sys::stat::mknod(dst, kind, nix::sys::stat::Mode::from_bits_truncate(0o600), md.rdev())
+                .with_context(|| format!("creating device node {}", dst.display()))?;
+        } else {
+            bail!("{}: unsupported file type", src.display());
+        }
+        self.set_meta(src, dst, md, keep_owner)
+    }
+
+    /// Owner, mode, xattrs and times of a copied entry (in that order: chown clears setuid).
+    fn set_meta(&self, src: &Path, dst: &Path, md: &Metadata, keep_owner: bool) -> Result<()> {
+        let (u, g) = self.owner(md, keep_owner);
+        chown(dst, u, g)?;
+        let is_link = md.file_type().is_symlink();
+        if !is_link {
+            let mut mode = md.mode() & 0o7777;
+            if let Some(c) = &self.chmod {
+                mode = c.apply(mode, md.is_dir());
+            }
+            set_mode(dst, mode)?;
+        }
+        copy_xattrs(src, dst);
+        filetime::set_symlink_file_times(
+            dst,
+            FileTime::from_last_access_time(md),
+            FileTime::from_last_modification_time(md),
+        )
+        .with_context(|| format!("setting times of {}", dst.display()))
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        let fixups = std::mem::take(&mut self.dir_fixups);
+        for (path, src, md, keep_owner) in fixups.iter().rev() {
+            self.set_meta(src, path, md, *keep_owner)?;
+        }
+        Ok(())
+    }
+}
+
+struct CountingReader<R> {
+    inner: R,
+    n: u64,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let k = self.inner.read(buf)?;
+        self.n += k as u64;
+        Ok(k)
+    }
+}
+
+fn set_mode(p: &Path, mode: u32) -> Result<()> {
+    fs::set_permissions(p, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting mode {mode:o} on {}", p.display()))
+}
+
+fn chown(p: &Path, uid: u32, gid: u32) -> Result<()> {
+    if let Err(e) = std::os::unix::fs::lchown(p, Some(uid), Some(gid)) {
+        if fs::symlink_metadata(p).is_ok_and(|m| m.uid() == uid && m.gid() == gid) {
+            return Ok(());
+        }
+        return Err(e).with_context(|| format!("changing the owner of {} to {uid}:{gid}", p.display()));
+    }
+    Ok(())
+}
+
+fn copy_xattrs(src: &Path, dst: &Path) {
+    let Ok(names) = xattr::list(src) else { return };
+    for n in names {
+        let s = n.to_string_lossy();
+        if s.starts_with("user.overlay.")
+            || s.starts_with("trusted.")
+            || s.starts_with("user.fuseoverlayfs.")
+            || s == "security.selinux"
+        {
+            continue;
+        }
+        if let Ok(Some(v)) = xattr::get(src, &n) {
+            let _ = xattr::set(dst, &n, &v);
+        }
+    }
+}
+
+/// Creates a new regular file (replacing a non-directory) with content, mode and owner.
+fn write_new_file(path: &Path, content: &mut dyn Read, mode: u32, uid: u32, gid: u32) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => bail!("cannot replace directory {} with a file", path.display()),
+        Ok(_) => fs::remove_file(path).with_context(|| format!("replacing {}", path.display()))?,
+        Err(_) => {}
+    }
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    io::copy(content, &mut f).with_context(|| format!("writing {}", path.display()))?;
+    f.flush().ok();
+    chown(path, uid, gid)?;
+    set_mode(path, mode)
+}
+
+// ---------------------------------------------------------------------------------------------
+// --chmod
+// ---------------------------------------------------------------------------------------------
+
+/// A parsed `--chmod`: octal (`755`, `4755`) or symbolic (`u+x,g-w`, `a=rX`, `go=u`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Chmod {
+    Octal(u32),
+    Symbolic(Vec<ChmodClause>),
+}
+
+/// One symbolic clause: who (bits u=1, g=2, o=4; 0 = all) and its operations.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChmodClause {
+    who: u8,
+    ops: Vec<(char, String)>,
+}
+
+/// Parses a `--chmod` value; the error names the value.
+pub fn parse_chmod(s: &str) -> Result<Chmod> {
+    let bad = |why: &str| anyhow!("invalid --chmod={s}: {why} (expected octal like 755 or symbolic like u+x,g-w)");
+    if s.is_empty() {
+        return Err(bad("empty value"));
+    }
+    if s.bytes().all(|b| b.is_ascii_digit()) {
+        if s.len() > 4 || s.bytes().any(|b| b > b'7') {
+            return Err(bad("not an octal mode"));
+        }
+        return Ok(Chmod::Octal(
+            u32::from_str_radix(s, 8).map_err(|_| bad("not an octal mode"))?,
+        ));
+    }
+    let mut clauses = Vec::new();
+    for clause in s.split(',') {
+        let mut chars = clause.chars().peekable();
+        let mut who = 0u8;
+        while let Some(&c) = chars.peek() {
+            who |= match c {
+                'u' => 1,
+                'g' => 2,
+                'o' => 4,
+                'a' => 7,
+                _ => break,
+            };
+            chars.next();
+        }
+        let mut ops = Vec::new();
+        while let Some(op) = chars.next() {
+            if !matches!(op, '+' | '-' | '=') {
+                return Err(bad(&format!("unexpected {op:?}")));
+            }
+            let mut perms = String::new();
+            while let Some(&c) = chars.peek() {
+                if matches!(c, '+' | '-' | '=') {
+                    break;
+                }
+                if !matches!(c, 'r' | 'w' | 'x' | 'X' | 's' | 't' | 'u' | 'g' | 'o') {
+                    return Err(bad(&format!("unexpected {c:?}")));
+                }
+                perms.push(c);
+                chars.next();
+            }
+            if perms.chars().any(|c| matches!(c, 'u' | 'g' | 'o')) && perms.len() != 1 {
+                return Err(bad("a permission copy (u, g or o) stands alone"));
+            }
+            ops.push((op, perms));
+        }
+        if ops.is_empty() {
+            return Err(bad("missing operator"));
+        }
+        clauses.push(ChmodClause { who, ops });
+    }
+    Ok(Chmod::Symbolic(clauses))
+}
+
+impl Chmod {
+    /// The new permission bits (07777) of an entry with permission bits `mode`.
+    pub fn apply(&self, mode: u32, is_dir: bool) -> u32 {
+        let mode = mode & 0o7777;
+        match self {
+            // A plain rwx mode keeps setuid/setgid/sticky of the source (BuildKit masks 0777).
+            Chmod::Octal(v) if *v <= 0o777 => (mode & !0o777) | v,
+            Chmod::Octal(v) => *v,
+            Chmod::Symbolic(clauses) => {
+                let mut m = mode;
+                for c in clauses {
+                    let who = if c.who == 0 { 7 } else { c.who };
+                    let mask = (if who & 1 != 0 { 0o4700 } else { 0 })
+                        | (if who & 2 != 0 { 0o2070 } else { 0 })
+                        | (if who & 4 != 0 { 0o1007 } else { 0 });
+                    for (op, perms) in &c.ops {
+                        let mut bits = 0u32;
+                        for p in perms.chars() {
+                            bits |= match p {
+                                'r' => 0o444,
+                                'w' => 0o222,
+                                'x' => 0o111,
+                                'X' if is_dir || m & 0o111 != 0 => 0o111,
+                                'X' => 0,
+                                's' => 0o6000,
+                                't' => 0o1000,
+                                'u' => ((m >> 6) & 7) * 0o111,
+                                'g' => ((m >> 3) & 7) * 0o111,
+                                'o' => (m & 7) * 0o111,
+                                _ => 0,
+                            };
+                        }
+                        bits &= mask;
+                        match op {
+                            '+' => m |= bits,
+                            '-' => m &= !bits,
+                            _ => m = (m & !(mask & if is_dir { 0o1777 } else { 0o7777 })) | bits,
+                        }
+                    }
+                }
+                m
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Patterns
+// ---------------------------------------------------------------------------------------------
+
+/// Go's `filepath.Match` for one name: `*`, `?`, `[...]` / `[^...]` with ranges, `\` escapes.
+fn go_match(pattern: &str, name: &str) -> Result<bool> {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    validate_pattern(&p).map_err(|_| anyhow!("syntax error in pattern {pattern:?}"))?;
+    Ok(match_chars(&p, &n))
+}
+
+fn validate_pattern(p: &[char]) -> Result<(), ()> {
+    let mut i = 0;
+    while i < p.len() {
+        match p[i] {
+            '\\' => {
+                if i + 1 >= p.len() {
+                    return Err(());
+                }
+                i += 2;
+            }
+            '[' => {
+                let (_, len) = match_class(&p[i + 1..], '\0')?;
+                i += 1 + len;
+            }
+            _ => i += 1,
+        }
+    }
+    Ok(())
+}
+
+fn match_chars(p: &[char], n: &[char]) -> bool {
+    let Some(&c) = p.first() else { return n.is_empty() };
+    match c {
+        '*' => {
+            let rest = &p[1..];
+            if rest.first() == Some(&'*') {
+                return match_chars(rest, n);
+            }
+            for i in 0..=n.len() {
+                if i > 0 && n[i - 1] == '/' {
+                    break;
+                }
+                if match_chars(rest, &n[i..]) {
+                    return true;
+                }
+            }
+            false
+        }
+        '?' => !n.is_empty() && n[0] != '/' && match_chars(&p[1..], &n[1..]),
+        '[' => {
+            if n.is_empty() || n[0] == '/' {
+                return false;
+            }
+            match match_class(&p[1..], n[0]) {
+                Ok((true, len)) => match_chars(&p[1 + len..], &n[1..]),
+                _ => false,
+            }
+        }
+        '\\' => p.len() > 1 && !n.is_empty() && n[0] == p[1] && match_chars(&p[2..], &n[1..]),
+        c => !n.is_empty() && n[0] == c && match_chars(&p[1..], &n[1..]),
+    }
+}
+
+/// Matches `c` against a class body (after `[`); returns (matched, chars consumed incl. `]`).
+fn match_class(p: &[char], c: char) -> Result<(bool, usize), ()> {
+    let mut i = 0;
+    let negated = p.first() == Some(&'^');
+    if negated {
+        i += 1;
+    }
+    let mut matched = false;
+    let mut nrange = 0;
+    loop {
+        if i < p.len() && p[i] == ']' && nrange > 0 {
+            i += 1;
+            break;
+        }
+        let (lo, used) = get_esc(&p[i..])?;
+        i += used;
+        let mut hi = lo;
+        if i < p.len() && p[i] == '-' {
+            let (h, used) = get_esc(&p[i + 1..])?;
+            hi = h;
+            i += 1 + used;
+        }
+        if lo <= c && c <= hi {
+            matched = true;
+        }
+        nrange += 1;
+    }
+    Ok((matched != negated, i))
+}
+
+fn get_esc(p: &[char]) -> Result<(char, usize), ()> {
+    match p.first() {
+        None | Some('-') | Some(']') => Err(()),
+        Some('\\') => p.get(1).map(|&c| (c, 2)).ok_or(()),
+        Some(&c) => Ok((c, 1)),
+    }
+}
+
+/// Docker pattern list (as in .dockerignore) for `--exclude`: `**` spans directories, `!`
+/// re-includes, a pattern matching a parent directory matches everything below it.
+#[derive(Clone, Debug, Default)]
+struct PatternSet {
+    pats: Vec<(bool, Vec<String>)>,
+}
+
+impl PatternSet {
+    fn new(list: &[String]) -> Result<PatternSet> {
+        let mut pats = Vec::new();
+        for raw in list {
+            let t = raw.trim();
+            let (neg, body) = match t.strip_prefix('!') {
+                Some(b) => (true, b.trim()),
+                None => (false, t),
+            };
+            let comps = clean_components(body);
+            if comps.is_empty() {
+                continue;
+            }
+            for c in &comps {
+                if c != "**" {
+                    go_match(c, "").with_context(|| format!("pattern {raw:?}"))?;
+                }
+            }
+            pats.push((neg, comps));
+        }
+        Ok(PatternSet { pats })
+    }
+
+    fn has_exceptions(&self) -> bool {
+        self.pats.iter().any(|(neg, _)| *neg)
+    }
+
+    fn matches(&self, rel: &str) -> bool {
+        if self.pats.is_empty() || rel.is_empty() {
+            return false;
+        }
+        let comps: Vec<&str> = rel.split('/').collect();
+        let mut excluded = false;
+        for (neg, pat) in &self.pats {
+            if (1..=comps.len()).any(|k| match_components(pat, &comps[..k])) {
+                excluded = !neg;
+            }
+        }
+        excluded
+    }
+}
+
+fn match_components(pat: &[String], comps: &[&str]) -> bool {
+    let Some(first) = pat.first() else {
+        return comps.is_empty();
+    };
+    if first == "**" {
+        return (0..=comps.len()).any(|k| match_components(&pat[1..], &comps[k..]));
+    }
+    !comps.is_empty() && go_match(first, comps[0]).unwrap_or(false) && match_components(&pat[1..], &comps[1..])
+}
+
+// ---------------------------------------------------------------------------------------------
+// ADD of URLs and git repositories
+// ---------------------------------------------------------------------------------------------
+
+fn is_http_url(s: &str) -> bool {
+    s.starts_with("http://") || s.starts_with("https://")
+}
+
+/// BuildKit's git URL forms: `git://`, `git@host:…`, `ssh://`, or http(s) ending in `.git`
+/// (before an optional `#ref[:subdir]`).
+fn is_git_url(s: &str) -> bool {
+    if s.starts_with("git://") || s.starts_with("git@") || s.starts_with("ssh://") {
+        return true;
+    }
+    if is_http_url(s) {
+        let base = s.split('#').next().unwrap_or(s);
+        let base = base.split('?').next().unwrap_or(base).trim_end_matches('/');
+        return base.ends_with(".git");
+    }
+    false
+}
+
+/// A downloaded ADD URL, kept for the whole process (source_digest and copy_into share it).
+struct Downloaded {
+    url: String,
+    file: tempfile::NamedTempFile,
+    filename: String,
+    mtime: Option<FileTime>,
+    digest: String,
+}
+
+type DownloadCache = Mutex<HashMap<String, Arc<Downloaded>>>;
+
+fn download(url: &str, checksum: Option<&str>) -> Result<Arc<Downloaded>> {
+    static CACHE: OnceLock<DownloadCache> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let mut guard = cache.lock().map_err(|_| anyhow!("download cache poisoned"))?;
+    let d = match guard.get(url) {
+        Some(d) => d.clone(),
+        None => {
+            let d = Arc::new(fetch(url)?);
+            guard.insert(url.to_string(), d.clone());
+            d
+        }
+    };
+    drop(guard);
+    if let Some(c) = checksum {
+        let want = Digest::parse(c).with_context(|| format!("ADD --checksum={c}: expected sha256:<64 hex digits>"))?;
+        if want.as_str() != d.digest {
+            bail!(
+                "ADD {url}: checksum mismatch: expected {want}, downloaded content has {}",
+                d.digest
+            );
+        }
+    }
+    Ok(d)
+}
+
+fn fetch(url: &str) -> Result<Downloaded> {
+    let resp = ureq::get(url).call().with_context(|| format!("downloading {url}"))?;
+    let mtime = resp
+        .headers()
+        .get("last-modified")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_http_date)
+        .map(|secs| FileTime::from_unix_time(secs, 0));
+    let mut file = tempfile::NamedTempFile::new().context("creating a temporary file for a download")?;
+    let mut reader = resp.into_body().into_reader();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = reader.read(&mut buf).with_context(|| format!("downloading {url}"))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        file.write_all(&buf[..n])
+            .context("writing a download to a temporary file")?;
+    }
+    file.flush().context("writing a download to a temporary file")?;
+    Ok(Downloaded {
+        url: url.to_string(),
+        file,
+        filename: url_filename(url),
+        mtime,
+        digest: format!("sha256:{}", hex::encode(h.finalize())),
+    })
+}
+
+/// BuildKit's name for a downloaded file: the URL path's last element, else `__unnamed__`.
+fn url_filename(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.split(['?', '#']).next().unwrap_or(rest);
+    let path = rest.find('/').map_or("", |i| &rest[i..]);
+    let base = path.rsplit('/').next().unwrap_or("");
+    let decoded = percent_decode(base);
+    if decoded.is_empty() || decoded == "." || decoded == ".." {
+        "__unnamed__".to_string()
+    } else {
+        decoded
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parses an RFC 7231 date (`Sun, 06 Nov 1994 08:49:37 GMT`) to Unix seconds.
+fn parse_http_date(s: &str) -> Option<i64> {
+    let parts: Vec<&str> = s.split_whitespace().collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let day: i64 = parts[1].parse().ok()?;
+    let months = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = months.iter().position(|m| *m == parts[2])? as i64 + 1;
+    let year: i64 = parts[3].parse().ok()?;
+    let hms: Vec<i64> = parts[4].split(':').map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    if hms.len() != 3 {
+        return None;
+    }
+    // Days from civil (Howard Hinnant).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    Some(days * 86400 + hms[0] * 3600 + hms[1] * 60 + hms[2])
+}
+
+type GitCache = Mutex<HashMap<(String, bool), Arc<tempfile::TempDir>>>;
+
+/// Clones `spec` (`URL[#ref[:subdir]]`) once per process; returns the checkout and the subdir.
+fn git_checkout(spec: &str, keep_git_dir: bool) -> Result<(Arc<tempfile::TempDir>, String)> {
+    static CACHE: OnceLock<GitCache> = OnceLock::new();
+    let (url, fragment) = spec.split_once('#').unwrap_or((spec, ""));
+    let (reference, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));
+    let cache = CACHE.get_or_init(Default::default);
+    let mut guard = cache.lock().map_err(|_| anyhow!("git cache poisoned"))?;
+    let key = (format!("{url}#{reference}"), keep_git_dir);
+    if let Some(d) = guard.get(&key) {
+        return Ok((d.clone(), subdir.to_string()));
+    }
+    match std::process::Command::new("git").arg("--version").output() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            bail!("ADD {spec}: adding a git repository needs the `git` program, which is not installed")
+        }
+        Err(e) => return Err(e).context("running git --version"),
+        Ok(_) => {}
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("kiln-git-")
+        .tempdir()
+        .context("creating a directory for a git clone")?;
+    let d = dir.path();
+    let git = |args: &[&str]| -> Result<()> {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(d)
+            .args(args)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .with_context(|| format!("running git {}", args.join(" ")))?;
+        if !out.status.success() {
+            bail!(
+                "git {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    };
+    let r = if reference.is_empty() { "HEAD" } else { reference };
+    git(&["init", "-q"])?;
+    git(&["remote", "add", "origin", url])?;
+    if git(&["fetch", "-q", "--depth", "1", "--no-tags", "origin", r]).is_ok() {
+        git(&["checkout", "-q", "FETCH_HEAD"])?;
+    } else {
+        git(&["fetch", "-q", "--tags", "origin"]).with_context(|| format!("ADD {spec}: fetching {url}"))?;
+        git(&["checkout", "-q", r]).with_context(|| format!("ADD {spec}: no ref {r:?} in {url}"))?;
+    }
+    if d.join(".gitmodules").exists() {
+        git(&["submodule", "update", "-q", "--init", "--recursive", "--depth", "1"])
+            .with_context(|| format!("ADD {spec}: updating submodules"))?;
+    }
+    if !keep_git_dir {
+        fs::remove_dir_all(d.join(".git")).context("removing .git from a clone")?;
+    }
+    let dir = Arc::new(dir);
+    guard.insert(key, dir.clone());
+    Ok((dir, subdir.to_string()))
+}
+
+#[cfg(test)]
+#[allow(clippy::type_complexity)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    struct Fx {
+        ctx: tempfile::TempDir,
+        root: tempfile::TempDir,
+    }
+
+    fn fx() -> Fx {
+        Fx {
+            ctx: tempfile::tempdir().unwrap(),
+            root: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn is_root() -> bool {
+        nix::unistd::geteuid().is_root()
+    }
+
+    fn put(dir: &Path, rel: &str, content: &str) {
+        let p = dir.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, content).unwrap();
+    }
+
+    fn req(srcs: &[&str], dest: &str) -> CopyRequest {
+        CopyRequest {
+            srcs: srcs.iter().map(|s| s.to_string()).collect(),
+            dest: dest.to_string(),
+            workdir: "/".to_string(),
+            ..Default::default()
+        }
+    }
+
+    fn ctx_source(f: &Fx) -> CopySource<'_> {
+        CopySource {
+            root: f.ctx.path(),
+            ignore: None,
+            is_context: true,
+        }
+    }
+
+    fn run(f: &Fx, r: &CopyRequest) -> Result<()> {
+        copy_into(f.root.path(), &ctx_source(f), r)
+    }
+
+    fn read(f: &Fx, p: &str) -> String {
+        fs::read_to_string(f.root.path().join(p.trim_start_matches('/'))).unwrap_or_else(|e| panic!("{p}: {e}"))
+    }
+
+    fn lmd(f: &Fx, p: &str) -> Metadata {
+        fs::symlink_metadata(f.root.path().join(p.trim_start_matches('/'))).unwrap_or_else(|e| panic!("{p}: {e}"))
+    }
+
+    fn exists(f: &Fx, p: &str) -> bool {
+        fs::symlink_metadata(f.root.path().join(p.trim_start_matches('/'))).is_ok()
+    }
+
+    #[test]
+    fn dest_forms() {
+        // (srcs, dest, workdir, expected files with content, absent paths)
+        let cases: &[(&[&str], &str, &str, &[(&str, &str)], &[&str])] = &[
+            (&["testfile"], "/nodir", "/", &[("/nodir", "contents0")], &[]),
+            (
+                &["testfile"],
+                "/sample/",
+                "/",
+                &[("/sample/testfile", "contents0")],
+                &[],
+            ),
+            (&["/testfile"], "/app/.", "/", &[("/app/testfile", "contents0")], &[]),
+            (&["testfile"], "", "/w", &[("/w/testfile", "contents0")], &[]),
+            (&["testfile"], ".", "/w", &[("/w/testfile", "contents0")], &[]),
+            (&["testfile"], "rel", "/w", &[("/w/rel", "contents0")], &[]),
+            (&["testfile"], "/subdir", "/subdir", &[("/subdir", "contents0")], &[]),
+            (
+                &["testfile", "other"],
+                "/multi",
+                "/",
+                &[("/multi/testfile", "contents0"), ("/multi/other", "o")],
+                &[],
+            ),
+            (&["../../testfile"], "/up", "/", &[("/up", "contents0")], &[]),
+            (
+                &["d"],
+                "/newdir",
+                "/",
+                &[("/newdir/x", "x"), ("/newdir/sub/y", "y")],
+                &["/newdir/d"],
+            ),
+            (&["d/"], "/t/", "/", &[("/t/x", "x")], &["/t/d"]),
+            (
+                &["."],
+                "/all",
+                "/",
+                &[("/all/testfile", "contents0"), ("/all/d/x", "x")],
+                &[],
+            ),
+            (&["d/sub/y"], "/deep/er/file", "/", &[("/deep/er/file", "y")], &[]),
+        ];
+        for (srcs, dest, wd, want, absent) in cases {
+            let f = fx();
+            put(f.ctx.path(), "testfile", "contents0");
+            put(f.ctx.path(), "other", "o");
+            put(f.ctx.path(), "d/x", "x");
+            put(f.ctx.path(), "d/sub/y", "y");
+            let mut r = req(srcs, dest);
+            r.workdir = wd.to_string();
+            run(&f, &r).unwrap_or_else(|e| panic!("{srcs:?} -> {dest}: {e:#}"));
+            for (p, c) in *want {
+                assert_eq!(&read(&f, p), c, "{srcs:?} -> {dest:?}: {p}");
+            }
+            for p in *absent {
+                assert!(!exists(&f, p), "{srcs:?} -> {dest}: {p} should not exist");
+            }
+        }
+    }
+
+    #[test]
+    fn file_into_existing_dir_and_created_dir_modes() {
+        let f = fx();
+        put(f.ctx.path(), "test_dir/test_file", "test1");
+        fs::set_permissions(f.ctx.path().join("test_dir"), fs::Permissions::from_mode(0o555)).unwrap();
+        fs::create_dir(f.root.path().join("exists")).unwrap();
+        put(f.root.path(), "exists/exists_file", "e");
+        if is_root() {
+            std::os::unix::fs::chown(f.root.path().join("exists"), Some(1001), Some(1001)).unwrap();
+        }
+        run(&f, &req(&["test_dir/"], "/exists/")).unwrap();
+        run(&f, &req(&["test_dir"], "/test_dir")).unwrap();
+        assert_eq!(read(&f, "/exists/test_file"), "test1");
+        assert_eq!(read(&f, "/exists/exists_file"), "e");
+        // The top-level destination dir is created 0755 (not the source dir's 0555).
+        assert_eq!(lmd(&f, "/test_dir").mode() & 0o7777, 0o755);
+        if is_root() {
+            assert_eq!(lmd(&f, "/exists").uid(), 1001, "existing dest dir keeps its owner");
+            assert_eq!(lmd(&f, "/test_dir/test_file").uid(), 0);
+        }
+    }
+
+    #[test]
+    fn subdirs_take_source_metadata_even_when_existing() {
+        let f = fx();
+        put(f.ctx.path(), "data/usr/test_file", "test1");
+        fs::set_permissions(f.ctx.path().join("data/usr"), fs::Permissions::from_mode(0o700)).unwrap();
+        fs::create_dir(f.root.path().join("usr")).unwrap();
+        fs::set_permissions(f.root.path().join("usr"), fs::Permissions::from_mode(0o755)).unwrap();
+        let mut r = req(&["./data/"], "/");
+        r.is_add = true;
+        run(&f, &r).unwrap();
+        assert_eq!(lmd(&f, "/usr").mode() & 0o7777, 0o700);
+        assert_eq!(read(&f, "/usr/test_file"), "test1");
+    }
+
+    #[test]
+    fn modes_times_special_files_preserved() {
+        let f = fx();
+        let c = f.ctx.path();
+        for (name, mode) in [("private", 0o600), ("exec", 0o755), ("plain", 0o644), ("suid", 0o4755)] {
+            put(c, name, name);
+            fs::set_permissions(c.join(name), fs::Permissions::from_mode(mode)).unwrap();
+        }
+        filetime::set_file_mtime(c.join("plain"), FileTime::from_unix_time(1_000_000, 0)).unwrap();
+        fs::create_dir(c.join("dir")).unwrap();
+        filetime::set_file_mtime(c.join("dir"), FileTime::from_unix_time(2_000_000, 0)).unwrap();
+        nix::unistd::mkfifo(&c.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o640)).unwrap();
+        symlink("plain", c.join("link")).unwrap();
+        symlink("/nowhere/abs", c.join("dangling")).unwrap();
+        fs::hard_link(c.join("plain"), c.join("hard")).unwrap();
+        fs::hard_link(c.join("plain"), c.join("dir/hard2")).unwrap();
+        filetime::set_file_mtime(c.join("dir"), FileTime::from_unix_time(2_000_000, 0)).unwrap();
+        run(&f, &req(&["."], "/out/")).unwrap();
+        for (name, mode) in [("private", 0o600), ("exec", 0o755), ("plain", 0o644), ("suid", 0o4755)] {
+            assert_eq!(lmd(&f, &format!("/out/{name}")).mode() & 0o7777, mode, "{name}");
+        }
+        assert_eq!(lmd(&f, "/out/plain").mtime(), 1_000_000);
+        assert_eq!(
+            lmd(&f, "/out/dir").mtime(),
+            2_000_000,
+            "dir mtime set after its children"
+        );
+        assert!(lmd(&f, "/out/fifo").file_type().is_fifo());
+        assert_eq!(lmd(&f, "/out/fifo").mode() & 0o777, 0o640);
+        assert_eq!(
+            fs::read_link(f.root.path().join("out/link")).unwrap(),
+            Path::new("plain")
+        );
+        assert_eq!(
+            fs::read_link(f.root.path().join("out/dangling")).unwrap(),
+            Path::new("/nowhere/abs")
+        );
+        let ino = lmd(&f, "/out/plain").ino();
+        assert_eq!(lmd(&f, "/out/hard").ino(), ino);
+        assert_eq!(lmd(&f, "/out/dir/hard2").ino(), ino);
+    }
+
+    #[test]
+    fn hardlinks_across_two_copies() {
+        // copy-hardlinks-preserved: COPY . . twice keeps the link structure.
+        let f = fx();
+        put(f.ctx.path(), "subdir/test1.txt", "test1\n");
+        fs::hard_link(
+            f.ctx.path().join("subdir/test1.txt"),
+            f.ctx.path().join("subdir/test2.txt"),
+        )
+        .unwrap();
+        fs::hard_link(f.ctx.path().join("subdir/test2.txt"), f.ctx.path().join("test3.txt")).unwrap();
+        run(&f, &req(&["."], ".")).unwrap();
+        run(&f, &req(&["."], ".")).unwrap();
+        let ino = lmd(&f, "/subdir/test1.txt").ino();
+        assert_eq!(lmd(&f, "/subdir/test2.txt").ino(), ino);
+        assert_eq!(lmd(&f, "/test3.txt").ino(), ino);
+        assert_eq!(read(&f, "/test3.txt"), "test1\n");
+    }
+
+    #[test]
+    fn wildcards() {
+        let names = [
+            "index.js",
+            "index.ts",
+            "index.css",
+            "arr[0].txt",
+            "*.txt",
+            "a.md",
+            "foo",
+            "dir1/x.go",
+            "dir2/y.go",
+        ];
+        // (pattern(s), dest, expect present under dest, expect absent)
+        let cases: &[(&[&str], &[&str], &[&str])] = &[
+            (&["index.?s"], &["index.js", "index.ts"], &["index.css"]),
+            (&["arr[[]0].txt"], &["arr[0].txt"], &["*.txt"]),
+            (&["*.txt"], &["*.txt", "arr[0].txt"], &["a.md"]),
+            (&["[*].txt"], &["*.txt"], &["arr[0].txt"]),
+            (&["foo", "nomatch*"], &["foo"], &["a.md"]),
+            (&["*foo", "*.md"], &["foo", "a.md"], &[]),
+            (&["dir*/*.go"], &["x.go", "y.go"], &["dir1"]),
+            (&["dir[12]"], &["x.go", "y.go"], &[]),
+            (&["index.[^c]s"], &["index.js", "index.ts"], &["index.css"]),
+        ];
+        for (pats, present, absent) in cases {
+            let f = fx();
+            for n in names {
+                put(f.ctx.path(), n, n);
+            }
+            run(&f, &req(pats, "/dest/")).unwrap_or_else(|e| panic!("{pats:?}: {e:#}"));
+            for p in *present {
+                assert!(exists(&f, &format!("/dest/{p}")), "{pats:?}: /dest/{p} missing");
+            }
+            for p in *absent {
+                assert!(
+                    !exists(&f, &format!("/dest/{p}")),
+                    "{pats:?}: /dest/{p} should be absent"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn missing_sources_fail() {
+        let f = fx();
+        put(f.ctx.path(), "bar", "b");
+        let e = run(&f, &req(&["foo"], "/usr/local/bar")).unwrap_err();
+        assert!(format!("{e:#}").contains("\"/foo\": not found"), "{e:#}");
+        let e = run(&f, &req(&["*foo"], "/testdir")).unwrap_err();
+        assert!(format!("{e:#}").contains("no source files were specified"), "{e:#}");
+        assert!(run(&f, &req(&["bar", "nomatch*"], "/")).is_ok());
+        let e = run(&f, &req(&["[bad"], "/")).unwrap_err();
+        assert!(format!("{e:#}").contains("pattern"), "{e:#}");
+    }
+
+    #[test]
+    fn symlinked_sources_are_followed_at_top_level() {
+        // copy-symlink-to-dir-and-basename, stage-copy-from-symlinks
+        let f = fx();
+        put(f.ctx.path(), "foo/abc", "bar");
+        put(f.ctx.path(), "foo/def", "baz");
+        put(f.ctx.path(), "file", "filecontent");
+        symlink("foo", f.ctx.path().join("dlink")).unwrap();
+        symlink("file", f.ctx.path().join("flink")).unwrap();
+        symlink("/foo/../../../file", f.ctx.path().join("escaping")).unwrap();
+        run(&f, &req(&["dlink"], "/")).unwrap();
+        run(&f, &req(&["flink"], "/")).unwrap();
+        run(&f, &req(&["flink"], "target")).unwrap();
+        run(&f, &req(&["escaping"], "/esc")).unwrap();
+        assert_eq!(read(&f, "/abc"), "bar");
+        assert_eq!(read(&f, "/def"), "baz");
+        assert!(!exists(&f, "/dlink"));
+        assert!(lmd(&f, "/flink").is_file());
+        assert_eq!(read(&f, "/flink"), "filecontent");
+        assert_eq!(read(&f, "/target"), "filecontent");
+        assert_eq!(
+            read(&f, "/esc"),
+            "filecontent",
+            "an escaping link resolves inside the root"
+        );
+    }
+
+    #[test]
+    fn destination_through_symlinks() {
+        let f = fx();
+        put(f.ctx.path(), "foo", "hello");
+        put(f.ctx.path(), "conf", "conf-data");
+        put(f.ctx.path(), "file", "data\n");
+        let r = f.root.path();
+        fs::create_dir(r.join("foo")).unwrap();
+        symlink("/foo", r.join("bar")).unwrap();
+        fs::create_dir_all(r.join("usr/local/hbase")).unwrap();
+        fs::create_dir(r.join("etc")).unwrap();
+        symlink("/usr/local/hbase", r.join("etc/hbase")).unwrap();
+        symlink("/symlink", r.join("src")).unwrap(); // dangling
+        run(&f, &req(&["foo"], "/bar/")).unwrap();
+        run(&f, &req(&["conf"], "/etc/hbase")).unwrap();
+        run(&f, &req(&["file"], "/src/")).unwrap();
+        assert_eq!(read(&f, "/foo/foo"), "hello");
+        assert!(lmd(&f, "/bar").file_type().is_symlink());
+        assert_eq!(read(&f, "/usr/local/hbase/conf"), "conf-data");
+        assert!(lmd(&f, "/etc/hbase").file_type().is_symlink());
+        assert!(lmd(&f, "/src").file_type().is_symlink());
+        assert_eq!(read(&f, "/symlink/file"), "data\n");
+    }
+
+    #[test]
+    fn never_writes_outside_the_root() {
+        let f = fx();
+        let outside = tempfile::tempdir().unwrap();
+        put(f.ctx.path(), "x/pwned", "p");
+        put(f.ctx.path(), "y", "p");
+        let r = f.root.path();
+        // A relative link climbing out, an absolute link to the host path.
+        let up = format!("{}{}", "../".repeat(20), outside.path().display());
+        symlink(&up, r.join("x")).unwrap();
+        symlink(outside.path(), r.join("abs")).unwrap();
+        fs::create_dir_all(r.join(outside.path().strip_prefix("/").unwrap())).unwrap();
+        run(&f, &req(&["x"], "/x")).unwrap();
+        run(&f, &req(&["."], "/")).unwrap();
+        run(&f, &req(&["y"], "/abs/")).unwrap();
+        assert_eq!(
+            fs::read_dir(outside.path()).unwrap().count(),
+            0,
+            "nothing written to the host dir"
+        );
+        assert!(r.join(outside.path().strip_prefix("/").unwrap()).join("pwned").exists());
+        assert!(r.join(outside.path().strip_prefix("/").unwrap()).join("y").exists());
+    }
+
+    fn passwd_root(f: &Fx) {
+        put(
+            f.root.path(),
+            "etc/passwd",
+            "root:x:0:0::/root:/bin/sh\ndaemon:x:1:1::/:/bin/false\nuser:x:1000:1000::/home/user:/bin/sh\ndev:x:1001:1001::/:/bin/sh\n",
+        );
+        put(
+            f.root.path(),
+            "etc/group",
+            "root:x:0:\ndaemon:x:1:\nuser:x:1000:\ndev:x:1001:\nnobody:x:65534:\n",
+        );
+    }
+
+    #[test]
+    fn chown_names_ids_and_created_dirs() {
+        if !is_root() {
+            eprintln!("skipping: needs root");
+            return;
+        }
+        let f = fx();
+        passwd_root(&f);
+        put(f.ctx.path(), "f", "1");
+        put(f.ctx.path(), "foo", "x");
+        put(f.ctx.path(), "bar/sub", "");
+        put(f.ctx.path(), "context/qux/quxfile", "q");
+        let cases: &[(&[&str], &str, &str, &[(&str, u32, u32)])] = &[
+            (
+                &["."],
+                "/dest",
+                "user:user",
+                &[("/dest", 1000, 1000), ("/dest/f", 1000, 1000)],
+            ),
+            (&["foo"], "/", "daemon", &[("/foo", 1, 1)]),
+            (
+                &["bar"],
+                "/baz",
+                "1000:nobody",
+                &[("/baz", 1000, 65534), ("/baz/sub", 1000, 65534)],
+            ),
+            (&["foo"], "/n", "42", &[("/n", 42, 42)]),
+            (
+                &["context/qux"],
+                "/path/to/qux",
+                "dev:dev",
+                &[
+                    ("/path", 1001, 1001),
+                    ("/path/to", 1001, 1001),
+                    ("/path/to/qux/quxfile", 1001, 1001),
+                ],
+            ),
+        ];
+        for (srcs, dest, spec, want) in cases {
+            let mut r = req(srcs, dest);
+            r.chown = Some(spec.to_string());
+            run(&f, &r).unwrap_or_else(|e| panic!("{spec}: {e:#}"));
+            for (p, u, g) in *want {
+                let m = lmd(&f, p);
+                assert_eq!((m.uid(), m.gid()), (*u, *g), "--chown={spec}: {p}");
+            }
+        }
+        // Without --chown: context files 0:0, created dirs 0:0.
+        run(&f, &req(&["foo"], "/plain/dir/")).unwrap();
+        assert_eq!(lmd(&f, "/plain/dir/foo").uid(), 0);
+        let mut bad = req(&["foo"], "/");
+        bad.chown = Some("ghost".into());
+        assert!(format!("{:#}", run(&f, &bad).unwrap_err()).contains("ghost"));
+    }
+
+    #[test]
+    fn from_stage_keeps_ownership() {
+        if !is_root() {
+            return;
+        }
+        let f = fx();
+        let stage = tempfile::tempdir().unwrap();
+        put(stage.path(), "app/bin", "b");
+        std::os::unix::fs::chown(stage.path().join("app/bin"), Some(7), Some(8)).unwrap();
+        std::os::unix::fs::chown(stage.path().join("app"), Some(5), Some(6)).unwrap();
+        let src = CopySource {
+            root: stage.path(),
+            ignore: None,
+            is_context: false,
+        };
+        copy_into(f.root.path(), &src, &req(&["/"], "/copy/")).unwrap();
+        assert_eq!((lmd(&f, "/copy/app/bin").uid(), lmd(&f, "/copy/app/bin").gid()), (7, 8));
+        assert_eq!((lmd(&f, "/copy/app").uid(), lmd(&f, "/copy/app").gid()), (5, 6));
+        let d1 = source_digest(&src, &req(&["/app"], "/x")).unwrap();
+        std::os::unix::fs::chown(stage.path().join("app/bin"), Some(9), Some(8)).unwrap();
+        assert_ne!(
+            d1,
+            source_digest(&src, &req(&["/app"], "/x")).unwrap(),
+            "owner is part of a stage digest"
+        );
+    }
+
+    #[test]
+    fn chmod_parse_and_apply() {
+        let cases: &[(&str, u32, bool, u32)] = &[
+            ("755", 0o644, false, 0o755),
+            ("0640", 0o777, false, 0o640),
+            ("755", 0o4700, false, 0o4755),
+            ("4755", 0o644, false, 0o4755),
+            ("u+x", 0o644, false, 0o744),
+            ("g-w,o-r", 0o666, false, 0o642),
+            ("a=rX", 0o750, true, 0o555),
+            ("a=rX", 0o640, false, 0o444),
+            ("a=rX", 0o740, false, 0o555),
+            ("+x", 0o600, false, 0o711),
+            ("go=u", 0o700, false, 0o777),
+            ("u=rw,go=r", 0o777, false, 0o644),
+            ("u+s", 0o755, false, 0o4755),
+            ("o+t", 0o777, true, 0o1777),
+        ];
+        for (spec, from, dir, want) in cases {
+            let c = parse_chmod(spec).unwrap_or_else(|e| panic!("{spec}: {e}"));
+            assert_eq!(c.apply(*from, *dir), *want, "--chmod={spec} on {from:o}");
+        }
+        for bad in ["64a", "", "8", "12345", "u+q", "z+x", "u", "u+ug"] {
+            let e = parse_chmod(bad).unwrap_err().to_string();
+            assert!(e.contains(bad), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn chmod_applies_to_files_and_dirs() {
+        let f = fx();
+        put(f.ctx.path(), "d/f", "x");
+        put(f.ctx.path(), "d/sub/g", "y");
+        let mut r = req(&["d"], "/out");
+        r.chmod = Some("750".into());
+        run(&f, &r).unwrap();
+        assert_eq!(lmd(&f, "/out/f").mode() & 0o7777, 0o750);
+        assert_eq!(lmd(&f, "/out/sub").mode() & 0o7777, 0o750);
+        let mut r = req(&["d/f"], "/sym");
+        r.chmod = Some("a=rX,u+w".into());
+        run(&f, &r).unwrap();
+        assert_eq!(lmd(&f, "/sym").mode() & 0o7777, 0o644);
+        let mut r = req(&["d/f"], "/x");
+        r.chmod = Some("64a".into());
+        assert!(format!("{:#}", run(&f, &r).unwrap_err()).contains("64a"));
+    }
+
+    #[test]
+    fn exclude_patterns() {
+        let f = fx();
+        for n in [
+            "home.txt",
+            "homedir/a.txt",
+            "homedir/b.md",
+            "homedir/sub/c.txt",
+            "other.txt",
+            "d/keep.md",
+            "d/x.txt",
+        ] {
+            put(f.ctx.path(), n, n);
+        }
+        let mut r = req(&["hom*"], "/mydir/");
+        r.exclude = vec!["*.txt".into()];
+        run(&f, &r).unwrap();
+        assert!(!exists(&f, "/mydir/home.txt"));
+        assert!(exists(&f, "/mydir/b.md"));
+        assert!(!exists(&f, "/mydir/a.txt"), "patterns are relative to the matched dir");
+        assert!(exists(&f, "/mydir/sub/c.txt"), "*.txt does not reach into sub dirs");
+        let mut r = req(&["d"], "/d2");
+        r.exclude = vec!["**/*.txt".into()];
+        run(&f, &r).unwrap();
+        assert!(exists(&f, "/d2/keep.md"));
+        assert!(!exists(&f, "/d2/x.txt"));
+        let mut r = req(&["."], "/all");
+        r.exclude = vec!["homedir".into(), "!homedir/b.md".into()];
+        run(&f, &r).unwrap();
+        assert!(exists(&f, "/all/homedir/b.md"));
+        assert!(!exists(&f, "/all/homedir/a.txt"));
+        assert!(!exists(&f, "/all/homedir/sub"));
+        assert!(exists(&f, "/all/other.txt"));
+    }
+
+    #[test]
+    fn pattern_set_semantics() {
+        let p = PatternSet::new(&["*.txt".into(), "**/*.cc".into(), "dir".into(), "!dir/keep".into()]).unwrap();
+        for (path, want) in [
+            ("a.txt", true),
+            ("sub/a.txt", false),
+            ("x.cc", true),
+            ("a/b/x.cc", true),
+            ("dir", true),
+            ("dir/file", true),
+            ("dir/keep", false),
+            ("dir/keep/inner", false),
+            ("other", false),
+        ] {
+            assert_eq!(p.matches(path), want, "{path}");
+        }
+        assert!(p.has_exceptions());
+        assert!(PatternSet::new(&["[".into()]).is_err());
+    }
+
+    #[test]
+    fn go_match_table() {
+        let cases = [
+            ("abc", "abc", true),
+            ("*", "abc", true),
+            ("*c", "abc", true),
+            ("a*", "a", true),
+            ("a*/b", "abc/b", true),
+            ("a*b*c*d*e*/f", "axbxcxdxe/f", true),
+            ("a*b?c*x", "abxbbxdbxebxczzx", true),
+            ("a*b?c*x", "abxbbxdbxebxczzy", false),
+            ("ab[c]", "abc", true),
+            ("ab[b-d]", "abc", true),
+            ("ab[e-g]", "abc", false),
+            ("ab[^c]", "abc", false),
+            ("ab[^e-g]", "abc", true),
+            ("a\\*b", "a*b", true),
+            ("a\\*b", "ab", false),
+            ("a?b", "a☺b", true),
+            ("[\\]a]", "]", true),
+            ("[[]", "[", true),
+            ("arr[[]0].txt", "arr[0].txt", true),
+            ("a*", "ab/c", false),
+            ("*x", "xxx", true),
+        ];
+        for (p, n, want) in cases {
+            assert_eq!(go_match(p, n).unwrap(), want, "{p} vs {n}");
+        }
+        for bad in ["[", "[^", "a[", "[a-", "ab\\", "[]", "[-]", "[x-]"] {
+            assert!(go_match(bad, "x").is_err(), "{bad} should be a bad pattern");
+        }
+    }
+
+    #[test]
+    fn parents_flag() {
+        let f = fx();
+        put(f.ctx.path(), "x/a.txt", "a");
+        put(f.ctx.path(), "y/b/c.txt", "c");
+        put(f.ctx.path(), "p/q/r.txt", "r");
+        let mut r = req(&["./x/a.txt", "y/b", "p/./q/r.txt"], "/dest/");
+        r.parents = true;
+        run(&f, &r).unwrap();
+        assert_eq!(read(&f, "/dest/x/a.txt"), "a");
+        assert_eq!(read(&f, "/dest/y/b/c.txt"), "c");
+        assert_eq!(read(&f, "/dest/q/r.txt"), "r");
+        let mut r = req(&["*/a.txt"], "/w/");
+        r.parents = true;
+        run(&f, &r).unwrap();
+        assert_eq!(read(&f, "/w/x/a.txt"), "a");
+    }
+
+    fn ignore_in(ctx: &Path, text: &str) -> IgnoreMatcher {
+        fs::write(ctx.join(".dockerignore"), text).unwrap();
+        IgnoreMatcher::load(ctx, &ctx.join("Dockerfile")).unwrap()
+    }
+
+    #[test]
+    fn dockerignore_hides_files() {
+        let f = fx();
+        for n in ["foo", "bar", "dir/e", "dir/foo1", "dir/keep/k", "src/x.go"] {
+            put(f.ctx.path(), n, n);
+        }
+        let ig = ignore_in(f.ctx.path(), "bar\ndir\n!dir/e\n");
+        let src = CopySource {
+            root: f.ctx.path(),
+            ignore: Some(&ig),
+            is_context: true,
+        };
+        copy_into(f.root.path(), &src, &req(&["."], "/all/")).unwrap();
+        assert!(exists(&f, "/all/foo"));
+        assert!(!exists(&f, "/all/bar"));
+        assert!(exists(&f, "/all/dir/e"), "re-included below an ignored dir");
+        assert!(!exists(&f, "/all/dir/foo1"));
+        assert!(!exists(&f, "/all/dir/keep"));
+        let e = copy_into(f.root.path(), &src, &req(&["bar"], "/x")).unwrap_err();
+        assert!(format!("{e:#}").contains("not found"), "{e:#}");
+        assert!(copy_into(f.root.path(), &src, &req(&["dir/foo1"], "/x")).is_err());
+        copy_into(f.root.path(), &src, &req(&["dir"], "/d/")).unwrap();
+        assert!(exists(&f, "/d/e"));
+        assert!(!exists(&f, "/d/foo1"));
+        copy_into(f.root.path(), &src, &req(&["ba*", "fo*"], "/w/")).unwrap();
+        assert!(!exists(&f, "/w/bar"));
+        assert!(exists(&f, "/w/foo"));
+        // The digest sees what the copy sees.
+        let d1 = source_digest(&src, &req(&["."], "/")).unwrap();
+        fs::write(f.ctx.path().join("bar"), "changed").unwrap();
+        assert_eq!(
+            d1,
+            source_digest(&src, &req(&["."], "/")).unwrap(),
+            "ignored files do not change the digest"
+        );
+    }
+
+    #[test]
+    fn digest_properties() {
+        let a = fx();
+        let b = fx();
+        for f in [&a, &b] {
+            put(f.ctx.path(), "app.py", "print(1)");
+            put(f.ctx.path(), "lib/m.py", "x = 1");
+            symlink("m.py", f.ctx.path().join("lib/l")).unwrap();
+        }
+        let r = req(&["."], "/app");
+        let da = source_digest(&ctx_source(&a), &r).unwrap();
+        assert_eq!(
+            da,
+            source_digest(&ctx_source(&b), &r).unwrap(),
+            "context location does not matter"
+        );
+        filetime::set_file_mtime(a.ctx.path().join("app.py"), FileTime::from_unix_time(12345, 0)).unwrap();
+        assert_eq!(da, source_digest(&ctx_source(&a), &r).unwrap(), "mtimes do not matter");
+        fs::set_permissions(a.ctx.path().join("app.py"), fs::Permissions::from_mode(0o755)).unwrap();
+        let dm = source_digest(&ctx_source(&a), &r).unwrap();
+        assert_ne!(da, dm, "mode matters");
+        fs::write(a.ctx.path().join("lib/m.py"), "x = 2").unwrap();
+        let dc = source_digest(&ctx_source(&a), &r).unwrap();
+        assert_ne!(dm, dc, "content matters");
+        fs::remove_file(a.ctx.path().join("lib/l")).unwrap();
+        symlink("other", a.ctx.path().join("lib/l")).unwrap();
+        let dl = source_digest(&ctx_source(&a), &r).unwrap();
+        assert_ne!(dc, dl, "symlink targets matter");
+        assert_ne!(
+            dl,
+            source_digest(&ctx_source(&a), &req(&["."], "/other")).unwrap(),
+            "dest matters"
+        );
+        let mut rc = r.clone();
+        rc.chown = Some("1:1".into());
+        assert_ne!(dl, source_digest(&ctx_source(&a), &rc).unwrap(), "flags matter");
+        assert!(source_digest(&ctx_source(&a), &req(&["nope"], "/")).is_err());
+        let mut bad = r.clone();
+        bad.chmod = Some("64a".into());
+        assert!(source_digest(&ctx_source(&a), &bad).is_err());
+    }
+
+    fn tar_bytes(entries: &[(&str, &str)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, content) in entries {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(content.len() as u64);
+            h.set_mode(0o644);
+            h.set_uid(1234);
+            h.set_gid(1234);
+            h.set_cksum();
+            b.append_data(&mut h, name, content.as_bytes()).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn add_extracts_archives_copy_does_not() {
+        let f = fx();
+        let t = tar_bytes(&[("test/foo", "Hi"), ("foo", "content0")]);
+        fs::write(f.ctx.path().join("t.tar"), &t).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&t).unwrap();
+        fs::write(f.ctx.path().join("t.tar.gz"), gz.finish().unwrap()).unwrap();
+        fs::write(f.ctx.path().join("not-a.tar"), "just text").unwrap();
+        let add = |srcs: &[&str], dest: &str| {
+            let mut r = req(srcs, dest);
+            r.is_add = true;
+            r
+        };
+        run(&f, &add(&["t.tar"], "/")).unwrap();
+        assert_eq!(read(&f, "/test/foo"), "Hi");
+        run(&f, &add(&["t.tar"], "/test.tar")).unwrap();
+        assert_eq!(read(&f, "/test.tar/test/foo"), "Hi");
+        run(&f, &add(&["t.tar.gz"], "/gz/")).unwrap();
+        assert_eq!(read(&f, "/gz/foo"), "content0");
+        run(&f, &add(&["*.tar"], "/wild")).unwrap();
+        assert_eq!(read(&f, "/wild/foo"), "content0");
+        run(&f, &req(&["t.tar.gz"], "/copied/")).unwrap();
+        assert!(lmd(&f, "/copied/t.tar.gz").is_file());
+        assert!(!exists(&f, "/copied/foo"));
+        // Every compression, detected by content whatever the name.
+        let zst = zstd::encode_all(&t[..], 3).unwrap();
+        fs::write(f.ctx.path().join("z.bin"), zst).unwrap();
+        let mut bz = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::default());
+        bz.write_all(&t).unwrap();
+        fs::write(f.ctx.path().join("b.tbz"), bz.finish().unwrap()).unwrap();
+        let mut xz = Vec::new();
+        lzma_rs::xz_compress(&mut &t[..], &mut xz).unwrap();
+        fs::write(f.ctx.path().join("x.txz"), xz).unwrap();
+        for (name, dir) in [("z.bin", "/zst"), ("b.tbz", "/bz2"), ("x.txz", "/xz")] {
+            run(&f, &add(&[name], dir)).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            assert_eq!(read(&f, &format!("{dir}/test/foo")), "Hi", "{name}");
+        }
+        // A truncated archive fails the build (error-broken-tar).
+        fs::write(f.ctx.path().join("broken.tar"), &t[..t.len() - 1]).unwrap();
+        assert!(run(&f, &add(&["broken.tar"], "/")).is_err(), "truncated tar must fail");
+        let mut short = t.clone();
+        short.truncate(1536);
+        fs::write(f.ctx.path().join("short.tar"), &short).unwrap();
+        assert!(
+            run(&f, &add(&["short.tar"], "/")).is_err(),
+            "tar cut inside a file must fail"
+        );
+        run(&f, &add(&["not-a.tar"], "/plain")).unwrap();
+        assert_eq!(read(&f, "/plain"), "just text");
+        if is_root() {
+            let mut r = add(&["t.tar"], "/out/");
+            r.chown = Some("100:200".into());
+            run(&f, &r).unwrap();
+            for p in ["/out", "/out/foo", "/out/test/foo"] {
+                assert_eq!((lmd(&f, p).uid(), lmd(&f, p).gid()), (100, 200), "{p}");
+            }
+        }
+    }
+
+    #[test]
+    fn heredoc_sources() {
+        let f = fx();
+        let mut r = req(&["<<EOF"], "/etc/motd");
+        r.heredocs = vec![("EOF".into(), "hello\n".into())];
+        run(&f, &r).unwrap();
+        assert_eq!(read(&f, "/etc/motd"), "hello\n");
+        assert_eq!(lmd(&f, "/etc/motd").mode() & 0o7777, 0o644);
+        let mut r = req(&["<<robots.txt", "<<-two"], "/html/");
+        r.heredocs = vec![("robots.txt".into(), "r".into()), ("two".into(), "2".into())];
+        r.chmod = Some("600".into());
+        run(&f, &r).unwrap();
+        assert_eq!(read(&f, "/html/robots.txt"), "r");
+        assert_eq!(read(&f, "/html/two"), "2");
+        assert_eq!(lmd(&f, "/html/two").mode() & 0o7777, 0o600);
+        let d = source_digest(&ctx_source(&f), &r).unwrap();
+        r.heredocs[1].1 = "3".into();
+        assert_ne!(d, source_digest(&ctx_source(&f), &r).unwrap());
+    }
+
+    /// A one-shot HTTP server on loopback answering every request with `body`.
+    fn serve(body: &'static [u8]) -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nLast-Modified: Sun, 06 Nov 1994 08:49:37 GMT\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(head.as_bytes());
+                let _ = s.write_all(body);
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[test]
+    fn add_url_downloads() {
+        let f = fx();
+        let base = serve(b"remote content");
+        let mut r = req(&[&format!("{base}/files/data.bin?x=1")], "/dl/");
+        r.is_add = true;
+        run(&f, &r).unwrap();
+        assert_eq!(read(&f, "/dl/data.bin"), "remote content");
+        assert_eq!(lmd(&f, "/dl/data.bin").mode() & 0o7777, 0o600);
+        assert_eq!(lmd(&f, "/dl/data.bin").mtime(), 784111777);
+        let good = format!("sha256:{}", hex::encode(Sha256::digest(b"remote content")));
+        let mut r = req(&[&format!("{base}/other")], "/named");
+        r.is_add = true;
+        r.checksum = Some(good);
+        run(&f, &r).unwrap();
+        assert_eq!(read(&f, "/named"), "remote content");
+        r.checksum = Some(format!("sha256:{}", "0".repeat(64)));
+        assert!(format!("{:#}", run(&f, &r).unwrap_err()).contains("checksum mismatch"));
+        let c = req(&[&format!("{base}/x")], "/y");
+        assert!(run(&f, &c).is_err(), "COPY of a URL is refused");
+    }
+
+    #[test]
+    fn url_helpers() {
+        assert_eq!(url_filename("https://example.com/a/b/file.tar.gz?x=1#y"), "file.tar.gz");
+        assert_eq!(url_filename("https://example.com/"), "__unnamed__");
+        assert_eq!(url_filename("https://example.com"), "__unnamed__");
+        assert_eq!(url_filename("https://example.com/test-%C3%A4.txt"), "test-ä.txt");
+        assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"), Some(784111777));
+        assert_eq!(parse_http_date("garbage"), None);
+        for (u, git) in [
+            ("https://github.com/moby/buildkit.git#v0.10.1", true),
+            ("https://github.com/moby/buildkit.git", true),
+            ("git@github.com:moby/buildkit.git", true),
+            ("git://host/repo", true),
+            ("https://example.com/file.tar", false),
+            ("foo.git", false),
+        ] {
+            assert_eq!(is_git_url(u), git, "{u}");
+        }
+    }
+
+    #[test]
+    fn unicode_and_whitespace_names() {
+        let f = fx();
+        for n in [
+            "test-äöü.txt",
+            "test-%C3%A4%C3%B6%C3%BC.txt",
+            "test+aou.txt",
+            "test dir/test_file6",
+        ] {
+            put(f.ctx.path(), n, n);
+        }
+        fs::create_dir(f.root.path().join("test dir")).unwrap();
+        run(&f, &req(&["test-äöü.txt"], "/")).unwrap();
+        run(&f, &req(&["test-%C3%A4%C3%B6%C3%BC.txt"], "/")).unwrap();
+        run(&f, &req(&["test dir/test_file6"], "/test dir/test_file6")).unwrap();
+        assert_eq!(read(&f, "/test-äöü.txt"), "test-äöü.txt");
+        assert!(exists(&f, "/test-%C3%A4%C3%B6%C3%BC.txt"));
+        assert!(lmd(&f, "/test dir/test_file6").is_file());
+    }
+
+    #[test]
+    fn replacing_a_directory_with_a_file_fails() {
+        let f = fx();
+        put(f.ctx.path(), "src/x", "file");
+        fs::create_dir_all(f.root.path().join("dst/x")).unwrap();
+        put(f.root.path(), "dst/x/inner", "i");
+        assert!(run(&f, &req(&["src"], "/dst")).is_err());
+        put(f.root.path(), "file", "f");
+        assert!(run(&f, &req(&["src"], "/file")).is_err(), "dir contents into a file");
+    }
+}

@@ -1,0 +1,327 @@
+//! Upper dir → deterministic tar stream.
+
+use super::tarw::{TarEntry, TarWriter};
+use anyhow::{Context, Result};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+
+/// Overlay bookkeeping xattrs: never written into a layer, never restored from one.
+pub(crate) fn is_overlay_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"user.overlay.")
+        || name.starts_with(b"trusted.overlay.")
+        || name.starts_with(b"user.fuseoverlayfs.")
+}
+
+const OPAQUE_XATTRS: [&str; 3] = [
+    "user.overlay.opaque",
+    "trusted.overlay.opaque",
+    "user.fuseoverlayfs.opaque",
+];
+
+/// One path found under the upper dir.
+pub struct WalkEntry {
+    /// Relative path, '/'-separated, no trailing slash.
+    pub rel: Vec<u8>,
+    pub md: fs::Metadata,
+}
+
+/// The sorted list of entries of an upper dir (parents before children, names byte-wise
+/// sorted within a directory).
+pub struct DirWalk {
+    pub root: PathBuf,
+    pub entries: Vec<WalkEntry>,
+}
+
+impl DirWalk {
+    /// Walks `root` without following symlinks, leaving out `exclude` (relative paths).
+    pub fn scan(root: &Path, exclude: &[PathBuf]) -> Result<DirWalk> {
+        let excl: HashSet<Vec<u8>> = exclude
+            .iter()
+            .map(|p| normalise_rel(p))
+            .filter(|p| !p.is_empty())
+            .collect();
+        let mut entries = Vec::new();
+        let md = fs::symlink_metadata(root).with_context(|| format!("reading {}", root.display()))?;
+        if !md.is_dir() {
+            anyhow::bail!("{} is not a directory", root.display());
+        }
+        walk(root, &mut Vec::new(), &excl, &mut entries)?;
+        Ok(DirWalk {
+            root: root.to_path_buf(),
+            entries,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn abs(&self, rel: &[u8]) -> PathBuf {
+        self.root.join(OsStr::from_bytes(rel))
+    }
+}
+
+fn normalise_rel(p: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for c in p.components() {
+        if let Component::Normal(s) = c {
+            if !out.is_empty() {
+                out.push(b'/');
+            }
+            out.extend_from_slice(s.as_bytes());
+        }
+    }
+    out
+}
+
+fn walk(root: &Path, rel: &mut Vec<u8>, excl: &HashSet<Vec<u8>>, out: &mut Vec<WalkEntry>) -> Result<()> {
+    let dir = if rel.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(OsStr::from_bytes(rel))
+    };
+    let mut names: Vec<Vec<u8>> = fs::read_dir(&dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .map(|e| e.map(|e| e.file_name().as_bytes().to_vec()))
+        .collect::<io::Result<_>>()
+        .with_context(|| format!("listing {}", dir.display()))?;
+    names.sort_unstable();
+    for name in names {
+        let len = rel.len();
+        if !rel.is_empty() {
+            rel.push(b'/');
+        }
+        rel.extend_from_slice(&name);
+        if !excl.contains(rel.as_slice()) {
+            let p = dir.join(OsStr::from_bytes(&name));
+            let md = fs::symlink_metadata(&p).with_context(|| format!("reading {}", p.display()))?;
+            let is_dir = md.is_dir();
+            out.push(WalkEntry { rel: rel.clone(), md });
+            if is_dir {
+                walk(root, rel, excl, out)?;
+            }
+        }
+        rel.truncate(len);
+    }
+    Ok(())
+}
+
+/// Converts a v3 (namespaced) `security.capability` value to v2, so that the file capability
+/// works in any namespace (rootid is dropped). Other values are returned unchanged.
+pub(crate) fn cap_to_v2(v: &[u8]) -> Vec<u8> {
+    const VFS_CAP_REVISION_3: u32 = 0x0300_0000;
+    const VFS_CAP_REVISION_2: u32 = 0x0200_0000;
+    if v.len() == 24 {
+        let magic = u32::from_le_bytes([v[0], v[1], v[2], v[3]]);
+        if magic & 0xff00_0000 == VFS_CAP_REVISION_3 {
+            let mut out = Vec::with_capacity(20);
+            out.extend_from_slice(&(VFS_CAP_REVISION_2 | (magic & 0x00ff_ffff)).to_le_bytes());
+            out.extend_from_slice(&v[4..20]);
+            return out;
+        }
+    }
+    v.to_vec()
+}
+
+/// Reads the xattrs of `p` (not following symlinks) for the tar: sorted, overlay bookkeeping
+/// removed, capabilities made portable. Also tells whether the dir is an overlay opaque dir.
+fn read_xattrs(p: &Path) -> Result<(BTreeMap<String, Vec<u8>>, bool)> {
+    let mut out = BTreeMap::new();
+    let mut opaque = false;
+    let names = match xattr::list(p) {
+        Ok(n) => n,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok((out, false)),
+        Err(e) => return Err(e).with_context(|| format!("listing the xattrs of {}", p.display())),
+    };
+    for name in names {
+        let nb = name.as_bytes();
+        if OPAQUE_XATTRS.iter().any(|o| o.as_bytes() == nb) {
+            if let Ok(Some(v)) = xattr::get(p, &name)
+                && v == b"y"
+            {
+                opaque = true;
+            }
+            continue;
+        }
+        if is_overlay_xattr(nb) {
+            continue;
+        }
+        let Some(v) = xattr::get(p, &name).with_context(|| format!("reading xattr {name:?} of {}", p.display()))?
+        else {
+            continue;
+        };
+        let v = if nb == b"security.capability" { cap_to_v2(&v) } else { v };
+        let key = format!("SCHILY.xattr.{}", String::from_utf8_lossy(nb));
+        out.insert(key, v);
+    }
+    Ok((out, opaque))
+}
+
+/// Writes the tar stream of `walk` to `w` (including the end-of-archive blocks). With
+/// `timestamp`, every mtime later than it is clamped to it.
+pub fn write_tar(walk: &DirWalk, timestamp: Option<i64>, w: impl Write) -> Result<()> {
+    let mut tw = TarWriter::new(w);
+    let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
+    let clamp = |t: i64| -> u64 {
+        let t = match timestamp {
+            Some(ts) if t > ts => ts,
+            _ => t,
+        };
+        t.max(0) as u64
+    };
+    for e in &walk.entries {
+        let md = &e.md;
+        let ft = md.file_type();
+        let abs = walk.abs(&e.rel);
+        let ctx = || format!("archiving {}", abs.display());
+        let mtime = clamp(md.mtime());
+        let mode = md.mode() & 0o7777;
+        let (uid, gid) = (md.uid() as u64, md.gid() as u64);
+        let base = TarEntry {
+            path: &e.rel,
+            kind: tar::EntryType::Regular,
+            mode,
+            uid,
+            gid,
+            mtime,
+            size: 0,
+            link: None,
+            dev: None,
+            pax: BTreeMap::new(),
+        };
+        if ft.is_char_device() && md.rdev() == 0 {
+            // Overlay whiteout → `.wh.<name>` (as Docker's overlay converter writes it).
+            let (dir, name) = split_parent(&e.rel);
+            let mut p = dir.to_vec();
+            if !p.is_empty() {
+                p.push(b'/');
+            }
+            p.extend_from_slice(b".wh.");
+            p.extend_from_slice(name);
+            tw.append(
+                &TarEntry {
+                    path: &p,
+                    mode: 0o600,
+                    ..base
+                },
+                None,
+            )
+            .with_context(ctx)?;
+            continue;
+        }
+        let (xattrs, opaque) = read_xattrs(&abs)?;
+        if ft.is_dir() {
+            let mut p = e.rel.clone();
+            p.push(b'/');
+            tw.append(
+                &TarEntry {
+                    path: &p,
+                    kind: tar::EntryType::Directory,
+                    pax: xattrs,
+                    ..base
+                },
+                None,
+            )
+            .with_context(ctx)?;
+            if opaque {
+                p.extend_from_slice(b".wh..wh..opq");
+                tw.append(
+                    &TarEntry {
+                        path: &p,
+                        mode: mode & 0o777,
+                        ..base
+                    },
+                    None,
+                )
+                .with_context(ctx)?;
+            }
+        } else if ft.is_symlink() {
+            let target = fs::read_link(&abs).with_context(|| format!("reading symlink {}", abs.display()))?;
+            let t = target.as_os_str().as_bytes();
+            tw.append(
+                &TarEntry {
+                    kind: tar::EntryType::Symlink,
+                    link: Some(t),
+                    pax: xattrs,
+                    ..base
+                },
+                None,
+            )
+            .with_context(ctx)?;
+        } else if ft.is_file() {
+            if md.nlink() > 1 {
+                let key = (md.dev(), md.ino());
+                if let Some(first) = links.get(&key) {
+                    tw.append(
+                        &TarEntry {
+                            kind: tar::EntryType::Link,
+                            link: Some(first),
+                            ..base
+                        },
+                        None,
+                    )
+                    .with_context(ctx)?;
+                    continue;
+                }
+                links.insert(key, e.rel.clone());
+            }
+            let mut f = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&abs)
+                .with_context(|| format!("opening {}", abs.display()))?;
+            tw.append(
+                &TarEntry {
+                    size: md.len(),
+                    pax: xattrs,
+                    ..base
+                },
+                Some(&mut f),
+            )
+            .with_context(ctx)?;
+        } else if ft.is_fifo() {
+            tw.append(
+                &TarEntry {
+                    kind: tar::EntryType::Fifo,
+                    pax: xattrs,
+                    ..base
+                },
+                None,
+            )
+            .with_context(ctx)?;
+        } else if ft.is_char_device() || ft.is_block_device() {
+            let kind = if ft.is_char_device() {
+                tar::EntryType::Char
+            } else {
+                tar::EntryType::Block
+            };
+            let rdev = md.rdev();
+            let dev = Some((libc::major(rdev), libc::minor(rdev)));
+            tw.append(
+                &TarEntry {
+                    kind,
+                    dev,
+                    pax: xattrs,
+                    ..base
+                },
+                None,
+            )
+            .with_context(ctx)?;
+        }
+        // Sockets are not archivable (Docker and tar skip them too).
+    }
+    tw.finish().context("finishing the tar stream")?;
+    Ok(())
+}
+
+fn split_parent(rel: &[u8]) -> (&[u8], &[u8]) {
+    match rel.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&rel[..i], &rel[i + 1..]),
+        None => (&[], rel),
+    }
+}

@@ -1,0 +1,473 @@
+//! A small blocking client for the registry HTTP API v2: scheme choice (https, or plain http
+//! for loopback and insecure registries), auth challenges (basic, bearer tokens cached per
+//! scope), bounded retries with backoff, and registry error messages.
+
+use super::RegistryOptions;
+use super::auth::{Challenge, Credentials, find_credentials, parse_challenge};
+use anyhow::{Context, Result, anyhow, bail};
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+use ureq::http;
+
+/// How many times a request is tried on connection errors, 5xx and 429.
+pub const TRIES: u32 = 3;
+
+pub type Response = http::Response<ureq::Body>;
+
+/// A request body that can be sent again on a retry.
+#[derive(Clone, Debug)]
+pub enum Body {
+    Empty,
+    Bytes(Vec<u8>),
+    /// `len` bytes of a file from `offset`.
+    File {
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+    },
+}
+
+pub struct Client {
+    agent: ureq::Agent,
+    /// The registry as named in references (`docker.io`, `localhost:5000`).
+    pub registry: String,
+    /// `https://registry-1.docker.io`, `http://localhost:5000`.
+    base: String,
+    creds: Option<Credentials>,
+    basic: Mutex<bool>,
+    tokens: Mutex<HashMap<String, String>>,
+}
+
+/// Percent-encodes a query parameter value.
+pub fn query_escape(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// One short phrase for a transport error ("connection refused").
+pub fn describe(e: &ureq::Error) -> String {
+    match e {
+        ureq::Error::Io(io) => describe_io(io),
+        ureq::Error::HostNotFound => "host not found".to_string(),
+        ureq::Error::Timeout(_) => "timed out".to_string(),
+        ureq::Error::ConnectionFailed => "connection failed".to_string(),
+        other => other.to_string(),
+    }
+}
+
+pub fn describe_io(io: &std::io::Error) -> String {
+    use std::io::ErrorKind::*;
+    match io.kind() {
+        ConnectionRefused => "connection refused".to_string(),
+        ConnectionReset => "connection reset by peer".to_string(),
+        ConnectionAborted | BrokenPipe => "connection closed by the registry".to_string(),
+        UnexpectedEof => "connection closed before the whole response arrived".to_string(),
+        TimedOut | WouldBlock => "timed out".to_string(),
+        _ => {
+            // ureq wraps its own errors in io::Error; unwrap them for a clean message.
+            if let Some(inner) = io.get_ref().and_then(|e| e.downcast_ref::<ureq::Error>()) {
+                return describe(inner);
+            }
+            io.to_string()
+        }
+    }
+}
+
+fn transient(e: &ureq::Error) -> bool {
+    !matches!(
+        e,
+        ureq::Error::HostNotFound | ureq::Error::BadUri(_) | ureq::Error::Http(_) | ureq::Error::Tls(_)
+    ) && !matches!(e, ureq::Error::Rustls(_))
+}
+
+fn retriable_status(s: u16) -> bool {
+    s == 429 || s == 408 || (500..600).contains(&s) && s != 501 && s != 505
+}
+
+/// The `message` of a registry error body (`{"errors":[{"code":…,"message":…}]}`), else the
+/// start of the body.
+pub fn error_body_message(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct E {
+        #[serde(default)]
+        code: String,
+        #[serde(default)]
+        message: String,
+        #[serde(default)]
+        detail: Option<serde_json::Value>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Es {
+        errors: Vec<E>,
+    }
+    if let Ok(es) = serde_json::from_slice::<Es>(body)
+        && !es.errors.is_empty()
+    {
+        let parts: Vec<String> = es
+            .errors
+            .iter()
+            .map(|e| {
+                let mut s = if e.message.is_empty() {
+                    e.code.to_lowercase().replace('_', " ")
+                } else {
+                    e.message.clone()
+                };
+                if let Some(d) = &e.detail {
+                    let d = match d {
+                        serde_json::Value::String(s) => s.clone(),
+                        serde_json::Value::Null => String::new(),
+                        other => other.to_string(),
+                    };
+                    if !d.is_empty() && d != "{}" && d.len() < 300 {
+                        s.push_str(&format!(" ({d})"));
+                    }
+                }
+                s
+            })
+            .collect();
+        return Some(parts.join("; "));
+    }
+    let text = String::from_utf8_lossy(body).trim().to_string();
+    (!text.is_empty()).then(|| text.chars().take(200).collect())
+}
+
+impl Client {
+    /// A client for `registry`. Loopback registries use plain HTTP; with `tls_verify == false`
+    /// https is tried first (without certificate checks), then http, as Docker does for
+    /// insecure registries.
+    pub fn new(registry: &str, opts: &RegistryOptions) -> Result<Client> {
+        let tls = ureq::tls::TlsConfig::builder()
+            .disable_verification(!opts.tls_verify)
+            .build();
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .tls_config(tls)
+            .accept_encoding(ureq::config::AutoHeaderValue::None)
+            .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
+            .timeout_connect(Some(Duration::from_secs(30)))
+            .timeout_recv_response(Some(Duration::from_secs(120)))
+            .max_idle_connections_per_host(8)
+            .build()
+            .into();
+        let api_host = if registry == crate::reference::DOCKER_HUB {
+            "registry-1.docker.io"
+        } else {
+            registry
+        };
+        let creds = find_credentials(registry, opts.auth_file.as_deref())?;
+        let loopback = crate::reference::host_is_loopback(registry);
+        let mut client = Client {
+            agent,
+            registry: registry.to_string(),
+            base: format!("{}://{api_host}", if loopback { "http" } else { "https" }),
+            creds,
+            basic: Mutex::new(false),
+            tokens: Mutex::new(HashMap::new()),
+        };
+        if !loopback && !opts.tls_verify {
+            // Ping over https; fall back to http when TLS does not answer.
+            let url = format!("{}/v2/", client.base);
+            if let Err(e) = client.agent.get(&url).call() {
+                let http_url = format!("http://{api_host}/v2/");
+                if client.agent.get(&http_url).call().is_ok() {
+                    client.base = format!("http://{api_host}");
+                } else {
+                    tracing_debug(&format!("ping {url}: {}", describe(&e)));
+                }
+            }
+        }
+        Ok(client)
+    }
+
+    pub fn has_credentials(&self) -> bool {
+        self.creds.is_some()
+    }
+
+    /// `https://host/v2/<path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/v2/{path}", self.base)
+    }
+
+    /// Resolves a `Location` header against the registry base.
+    pub fn resolve_location(&self, loc: &str) -> String {
+        if loc.starts_with("http://") || loc.starts_with("https://") {
+            loc.to_string()
+        } else if loc.starts_with('/') {
+            format!("{}{loc}", self.base)
+        } else {
+            format!("{}/{loc}", self.base)
+        }
+    }
+
+    fn auth_header(&self, scopes: &[String]) -> Option<String> {
+        if let Some(t) = self.tokens.lock().unwrap().get(&scopes.join(" ")) {
+            return Some(format!("Bearer {t}"));
+        }
+        if *self.basic.lock().unwrap() {
+            return self.creds.as_ref().map(|c| c.basic_header());
+        }
+        None
+    }
+
+    /// Sends a request with auth (answering 401 challenges once) and, if `retry`, bounded
+    /// retries with backoff on connection errors, 5xx and 429. Error statuses are returned
+    /// as responses; only transport failures are errors.
+    pub fn send(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &Body,
+        scopes: &[String],
+        retry: bool,
+    ) -> Result<Response> {
+        let mut answered = false;
+        loop {
+            let auth = self.auth_header(scopes);
+            let resp = self.send_retrying(method, url, headers, body, auth.as_deref(), retry)?;
+            if resp.status() != 401 || answered {
+                return Ok(resp);
+            }
+            answered = true;
+            let challenge = resp
+                .headers()
+                .get_all("www-authenticate")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .filter_map(parse_challenge)
+                .next();
+            match challenge {
+                Some(Challenge::Bearer { realm, service, scope }) => {
+                    let mut want: Vec<String> = scopes.to_vec();
+                    if let Some(s) = scope
+                        && !want.contains(&s)
+                    {
+                        want.push(s);
+                    }
+                    let token = self.fetch_token(&realm, service.as_deref(), &want)?;
+                    self.tokens.lock().unwrap().insert(scopes.join(" "), token);
+                }
+                Some(Challenge::Basic) if self.creds.is_some() && !*self.basic.lock().unwrap() => {
+                    *self.basic.lock().unwrap() = true;
+                }
+                _ => return Ok(resp),
+            }
+        }
+    }
+
+    fn fetch_token(&self, realm: &str, service: Option<&str>, scopes: &[String]) -> Result<String> {
+        let mut url = realm.to_string();
+        let mut sep = if url.contains('?') { '&' } else { '?' };
+        if let Some(s) = service {
+            url.push_str(&format!("{sep}service={}", query_escape(s)));
+            sep = '&';
+        }
+        for s in scopes {
+            url.push_str(&format!("{sep}scope={}", query_escape(s)));
+            sep = '&';
+        }
+        let auth = self.creds.as_ref().map(|c| c.basic_header());
+        let mut resp = self
+            .send_retrying("GET", &url, &[], &Body::Empty, auth.as_deref(), true)
+            .with_context(|| format!("getting a token from {realm}"))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 20)
+            .read_to_vec()
+            .unwrap_or_default();
+        if status == 401 || status == 403 {
+            let msg = error_body_message(&body).map(|m| format!(": {m}")).unwrap_or_default();
+            if self.creds.is_some() {
+                bail!(
+                    "{} refused the credentials (wrong username or password?){msg}",
+                    self.registry
+                );
+            }
+            bail!(
+                "{} requires authentication{msg} (try `kiln login {}`)",
+                self.registry,
+                self.registry
+            );
+        }
+        if !(200..300).contains(&status) {
+            let msg = error_body_message(&body).map(|m| format!(": {m}")).unwrap_or_default();
+            bail!("getting a token from {realm}: HTTP {status}{msg}");
+        }
+        #[derive(serde::Deserialize)]
+        struct Tok {
+            #[serde(default)]
+            token: Option<String>,
+            #[serde(default)]
+            access_token: Option<String>,
+        }
+        let t: Tok =
+            serde_json::from_slice(&body).with_context(|| format!("the token answer of {realm} is not JSON"))?;
+        t.token
+            .or(t.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| anyhow!("{realm} answered without a token"))
+    }
+
+    fn send_retrying(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &Body,
+        auth: Option<&str>,
+        retry: bool,
+    ) -> Result<Response> {
+        let tries = if retry { TRIES } else { 1 };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.send_once(method, url, headers, body, auth) {
+                Ok(resp) if retry && attempt < tries && retriable_status(resp.status().as_u16()) => {}
+                Ok(resp) => return Ok(resp),
+                Err(SendErr::Other(e)) => return Err(e),
+                Err(SendErr::Http(e)) if !retry || attempt >= tries || !transient(&e) => {
+                    return Err(anyhow!(describe(&e)));
+                }
+                Err(SendErr::Http(_)) => {}
+            }
+            std::thread::sleep(backoff(attempt));
+        }
+    }
+
+    fn send_once(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &Body,
+        auth: Option<&str>,
+    ) -> std::result::Result<Response, SendErr> {
+        let mut b = http::Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        if let Some(a) = auth {
+            b = b.header("authorization", a);
+        }
+        let res = match body {
+            Body::Empty => {
+                let req = b.body(()).map_err(|e| SendErr::Other(e.into()))?;
+                self.agent.run(req)
+            }
+            Body::Bytes(v) => {
+                let req = b.body(v.as_slice()).map_err(|e| SendErr::Other(e.into()))?;
+                self.agent.run(req)
+            }
+            Body::File { path, offset, len } => {
+                let mut f = std::fs::File::open(path)
+                    .with_context(|| format!("opening {}", path.display()))
+                    .map_err(SendErr::Other)?;
+                f.seek(SeekFrom::Start(*offset)).map_err(|e| SendErr::Other(e.into()))?;
+                let req = b
+                    .header("content-length", len.to_string())
+                    .body(ureq::SendBody::from_owned_reader(f.take(*len)))
+                    .map_err(|e| SendErr::Other(e.into()))?;
+                self.agent.run(req)
+            }
+        };
+        res.map_err(SendErr::Http)
+    }
+}
+
+enum SendErr {
+    Http(ureq::Error),
+    Other(anyhow::Error),
+}
+
+/// 0.5 s, 1 s, 2 s … (capped at 8 s); `KILN_RETRY_BASE_MS` shortens it for tests.
+pub fn backoff(attempt: u32) -> Duration {
+    let base = std::env::var("KILN_RETRY_BASE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500u64);
+    Duration::from_millis((base << (attempt.saturating_sub(1)).min(4)).min(8000))
+}
+
+fn tracing_debug(msg: &str) {
+    if std::env::var_os("KILN_DEBUG_REGISTRY").is_some() {
+        eprintln!("kiln: registry: {msg}");
+    }
+}
+
+/// Turns an error status into one sentence, with the registry's own message and a login
+/// hint for 401/403 without credentials.
+pub fn status_error(client: &Client, resp: &mut Response) -> anyhow::Error {
+    let status = resp.status().as_u16();
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(1 << 20)
+        .read_to_vec()
+        .unwrap_or_default();
+    let msg = error_body_message(&body);
+    match status {
+        401 | 403 => {
+            let what = if status == 401 {
+                "authentication required"
+            } else {
+                "access denied"
+            };
+            let msg = msg.map(|m| format!(": {m}")).unwrap_or_default();
+            if client.has_credentials() {
+                anyhow!(
+                    "{what}{msg} (the credentials for {} were not accepted)",
+                    client.registry
+                )
+            } else {
+                anyhow!("{what}{msg} (try `kiln login {}`)", client.registry)
+            }
+        }
+        _ => match msg {
+            Some(m) => anyhow!("HTTP {status}: {m}"),
+            None => anyhow!("HTTP {status}"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_queries() {
+        assert_eq!(
+            query_escape("repository:a/b:pull,push"),
+            "repository%3Aa%2Fb%3Apull%2Cpush"
+        );
+        assert_eq!(query_escape("registry.docker.io"), "registry.docker.io");
+    }
+
+    #[test]
+    fn error_bodies() {
+        let b = br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{"Tag":"x"}}]}"#;
+        assert_eq!(error_body_message(b).unwrap(), r#"manifest unknown ({"Tag":"x"})"#);
+        let b = br#"{"errors":[{"code":"DENIED","message":"","detail":null}]}"#;
+        assert_eq!(error_body_message(b).unwrap(), "denied");
+        assert_eq!(error_body_message(b"oops\n").unwrap(), "oops");
+        assert_eq!(error_body_message(b""), None);
+    }
+
+    #[test]
+    fn retry_policy() {
+        assert!(retriable_status(500) && retriable_status(503) && retriable_status(429));
+        assert!(!retriable_status(404) && !retriable_status(401) && !retriable_status(501));
+        assert!(backoff(1) < backoff(2) || std::env::var_os("KILN_RETRY_BASE_MS").is_some());
+    }
+}

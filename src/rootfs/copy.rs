@@ -1,0 +1,450 @@
+//! The last-resort driver: copy the lowers into a plain directory, let the step run there,
+//! and when it is "unmounted" compute what changed into the upper directory in overlay
+//! format (whiteouts as char 0:0 devices, `user.overlay.opaque=y` on replaced directories).
+//!
+//! Change detection compares each entry with a snapshot taken right after the copy (inode,
+//! ctime, size, mtime, mode, owner): every content, metadata or xattr change moves ctime, so
+//! contents are never compared byte by byte.
+
+use super::{RootfsDriver, is_overlay_xattr};
+use anyhow::{Context, Result, bail};
+use std::collections::{HashMap, HashSet};
+use std::ffi::{CString, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+const OPAQUE: &str = "user.overlay.opaque";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Snap {
+    ino: u64,
+    ctime: (i64, i64),
+    mtime: (i64, i64),
+    size: u64,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+}
+
+impl Snap {
+    fn of(md: &std::fs::Metadata) -> Snap {
+        Snap {
+            ino: md.ino(),
+            ctime: (md.ctime(), md.ctime_nsec()),
+            mtime: (md.mtime(), md.mtime_nsec()),
+            size: md.size(),
+            mode: md.mode(),
+            uid: md.uid(),
+            gid: md.gid(),
+        }
+    }
+    fn kind(&self) -> u32 {
+        self.mode & libc::S_IFMT
+    }
+}
+
+struct State {
+    upper: PathBuf,
+    snap: HashMap<PathBuf, Snap>,
+    children: HashMap<PathBuf, Vec<OsString>>,
+}
+
+/// Copy-based snapshots (no mounts at all).
+#[derive(Default)]
+pub struct CopySnapshot {
+    state: Mutex<HashMap<PathBuf, State>>,
+}
+
+impl RootfsDriver for CopySnapshot {
+    fn name(&self) -> &str {
+        "copy"
+    }
+
+    fn mount(&self, lowers: &[PathBuf], upper: &Path, _work: &Path, target: &Path) -> Result<()> {
+        std::fs::create_dir_all(upper).with_context(|| format!("cannot create {}", upper.display()))?;
+        ensure_empty(upper)?;
+        std::fs::create_dir_all(target).with_context(|| format!("cannot create {}", target.display()))?;
+        for l in lowers.iter().rev() {
+            apply_lower(l, target)
+                .with_context(|| format!("cannot copy layer {} into {}", l.display(), target.display()))?;
+        }
+        let mut st = State {
+            upper: upper.to_path_buf(),
+            snap: HashMap::new(),
+            children: HashMap::new(),
+        };
+        snapshot(target, Path::new(""), &mut st)?;
+        self.state.lock().unwrap().insert(target.to_path_buf(), st);
+        Ok(())
+    }
+
+    fn unmount(&self, target: &Path) -> Result<()> {
+        let st = self
+            .state
+            .lock()
+            .unwrap()
+            .remove(target)
+            .with_context(|| format!("{} was not set up by the copy driver", target.display()))?;
+        let mut d = Differ {
+            target,
+            st: &st,
+            links: HashMap::new(),
+        };
+        d.diff_dir(Path::new(""))?;
+        let root_md = std::fs::symlink_metadata(target)?;
+        copy_meta(target, &st.upper, &root_md)?;
+        std::fs::remove_dir_all(target).with_context(|| format!("cannot remove the snapshot {}", target.display()))?;
+        std::fs::create_dir_all(target).ok();
+        Ok(())
+    }
+}
+
+fn snapshot(root: &Path, rel: &Path, st: &mut State) -> Result<()> {
+    let dir = root.join(rel);
+    let md = std::fs::symlink_metadata(&dir)?;
+    st.snap.insert(rel.to_path_buf(), Snap::of(&md));
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let e = e?;
+        let r = rel.join(e.file_name());
+        let md = e.metadata()?;
+        names.push(e.file_name());
+        if md.is_dir() {
+            snapshot(root, &r, st)?;
+        } else {
+            st.snap.insert(r, Snap::of(&md));
+        }
+    }
+    st.children.insert(rel.to_path_buf(), names);
+    Ok(())
+}
+
+fn is_whiteout(md: &std::fs::Metadata) -> bool {
+    md.file_type().is_char_device() && md.rdev() == 0
+}
+
+fn is_opaque(p: &Path) -> bool {
+    ["user.overlay.opaque", "trusted.overlay.opaque"]
+        .iter()
+        .any(|n| matches!(xattr::get(p, n), Ok(Some(v)) if v == b"y"))
+}
+
+fn remove_any(p: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(p) {
+        Ok(md) if md.is_dir() => std::fs::remove_dir_all(p).with_context(|| format!("cannot remove {}", p.display())),
+        Ok(_) => std::fs::remove_file(p).with_context(|| format!("cannot remove {}", p.display())),
+        Err(_) => Ok(()),
+    }
+}
+
+fn cpath(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap_or_default()
+}
+
+/// Copies owner, mode, xattrs (minus overlay bookkeeping) and times of `md` (from `src`) onto `dst`.
+fn copy_meta(src: &Path, dst: &Path, md: &std::fs::Metadata) -> Result<()> {
+    let c = cpath(dst);
+    if unsafe { libc::lchown(c.as_ptr(), md.uid(), md.gid()) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(e).with_context(|| format!("cannot chown {} to {}:{}", dst.display(), md.uid(), md.gid()));
+    }
+    if !md.file_type().is_symlink() {
+        let mode = md.mode() & 0o7777;
+        if unsafe { libc::chmod(c.as_ptr(), mode) } != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot chmod {}", dst.display()));
+        }
+    }
+    if let Ok(names) = xattr::list(src) {
+        for n in names {
+            if is_overlay_xattr(n.as_bytes()) {
+                continue;
+            }
+            if let Ok(Some(v)) = xattr::get(src, &n) {
+                let _ = xattr::set(dst, &n, &v);
+            }
+        }
+    }
+    let at = filetime::FileTime::from_last_access_time(md);
+    let mt = filetime::FileTime::from_last_modification_time(md);
+    filetime::set_symlink_file_times(dst, at, mt).with_context(|| format!("cannot set times on {}", dst.display()))?;
+    Ok(())
+}
+
+/// Creates a non-directory entry `dst` like `src`, reusing a hardlink when the inode was seen.
+fn copy_leaf(src: &Path, dst: &Path, md: &std::fs::Metadata, links: &mut HashMap<(u64, u64), PathBuf>) -> Result<()> {
+    if md.nlink() > 1 {
+        if let Some(first) = links.get(&(md.dev(), md.ino())) {
+            return std::fs::hard_link(first, dst)
+                .with_context(|| format!("cannot link {} to {}", dst.display(), first.display()));
+        }
+    }
+    let ft = md.file_type();
+    if ft.is_file() {
+        std::fs::copy(src, dst).with_context(|| format!("cannot copy {} to {}", src.display(), dst.display()))?;
+    } else if ft.is_symlink() {
+        let t = std::fs::read_link(src)?;
+        std::os::unix::fs::symlink(&t, dst).with_context(|| format!("cannot create symlink {}", dst.display()))?;
+    } else if ft.is_fifo() || ft.is_char_device() || ft.is_block_device() {
+        let c = cpath(dst);
+        if unsafe { libc::mknod(c.as_ptr(), md.mode(), md.rdev()) } != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot create {}", dst.display()));
+        }
+    } else {
+        return Ok(()); // sockets are not copied
+    }
+    copy_meta(src, dst, md)?;
+    if md.nlink() > 1 {
+        links.insert((md.dev(), md.ino()), dst.to_path_buf());
+    }
+    Ok(())
+}
+
+/// Applies one overlay lower onto `target` (whiteouts delete, opaque dirs clear).
+fn apply_lower(lower: &Path, target: &Path) -> Result<()> {
+    let mut links = HashMap::new();
+    apply_dir(lower, target, &mut links)
+}
+
+fn apply_dir(src: &Path, dst: &Path, links: &mut HashMap<(u64, u64), PathBuf>) -> Result<()> {
+    for e in std::fs::read_dir(src).with_context(|| format!("cannot read {}", src.display()))? {
+        let e = e?;
+        let s = e.path();
+        let d = dst.join(e.file_name());
+        let md = std::fs::symlink_metadata(&s)?;
+        if is_whiteout(&md) {
+            remove_any(&d)?;
+            continue;
+        }
+        if md.is_dir() {
+            match std::fs::symlink_metadata(&d) {
+                Ok(dm) if dm.is_dir() => {
+                    if is_opaque(&s) {
+                        remove_any(&d)?;
+                        std::fs::create_dir(&d)?;
+                    }
+                }
+                Ok(_) => {
+                    remove_any(&d)?;
+                    std::fs::create_dir(&d)?;
+                }
+                Err(_) => std::fs::create_dir(&d).with_context(|| format!("cannot create {}", d.display()))?,
+            }
+            apply_dir(&s, &d, links)?;
+            copy_meta(&s, &d, &md)?;
+        } else {
+            remove_any(&d)?;
+            copy_leaf(&s, &d, &md, links)?;
+        }
+    }
+    Ok(())
+}
+
+struct Differ<'a> {
+    target: &'a Path,
+    st: &'a State,
+    links: HashMap<(u64, u64), PathBuf>,
+}
+
+impl Differ<'_> {
+    /// Makes sure the upper has the directory `rel` (and its parents), copying metadata.
+    fn ensure_upper_dir(&self, rel: &Path) -> Result<()> {
+        let u = self.st.upper.join(rel);
+        if u.is_dir() || rel.as_os_str().is_empty() {
+            return Ok(());
+        }
+        if let Some(p) = rel.parent() {
+            self.ensure_upper_dir(p)?;
+        }
+        std::fs::create_dir(&u).with_context(|| format!("cannot create {}", u.display()))?;
+        let t = self.target.join(rel);
+        copy_meta(&t, &u, &std::fs::symlink_metadata(&t)?)
+    }
+
+    /// Copies the whole entry `rel` from the target into the upper.
+    fn copy_all(&mut self, rel: &Path) -> Result<()> {
+        let t = self.target.join(rel);
+        let u = self.st.upper.join(rel);
+        let md = std::fs::symlink_metadata(&t)?;
+        remove_any(&u)?;
+        if md.is_dir() {
+            std::fs::create_dir(&u).with_context(|| format!("cannot create {}", u.display()))?;
+            for e in std::fs::read_dir(&t)? {
+                self.copy_all(&rel.join(e?.file_name()))?;
+            }
+            copy_meta(&t, &u, &md)?;
+        } else {
+            copy_leaf(&t, &u, &md, &mut self.links)?;
+        }
+        Ok(())
+    }
+
+    /// Returns whether anything under `rel` changed (and writes it to the upper).
+    fn diff_dir(&mut self, rel: &Path) -> Result<bool> {
+        let dir = self.target.join(rel);
+        let mut changed = false;
+        let mut present = HashSet::new();
+        let mut names: Vec<OsString> = std::fs::read_dir(&dir)
+            .with_context(|| format!("cannot read {}", dir.display()))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<std::io::Result<_>>()?;
+        names.sort();
+        for name in names {
+            let r = rel.join(&name);
+            present.insert(name);
+            let md = std::fs::symlink_metadata(self.target.join(&r))?;
+            let now = Snap::of(&md);
+            match self.st.snap.get(&r) {
+                None => {
+                    self.ensure_upper_dir(rel)?;
+                    self.copy_all(&r)?;
+                    changed = true;
+                }
+                Some(old) if old.kind() != now.kind() || old.ino != now.ino => {
+                    self.ensure_upper_dir(rel)?;
+                    self.copy_all(&r)?;
+                    if md.is_dir() && old.kind() == libc::S_IFDIR {
+                        xattr::set(self.st.upper.join(&r), OPAQUE, b"y").context("cannot mark a directory opaque")?;
+                    }
+                    changed = true;
+                }
+                Some(old) if md.is_dir() => {
+                    let sub = self.diff_dir(&r)?;
+                    if sub || *old != now {
+                        self.ensure_upper_dir(&r)?;
+                        copy_meta(&self.target.join(&r), &self.st.upper.join(&r), &md)?;
+                        changed = true;
+                    }
+                }
+                Some(old) => {
+                    if *old != now {
+                        self.ensure_upper_dir(rel)?;
+                        self.copy_all(&r)?;
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if let Some(before) = self.st.children.get(rel) {
+            for name in before {
+                if !present.contains(name) {
+                    self.ensure_upper_dir(rel)?;
+                    let w = self.st.upper.join(rel).join(name);
+                    let c = cpath(&w);
+                    if unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, 0) } != 0 {
+                        let e = std::io::Error::last_os_error();
+                        return Err(e).with_context(|| format!("cannot create the whiteout {}", w.display()));
+                    }
+                    changed = true;
+                }
+            }
+        }
+        Ok(changed)
+    }
+}
+
+/// The upper dir must start empty (it receives exactly the step's changes).
+fn ensure_empty(p: &Path) -> Result<()> {
+    if std::fs::read_dir(p)?.next().is_some() {
+        bail!("{} is not empty", p.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mkwhiteout(p: &Path) -> bool {
+        let c = cpath(p);
+        unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, 0) == 0 }
+    }
+
+    #[test]
+    fn copy_snapshot_records_exact_changes() {
+        let t = tempfile::tempdir().unwrap();
+        let (l1, l2, up, tg) = (
+            t.path().join("l1"),
+            t.path().join("l2"),
+            t.path().join("up"),
+            t.path().join("tg"),
+        );
+        for d in [&l1, &l2, &up] {
+            std::fs::create_dir(d).unwrap();
+        }
+        // bottom layer l2, top layer l1
+        std::fs::create_dir_all(l2.join("etc/old")).unwrap();
+        std::fs::write(l2.join("etc/old/a"), "a").unwrap();
+        std::fs::write(l2.join("etc/keep"), "k").unwrap();
+        std::fs::write(l2.join("gone"), "g").unwrap();
+        std::fs::write(l2.join("rmme"), "r").unwrap();
+        std::fs::create_dir(l2.join("dir")).unwrap();
+        std::fs::write(l2.join("dir/x"), "x").unwrap();
+        std::fs::create_dir(l1.join("dir")).unwrap();
+        std::fs::write(l1.join("dir/y"), "y").unwrap();
+        let can_whiteout = mkwhiteout(&l1.join("gone"));
+        let drv = CopySnapshot::default();
+        drv.mount(&[l1.clone(), l2.clone()], &up, t.path(), &tg).unwrap();
+        assert!(tg.join("dir/x").exists() && tg.join("dir/y").exists());
+        if can_whiteout {
+            assert!(!tg.join("gone").exists());
+        }
+        // the "step"
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(tg.join("new"), "n").unwrap();
+        std::fs::remove_file(tg.join("rmme")).unwrap();
+        std::fs::remove_dir_all(tg.join("etc/old")).unwrap();
+        std::fs::create_dir(tg.join("etc/old")).unwrap();
+        std::fs::write(tg.join("etc/old/b"), "b").unwrap();
+        std::fs::set_permissions(tg.join("dir/x"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+        std::fs::hard_link(tg.join("new"), tg.join("new2")).unwrap();
+        drv.unmount(&tg).unwrap();
+
+        let mut got = Vec::new();
+        for e in walk(&up) {
+            got.push(e.strip_prefix(&up).unwrap().to_string_lossy().to_string());
+        }
+        got.sort();
+        let want = if mkwhiteout(&t.path().join("probe")) {
+            vec!["dir", "dir/x", "etc", "etc/old", "etc/old/b", "new", "new2", "rmme"]
+        } else {
+            return;
+        };
+        assert_eq!(got, want);
+        let md = std::fs::symlink_metadata(up.join("rmme")).unwrap();
+        assert!(md.file_type().is_char_device() && md.rdev() == 0);
+        assert_eq!(
+            xattr::get(up.join("etc/old"), OPAQUE).unwrap().as_deref(),
+            Some(&b"y"[..])
+        );
+        assert_eq!(xattr::get(up.join("dir"), OPAQUE).unwrap(), None);
+        assert_eq!(std::fs::metadata(up.join("dir/x")).unwrap().mode() & 0o7777, 0o4755);
+        assert_eq!(
+            std::fs::metadata(up.join("new")).unwrap().ino(),
+            std::fs::metadata(up.join("new2")).unwrap().ino()
+        );
+        assert!(!up.join("etc/keep").exists());
+    }
+
+    fn walk(p: &Path) -> Vec<PathBuf> {
+        let mut v = Vec::new();
+        for e in std::fs::read_dir(p).unwrap() {
+            let e = e.unwrap().path();
+            v.push(e.clone());
+            if std::fs::symlink_metadata(&e).unwrap().is_dir() {
+                v.extend(walk(&e));
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn empty_check() {
+        let t = tempfile::tempdir().unwrap();
+        assert!(ensure_empty(t.path()).is_ok());
+        std::fs::write(t.path().join("f"), "").unwrap();
+        assert!(ensure_empty(t.path()).is_err());
+    }
+}

@@ -1,0 +1,198 @@
+//! The privileged calls the sandbox makes, behind one trait (youki's pattern): the real
+//! implementation calls the kernel, the recording one lets the mount plan be unit-tested
+//! without namespaces.
+
+use nix::mount::{MntFlags, MsFlags};
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Privileged operations used while building a step's root.
+pub trait Syscall {
+    fn mount(
+        &self,
+        source: Option<&str>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> io::Result<()>;
+    fn umount(&self, target: &Path, flags: MntFlags) -> io::Result<()>;
+    fn mkdir_all(&self, path: &Path) -> io::Result<()>;
+    /// Creates an empty file (a bind-mount target) if nothing exists at `path`.
+    fn touch(&self, path: &Path) -> io::Result<()>;
+    fn symlink(&self, target: &str, link: &Path) -> io::Result<()>;
+    fn exists(&self, path: &Path) -> bool;
+    /// Mount flags of the filesystem at `path` that a bind remount must keep (locked flags).
+    fn locked_flags(&self, path: &Path) -> MsFlags;
+    fn pivot_root(&self, new_root: &Path) -> io::Result<()>;
+    fn chroot(&self, path: &Path) -> io::Result<()>;
+    fn sethostname(&self, name: &str) -> io::Result<()>;
+}
+
+fn nix_io(e: nix::errno::Errno) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+/// The kernel.
+pub struct RealSyscall;
+
+impl Syscall for RealSyscall {
+    fn mount(
+        &self,
+        source: Option<&str>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> io::Result<()> {
+        nix::mount::mount(source, target, fstype, flags, data).map_err(nix_io)
+    }
+    fn umount(&self, target: &Path, flags: MntFlags) -> io::Result<()> {
+        nix::mount::umount2(target, flags).map_err(nix_io)
+    }
+    fn mkdir_all(&self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(path)
+    }
+    fn touch(&self, path: &Path) -> io::Result<()> {
+        if std::fs::symlink_metadata(path).is_ok() {
+            return Ok(());
+        }
+        if let Some(p) = path.parent() {
+            std::fs::create_dir_all(p)?;
+        }
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map(|_| ())
+    }
+    fn symlink(&self, target: &str, link: &Path) -> io::Result<()> {
+        match std::os::unix::fs::symlink(target, link) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            r => r,
+        }
+    }
+    fn exists(&self, path: &Path) -> bool {
+        std::fs::symlink_metadata(path).is_ok()
+    }
+    fn locked_flags(&self, path: &Path) -> MsFlags {
+        use nix::sys::statvfs::FsFlags;
+        let Ok(s) = nix::sys::statvfs::statvfs(path) else {
+            return MsFlags::empty();
+        };
+        let f = s.flags();
+        let mut m = MsFlags::empty();
+        for (a, b) in [
+            (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+            (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+            (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+            (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+            (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+            (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+        ] {
+            if f.contains(a) {
+                m |= b;
+            }
+        }
+        m
+    }
+    fn pivot_root(&self, new_root: &Path) -> io::Result<()> {
+        nix::unistd::chdir(new_root).map_err(nix_io)?;
+        nix::unistd::pivot_root(".", ".").map_err(nix_io)?;
+        nix::mount::umount2(".", MntFlags::MNT_DETACH).map_err(nix_io)?;
+        nix::unistd::chdir("/").map_err(nix_io)
+    }
+    fn chroot(&self, path: &Path) -> io::Result<()> {
+        nix::unistd::chroot(path).map_err(nix_io)?;
+        nix::unistd::chdir("/").map_err(nix_io)
+    }
+    fn sethostname(&self, name: &str) -> io::Result<()> {
+        nix::unistd::sethostname(name).map_err(nix_io)
+    }
+}
+
+/// One recorded call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Call {
+    Mount {
+        source: Option<String>,
+        target: PathBuf,
+        fstype: Option<String>,
+        flags: MsFlags,
+        data: Option<String>,
+    },
+    Umount(PathBuf),
+    MkdirAll(PathBuf),
+    Touch(PathBuf),
+    Symlink(String, PathBuf),
+    PivotRoot(PathBuf),
+    Chroot(PathBuf),
+    Sethostname(String),
+}
+
+/// Records calls; mounts of the filesystem types in `fail_fstypes` fail with EPERM.
+#[derive(Default)]
+pub struct RecordingSyscall {
+    pub calls: std::cell::RefCell<Vec<Call>>,
+    pub fail_fstypes: Vec<String>,
+}
+
+impl Syscall for RecordingSyscall {
+    fn mount(
+        &self,
+        source: Option<&str>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> io::Result<()> {
+        if fstype.is_some_and(|f| self.fail_fstypes.iter().any(|x| x == f)) {
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
+        self.calls.borrow_mut().push(Call::Mount {
+            source: source.map(str::to_string),
+            target: target.to_path_buf(),
+            fstype: fstype.map(str::to_string),
+            flags,
+            data: data.map(str::to_string),
+        });
+        Ok(())
+    }
+    fn umount(&self, target: &Path, _flags: MntFlags) -> io::Result<()> {
+        self.calls.borrow_mut().push(Call::Umount(target.to_path_buf()));
+        Ok(())
+    }
+    fn mkdir_all(&self, path: &Path) -> io::Result<()> {
+        self.calls.borrow_mut().push(Call::MkdirAll(path.to_path_buf()));
+        Ok(())
+    }
+    fn touch(&self, path: &Path) -> io::Result<()> {
+        self.calls.borrow_mut().push(Call::Touch(path.to_path_buf()));
+        Ok(())
+    }
+    fn symlink(&self, target: &str, link: &Path) -> io::Result<()> {
+        self.calls
+            .borrow_mut()
+            .push(Call::Symlink(target.to_string(), link.to_path_buf()));
+        Ok(())
+    }
+    fn exists(&self, _path: &Path) -> bool {
+        true
+    }
+    fn locked_flags(&self, _path: &Path) -> MsFlags {
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV
+    }
+    fn pivot_root(&self, new_root: &Path) -> io::Result<()> {
+        self.calls.borrow_mut().push(Call::PivotRoot(new_root.to_path_buf()));
+        Ok(())
+    }
+    fn chroot(&self, path: &Path) -> io::Result<()> {
+        self.calls.borrow_mut().push(Call::Chroot(path.to_path_buf()));
+        Ok(())
+    }
+    fn sethostname(&self, name: &str) -> io::Result<()> {
+        self.calls.borrow_mut().push(Call::Sethostname(name.to_string()));
+        Ok(())
+    }
+}
