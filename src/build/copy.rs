@@ -20,7 +20,7 @@
 //!   downloads `http(s)://` URLs (mode 0600, `--checksum`), clones git URLs.
 
 use crate::digest::Digest;
-use crate::dockerfile::ignore::IgnoreMatcher;
+use crate::dockerfile::ignore::{IgnoreMatcher, go_match};
 use crate::fsutil::resolve_in_root;
 use anyhow::{Context, Result, anyhow, bail};
 use filetime::FileTime;
@@ -307,12 +307,23 @@ struct Item {
 /// (relative to the copied source).
 struct Filter<'a> {
     ignore: Option<&'a IgnoreMatcher>,
-    exclude: &'a PatternSet,
+    exclude: Option<&'a IgnoreMatcher>,
 }
 
 impl Filter<'_> {
     fn ignored(&self, ctx_rel: &str) -> bool {
         !ctx_rel.is_empty() && self.ignore.is_some_and(|m| m.is_excluded(ctx_rel))
+    }
+
+    fn excluded(&self, ex_rel: &str) -> bool {
+        !ex_rel.is_empty() && self.exclude.is_some_and(|m| m.is_excluded(ex_rel))
+    }
+
+    /// Whether a hidden (ignored and/or excluded) directory must still be walked, because an
+    /// exception pattern may re-include something below it.
+    fn may_include_below(&self, ignored: bool, ctx_rel: &str, excluded: bool, ex_rel: &str) -> bool {
+        (!ignored || self.ignore.is_some_and(|m| m.may_include_below(ctx_rel)))
+            && (!excluded || self.exclude.is_some_and(|m| m.may_include_below(ex_rel)))
     }
 }
 
@@ -333,10 +344,13 @@ fn rel_str(root: &Path, p: &Path) -> String {
 /// Resolves every source of the request into items (wildcards expanded, symlinks followed,
 /// directories walked with .dockerignore and --exclude applied).
 fn resolve_items(src: &CopySource, req: &CopyRequest) -> Result<Vec<Item>> {
-    let exclude = PatternSet::new(&req.exclude).context("invalid --exclude pattern")?;
+    let exclude = match req.exclude.is_empty() {
+        true => None,
+        false => Some(IgnoreMatcher::from_patterns(&req.exclude).context("invalid --exclude pattern")?),
+    };
     let filter = Filter {
         ignore: if src.is_context { src.ignore } else { None },
-        exclude: &exclude,
+        exclude: exclude.as_ref(),
     };
     let word = if req.is_add { "ADD" } else { "COPY" };
     let mut items = Vec::new();
@@ -360,10 +374,9 @@ fn resolve_items(src: &CopySource, req: &CopyRequest) -> Result<Vec<Item>> {
             let (dir, sub) = git_checkout(s, req.keep_git_dir)?;
             let abs = resolve_in_root(dir.path(), Path::new(&sub), true)?;
             let md = fs::metadata(&abs).with_context(|| format!("{s}: no directory {sub:?} in the repository"))?;
-            let no_filter = PatternSet::default();
             let f = Filter {
                 ignore: None,
-                exclude: if req.exclude.is_empty() { &no_filter } else { &exclude },
+                exclude: exclude.as_ref(),
             };
             let mut entries = Vec::new();
             if md.is_dir() {
@@ -465,7 +478,7 @@ fn resolve_local(src: &CopySource, req: &CopyRequest, s: &str, filter: &Filter) 
                     if !visible {
                         continue;
                     }
-                    if filter.exclude.matches(&m) && !(md.is_dir() && filter.exclude.has_exceptions()) {
+                    if filter.excluded(&m) && !(md.is_dir() && filter.may_include_below(false, "", true, &m)) {
                         continue;
                     }
                     found.push(join_rel(&base, &m));
@@ -573,8 +586,9 @@ fn walk(dir: &Path, root: &Path, filter: &Filter, rel: &Path, ex_rel: &str, out:
         }
         let n = name.to_string_lossy();
         let e_rel = join_rel(ex_rel, &n);
-        let ignored = filter.ignored(&rel_str(root, &abs));
-        let excluded = filter.exclude.matches(&e_rel);
+        let ctx_rel = rel_str(root, &abs);
+        let ignored = filter.ignored(&ctx_rel);
+        let excluded = filter.excluded(&e_rel);
         let child_rel = rel.join(&name);
         if !ignored && !excluded {
             let is_dir = md.is_dir();
@@ -586,8 +600,8 @@ fn walk(dir: &Path, root: &Path, filter: &Filter, rel: &Path, ex_rel: &str, out:
             if is_dir {
                 walk(&abs, root, filter, &child_rel, &e_rel, out)?;
             }
-        } else if md.is_dir() && (!excluded || filter.exclude.has_exceptions()) {
-            // .dockerignore exceptions (`!dir/keep`) may re-include paths below an ignored dir.
+        } else if md.is_dir() && filter.may_include_below(ignored, &ctx_rel, excluded, &e_rel) {
+            // Exceptions (`!dir/keep`) may re-include paths below an ignored/excluded dir.
             let mut sub = Vec::new();
             walk(&abs, root, filter, &child_rel, &e_rel, &mut sub)?;
             if !sub.is_empty() {
@@ -1097,164 +1111,6 @@ impl Chmod {
 // ---------------------------------------------------------------------------------------------
 // Patterns
 // ---------------------------------------------------------------------------------------------
-
-/// Go's `filepath.Match` for one name: `*`, `?`, `[...]` / `[^...]` with ranges, `\` escapes.
-fn go_match(pattern: &str, name: &str) -> Result<bool> {
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
-    validate_pattern(&p).map_err(|_| anyhow!("syntax error in pattern {pattern:?}"))?;
-    Ok(match_chars(&p, &n))
-}
-
-fn validate_pattern(p: &[char]) -> Result<(), ()> {
-    let mut i = 0;
-    while i < p.len() {
-        match p[i] {
-            '\\' => {
-                if i + 1 >= p.len() {
-                    return Err(());
-                }
-                i += 2;
-            }
-            '[' => {
-                let (_, len) = match_class(&p[i + 1..], '\0')?;
-                i += 1 + len;
-            }
-            _ => i += 1,
-        }
-    }
-    Ok(())
-}
-
-fn match_chars(p: &[char], n: &[char]) -> bool {
-    let Some(&c) = p.first() else { return n.is_empty() };
-    match c {
-        '*' => {
-            let rest = &p[1..];
-            if rest.first() == Some(&'*') {
-                return match_chars(rest, n);
-            }
-            for i in 0..=n.len() {
-                if i > 0 && n[i - 1] == '/' {
-                    break;
-                }
-                if match_chars(rest, &n[i..]) {
-                    return true;
-                }
-            }
-            false
-        }
-        '?' => !n.is_empty() && n[0] != '/' && match_chars(&p[1..], &n[1..]),
-        '[' => {
-            if n.is_empty() || n[0] == '/' {
-                return false;
-            }
-            match match_class(&p[1..], n[0]) {
-                Ok((true, len)) => match_chars(&p[1 + len..], &n[1..]),
-                _ => false,
-            }
-        }
-        '\\' => p.len() > 1 && !n.is_empty() && n[0] == p[1] && match_chars(&p[2..], &n[1..]),
-        c => !n.is_empty() && n[0] == c && match_chars(&p[1..], &n[1..]),
-    }
-}
-
-/// Matches `c` against a class body (after `[`); returns (matched, chars consumed incl. `]`).
-fn match_class(p: &[char], c: char) -> Result<(bool, usize), ()> {
-    let mut i = 0;
-    let negated = p.first() == Some(&'^');
-    if negated {
-        i += 1;
-    }
-    let mut matched = false;
-    let mut nrange = 0;
-    loop {
-        if i < p.len() && p[i] == ']' && nrange > 0 {
-            i += 1;
-            break;
-        }
-        let (lo, used) = get_esc(&p[i..])?;
-        i += used;
-        let mut hi = lo;
-        if i < p.len() && p[i] == '-' {
-            let (h, used) = get_esc(&p[i + 1..])?;
-            hi = h;
-            i += 1 + used;
-        }
-        if lo <= c && c <= hi {
-            matched = true;
-        }
-        nrange += 1;
-    }
-    Ok((matched != negated, i))
-}
-
-fn get_esc(p: &[char]) -> Result<(char, usize), ()> {
-    match p.first() {
-        None | Some('-') | Some(']') => Err(()),
-        Some('\\') => p.get(1).map(|&c| (c, 2)).ok_or(()),
-        Some(&c) => Ok((c, 1)),
-    }
-}
-
-/// Docker pattern list (as in .dockerignore) for `--exclude`: `**` spans directories, `!`
-/// re-includes, a pattern matching a parent directory matches everything below it.
-#[derive(Clone, Debug, Default)]
-struct PatternSet {
-    pats: Vec<(bool, Vec<String>)>,
-}
-
-impl PatternSet {
-    fn new(list: &[String]) -> Result<PatternSet> {
-        let mut pats = Vec::new();
-        for raw in list {
-            let t = raw.trim();
-            let (neg, body) = match t.strip_prefix('!') {
-                Some(b) => (true, b.trim()),
-                None => (false, t),
-            };
-            let comps = clean_components(body);
-            if comps.is_empty() {
-                continue;
-            }
-            for c in &comps {
-                if c != "**" {
-                    go_match(c, "").with_context(|| format!("pattern {raw:?}"))?;
-                }
-            }
-            pats.push((neg, comps));
-        }
-        Ok(PatternSet { pats })
-    }
-
-    fn has_exceptions(&self) -> bool {
-        self.pats.iter().any(|(neg, _)| *neg)
-    }
-
-    fn matches(&self, rel: &str) -> bool {
-        if self.pats.is_empty() || rel.is_empty() {
-            return false;
-        }
-        let comps: Vec<&str> = rel.split('/').collect();
-        let mut excluded = false;
-        for (neg, pat) in &self.pats {
-            if (1..=comps.len()).any(|k| match_components(pat, &comps[..k])) {
-                excluded = !neg;
-            }
-        }
-        excluded
-    }
-}
-
-fn match_components(pat: &[String], comps: &[&str]) -> bool {
-    let Some(first) = pat.first() else {
-        return comps.is_empty();
-    };
-    if first == "**" {
-        return (0..=comps.len()).any(|k| match_components(&pat[1..], &comps[k..]));
-    }
-    !comps.is_empty() && go_match(first, comps[0]).unwrap_or(false) && match_components(&pat[1..], &comps[1..])
-}
 
 // ---------------------------------------------------------------------------------------------
 // ADD of URLs and git repositories
@@ -1998,59 +1854,6 @@ mod tests {
     }
 
     #[test]
-    fn pattern_set_semantics() {
-        let p = PatternSet::new(&["*.txt".into(), "**/*.cc".into(), "dir".into(), "!dir/keep".into()]).unwrap();
-        for (path, want) in [
-            ("a.txt", true),
-            ("sub/a.txt", false),
-            ("x.cc", true),
-            ("a/b/x.cc", true),
-            ("dir", true),
-            ("dir/file", true),
-            ("dir/keep", false),
-            ("dir/keep/inner", false),
-            ("other", false),
-        ] {
-            assert_eq!(p.matches(path), want, "{path}");
-        }
-        assert!(p.has_exceptions());
-        assert!(PatternSet::new(&["[".into()]).is_err());
-    }
-
-    #[test]
-    fn go_match_table() {
-        let cases = [
-            ("abc", "abc", true),
-            ("*", "abc", true),
-            ("*c", "abc", true),
-            ("a*", "a", true),
-            ("a*/b", "abc/b", true),
-            ("a*b*c*d*e*/f", "axbxcxdxe/f", true),
-            ("a*b?c*x", "abxbbxdbxebxczzx", true),
-            ("a*b?c*x", "abxbbxdbxebxczzy", false),
-            ("ab[c]", "abc", true),
-            ("ab[b-d]", "abc", true),
-            ("ab[e-g]", "abc", false),
-            ("ab[^c]", "abc", false),
-            ("ab[^e-g]", "abc", true),
-            ("a\\*b", "a*b", true),
-            ("a\\*b", "ab", false),
-            ("a?b", "a☺b", true),
-            ("[\\]a]", "]", true),
-            ("[[]", "[", true),
-            ("arr[[]0].txt", "arr[0].txt", true),
-            ("a*", "ab/c", false),
-            ("*x", "xxx", true),
-        ];
-        for (p, n, want) in cases {
-            assert_eq!(go_match(p, n).unwrap(), want, "{p} vs {n}");
-        }
-        for bad in ["[", "[^", "a[", "[a-", "ab\\", "[]", "[-]", "[x-]"] {
-            assert!(go_match(bad, "x").is_err(), "{bad} should be a bad pattern");
-        }
-    }
-
-    #[test]
     fn parents_flag() {
         let f = fx();
         put(f.ctx.path(), "x/a.txt", "a");
@@ -2306,6 +2109,56 @@ mod tests {
         ] {
             assert_eq!(is_git_url(u), git, "{u}");
         }
+    }
+
+    #[test]
+    fn git_checkout_ref_subdir_and_git_dir() {
+        if std::process::Command::new("git").arg("--version").output().is_err() {
+            eprintln!("skipping: no git");
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let repo = t.path().join("repo.git");
+        fs::create_dir(&repo).unwrap();
+        let git = |args: &[&str]| {
+            let st = std::process::Command::new("git")
+                .arg("-C")
+                .arg(&repo)
+                .args([
+                    "-c",
+                    "user.name=t",
+                    "-c",
+                    "user.email=t@t",
+                    "-c",
+                    "init.defaultBranch=main",
+                ])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                st.status.success(),
+                "git {args:?}: {}",
+                String::from_utf8_lossy(&st.stderr)
+            );
+        };
+        git(&["init", "-q"]);
+        put(&repo, "README", "v1");
+        put(&repo, "sub/inner", "i1");
+        git(&["add", "."]);
+        git(&["commit", "-q", "-m", "one"]);
+        git(&["tag", "v1"]);
+        put(&repo, "README", "v2");
+        git(&["commit", "-q", "-am", "two"]);
+        let url = repo.display().to_string();
+        let (d, sub) = git_checkout(&format!("{url}#v1"), false).unwrap();
+        assert_eq!(sub, "");
+        assert_eq!(fs::read_to_string(d.path().join("README")).unwrap(), "v1");
+        assert!(!d.path().join(".git").exists());
+        let (d, sub) = git_checkout(&format!("{url}#main:sub"), true).unwrap();
+        assert_eq!(sub, "sub");
+        assert_eq!(fs::read_to_string(d.path().join("README")).unwrap(), "v2");
+        assert!(d.path().join(".git").is_dir(), "--keep-git-dir");
+        assert!(git_checkout(&format!("{url}#no-such-ref"), false).is_err());
     }
 
     #[test]

@@ -222,10 +222,10 @@ fn image_lowers(store: &crate::store::Store, image: &crate::image::Image) -> Res
             if let Some(p) = dir.parent() {
                 std::fs::create_dir_all(p)?;
             }
-            if let Err(e) = std::fs::rename(&target, &dir) {
-                if !dir.is_dir() {
-                    return Err(e).with_context(|| format!("cannot move the unpacked layer to {}", dir.display()));
-                }
+            if let Err(e) = std::fs::rename(&target, &dir)
+                && !dir.is_dir()
+            {
+                return Err(e).with_context(|| format!("cannot move the unpacked layer to {}", dir.display()));
             }
         }
         dirs.push(dir);
@@ -377,14 +377,7 @@ pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<i32> {
     let outcome = outcome?;
     unmounted?;
     if a.upper.is_some() {
-        for p in &outcome.placeholders {
-            let p = upper.join(p);
-            let _ = if p.is_dir() {
-                std::fs::remove_dir(&p)
-            } else {
-                std::fs::remove_file(&p)
-            };
-        }
+        crate::rootfs::clean_upper(&upper, &lowers, &outcome.placeholders)?;
     }
     Ok(outcome.status)
 }

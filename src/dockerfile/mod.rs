@@ -1,1 +1,443 @@
-//! dockerfile (being written)
+//! The Dockerfile frontend: [`parse`] turns Dockerfile text into [`Instruction`]s the way
+//! BuildKit's `docker/dockerfile:1` frontend reads it (parser directives, comments, line
+//! continuations, JSON vs shell form, flags, heredocs), [`expand`] does shell-word variable
+//! substitution exactly like BuildKit's `shell.Lex`, [`ignore`] implements `.dockerignore`, and
+//! [`mount`] parses `RUN --mount=` specs.
+//!
+//! Nothing here expands variables: every argument is kept raw (quotes and `$` still in) so that
+//! the planner and the executor can expand it with the right scope. Which instructions expand
+//! and how is documented in [`expand`].
+//!
+//! Errors always read `FILE:LINE:COL: what is wrong (what was expected)`.
+
+pub mod expand;
+pub mod ignore;
+pub mod mount;
+mod parse;
+
+use anyhow::{Context, Result, bail};
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+pub use expand::{VarLookup, process_word, process_words, referenced_vars};
+pub use ignore::{IgnoreMatcher, go_match};
+pub use mount::{MountKind, RunMount};
+pub use parse::{parse_heredoc_word, parse_onbuild_trigger, parse_trigger};
+
+/// A position in a Dockerfile (1-based line and column).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Loc {
+    pub file: String,
+    pub line: usize,
+    pub col: usize,
+}
+
+impl fmt::Display for Loc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.col)
+    }
+}
+
+impl Loc {
+    /// An error located here: `Dockerfile:3:1: msg`.
+    pub fn error(&self, msg: impl fmt::Display) -> anyhow::Error {
+        anyhow::anyhow!("{self}: {msg}")
+    }
+}
+
+/// A heredoc body attached to a RUN/COPY/ADD (or ONBUILD of those) instruction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Heredoc {
+    /// The delimiter word with quotes removed (`EOF` for `<<'EOF'`).
+    pub name: String,
+    /// The body, every line with its newline; leading tabs already removed for `<<-`.
+    pub content: String,
+    /// False when (part of) the delimiter was quoted: the body must not be expanded.
+    pub expand: bool,
+    /// `<<-`: leading tabs were stripped from the body lines and the terminator.
+    pub strip_tabs: bool,
+    /// The file descriptor for `3<<EOF` forms (0 when none was written).
+    pub fd: u32,
+}
+
+/// An instruction flag: `--name=value` or `--name`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Flag {
+    pub name: String,
+    /// None for a bare `--name` (booleans); quotes are already removed from the value.
+    pub value: Option<String>,
+    pub loc: Loc,
+}
+
+/// One instruction.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Instruction {
+    pub loc: Loc,
+    /// The last line the instruction (with continuations and heredoc bodies) occupies.
+    pub end_line: usize,
+    /// Upper-case: "RUN", "COPY", ...
+    pub keyword: String,
+    /// The source text, continuation lines joined, trimmed; for an ONBUILD trigger the text
+    /// after `ONBUILD` (as stored in the image config's `OnBuild`).
+    pub original: String,
+    pub flags: Vec<Flag>,
+    pub command: Command,
+    pub heredocs: Vec<Heredoc>,
+}
+
+/// Shell form (raw text, handed to the SHELL) or exec form (JSON array, never expanded).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ShellOrExec {
+    Shell(String),
+    Exec(Vec<String>),
+}
+
+/// HEALTHCHECK settings. Durations and retries are parsed here from the flags (Go duration
+/// syntax like `30s`, `1m30s`, `500ms`); `None` means "not given / 0" (use the default).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthcheckSpec {
+    pub test: ShellOrExec,
+    pub interval: Option<Duration>,
+    pub timeout: Option<Duration>,
+    pub start_period: Option<Duration>,
+    pub start_interval: Option<Duration>,
+    pub retries: Option<u32>,
+}
+
+impl HealthcheckSpec {
+    /// The config `Test` vector: `["CMD", ...]` for exec form, `["CMD-SHELL", "..."]` for shell.
+    pub fn test_vector(&self) -> Vec<String> {
+        match &self.test {
+            ShellOrExec::Exec(v) => std::iter::once("CMD".to_string()).chain(v.iter().cloned()).collect(),
+            ShellOrExec::Shell(s) => vec!["CMD-SHELL".to_string(), s.clone()],
+        }
+    }
+}
+
+/// What an instruction says; all words raw (unexpanded, quotes still in).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    /// `FROM [--platform=p] image [AS name]`; `name` lower-cased and validated.
+    From {
+        image: String,
+        name: Option<String>,
+    },
+    Run(ShellOrExec),
+    Cmd(ShellOrExec),
+    Entrypoint(ShellOrExec),
+    /// Always JSON form.
+    Shell(Vec<String>),
+    /// Raw key/value words (quotes still in; expand each with `process_word`).
+    Label(Vec<(String, String)>),
+    Maintainer(String),
+    /// Raw words; expand each with `process_words` (a variable may hold several ports).
+    Expose(Vec<String>),
+    /// Both `ENV k v` and `ENV k=v ...`; raw values (expand with `process_word`).
+    Env(Vec<(String, String)>),
+    /// Raw words (expand each with `process_word`); JSON form supported; a heredoc source
+    /// appears as its word (`<<EOF`, `<<-'EOF'`): look it up with [`Instruction::heredoc_for`].
+    Add {
+        srcs: Vec<String>,
+        dest: String,
+    },
+    Copy {
+        srcs: Vec<String>,
+        dest: String,
+    },
+    /// JSON or whitespace-separated raw words.
+    Volume(Vec<String>),
+    User(String),
+    Workdir(String),
+    /// Names with raw default values.
+    Arg(Vec<(String, Option<String>)>),
+    /// The trigger, parsed (its `original` is the text stored in the config's `OnBuild`).
+    Onbuild(Box<Instruction>),
+    Stopsignal(String),
+    /// `None` = `HEALTHCHECK NONE`.
+    Healthcheck(Option<HealthcheckSpec>),
+}
+
+/// Parser directives from the top of the file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Directives {
+    pub escape: char,
+    pub syntax: Option<String>,
+    pub check: Option<String>,
+}
+
+impl Default for Directives {
+    fn default() -> Self {
+        Directives {
+            escape: '\\',
+            syntax: None,
+            check: None,
+        }
+    }
+}
+
+/// A parsed Dockerfile.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dockerfile {
+    pub directives: Directives,
+    pub instructions: Vec<Instruction>,
+    /// Non-fatal findings (e.g. empty continuation lines), each starting with a location.
+    pub warnings: Vec<String>,
+}
+
+/// Every instruction keyword, for messages.
+pub const KEYWORDS: &[&str] = &[
+    "FROM",
+    "RUN",
+    "CMD",
+    "LABEL",
+    "MAINTAINER",
+    "EXPOSE",
+    "ENV",
+    "ADD",
+    "COPY",
+    "ENTRYPOINT",
+    "VOLUME",
+    "USER",
+    "WORKDIR",
+    "ARG",
+    "ONBUILD",
+    "STOPSIGNAL",
+    "HEALTHCHECK",
+    "SHELL",
+];
+
+/// Parse Dockerfile text. `file_name` is used in locations (`Dockerfile:3:1: ...`).
+pub fn parse(text: &str, file_name: &str) -> Result<Dockerfile> {
+    parse::parse_text(text, file_name)
+}
+
+/// Parse raw bytes, refusing binary files and invalid UTF-8 with a located message.
+pub fn parse_bytes(bytes: &[u8], file_name: &str) -> Result<Dockerfile> {
+    let locate = |offset: usize| {
+        let before = &bytes[..offset];
+        let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+        let col = offset - before.iter().rposition(|&b| b == b'\n').map(|p| p + 1).unwrap_or(0) + 1;
+        Loc {
+            file: file_name.to_string(),
+            line,
+            col,
+        }
+    };
+    if let Some(pos) = bytes.iter().position(|&b| b == 0) {
+        return Err(
+            locate(pos).error("the file contains a NUL byte, so it is binary, not a Dockerfile (expected UTF-8 text)")
+        );
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(text) => parse(text, file_name),
+        Err(e) => Err(locate(e.valid_up_to()).error("the file is not valid UTF-8 (expected a UTF-8 text Dockerfile)")),
+    }
+}
+
+/// Read and parse a Dockerfile from disk; locations use the path as given.
+pub fn parse_file(path: &Path) -> Result<Dockerfile> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("Dockerfile not found: {} (use -f to name another file)", path.display())
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read the Dockerfile {}", path.display())),
+    };
+    parse_bytes(&bytes, &path.display().to_string())
+}
+
+impl Instruction {
+    /// The first flag with this name.
+    pub fn flag(&self, name: &str) -> Option<&Flag> {
+        self.flags.iter().find(|f| f.name == name)
+    }
+
+    /// The value of a string flag (`--from=x` → `Some("x")`).
+    pub fn flag_value(&self, name: &str) -> Option<&str> {
+        self.flag(name).and_then(|f| f.value.as_deref())
+    }
+
+    /// All values of a repeatable flag (`--mount`, `--exclude`), in order.
+    pub fn flag_values(&self, name: &str) -> Vec<&str> {
+        self.flags
+            .iter()
+            .filter(|f| f.name == name)
+            .filter_map(|f| f.value.as_deref())
+            .collect()
+    }
+
+    /// A boolean flag: `--link` / `--link=true` → true, absent / `--link=false` → false.
+    pub fn flag_bool(&self, name: &str) -> bool {
+        match self.flag(name) {
+            None => false,
+            Some(f) => f
+                .value
+                .as_deref()
+                .map(|v| !v.eq_ignore_ascii_case("false"))
+                .unwrap_or(true),
+        }
+    }
+
+    /// The heredoc a COPY/ADD source word (`<<EOF`) refers to.
+    pub fn heredoc_for(&self, word: &str) -> Option<&Heredoc> {
+        let (name, _, _, _) = parse_heredoc_word(word)?;
+        self.heredocs.iter().find(|h| h.name == name)
+    }
+
+    /// Parse this RUN's `--mount` flags.
+    pub fn run_mounts(&self) -> Result<Vec<RunMount>> {
+        self.flags
+            .iter()
+            .filter(|f| f.name == "mount")
+            .map(|f| mount::parse_mount(f.value.as_deref().unwrap_or("")).map_err(|e| f.loc.error(e)))
+            .collect()
+    }
+}
+
+/// A COPY/ADD `--chmod` value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Chmod {
+    Octal(u32),
+    /// Symbolic (`u+x,go-w`), validated; apply with [`Chmod::apply`].
+    Symbolic(String),
+}
+
+impl Chmod {
+    /// The resulting permission bits for a file or directory that had `mode`.
+    pub fn apply(&self, mode: u32, is_dir: bool) -> u32 {
+        match self {
+            Chmod::Octal(m) => *m,
+            Chmod::Symbolic(s) => apply_symbolic(s, mode, is_dir),
+        }
+    }
+}
+
+/// Parse a `--chmod` value: octal (`755`, `0644`, `4755`) or symbolic (`u+x`, `a=rX,u+w`).
+pub fn parse_chmod(s: &str) -> Result<Chmod> {
+    let bad = || {
+        anyhow::anyhow!(
+            "invalid --chmod value {s:?} (expected an octal mode like 0755 or a symbolic mode like u+x,go-w)"
+        )
+    };
+    if s.is_empty() {
+        return Err(bad());
+    }
+    if s.chars().all(|c| c.is_ascii_digit()) {
+        let m = u32::from_str_radix(s, 8).map_err(|_| bad())?;
+        if m > 0o7777 {
+            return Err(bad());
+        }
+        return Ok(Chmod::Octal(m));
+    }
+    for clause in s.split(',') {
+        let ops = clause.trim_start_matches(['u', 'g', 'o', 'a']);
+        if ops.is_empty() || !ops.starts_with(['+', '-', '=']) {
+            return Err(bad());
+        }
+        if !ops
+            .chars()
+            .all(|c| matches!(c, '+' | '-' | '=' | 'r' | 'w' | 'x' | 'X' | 's' | 't'))
+        {
+            return Err(bad());
+        }
+    }
+    Ok(Chmod::Symbolic(s.to_string()))
+}
+
+fn apply_symbolic(s: &str, mut mode: u32, is_dir: bool) -> u32 {
+    for clause in s.split(',') {
+        let who_part: String = clause
+            .chars()
+            .take_while(|c| matches!(c, 'u' | 'g' | 'o' | 'a'))
+            .collect();
+        let mut who = 0u32;
+        for c in who_part.chars() {
+            who |= match c {
+                'u' => 0o4700,
+                'g' => 0o2070,
+                'o' => 0o1007,
+                _ => 0o7777,
+            };
+        }
+        if who == 0 {
+            who = 0o7777; // no "who": everyone (no umask applies at build time)
+        }
+        let rest = &clause[who_part.len()..];
+        let mut chars = rest.chars().peekable();
+        while let Some(op) = chars.next() {
+            let mut perm = 0u32;
+            while let Some(&c) = chars.peek() {
+                if matches!(c, '+' | '-' | '=') {
+                    break;
+                }
+                chars.next();
+                perm |= match c {
+                    'r' => 0o444,
+                    'w' => 0o222,
+                    'x' => 0o111,
+                    'X' if is_dir || mode & 0o111 != 0 => 0o111,
+                    's' => 0o6000,
+                    't' => 0o1000,
+                    _ => 0,
+                };
+            }
+            let bits = perm & who;
+            match op {
+                '+' => mode |= bits,
+                '-' => mode &= !bits,
+                _ => mode = (mode & !(who & 0o7777)) | bits,
+            }
+        }
+    }
+    mode & 0o7777
+}
+
+/// Parse a Go duration (`1h2m3.5s`, `300ms`, `10us`, `0`).
+pub fn parse_go_duration(s: &str) -> Result<Duration> {
+    let bad = || anyhow::anyhow!("time: invalid duration {s:?} (expected a number with a unit like 30s, 1m30s, 500ms)");
+    let mut rest = s;
+    let neg = rest.starts_with('-');
+    rest = rest.strip_prefix(['-', '+']).unwrap_or(rest);
+    if rest == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    let mut total: f64 = 0.0;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if num_len == 0 {
+            return Err(bad());
+        }
+        let num: f64 = rest[..num_len].parse().map_err(|_| bad())?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let mult = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        total += num * mult;
+    }
+    if neg && total > 0.0 {
+        bail!("time: negative duration {s:?} is not allowed here");
+    }
+    if !total.is_finite() || total > 1e10 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
+#[cfg(test)]
+mod tests;

@@ -30,39 +30,94 @@ pub struct WalkEntry {
     pub md: fs::Metadata,
 }
 
-/// The sorted list of entries of an upper dir (parents before children, names byte-wise
-/// sorted within a directory).
+/// A streaming walk of an upper dir: parents before children, names byte-wise sorted within a
+/// directory, symlinks never followed. Memory is bounded by the name lists along one path.
 pub struct DirWalk {
-    pub root: PathBuf,
-    pub entries: Vec<WalkEntry>,
+    root: PathBuf,
+    excl: HashSet<Vec<u8>>,
+    /// (directory, its remaining sorted names).
+    stack: Vec<(Vec<u8>, std::vec::IntoIter<Vec<u8>>)>,
+    peeked: Option<WalkEntry>,
 }
 
 impl DirWalk {
-    /// Walks `root` without following symlinks, leaving out `exclude` (relative paths).
-    pub fn scan(root: &Path, exclude: &[PathBuf]) -> Result<DirWalk> {
-        let excl: HashSet<Vec<u8>> = exclude
-            .iter()
-            .map(|p| normalise_rel(p))
-            .filter(|p| !p.is_empty())
-            .collect();
-        let mut entries = Vec::new();
+    /// Starts walking `root`, leaving out `exclude` (relative paths, with their subtrees).
+    pub fn new(root: &Path, exclude: &[PathBuf]) -> Result<DirWalk> {
         let md = fs::symlink_metadata(root).with_context(|| format!("reading {}", root.display()))?;
         if !md.is_dir() {
             anyhow::bail!("{} is not a directory", root.display());
         }
-        walk(root, &mut Vec::new(), &excl, &mut entries)?;
-        Ok(DirWalk {
+        let excl = exclude
+            .iter()
+            .map(|p| normalise_rel(p))
+            .filter(|p| !p.is_empty())
+            .collect();
+        let mut w = DirWalk {
             root: root.to_path_buf(),
-            entries,
-        })
+            excl,
+            stack: Vec::new(),
+            peeked: None,
+        };
+        let names = w.list(b"")?;
+        w.stack.push((Vec::new(), names));
+        w.peeked = w.next_entry()?;
+        Ok(w)
     }
 
+    /// True if the dir has no (non-excluded) entries at all.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.peeked.is_none()
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     fn abs(&self, rel: &[u8]) -> PathBuf {
         self.root.join(OsStr::from_bytes(rel))
+    }
+
+    fn list(&self, rel: &[u8]) -> Result<std::vec::IntoIter<Vec<u8>>> {
+        let dir = self.abs(rel);
+        let mut names: Vec<Vec<u8>> = fs::read_dir(&dir)
+            .and_then(|rd| {
+                rd.map(|e| e.map(|e| e.file_name().as_bytes().to_vec()))
+                    .collect::<io::Result<_>>()
+            })
+            .with_context(|| format!("listing {}", dir.display()))?;
+        names.sort_unstable();
+        Ok(names.into_iter())
+    }
+
+    /// The next entry in tar order.
+    pub fn next_entry(&mut self) -> Result<Option<WalkEntry>> {
+        if let Some(e) = self.peeked.take() {
+            return Ok(Some(e));
+        }
+        loop {
+            let Some((dir, names)) = self.stack.last_mut() else {
+                return Ok(None);
+            };
+            let Some(name) = names.next() else {
+                self.stack.pop();
+                continue;
+            };
+            let mut rel = dir.clone();
+            if !rel.is_empty() {
+                rel.push(b'/');
+            }
+            rel.extend_from_slice(&name);
+            if self.excl.contains(&rel) {
+                continue;
+            }
+            let p = self.abs(&rel);
+            let md = fs::symlink_metadata(&p).with_context(|| format!("reading {}", p.display()))?;
+            if md.is_dir() {
+                let names = self.list(&rel)?;
+                self.stack.push((rel.clone(), names));
+            }
+            return Ok(Some(WalkEntry { rel, md }));
+        }
     }
 }
 
@@ -77,38 +132,6 @@ fn normalise_rel(p: &Path) -> Vec<u8> {
         }
     }
     out
-}
-
-fn walk(root: &Path, rel: &mut Vec<u8>, excl: &HashSet<Vec<u8>>, out: &mut Vec<WalkEntry>) -> Result<()> {
-    let dir = if rel.is_empty() {
-        root.to_path_buf()
-    } else {
-        root.join(OsStr::from_bytes(rel))
-    };
-    let mut names: Vec<Vec<u8>> = fs::read_dir(&dir)
-        .with_context(|| format!("listing {}", dir.display()))?
-        .map(|e| e.map(|e| e.file_name().as_bytes().to_vec()))
-        .collect::<io::Result<_>>()
-        .with_context(|| format!("listing {}", dir.display()))?;
-    names.sort_unstable();
-    for name in names {
-        let len = rel.len();
-        if !rel.is_empty() {
-            rel.push(b'/');
-        }
-        rel.extend_from_slice(&name);
-        if !excl.contains(rel.as_slice()) {
-            let p = dir.join(OsStr::from_bytes(&name));
-            let md = fs::symlink_metadata(&p).with_context(|| format!("reading {}", p.display()))?;
-            let is_dir = md.is_dir();
-            out.push(WalkEntry { rel: rel.clone(), md });
-            if is_dir {
-                walk(root, rel, excl, out)?;
-            }
-        }
-        rel.truncate(len);
-    }
-    Ok(())
 }
 
 /// Converts a v3 (namespaced) `security.capability` value to v2, so that the file capability
@@ -164,7 +187,7 @@ fn read_xattrs(p: &Path) -> Result<(BTreeMap<String, Vec<u8>>, bool)> {
 
 /// Writes the tar stream of `walk` to `w` (including the end-of-archive blocks). With
 /// `timestamp`, every mtime later than it is clamped to it.
-pub fn write_tar(walk: &DirWalk, timestamp: Option<i64>, w: impl Write) -> Result<()> {
+pub fn write_tar(mut walk: DirWalk, timestamp: Option<i64>, w: impl Write) -> Result<()> {
     let mut tw = TarWriter::new(w);
     let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
     let clamp = |t: i64| -> u64 {
@@ -174,7 +197,7 @@ pub fn write_tar(walk: &DirWalk, timestamp: Option<i64>, w: impl Write) -> Resul
         };
         t.max(0) as u64
     };
-    for e in &walk.entries {
+    while let Some(e) = walk.next_entry()? {
         let md = &e.md;
         let ft = md.file_type();
         let abs = walk.abs(&e.rel);

@@ -85,13 +85,13 @@ pub fn commit_dir(
     opts: &LayerOptions,
     format: ManifestFormat,
 ) -> Result<Option<CommittedLayer>> {
-    let walk = DirWalk::scan(upper, exclude)?;
+    let walk = DirWalk::new(upper, exclude)?;
     if walk.is_empty() {
         return Ok(None);
     }
     let blob = store.blob_writer().context("opening a blob writer in the store")?;
     let (blob, diff_id, _tar_size) =
-        compress_tar(&walk, opts, blob).with_context(|| format!("writing a layer from {}", upper.display()))?;
+        compress_tar(walk, opts, blob).with_context(|| format!("writing a layer from {}", upper.display()))?;
     let (digest, size) = blob.commit(None).context("committing the layer blob to the store")?;
     let descriptor = Descriptor::new(layer_media_type(&format, opts.compression), digest, size);
     Ok(Some(CommittedLayer { descriptor, diff_id }))
@@ -101,7 +101,7 @@ pub fn commit_dir(
 /// the diff_id and the uncompressed size. The compressed digest is the sink's business (the
 /// store's BlobWriter hashes what it writes).
 pub fn compress_tar<W: Write + Send + 'static>(
-    walk: &DirWalk,
+    walk: DirWalk,
     opts: &LayerOptions,
     sink: W,
 ) -> Result<(W, Digest, u64)> {

@@ -231,14 +231,16 @@ impl Client {
         scopes: &[String],
         retry: bool,
     ) -> Result<Response> {
-        let mut answered = false;
+        // A challenge is answered at most twice per request: a token can expire (or be
+        // used up by parallel requests) between fetching it and using it.
+        let mut answered = 0;
         loop {
             let auth = self.auth_header(scopes);
             let resp = self.send_retrying(method, url, headers, body, auth.as_deref(), retry)?;
-            if resp.status() != 401 || answered {
+            if resp.status() != 401 || answered >= 2 {
                 return Ok(resp);
             }
-            answered = true;
+            answered += 1;
             let challenge = resp
                 .headers()
                 .get_all("www-authenticate")
@@ -257,10 +259,15 @@ impl Client {
                     let token = self.fetch_token(&realm, service.as_deref(), &want)?;
                     self.tokens.lock().unwrap().insert(scopes.join(" "), token);
                 }
-                Some(Challenge::Basic) if self.creds.is_some() && !*self.basic.lock().unwrap() => {
+                Some(Challenge::Basic) => {
+                    // Retry with basic credentials unless this request already carried them.
+                    let sent_basic = auth.as_deref().is_some_and(|a| a.starts_with("Basic "));
+                    if self.creds.is_none() || sent_basic {
+                        return Ok(resp);
+                    }
                     *self.basic.lock().unwrap() = true;
                 }
-                _ => return Ok(resp),
+                None => return Ok(resp),
             }
         }
     }
@@ -400,7 +407,7 @@ pub fn backoff(attempt: u32) -> Duration {
     Duration::from_millis((base << (attempt.saturating_sub(1)).min(4)).min(8000))
 }
 
-fn tracing_debug(msg: &str) {
+pub fn tracing_debug(msg: &str) {
     if std::env::var_os("KILN_DEBUG_REGISTRY").is_some() {
         eprintln!("kiln: registry: {msg}");
     }

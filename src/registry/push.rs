@@ -263,7 +263,10 @@ fn push_blob(
         match result {
             Ok(()) => return Ok("done".to_string()),
             Err(e) if attempt >= TRIES || is_fatal(&e) => return Err(e),
-            Err(_) => std::thread::sleep(backoff(attempt)),
+            Err(e) => {
+                super::client::tracing_debug(&format!("upload of {} failed ({e:#}); starting again", desc.digest));
+                std::thread::sleep(backoff(attempt));
+            }
         }
     }
 }
@@ -356,6 +359,7 @@ fn upload_chunked(
             Err(e) => e,
         };
         failures += 1;
+        super::client::tracing_debug(&format!("PATCH {range} failed ({err:#}); asking where the upload is"));
         if failures >= TRIES {
             return Err(err.context(format!("uploading bytes {range}")));
         }
@@ -369,6 +373,7 @@ fn upload_chunked(
             loc = client.resolve_location(&l);
         }
         offset = header(&status, "range").and_then(|r| parse_range_end(&r)).unwrap_or(0);
+        super::client::tracing_debug(&format!("resuming the upload at byte {offset}"));
     }
     let put = with_query(&loc, &format!("digest={}", query_escape(digest.as_str())));
     finish(client, &put, &[("content-length", "0")], &Body::Empty, scopes, true)

@@ -20,6 +20,9 @@ const OPAQUE: &str = "user.overlay.opaque";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Snap {
     ino: u64,
+    /// Birth time (statx), so a deleted and recreated entry that reuses the inode number is
+    /// still seen as new.
+    btime: Option<std::time::SystemTime>,
     ctime: (i64, i64),
     mtime: (i64, i64),
     size: u64,
@@ -32,6 +35,7 @@ impl Snap {
     fn of(md: &std::fs::Metadata) -> Snap {
         Snap {
             ino: md.ino(),
+            btime: md.created().ok(),
             ctime: (md.ctime(), md.ctime_nsec()),
             mtime: (md.mtime(), md.mtime_nsec()),
             size: md.size(),
@@ -174,11 +178,11 @@ fn copy_meta(src: &Path, dst: &Path, md: &std::fs::Metadata) -> Result<()> {
 
 /// Creates a non-directory entry `dst` like `src`, reusing a hardlink when the inode was seen.
 fn copy_leaf(src: &Path, dst: &Path, md: &std::fs::Metadata, links: &mut HashMap<(u64, u64), PathBuf>) -> Result<()> {
-    if md.nlink() > 1 {
-        if let Some(first) = links.get(&(md.dev(), md.ino())) {
-            return std::fs::hard_link(first, dst)
-                .with_context(|| format!("cannot link {} to {}", dst.display(), first.display()));
-        }
+    if md.nlink() > 1
+        && let Some(first) = links.get(&(md.dev(), md.ino()))
+    {
+        return std::fs::hard_link(first, dst)
+            .with_context(|| format!("cannot link {} to {}", dst.display(), first.display()));
     }
     let ft = md.file_type();
     if ft.is_file() {
@@ -301,7 +305,7 @@ impl Differ<'_> {
                     self.copy_all(&r)?;
                     changed = true;
                 }
-                Some(old) if old.kind() != now.kind() || old.ino != now.ino => {
+                Some(old) if old.kind() != now.kind() || old.ino != now.ino || old.btime != now.btime => {
                     self.ensure_upper_dir(rel)?;
                     self.copy_all(&r)?;
                     if md.is_dir() && old.kind() == libc::S_IFDIR {
@@ -332,7 +336,7 @@ impl Differ<'_> {
                     self.ensure_upper_dir(rel)?;
                     let w = self.st.upper.join(rel).join(name);
                     let c = cpath(&w);
-                    if unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, 0) } != 0 {
+                    if unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, 0) } != 0 {
                         let e = std::io::Error::last_os_error();
                         return Err(e).with_context(|| format!("cannot create the whiteout {}", w.display()));
                     }

@@ -138,3 +138,82 @@ pub(crate) fn empty_sibling(p: &Path) -> Result<PathBuf> {
     }
     Ok(e)
 }
+
+/// Removes the step's mount-point placeholders from `upper`, then the directories that are in
+/// `upper` only because a placeholder was created in them (empty, not opaque, same mode and
+/// owner as in the lowers, no xattrs of their own), so the layer holds exactly the step's
+/// changes. `placeholders` are relative paths, as in `RunOutcome::placeholders`.
+pub fn clean_upper(upper: &Path, lowers: &[PathBuf], placeholders: &[PathBuf]) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let mut parents: Vec<PathBuf> = Vec::new();
+    for p in placeholders.iter().rev() {
+        let path = upper.join(p);
+        match std::fs::symlink_metadata(&path) {
+            Ok(md) if md.is_dir() => {
+                let _ = std::fs::remove_dir(&path);
+            }
+            Ok(_) => {
+                let _ = std::fs::remove_file(&path);
+            }
+            Err(_) => {}
+        }
+        let mut cur = p.parent();
+        while let Some(c) = cur.filter(|c| !c.as_os_str().is_empty()) {
+            if !parents.iter().any(|x| x == c) && !placeholders.iter().any(|x| x == c) {
+                parents.push(c.to_path_buf());
+            }
+            cur = c.parent();
+        }
+    }
+    // deepest first
+    parents.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for rel in parents {
+        let u = upper.join(&rel);
+        let Ok(md) = std::fs::symlink_metadata(&u) else {
+            continue;
+        };
+        if !md.is_dir() || std::fs::read_dir(&u).map(|mut d| d.next().is_some()).unwrap_or(true) {
+            continue;
+        }
+        let own_xattrs = xattr::list(&u)
+            .map(|l| l.into_iter().any(|n| !is_overlay_xattr(n.as_encoded_bytes())))
+            .unwrap_or(true);
+        let opaque = ["user.overlay.opaque", "trusted.overlay.opaque"]
+            .iter()
+            .any(|n| matches!(xattr::get(&u, n), Ok(Some(_))));
+        if own_xattrs || opaque {
+            continue;
+        }
+        let Some(lower_md) = lowers.iter().find_map(|l| std::fs::symlink_metadata(l.join(&rel)).ok()) else {
+            continue;
+        };
+        if lower_md.is_dir() && lower_md.mode() == md.mode() && lower_md.uid() == md.uid() && lower_md.gid() == md.gid()
+        {
+            std::fs::remove_dir(&u).with_context(|| format!("cannot remove {}", u.display()))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_upper_drops_placeholders_and_their_copied_up_parents() {
+        let t = tempfile::tempdir().unwrap();
+        let (l, u) = (t.path().join("l"), t.path().join("u"));
+        std::fs::create_dir_all(l.join("etc")).unwrap();
+        std::fs::create_dir_all(l.join("var/lib")).unwrap();
+        std::fs::create_dir_all(u.join("etc")).unwrap();
+        std::fs::write(u.join("etc/hosts"), "").unwrap();
+        std::fs::create_dir_all(u.join("var/lib")).unwrap();
+        std::fs::write(u.join("var/lib/x"), "").unwrap();
+        std::fs::write(u.join("var/lib/real"), "data").unwrap();
+        std::fs::create_dir_all(u.join("proc")).unwrap();
+        let ph: Vec<PathBuf> = ["etc/hosts", "var/lib/x", "proc"].iter().map(PathBuf::from).collect();
+        clean_upper(&u, &[l], &ph).unwrap();
+        assert!(!u.join("etc").exists() && !u.join("proc").exists());
+        assert!(u.join("var/lib/real").exists() && !u.join("var/lib/x").exists());
+    }
+}

@@ -263,17 +263,16 @@ fn child(p: &Prepared) -> (i32, String) {
     if let Err(e) = caps::drop_bounding(&p.caps) {
         return (125, format!("cannot drop capabilities from the bounding set: {e}"));
     }
-    if let Some(bpf) = &p.bpf {
-        if let Err(e) = seccomp::install(bpf) {
-            return (125, format!("cannot install the seccomp filter: {e}"));
-        }
+    if let Some(bpf) = &p.bpf
+        && let Err(e) = seccomp::install(bpf)
+    {
+        return (125, format!("cannot install the seccomp filter: {e}"));
     }
-    if !p.groups.is_empty() || p.uid != 0 {
-        if let Err(e) = nix::unistd::setgroups(&p.groups) {
-            if !p.groups.is_empty() {
-                return (125, format!("cannot set supplementary groups {:?}: {e}", p.groups));
-            }
-        }
+    if (!p.groups.is_empty() || p.uid != 0)
+        && let Err(e) = nix::unistd::setgroups(&p.groups)
+        && !p.groups.is_empty()
+    {
+        return (125, format!("cannot set supplementary groups {:?}: {e}", p.groups));
     }
     if let Err(e) = nix::unistd::setresgid(p.gid.into(), p.gid.into(), p.gid.into()) {
         return (

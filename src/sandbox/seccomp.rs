@@ -132,10 +132,10 @@ fn applies(rule: &Rule, arch: &str, caps: &[String], kernel: (u32, u32)) -> bool
         if !inc.caps.iter().all(|c| has_cap(caps, c)) {
             return false;
         }
-        if let Some(k) = inc.min_kernel.as_deref().and_then(parse_version) {
-            if kernel < k {
-                return false;
-            }
+        if let Some(k) = inc.min_kernel.as_deref().and_then(parse_version)
+            && kernel < k
+        {
+            return false;
         }
     }
     if let Some(exc) = &rule.excludes {
@@ -145,10 +145,10 @@ fn applies(rule: &Rule, arch: &str, caps: &[String], kernel: (u32, u32)) -> bool
         if exc.caps.iter().any(|c| has_cap(caps, c)) {
             return false;
         }
-        if let Some(k) = exc.min_kernel.as_deref().and_then(parse_version) {
-            if kernel >= k {
-                return false;
-            }
+        if let Some(k) = exc.min_kernel.as_deref().and_then(parse_version)
+            && kernel >= k
+        {
+            return false;
         }
     }
     true
