@@ -66,6 +66,11 @@ struct Registry {
 
 impl Registry {
     fn start(htpasswd: Option<(&str, &str)>) -> Registry {
+        Registry::start_with(htpasswd, false, false)
+    }
+
+    /// With `tls`, a self-signed certificate for 127.0.0.1 (made with openssl).
+    fn start_with(htpasswd: Option<(&str, &str)>, tls: bool, readonly: bool) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
         let mut cfg = format!(
@@ -79,6 +84,40 @@ impl Registry {
                 "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
                 f.display()
             ));
+        }
+        if readonly {
+            cfg = cfg.replace("storage:\n", "storage:\n  maintenance: {readonly: {enabled: true}}\n");
+        }
+        if tls {
+            let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+            let st = Command::new("openssl")
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-subj",
+                    "/CN=localhost",
+                    "-days",
+                    "2",
+                ])
+                .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout"])
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .stderr(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(st.success(), "openssl req failed");
+            cfg = cfg.replace(
+                &format!("http: {{addr: {addr}}}\n"),
+                &format!(
+                    "http:\n  addr: {addr}\n  tls:\n    certificate: {}\n    key: {}\n",
+                    cert.display(),
+                    key.display()
+                ),
+            );
         }
         let cfg_path = dir.path().join("config.yml");
         std::fs::write(&cfg_path, cfg).unwrap();
@@ -926,4 +965,104 @@ fn pull_picks_the_platform_from_an_index() {
         .args(["pull", &by_digest, "--platform", "linux/arm64/v8"])
         .ok();
     assert_eq!(manifest_of(&dst, &by_digest).0, d_arm);
+}
+
+#[test]
+fn tls_registry_with_self_signed_certificate() {
+    if !have_registry() {
+        return;
+    }
+    if Command::new("openssl").arg("version").output().is_err() {
+        eprintln!("SKIPPED: openssl is missing (needed to make a certificate)");
+        return;
+    }
+    let reg = Registry::start_with(None, true, false);
+    let s = Scratch::new("reg-tls");
+    let (src, dst) = stores(&s);
+    let digest = make_image(
+        &src,
+        "app:1",
+        &[(tar_with(&[("a", b"a")]), Compression::Gzip)],
+        ManifestFormat::Oci,
+    );
+    let dest = format!("{}/secure/app:1", reg.addr);
+    let err = Kiln::with_root(&src).args(["push", "app:1", &dest]).fails();
+    assert!(err.contains("--tls-verify=false"), "{err}");
+    let out = Kiln::with_root(&src)
+        .args(["push", "app:1", &dest, "--tls-verify=false"])
+        .ok();
+    assert_eq!(out.trim(), digest.as_str());
+    Kiln::with_root(&dst).args(["pull", &dest, "--tls-verify=false"]).ok();
+    assert_eq!(manifest_of(&dst, &dest).0, digest);
+}
+
+#[test]
+fn credential_helper_supplies_credentials() {
+    if !have_registry() {
+        return;
+    }
+    let reg = Registry::start(Some(("carol", "helper-pw")));
+    let s = Scratch::new("reg-helper");
+    let (src, _) = stores(&s);
+    let digest = make_image(
+        &src,
+        "app:1",
+        &[(tar_with(&[("a", b"a")]), Compression::Gzip)],
+        ManifestFormat::Oci,
+    );
+    let bin = s.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    // The helper checks it is asked for our registry, as Docker's helpers are.
+    let script = format!(
+        "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread host\n[ \"$host\" = \"{}\" ] || {{ echo 'credentials not found in native keychain'; exit 1; }}\n\
+         echo '{{\"ServerURL\":\"'$host'\",\"Username\":\"carol\",\"Secret\":\"helper-pw\"}}'\n",
+        reg.addr
+    );
+    let helper = bin.join("docker-credential-kilntest");
+    std::fs::write(&helper, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let auth = s.write(
+        "auth.json",
+        &format!(r#"{{"credHelpers":{{"{}":"kilntest"}}}}"#, reg.addr),
+    );
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let dest = format!("{}/helped/app:1", reg.addr);
+    let out = Kiln::with_root(&src)
+        .args(["push", "app:1", &dest, "--authfile"])
+        .arg(&auth)
+        .env("PATH", &path)
+        .ok();
+    assert_eq!(out.trim(), digest.as_str());
+}
+
+#[test]
+fn push_to_a_read_only_registry_is_refused_clearly() {
+    if !have_registry() {
+        return;
+    }
+    let reg = Registry::start_with(None, false, true);
+    let s = Scratch::new("reg-readonly");
+    let (src, _) = stores(&s);
+    make_image(
+        &src,
+        "app:1",
+        &[(tar_with(&[("a", b"a")]), Compression::Gzip)],
+        ManifestFormat::Oci,
+    );
+    let dest = format!("{}/ro/app:1", reg.addr);
+    let t = Instant::now();
+    let err = Kiln::with_root(&src)
+        .args(["push", "app:1", &dest])
+        .env("KILN_RETRY_BASE_MS", "50")
+        .fails();
+    assert!(
+        err.contains(&format!("pushing {dest}")) && err.contains("HTTP 405"),
+        "{err}"
+    );
+    assert!(
+        err.contains("Method not allowed") && err.contains("read-only"),
+        "the registry's own message is shown: {err}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(10));
 }

@@ -33,15 +33,69 @@ pub fn run(g: &GlobalOpts, a: PullArgs) -> Result<i32> {
         auth_file: a.authfile,
     };
     let quiet = a.quiet;
-    let progress = move |line: &str| {
-        if !quiet {
-            eprintln!("{line}");
-        }
-    };
     if !quiet {
         eprintln!("Trying to pull {reference}...");
     }
+    let display = Display::new();
+    let progress = |line: &str| {
+        if !quiet {
+            display.line(line);
+        }
+    };
     let image = registry::pull(&store, &reference, &opts, &progress)?;
     println!("{}", image.id().hex());
     Ok(0)
+}
+
+/// Progress output: on a terminal one live line per blob (byte counts update in place);
+/// otherwise plain lines, without the periodic byte counts.
+pub(crate) struct Display {
+    tty: bool,
+    lines: std::cell::RefCell<Vec<(String, String)>>,
+}
+
+impl Display {
+    pub(crate) fn new() -> Display {
+        use std::io::IsTerminal;
+        Display {
+            tty: std::io::stderr().is_terminal(),
+            lines: Default::default(),
+        }
+    }
+
+    /// `Copying blob sha256:abc 1.0 MiB / 2.0 MiB` is a running count for the key
+    /// `Copying blob sha256:abc`.
+    fn split(line: &str) -> (String, bool) {
+        let words: Vec<&str> = line.split(' ').collect();
+        let running = line.ends_with(" MiB") && line.contains(" / ");
+        if line.starts_with("Copying ") && words.len() >= 3 {
+            (words[..3].join(" "), running)
+        } else {
+            (line.to_string(), false)
+        }
+    }
+
+    pub(crate) fn line(&self, line: &str) {
+        let (key, running) = Display::split(line);
+        if !self.tty {
+            if !running {
+                eprintln!("{line}");
+            }
+            return;
+        }
+        let mut lines = self.lines.borrow_mut();
+        let before = lines.len();
+        match lines.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = line.to_string(),
+            None => lines.push((key, line.to_string())),
+        }
+        let mut out = String::new();
+        if before > 0 {
+            out.push_str(&format!("\x1b[{before}A"));
+        }
+        for (_, l) in lines.iter() {
+            out.push_str(&format!("\r\x1b[2K{l}\n"));
+        }
+        eprint!("{out}");
+    }
 }

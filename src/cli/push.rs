@@ -46,9 +46,10 @@ pub fn run(g: &GlobalOpts, a: PushArgs) -> Result<i32> {
         .map(|r| r.to_string())
         .unwrap_or_else(|_| a.image.clone());
     let quiet = a.quiet;
-    let progress = move |line: &str| {
+    let display = super::pull::Display::new();
+    let progress = |line: &str| {
         if !quiet {
-            eprintln!("{line}");
+            display.line(line);
         }
     };
     let dest = match &a.dest {

@@ -347,6 +347,7 @@ pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<i32> {
     for d in [&upper, &merged] {
         std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     }
+    let t0 = std::time::Instant::now();
     driver
         .mount(&lowers, &upper, work_dir.path(), &merged)
         .context("cannot mount the container's rootfs")?;
@@ -372,8 +373,17 @@ pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<i32> {
         output_prefix: String::new(),
         tty: a.tty || a.interactive,
     };
+    let t = std::time::Instant::now();
     let outcome = sandbox::run(&spec);
+    let ran = t.elapsed();
     let unmounted = driver.unmount(&merged);
+    if g.debug {
+        eprintln!(
+            "kiln: debug: step: sandbox {:.1} ms, rootfs mount+unmount {:.1} ms",
+            ran.as_secs_f64() * 1000.0,
+            (t0.elapsed() - ran).as_secs_f64() * 1000.0
+        );
+    }
     let outcome = outcome?;
     unmounted?;
     if a.upper.is_some() {

@@ -201,16 +201,95 @@ impl<W: Write + Send + 'static> Write for Encoder<W> {
 /// `x`, `.wh..wh..opq` -> xattr user.overlay.opaque=y; ownership, modes, xattrs, times,
 /// hardlinks, symlinks, fifos and (if permitted) devices restored; hostile paths never escape.
 /// Returns the diff_id (sha256 of the whole uncompressed stream, read to its end).
-pub fn unpack_to_lower(blob: impl Read, compression: Compression, dest: &Path) -> Result<Digest> {
-    let r = decompress(blob, compression)?;
-    let mut hr = crate::digest::HashingReader::new(r);
-    let stats = unpack::unpack(&mut hr, dest, unpack::Mode::Lower, None)
-        .with_context(|| format!("unpacking a layer into {}", dest.display()))?;
-    // Hash the end-of-archive blocks and any padding after them.
-    io::copy(&mut hr, &mut io::sink()).context("reading the end of the layer stream")?;
-    let (_, diff_id, _) = hr.finish();
-    stats.report(dest);
-    Ok(diff_id)
+///
+/// Decompression and hashing run in a second thread, overlapped with writing the files.
+pub fn unpack_to_lower(blob: impl Read + Send, compression: Compression, dest: &Path) -> Result<Digest> {
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(8);
+        let producer = std::thread::Builder::new()
+            .name("kiln-unpack".into())
+            .spawn_scoped(s, move || -> Result<Digest> {
+                let r = decompress(blob, compression)?;
+                let mut hr = crate::digest::HashingReader::new(r);
+                loop {
+                    let mut buf = vec![0u8; 256 * 1024];
+                    match read_full(&mut hr, &mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            buf.truncate(n);
+                            if tx.send(Ok(buf)).is_err() {
+                                bail!("the unpacker stopped early");
+                            }
+                        }
+                        Err(e) => {
+                            let msg = e.to_string();
+                            let _ = tx.send(Err(e));
+                            bail!("decompressing the layer: {msg}");
+                        }
+                    }
+                }
+                Ok(hr.finish().1)
+            })
+            .context("starting the decompressor thread")?;
+        let mut cr = ChannelReader {
+            rx,
+            cur: Vec::new(),
+            pos: 0,
+        };
+        let unpacked = unpack::unpack(&mut cr, dest, unpack::Mode::Lower, None);
+        let drained = match &unpacked {
+            // Hash the end-of-archive blocks and any padding after them.
+            Ok(_) => io::copy(&mut cr, &mut io::sink()).map(|_| ()),
+            Err(_) => Ok(()),
+        };
+        drop(cr);
+        let digest = producer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the decompressor thread panicked"))?;
+        let stats = unpacked.with_context(|| format!("unpacking a layer into {}", dest.display()))?;
+        drained.context("reading the end of the layer stream")?;
+        stats.report(dest);
+        digest
+    })
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Reads the chunks a producer thread sends.
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos >= self.cur.len() {
+            match self.rx.recv() {
+                Ok(Ok(v)) => {
+                    self.cur = v;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0), // producer finished
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
 }
 
 /// Options for [`apply`].

@@ -159,7 +159,11 @@ impl Resolver {
     }
 
     fn push(&mut self, name: Vec<u8>, fd: OwnedFd) {
+        // Levels below KEEP_FDS and every KEEP_FDS-th level keep their fd, so that going up
+        // re-opens at most KEEP_FDS directories even in a 4096-deep tree.
+        let prev = self.stack.len().wrapping_sub(1);
         if self.stack.len() > KEEP_FDS
+            && !prev.is_multiple_of(KEEP_FDS)
             && let Some(last) = self.stack.last_mut()
         {
             last.1 = None;

@@ -73,6 +73,9 @@ pub fn describe_io(io: &std::io::Error) -> String {
         ConnectionAborted | BrokenPipe => "connection closed by the registry".to_string(),
         UnexpectedEof => "connection closed before the whole response arrived".to_string(),
         TimedOut | WouldBlock => "timed out".to_string(),
+        _ if io.to_string().contains("lookup address") => {
+            format!("cannot resolve the registry's host name ({io}); is there a network and DNS?")
+        }
         _ => {
             // ureq wraps its own errors in io::Error; unwrap them for a clean message.
             if let Some(inner) = io.get_ref().and_then(|e| e.downcast_ref::<ureq::Error>()) {
@@ -183,6 +186,24 @@ impl Client {
                     client.base = format!("http://{api_host}");
                 } else {
                     tracing_debug(&format!("ping {url}: {}", describe(&e)));
+                }
+            }
+        }
+        if loopback {
+            // Plain HTTP by default; a loopback registry that speaks TLS (Go answers plain
+            // HTTP with "400 … HTTP request to an HTTPS server") is reached over https.
+            let url = format!("{}/v2/", client.base);
+            if let Ok(mut resp) = client.agent.get(&url).call()
+                && resp.status() == 400
+            {
+                let body = resp
+                    .body_mut()
+                    .with_config()
+                    .limit(4096)
+                    .read_to_string()
+                    .unwrap_or_default();
+                if body.contains("HTTPS") {
+                    client.base = format!("https://{api_host}");
                 }
             }
         }
@@ -345,7 +366,13 @@ impl Client {
                 Ok(resp) => return Ok(resp),
                 Err(SendErr::Other(e)) => return Err(e),
                 Err(SendErr::Http(e)) if !retry || attempt >= tries || !transient(&e) => {
-                    return Err(anyhow!(describe(&e)));
+                    let msg = describe(&e);
+                    if msg.contains("certificate") || matches!(e, ureq::Error::Tls(_) | ureq::Error::Rustls(_)) {
+                        return Err(anyhow!(
+                            "{msg} (for a registry with a self-signed certificate use --tls-verify=false)"
+                        ));
+                    }
+                    return Err(anyhow!(msg));
                 }
                 Err(SendErr::Http(_)) => {}
             }
@@ -441,10 +468,20 @@ pub fn status_error(client: &Client, resp: &mut Response) -> anyhow::Error {
                 anyhow!("{what}{msg} (try `kiln login {}`)", client.registry)
             }
         }
-        _ => match msg {
-            Some(m) => anyhow!("HTTP {status}: {m}"),
-            None => anyhow!("HTTP {status}"),
-        },
+        _ => {
+            let reason = http::StatusCode::from_u16(status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("");
+            let mut s = match msg {
+                Some(m) => format!("HTTP {status}: {m}"),
+                None => format!("HTTP {status} {reason}"),
+            };
+            if status == 405 {
+                s.push_str(" (the registry refuses writes here: is it or the repository read-only?)");
+            }
+            anyhow!(s.trim().to_string())
+        }
     }
 }
 

@@ -19,6 +19,13 @@ application/vnd.oci.image.index.v1+json, \
 application/vnd.docker.distribution.manifest.v2+json, \
 application/vnd.docker.distribution.manifest.list.v2+json";
 
+/// How often a running download reports its byte count.
+const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn mib(n: u64) -> String {
+    format!("{:.1} MiB", n as f64 / (1024.0 * 1024.0))
+}
+
 /// Parallel blob downloads.
 const WORKERS: usize = 4;
 
@@ -164,7 +171,7 @@ fn pull_inner(store: &Store, reference: &Reference, opts: &RegistryOptions, prog
             short(&config_desc.digest)
         ));
     } else {
-        fetch_blob(store, &client, repo, config_desc, &scopes)
+        fetch_blob(store, &client, repo, config_desc, &scopes, progress)
             .with_context(|| format!("fetching config {}", config_desc.digest))?;
         progress(&format!("Copying config {} done", short(&config_desc.digest)));
     }
@@ -201,7 +208,8 @@ fn pull_inner(store: &Store, reference: &Reference, opts: &RegistryOptions, prog
             ));
             return Ok(());
         }
-        fetch_blob(store, &client, repo, layer, &scopes).with_context(|| format!("fetching blob {}", layer.digest))?;
+        fetch_blob(store, &client, repo, layer, &scopes, progress)
+            .with_context(|| format!("fetching blob {}", layer.digest))?;
         progress(&format!("Copying blob {} done", short(&layer.digest)));
         Ok(())
     })?;
@@ -231,6 +239,7 @@ pub(crate) fn fetch_blob(
     repo: &str,
     desc: &Descriptor,
     scopes: &[String],
+    progress: &dyn Fn(&str),
 ) -> Result<()> {
     let url = client.url(&format!("{repo}/blobs/{}", desc.digest));
     let mut attempt = 0;
@@ -248,6 +257,7 @@ pub(crate) fn fetch_blob(
         let mut reader = resp.into_body().into_reader();
         let mut buf = vec![0u8; 256 * 1024];
         let mut total = 0u64;
+        let mut last_report = std::time::Instant::now();
         let result = loop {
             let n = match reader.read(&mut buf) {
                 Ok(0) => break Ok(()),
@@ -264,6 +274,15 @@ pub(crate) fn fetch_blob(
             }
             if let Err(e) = writer.write_all(&buf[..n]) {
                 break Err(CopyErr::Write(e));
+            }
+            if last_report.elapsed() >= REPORT_EVERY {
+                last_report = std::time::Instant::now();
+                progress(&format!(
+                    "Copying blob {} {} / {}",
+                    short(&desc.digest),
+                    mib(total),
+                    mib(desc.size)
+                ));
             }
         };
         match result {

@@ -274,7 +274,10 @@ fn push_blob(
 /// Errors that another attempt will not fix.
 fn is_fatal(e: &anyhow::Error) -> bool {
     let s = format!("{e:#}");
-    s.contains("try `kiln login") || s.contains("were not accepted") || s.contains("access denied")
+    s.contains("try `kiln login")
+        || s.contains("were not accepted")
+        || s.contains("access denied")
+        || s.contains("starting an upload: HTTP 4")
 }
 
 fn with_query(url: &str, q: &str) -> String {

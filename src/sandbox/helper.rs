@@ -23,8 +23,10 @@ pub fn read_spec(path: &Path) -> Result<RunSpec> {
 }
 
 static CHILD: AtomicI32 = AtomicI32::new(0);
+static GOT_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
-extern "C" fn kill_child(_sig: libc::c_int) {
+extern "C" fn kill_child(sig: libc::c_int) {
+    GOT_SIGNAL.store(sig, Ordering::SeqCst);
     let pid = CHILD.load(Ordering::SeqCst);
     if pid > 0 {
         // SIGKILL to PID 1 of the namespace takes every process of the step with it.
@@ -209,7 +211,11 @@ pub fn helper_main(spec: RunSpec) -> Result<i32> {
             }
             let msg = read_all(&err_r);
             drop(gen_dir); // the bind mounts keep the files alive
-            let code = super::userns::wait_child(child);
+            let mut code = super::userns::wait_child(child);
+            let sig = GOT_SIGNAL.load(Ordering::SeqCst);
+            if sig != 0 && code == 128 + libc::SIGKILL {
+                code = 128 + sig; // stopped because we were told to stop
+            }
             if !msg.is_empty() {
                 let text = String::from_utf8_lossy(&msg);
                 let (c, m) = text.split_once(':').unwrap_or(("125", &text));

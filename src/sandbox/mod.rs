@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 /// Networking of a step.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,8 +132,85 @@ fn pump(r: impl std::io::Read, prefix: String, to_stderr: bool) {
     }
 }
 
+const SLOTS: usize = 64;
+#[allow(clippy::declare_interior_mutable_const)]
+const EMPTY: AtomicI32 = AtomicI32::new(0);
+/// PIDs of running sandbox helpers (for the signal handler, which cannot lock).
+static HELPERS: [AtomicI32; SLOTS] = [EMPTY; SLOTS];
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+static HANDLER: std::sync::Once = std::sync::Once::new();
+
+/// True once SIGINT/SIGTERM/SIGHUP arrived while a step was running (the step was stopped).
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    let mut any = false;
+    for slot in &HELPERS {
+        let pid = slot.load(Ordering::SeqCst);
+        if pid > 0 {
+            any = true;
+            unsafe { libc::kill(pid, sig) };
+        }
+    }
+    if any {
+        INTERRUPTED.store(true, Ordering::SeqCst);
+    } else {
+        // No step running: behave as if there were no handler.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+            libc::raise(sig);
+        }
+    }
+}
+
+fn install_handler() {
+    HANDLER.call_once(|| {
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            // SAFETY: the handler only uses atomics, kill, signal and raise.
+            unsafe {
+                let mut act: libc::sigaction = std::mem::zeroed();
+                act.sa_sigaction = on_signal as *const () as usize;
+                act.sa_flags = libc::SA_RESTART;
+                libc::sigemptyset(&mut act.sa_mask);
+                libc::sigaction(s, &act, std::ptr::null_mut());
+            }
+        }
+    });
+}
+
+/// Registers a running helper; unregistered on drop.
+struct HelperSlot(Option<usize>);
+
+impl HelperSlot {
+    fn new(pid: u32) -> HelperSlot {
+        for (i, slot) in HELPERS.iter().enumerate() {
+            if slot
+                .compare_exchange(0, pid as i32, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                return HelperSlot(Some(i));
+            }
+        }
+        HelperSlot(None)
+    }
+}
+
+impl Drop for HelperSlot {
+    fn drop(&mut self) {
+        if let Some(i) = self.0 {
+            HELPERS[i].store(0, Ordering::SeqCst);
+        }
+    }
+}
+
 /// Runs `spec.args` in a sandbox on `spec.rootfs` (see the module doc). The caller must be in
 /// kiln's namespaces ([`userns::ensure`]) and have mounted the rootfs.
+///
+/// While a step runs, SIGINT/SIGTERM/SIGHUP stop it (the helper kills the step's PID
+/// namespace) and `run` returns normally with status 128+signal, so callers clean up as usual;
+/// [`interrupted`] then reports it. With no step running these signals act as by default.
 pub fn run(spec: &RunSpec) -> Result<RunOutcome> {
     if spec.args.is_empty() {
         anyhow::bail!("no command to run");
@@ -167,9 +245,11 @@ pub fn run(spec: &RunSpec) -> Result<RunOutcome> {
             Ok(())
         });
     }
+    install_handler();
     let mut child = cmd
         .spawn()
         .context("cannot start the sandbox helper (/proc/self/exe __sandbox)")?;
+    let _slot = HelperSlot::new(child.id());
     let mut threads = Vec::new();
     if let (Some(data), Some(mut w)) = (spec.stdin.clone(), child.stdin.take()) {
         threads.push(std::thread::spawn(move || {

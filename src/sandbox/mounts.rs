@@ -108,13 +108,19 @@ pub fn create_placeholders(spec: &RunSpec) -> Result<Vec<PathBuf>> {
                 continue;
             }
             let last = i + 1 == comps.len();
-            if last && kind == Kind::File {
-                std::fs::File::create(&cur)
-                    .with_context(|| format!("cannot create the mount point {}", cur.display()))?;
+            let r = if last && kind == Kind::File {
+                std::fs::File::create(&cur).map(|_| ())
             } else {
                 std::fs::create_dir(&cur)
-                    .with_context(|| format!("cannot create the mount point {}", cur.display()))?;
-            }
+            };
+            r.map_err(|e| {
+                let hint = if e.raw_os_error() == Some(libc::EOVERFLOW) {
+                    " (the rootfs holds files owned by ids that are not mapped in kiln's user namespace)"
+                } else {
+                    ""
+                };
+                anyhow::anyhow!("cannot create the mount point {}: {e}{hint}", cur.display())
+            })?;
             created.push(cur.strip_prefix(root).unwrap().to_path_buf());
         }
     }
