@@ -86,6 +86,38 @@ fn unshare_is_root_with_the_subuid_range() {
 }
 
 #[test]
+fn single_uid_fallback_says_why_and_still_runs_steps() {
+    let s = Scratch::new("sb-single");
+    let r = rootfs(&s);
+    let out = Kiln::with_root(&s.join("store"))
+        .env("KILN_IDMAP_MODE", "single")
+        .args(["unshare", "--", "cat", "/proc/self/uid_map"])
+        .output();
+    assert!(out.status.success());
+    let map = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(map.lines().count(), 1, "{map}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one notice line: {err}");
+    assert!(
+        err.contains("single-uid") && err.contains("KILN_IDMAP_MODE=single is set"),
+        "{err}"
+    );
+    let out = run_on(
+        &s,
+        &[&r],
+        &[],
+        &[
+            "sh",
+            "-c",
+            "id -u; touch /f && chown 1000 /f 2>/dev/null || echo chown-refused",
+        ],
+    )
+    .env("KILN_IDMAP_MODE", "single")
+    .ok();
+    assert_eq!(out, "0\nchown-refused\n");
+}
+
+#[test]
 fn step_has_docker_caps_seccomp_and_no_way_out() {
     let s = Scratch::new("sb-confine");
     let r = rootfs(&s);

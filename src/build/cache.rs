@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Entry {
     pub layer: Option<(Descriptor, Digest)>,
+    /// When the step ran; reused on a hit so that a no-change rebuild gives the same image.
+    #[serde(default)]
+    pub created: Option<String>,
 }
 
 /// The next key in a chain: H(parent, description, extra inputs).

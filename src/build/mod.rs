@@ -296,8 +296,8 @@ impl<'a> Builder<'a> {
         state.key = cache::chain(&state.key, &format!("stage {index} platform {:?}", stage.platform), &[]);
         let total = stage.instructions.len();
         let stage_label = stage.name.clone().unwrap_or_else(|| format!("stage-{index}"));
-        // ONBUILD triggers of an image base run first, then are cleared.
-        if matches!(stage.base, BaseRef::Image(_)) {
+        // ONBUILD triggers of the base (an image or an earlier stage) run first, then are cleared.
+        if !matches!(stage.base, BaseRef::Scratch) {
             if let Some(triggers) = state.config.config.on_build.take() {
                 for (i, t) in triggers.iter().enumerate() {
                     let ins = dockerfile::parse_onbuild_trigger(t, &stage.from.loc)
@@ -413,7 +413,11 @@ impl<'a> Builder<'a> {
                 labels.insert(k.clone(), v.clone());
             }
         }
-        state.config.created = Some(self.created.clone());
+        // The newest step's time (every step's, when all were cached), or --timestamp.
+        state.config.created = match self.req.timestamp {
+            Some(_) => Some(self.created.clone()),
+            None => state.config.history.iter().filter_map(|h| h.created.clone()).max().or(Some(self.created.clone())),
+        };
         let image = self.store.write_image(&state.config, state.layers.clone(), self.req.format)?;
         for t in &self.req.tags {
             let r = Reference::parse(t).with_context(|| format!("-t {t}"))?;
@@ -457,6 +461,11 @@ pub fn lowers_for(store: &Store, layers: &[Descriptor], diff_ids: &[Digest]) -> 
         dirs.push(ensure_unpacked(store, desc, diff_id)?);
     }
     dirs.reverse();
+    // The same layer twice (two steps with identical changes) would make overlayfs refuse
+    // the mount (ELOOP). The topmost copy already decides every path the layer holds, so
+    // dropping the lower copies changes nothing.
+    let mut seen = std::collections::HashSet::new();
+    dirs.retain(|d| seen.insert(d.clone()));
     Ok(dirs)
 }
 

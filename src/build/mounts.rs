@@ -263,10 +263,18 @@ pub fn run_step(b: &mut Builder, state: &mut StageState, ins: &Instruction, stag
     );
     let user = state.config.config.user.clone().unwrap_or_else(|| "0".to_string());
     let cwd = state.config.config.working_dir.clone().unwrap_or_else(|| "/".to_string());
+    let volumes: Vec<String> = state.config.config.volumes.iter().flatten().map(|(k, _)| k.clone()).collect();
     let cmd = cmd.clone();
     let ins_owned = ins.clone();
     let result = fs_step(b, state, ins, stage_index, &key_text, source_digest.as_ref(), created_by, |b, root, _st| {
         let scratch = b.store.tmp_dir("run-")?;
+        // Declared VOLUMEs exist for the command, as with Docker.
+        for v in &volumes {
+            let dir = crate::fsutil::resolve_in_root(root, Path::new(v), true)?;
+            if !dir.exists() {
+                std::fs::create_dir_all(&dir).with_context(|| format!("creating VOLUME {v}"))?;
+            }
+        }
         let mut mounts = Vec::new();
         let argv = run_argv(&cmd, &ins_owned, &shell, scratch.path(), &mut mounts)?;
         let mut env = env.clone();
@@ -426,11 +434,9 @@ fn add_mount(
 /// WORKDIR: creates the directory (and missing parents) inside the rootfs, owned by the
 /// stage's USER as BuildKit does.
 pub fn make_workdir(root: &Path, path: &str, user: Option<&str>) -> Result<Vec<PathBuf>> {
+    // A USER that the image does not know yet leaves the directory to root, as BuildKit does.
     let owner = match user {
-        Some(u) if !u.is_empty() => {
-            let r = crate::users::resolve_user(root, u)?;
-            Some((r.uid, r.gid))
-        }
+        Some(u) if !u.is_empty() => crate::users::resolve_user(root, u).ok().map(|r| (r.uid, r.gid)),
         _ => None,
     };
     let target = crate::fsutil::resolve_in_root(root, Path::new(path), true)?;

@@ -143,7 +143,14 @@ fn meta(b: &mut Builder, state: &mut StageState, ins: &Instruction, history: boo
     let desc = describe(ins, state);
     state.key = cache::chain(&state.key, &desc, &[]);
     if history {
-        let h = b.history(created_by_meta(ins, state), true);
+        // Metadata steps take the time of the step before them, so that cached rebuilds
+        // reproduce the same config.
+        let mut h = b.history(created_by_meta(ins, state), true);
+        if b.req.timestamp.is_none() {
+            if let Some(t) = state.config.history.last().and_then(|h| h.created.clone()) {
+                h.created = Some(t);
+            }
+        }
         state.config.history.push(h);
     }
     Ok(false)
@@ -178,7 +185,11 @@ pub fn fs_step(
         && !b.req.no_cache_filter.iter().any(|f| Some(f.to_lowercase()) == stage_name || f == &stage_index.to_string());
     if use_cache {
         if let Some(hit) = cache::lookup(b.store, &key)? {
-            apply_layer(state, hit.layer, b.history(created_by, false), key);
+            let mut h = b.history(created_by, false);
+            if b.req.timestamp.is_none() && hit.created.is_some() {
+                h.created = hit.created;
+            }
+            apply_layer(state, hit.layer, h, key);
             return Ok(true);
         }
     }
@@ -202,7 +213,7 @@ pub fn fs_step(
     if let Some(l) = &layer {
         super::publish_layer_dir(b.store, &upper, &l.diff_id)?;
     }
-    let entry = cache::Entry { layer: layer.map(|l| (l.descriptor, l.diff_id)) };
+    let entry = cache::Entry { layer: layer.map(|l| (l.descriptor, l.diff_id)), created: Some(b.created.clone()) };
     cache::store(b.store, &key, &entry)?;
     apply_layer(state, entry.layer, b.history(created_by, false), key);
     Ok(false)
@@ -286,7 +297,8 @@ fn copy_step(
         if s.starts_with("<<") {
             req.srcs.push(s.clone());
         } else {
-            req.srcs.extend(process_words(s, &vars, esc)?);
+            // One source per word: the parser already split shell form; JSON form keeps spaces.
+            req.srcs.push(process_word(s, &vars, esc)?);
         }
     }
     let (source_root_state, is_context) = match &from {

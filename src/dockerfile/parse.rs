@@ -519,10 +519,15 @@ fn parse_duration_flag(flags: &[(String, Option<String>, usize)], name: &str) ->
 
 fn suggest(word: &str) -> Option<&'static str> {
     let w = word.to_ascii_uppercase();
-    KEYWORDS
-        .iter()
-        .copied()
-        .find(|k| edit_distance(k, &w) <= 2 && w.len() >= 3)
+    let sorted = |s: &str| {
+        let mut v: Vec<char> = s.chars().collect();
+        v.sort_unstable();
+        v
+    };
+    KEYWORDS.iter().copied().find(|k| {
+        let d = edit_distance(k, &w);
+        w.len() >= 3 && (d <= 1 || (d <= 2 && (w.len() >= 6 || sorted(k) == sorted(&w))))
+    })
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {
@@ -1098,7 +1103,7 @@ fn check_syntax(value: &str) -> std::result::Result<(), String> {
         None => true,
         Some(t) => {
             let t = t.strip_suffix("-labs").unwrap_or(t);
-            t == "latest" || t == "labs" || t == "1" || t.starts_with("1.")
+            matches!(t, "latest" | "labs" | "experimental" | "master" | "1") || t.starts_with("1.")
         }
     };
     if known && tag_ok {

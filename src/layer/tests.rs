@@ -826,3 +826,93 @@ fn very_deep_tree_and_huge_names() {
     let (r, _t) = hostile(&tar);
     assert!(format!("{:#}", r.unwrap_err()).to_lowercase().contains("name too long"));
 }
+
+/// A real kernel overlay (root only; skipped where mounting is not permitted): changes made
+/// through the overlay → commit_dir → unpack_to_lower → mounted again as a lower with
+/// `userxattr` shows the same tree.
+#[test]
+fn kernel_overlay_round_trip() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let d = |n: &str| {
+        let p = t.path().join(n);
+        fs::create_dir_all(&p).unwrap();
+        p
+    };
+    let (lower, upper, work, merged) = (d("lower"), d("upper"), d("work"), d("merged"));
+    fs::create_dir_all(lower.join("a")).unwrap();
+    fs::write(lower.join("a/file1"), b"1").unwrap();
+    fs::write(lower.join("a/file2"), b"2").unwrap();
+    fs::create_dir_all(lower.join("d/sub")).unwrap();
+    fs::write(lower.join("d/x"), b"x").unwrap();
+    let mount = |lowers: &str, upper: Option<(&Path, &Path)>, target: &Path| {
+        let mut o = format!("userxattr,lowerdir={lowers}");
+        if let Some((u, w)) = upper {
+            o.push_str(&format!(",upperdir={},workdir={}", u.display(), w.display()));
+        }
+        std::process::Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &o])
+            .arg(target)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    let umount = |target: &Path| {
+        assert!(
+            std::process::Command::new("umount")
+                .arg(target)
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    if !mount(lower.to_str().unwrap(), Some((&upper, &work)), &merged) {
+        eprintln!("skipped: cannot mount overlay here");
+        return;
+    }
+    fs::remove_file(merged.join("a/file1")).unwrap();
+    fs::remove_file(merged.join("a/file2")).unwrap();
+    fs::remove_dir_all(merged.join("d")).unwrap();
+    fs::create_dir(merged.join("d")).unwrap();
+    fs::write(merged.join("d/new"), b"n").unwrap();
+    fs::write(merged.join("newfile"), b"nf").unwrap();
+    umount(&merged);
+
+    let (blob, diff_id) = layer_of(&upper, &[], &LayerOptions::default());
+    let names: Vec<String> = tar_names(&gunzip(&blob)).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        names,
+        vec![
+            "a/",
+            "a/.wh.file1",
+            "a/.wh.file2",
+            "d/",
+            "d/.wh..wh..opq",
+            "d/new",
+            "newfile"
+        ]
+    );
+
+    let l2 = d("l2");
+    assert_eq!(
+        unpack_to_lower(Cursor::new(&blob), Compression::Gzip, &l2).unwrap(),
+        diff_id
+    );
+    let view = d("view");
+    assert!(mount(&format!("{}:{}", l2.display(), lower.display()), None, &view));
+    let mut got: Vec<String> = Vec::new();
+    for e in ["a", "d", ""] {
+        let mut v: Vec<String> = fs::read_dir(view.join(e))
+            .unwrap()
+            .map(|x| format!("{e}/{}", x.unwrap().file_name().to_string_lossy()))
+            .collect();
+        v.sort();
+        got.extend(v);
+    }
+    umount(&view);
+    assert_eq!(got, vec!["d/new", "/a", "/d", "/newfile"]);
+}

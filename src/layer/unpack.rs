@@ -649,7 +649,7 @@ impl Unpacker {
             if is_overlay_xattr(k) {
                 continue;
             }
-            let key = std::ffi::OsStr::new(std::str::from_utf8(k).unwrap_or(""));
+            let key = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(k);
             let r = if name.is_empty() {
                 let d = reopen_dir(dirfd)?;
                 xattr_set_fd(d.as_raw_fd(), k, v)

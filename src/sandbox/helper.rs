@@ -7,6 +7,7 @@ use super::{Network, RunSpec, SeccompChoice, caps, seccomp};
 use crate::fsutil::resolve_in_root;
 use anyhow::{Context, Result, bail};
 use nix::sched::CloneFlags;
+use serde::{Deserialize, Serialize};
 use std::ffi::CString;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -15,11 +16,48 @@ use std::sync::atomic::{AtomicI32, Ordering};
 /// Default PATH of a step whose environment has none (Docker's).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Reads (and deletes) the spec file written by [`super::run`].
-pub fn read_spec(path: &Path) -> Result<RunSpec> {
+/// What `run` hands to the helper: the spec plus the seccomp filter compiled by the caller
+/// (compiling takes tens of milliseconds, so it is done once per process and cached).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HelperInput {
+    pub spec: RunSpec,
+    /// The BPF program (base64 of raw `sock_filter`s); `None` = no filter.
+    pub bpf: Option<String>,
+}
+
+/// Reads (and deletes) the input file written by [`super::run`].
+pub fn read_spec(path: &Path) -> Result<HelperInput> {
     let text = std::fs::read(path).with_context(|| format!("cannot read the sandbox spec {}", path.display()))?;
     let _ = std::fs::remove_file(path);
     serde_json::from_slice(&text).context("invalid sandbox spec")
+}
+
+/// Compiles the seccomp filter `spec` asks for (cached per profile and capability set).
+pub fn compiled_filter(spec: &RunSpec) -> Result<Option<std::sync::Arc<Vec<u8>>>> {
+    type Cache = std::sync::Mutex<std::collections::HashMap<(SeccompChoice, Vec<String>), std::sync::Arc<Vec<u8>>>>;
+    static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+    if spec.seccomp == SeccompChoice::Unconfined {
+        return Ok(None);
+    }
+    let mut names = caps::names(&caps::effective(&spec.cap_add, &spec.cap_drop)?);
+    names.sort();
+    let key = (spec.seccomp.clone(), names);
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(b) = cache.lock().unwrap().get(&key) {
+        return Ok(Some(b.clone()));
+    }
+    let bpf = match &spec.seccomp {
+        SeccompChoice::Profile(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("cannot read seccomp profile {}", p.display()))?;
+            let prof = seccomp::parse_profile(&text).with_context(|| format!("in {}", p.display()))?;
+            seccomp::compile(&prof, &key.1)?
+        }
+        _ => seccomp::compile(&seccomp::parse_profile(seccomp::DEFAULT_PROFILE)?, &key.1)?,
+    };
+    let bpf = std::sync::Arc::new(bpf);
+    cache.lock().unwrap().insert(key, bpf.clone());
+    Ok(Some(bpf))
 }
 
 static CHILD: AtomicI32 = AtomicI32::new(0);
@@ -104,7 +142,8 @@ struct Prepared {
 }
 
 /// Runs the step described by `spec`; returns its exit code (128+signal when killed).
-pub fn helper_main(spec: RunSpec) -> Result<i32> {
+pub fn helper_main(input: HelperInput) -> Result<i32> {
+    let spec = input.spec;
     if spec.args.is_empty() {
         bail!("no command to run");
     }
@@ -112,17 +151,15 @@ pub fn helper_main(spec: RunSpec) -> Result<i32> {
     let user_spec = if spec.user.is_empty() { "0" } else { spec.user.as_str() };
     let user = crate::users::resolve_user(&rootfs, user_spec)?;
     let cap_set = caps::effective(&spec.cap_add, &spec.cap_drop)?;
-    let bpf = match &spec.seccomp {
-        SeccompChoice::Unconfined => None,
-        SeccompChoice::Default => Some(seccomp::compile(
-            &seccomp::parse_profile(seccomp::DEFAULT_PROFILE)?,
-            &caps::names(&cap_set),
-        )?),
-        SeccompChoice::Profile(p) => {
-            let text =
-                std::fs::read_to_string(p).with_context(|| format!("cannot read seccomp profile {}", p.display()))?;
-            let prof = seccomp::parse_profile(&text).with_context(|| format!("in {}", p.display()))?;
-            Some(seccomp::compile(&prof, &caps::names(&cap_set))?)
+    let bpf = match &input.bpf {
+        None => None,
+        Some(b64) => {
+            use base64::Engine;
+            Some(
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .context("invalid seccomp filter in the spec")?,
+            )
         }
     };
     let hostname = if spec.hostname.is_empty() {

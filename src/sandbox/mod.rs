@@ -16,7 +16,7 @@ pub mod seccomp;
 pub mod syscall;
 pub mod userns;
 
-pub use helper::{helper_main, read_spec};
+pub use helper::{HelperInput, compiled_filter, helper_main, read_spec};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -36,7 +36,7 @@ pub enum Network {
 }
 
 /// Which seccomp filter a step gets.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum SeccompChoice {
     /// kiln's compiled-in profile (`seccomp/default.json`, Docker's default semantics).
     #[default]
@@ -222,7 +222,17 @@ pub fn run(spec: &RunSpec) -> Result<RunOutcome> {
         .suffix(".json")
         .tempfile()
         .context("cannot create the sandbox spec file")?;
-    serde_json::to_writer(&mut file, spec)?;
+    let bpf = helper::compiled_filter(spec)?.map(|b| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(b.as_slice())
+    });
+    serde_json::to_writer(
+        &mut file,
+        &HelperInput {
+            spec: spec.clone(),
+            bpf,
+        },
+    )?;
     file.flush()?;
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg("__sandbox").arg(file.path());

@@ -53,6 +53,8 @@ pub enum Step {
     },
     /// Remounts a bind mount read-only, keeping the flags the kernel locked on it.
     RemountRo(PathBuf),
+    /// Makes a mount and all mounts below it read-only (else like `RemountRo`).
+    RemountRoRecursive(PathBuf),
     /// Hides a path if it exists (/dev/null over files, a read-only tmpfs over dirs).
     Mask(PathBuf),
     /// Makes a path read-only if it exists (bind onto itself + read-only remount).
@@ -293,7 +295,7 @@ pub fn plan(spec: &RunSpec, generated: &Generated, new_netns: bool) -> Result<Ve
     } else {
         v.push(rbind_sys);
     }
-    v.push(Step::RemountRo(sys));
+    v.push(Step::RemountRoRecursive(sys));
     for p in MASKED {
         v.push(Step::Mask(at(p)?));
     }
@@ -339,7 +341,7 @@ pub fn plan(spec: &RunSpec, generated: &Generated, new_netns: bool) -> Result<Ve
                     fallback: vec![],
                 });
                 if *readonly {
-                    v.push(Step::RemountRo(t));
+                    v.push(Step::RemountRoRecursive(t));
                 }
             }
             MountSpec::Tmpfs { dest, size, mode } => {
@@ -426,6 +428,10 @@ fn apply_one(sys: &dyn Syscall, step: &Step) -> Result<()> {
             })
         }
         Step::RemountRo(t) => remount_ro(sys, t).with_context(|| format!("cannot make {} read-only", t.display())),
+        Step::RemountRoRecursive(t) => sys
+            .readonly_recursive(t)
+            .or_else(|_| remount_ro(sys, t))
+            .with_context(|| format!("cannot make {} read-only", t.display())),
         Step::Mask(p) => {
             if !sys.exists(p) {
                 return Ok(());
@@ -591,9 +597,12 @@ mod tests {
         );
         assert!(has("tmpfs", "tmp/t") && has("/etc", "mnt/etc"));
         assert!(has("/dev/null", "proc/kcore"), "kcore is masked");
-        // read-only remounts keep the locked flags
+        // read-only bind mounts are made read-only recursively
+        assert!(calls.contains(&Call::ReadonlyRecursive(root.join("mnt/etc"))));
+        assert!(calls.contains(&Call::ReadonlyRecursive(root.join("sys"))));
+        // plain read-only remounts keep the locked flags
         assert!(calls.iter().any(|c| matches!(c, Call::Mount { target, flags, .. }
-            if target.ends_with("mnt/etc") && flags.contains(MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_REMOUNT))));
+            if target.ends_with("proc/sys") && flags.contains(MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_REMOUNT))));
         assert!(calls.contains(&Call::Symlink("pts/ptmx".into(), root.join("dev/ptmx"))));
         // tmpfs options
         assert!(

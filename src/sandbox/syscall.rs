@@ -24,6 +24,8 @@ pub trait Syscall {
     fn exists(&self, path: &Path) -> bool;
     /// Mount flags of the filesystem at `path` that a bind remount must keep (locked flags).
     fn locked_flags(&self, path: &Path) -> MsFlags;
+    /// Makes the mount at `path` and every mount below it read-only (mount_setattr(2)).
+    fn readonly_recursive(&self, path: &Path) -> io::Result<()>;
     fn pivot_root(&self, new_root: &Path) -> io::Result<()>;
     fn chroot(&self, path: &Path) -> io::Result<()>;
     fn sethostname(&self, name: &str) -> io::Result<()>;
@@ -97,6 +99,38 @@ impl Syscall for RealSyscall {
         }
         m
     }
+    fn readonly_recursive(&self, path: &Path) -> io::Result<()> {
+        #[repr(C)]
+        struct MountAttr {
+            attr_set: u64,
+            attr_clr: u64,
+            propagation: u64,
+            userns_fd: u64,
+        }
+        const MOUNT_ATTR_RDONLY: u64 = 1;
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+        let attr = MountAttr {
+            attr_set: MOUNT_ATTR_RDONLY,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                libc::AT_RECURSIVE | libc::AT_SYMLINK_NOFOLLOW,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        };
+        if r != 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
     fn pivot_root(&self, new_root: &Path) -> io::Result<()> {
         nix::unistd::chdir(new_root).map_err(nix_io)?;
         nix::unistd::pivot_root(".", ".").map_err(nix_io)?;
@@ -123,6 +157,7 @@ pub enum Call {
         data: Option<String>,
     },
     Umount(PathBuf),
+    ReadonlyRecursive(PathBuf),
     MkdirAll(PathBuf),
     Touch(PathBuf),
     Symlink(String, PathBuf),
@@ -182,6 +217,12 @@ impl Syscall for RecordingSyscall {
     }
     fn locked_flags(&self, _path: &Path) -> MsFlags {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV
+    }
+    fn readonly_recursive(&self, path: &Path) -> io::Result<()> {
+        self.calls
+            .borrow_mut()
+            .push(Call::ReadonlyRecursive(path.to_path_buf()));
+        Ok(())
     }
     fn pivot_root(&self, new_root: &Path) -> io::Result<()> {
         self.calls.borrow_mut().push(Call::PivotRoot(new_root.to_path_buf()));

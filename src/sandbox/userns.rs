@@ -23,6 +23,9 @@ pub const ENV_USERNS: &str = "KILN_USERNS";
 /// Describes the mapping the parent set up: `full` or `single:REASON`.
 pub const ENV_IDMAP: &str = "KILN_IDMAP";
 
+/// Set to `single` to force the single-uid mapping (testing, or to avoid subordinate ids).
+pub const ENV_IDMAP_MODE: &str = "KILN_IDMAP_MODE";
+
 /// Maximum number of subordinate ids kiln maps (container ids 1..=65536).
 pub const MAX_SUBIDS: u32 = 65536;
 
@@ -215,6 +218,9 @@ fn no_new_privs() -> bool {
 /// Decides whether a full subordinate-id mapping is possible for `uid`/`gid`; the error is
 /// the reason (one clause) why not.
 pub fn plan_mapping(uid: u32, gid: u32) -> Result<SubIdPlan, String> {
+    if std::env::var(ENV_IDMAP_MODE).as_deref() == Ok("single") {
+        return Err(format!("{ENV_IDMAP_MODE}=single is set"));
+    }
     let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
         .ok()
         .flatten();
