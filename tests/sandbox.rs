@@ -348,6 +348,7 @@ fn ctrl_c_leaves_nothing_behind() {
     let r = rootfs(&s);
     let store = s.join("store");
     let marker = "4242";
+    let started = std::time::SystemTime::now() - Duration::from_secs(1);
     let mut child = {
         use std::os::unix::process::CommandExt;
         let mut c = as_user(kiln_bin().to_str().unwrap());
@@ -381,6 +382,30 @@ fn ctrl_c_leaves_nothing_behind() {
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(tmp.is_empty(), "temp dirs left behind: {tmp:?}");
+    // The files generated for /etc (resolv.conf, hosts, hostname) are gone too.
+    let t = Instant::now();
+    loop {
+        let left: Vec<String> = std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("kiln-etc-"))
+            .filter(|e| {
+                e.metadata()
+                    .and_then(|m| m.modified())
+                    .map(|m| m >= started)
+                    .unwrap_or(false)
+            })
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "generated /etc files left behind: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mi.contains(s.path.to_str().unwrap()), "mounts left behind");
 }

@@ -27,6 +27,7 @@ use crate::sandbox::{Network, SeccompChoice};
 use crate::store::{ManifestFormat, Store};
 use anyhow::{Context, Result, bail};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -149,10 +150,11 @@ pub struct Builder<'a> {
     pub progress: progress::Printer,
     pub layer_opts: LayerOptions,
     pub driver: Box<dyn crate::rootfs::RootfsDriver>,
-    /// Finished stages by index.
-    done: HashMap<usize, StageState>,
+    /// Stages by index: each slot is locked while its stage builds, so a stage that several
+    /// others need is built once even when they run in parallel.
+    done: Mutex<HashMap<usize, Arc<Mutex<Option<StageState>>>>>,
     /// Images named by `COPY --from=IMAGE` / `--mount from=IMAGE`, by reference.
-    images: HashMap<String, StageState>,
+    images: Mutex<HashMap<String, StageState>>,
     /// Created-time string used for history and the config.
     created: String,
 }
@@ -185,7 +187,7 @@ pub fn build(store: &Store, req: &BuildRequest) -> Result<Option<Image>> {
         None => humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
     };
     let driver = crate::rootfs::choose_driver(store, req.storage_driver.as_deref(), req.debug)?;
-    let mut b = Builder {
+    let b = Builder {
         store,
         req,
         escape: df.directives.escape,
@@ -198,8 +200,8 @@ pub fn build(store: &Store, req: &BuildRequest) -> Result<Option<Image>> {
             timestamp: req.timestamp,
         },
         driver,
-        done: HashMap::new(),
-        images: HashMap::new(),
+        done: Mutex::new(HashMap::new()),
+        images: Mutex::new(HashMap::new()),
         created,
     };
     for unused in &b.plan.unused_build_args {
@@ -268,9 +270,36 @@ pub fn rfc3339(secs: i64) -> String {
 
 impl<'a> Builder<'a> {
     /// The finished state of stage `index`, building it (and what it needs) first.
-    pub fn stage(&mut self, index: usize) -> Result<StageState> {
-        if let Some(s) = self.done.get(&index) {
+    pub fn stage(&self, index: usize) -> Result<StageState> {
+        let slot = self.done.lock().unwrap().entry(index).or_default().clone();
+        let mut guard = slot.lock().unwrap();
+        if let Some(s) = guard.as_ref() {
             return Ok(s.clone());
+        }
+        let state = self.build_stage(index)?;
+        *guard = Some(state.clone());
+        Ok(state)
+    }
+
+    /// Builds the stages `index` needs in parallel (up to --jobs at once), then `index`.
+    fn build_stage(&self, index: usize) -> Result<StageState> {
+        let deps: Vec<usize> = self
+            .plan
+            .stages
+            .iter()
+            .find(|s| s.index == index)
+            .map(|s| s.deps.clone())
+            .unwrap_or_default();
+        if self.req.jobs > 1 && deps.len() > 1 {
+            for chunk in deps.chunks(self.req.jobs) {
+                std::thread::scope(|scope| -> Result<()> {
+                    let handles: Vec<_> = chunk.iter().map(|&d| scope.spawn(move || self.stage(d))).collect();
+                    for h in handles {
+                        h.join().map_err(|_| anyhow::anyhow!("a stage builder thread panicked"))??;
+                    }
+                    Ok(())
+                })?;
+            }
         }
         let pos = self
             .plan
@@ -313,7 +342,6 @@ impl<'a> Builder<'a> {
             let cached = step::execute(self, &mut state, ins, index).with_context(|| format!("{}: {}", ins.loc, ins.original))?;
             self.progress.step_done(cached, t.elapsed());
         }
-        self.done.insert(index, state.clone());
         Ok(state)
     }
 
@@ -344,7 +372,7 @@ impl<'a> Builder<'a> {
     }
 
     /// State for `FROM image` (pulled when missing or with --pull).
-    fn image_state(&mut self, reference: &str, from: &Instruction) -> Result<StageState> {
+    fn image_state(&self, reference: &str, from: &Instruction) -> Result<StageState> {
         let image = self.get_image(reference).with_context(|| format!("{}: FROM {reference}", from.loc))?;
         let mut config = image.config.clone();
         if config.config.env_get("PATH").is_none() {
@@ -360,7 +388,7 @@ impl<'a> Builder<'a> {
     }
 
     /// An image from the store, pulled first when missing (or always with --pull).
-    pub fn get_image(&mut self, reference: &str) -> Result<Image> {
+    pub fn get_image(&self, reference: &str) -> Result<Image> {
         let parsed = Reference::parse(reference)?;
         if !self.req.pull {
             if let Ok(img) = self.store.load_image(&parsed.to_string()) {
@@ -378,12 +406,12 @@ impl<'a> Builder<'a> {
     }
 
     /// The state of `COPY --from=NAME` / `--mount from=NAME`: a stage (name or index) or an image.
-    pub fn source_state(&mut self, name: &str, loc: &dockerfile::Loc) -> Result<StageState> {
+    pub fn source_state(&self, name: &str, loc: &dockerfile::Loc) -> Result<StageState> {
         match plan::copy_from_ref(&self.plan, name) {
             BaseRef::Stage(i) => self.stage(i),
             BaseRef::Scratch => Ok(self.scratch_state()),
             BaseRef::Image(r) => {
-                if let Some(s) = self.images.get(&r) {
+                if let Some(s) = self.images.lock().unwrap().get(&r) {
                     return Ok(s.clone());
                 }
                 let img = self.get_image(&r).with_context(|| format!("{loc}: --from={name}"))?;
@@ -394,7 +422,7 @@ impl<'a> Builder<'a> {
                     args: BTreeMap::new(),
                     cmd_set: false,
                 };
-                self.images.insert(r, st.clone());
+                self.images.lock().unwrap().insert(r, st.clone());
                 Ok(st)
             }
         }
@@ -406,7 +434,7 @@ impl<'a> Builder<'a> {
     }
 
     /// Writes the final image: labels from the command line, created time, tags, outputs.
-    fn commit_image(&mut self, mut state: StageState) -> Result<Image> {
+    fn commit_image(&self, mut state: StageState) -> Result<Image> {
         if !self.req.labels.is_empty() {
             let labels = state.config.config.labels.get_or_insert_with(BTreeMap::new);
             for (k, v) in &self.req.labels {

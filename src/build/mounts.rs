@@ -145,7 +145,7 @@ fn is_lone_heredoc(line: &str, name: &str) -> bool {
 }
 
 /// Executes a RUN instruction.
-pub fn run_step(b: &mut Builder, state: &mut StageState, ins: &Instruction, stage_index: usize, cmd: &ShellOrExec) -> Result<bool> {
+pub fn run_step(b: &Builder, state: &mut StageState, ins: &Instruction, stage_index: usize, cmd: &ShellOrExec) -> Result<bool> {
     let vars = state.vars();
     let esc = b.escape;
     let mut mount_specs = Vec::new();

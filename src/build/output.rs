@@ -68,11 +68,10 @@ pub fn write(b: &Builder, image: &Image, state: &StageState, o: &OutputSpec) -> 
             std::fs::create_dir(&root)?;
             apply_layers(b, state, &root)?;
             let f = std::fs::File::create(dest).with_context(|| format!("creating {}", dest.display()))?;
-            let mut t = tar::Builder::new(std::io::BufWriter::new(f));
-            t.follow_symlinks(false);
-            t.sparse(false);
-            t.append_dir_all(".", &root).with_context(|| format!("writing {}", dest.display()))?;
-            t.into_inner()?.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            let mut w = std::io::BufWriter::new(f);
+            crate::layer::write_tar(crate::layer::DirWalk::new(&root, &[])?, b.req.timestamp, &mut w)
+                .with_context(|| format!("writing {}", dest.display()))?;
+            w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
             Ok(())
         }
     }

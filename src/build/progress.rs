@@ -3,6 +3,7 @@
 
 use crate::image::Image;
 use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
@@ -16,7 +17,12 @@ pub enum Progress {
 
 pub struct Printer {
     mode: Progress,
-    step: Cell<usize>,
+    step: AtomicUsize,
+}
+
+thread_local! {
+    /// The step this thread is running (stages build on several threads).
+    static CURRENT: Cell<usize> = const { Cell::new(0) };
 }
 
 impl Printer {
@@ -26,7 +32,7 @@ impl Printer {
             Progress::Auto => Progress::Plain,
             m => m,
         };
-        Printer { mode, step: Cell::new(0) }
+        Printer { mode, step: AtomicUsize::new(0) }
     }
 
     fn out(&self, line: &str) {
@@ -37,8 +43,9 @@ impl Printer {
     }
 
     pub fn step_start(&self, stage: &str, n: usize, total: usize, text: &str) {
-        self.step.set(self.step.get() + 1);
-        let line = format!("#{} [{stage} {n}/{total}] {text}", self.step.get());
+        let no = self.step.fetch_add(1, Ordering::SeqCst) + 1;
+        CURRENT.with(|c| c.set(no));
+        let line = format!("#{no} [{stage} {n}/{total}] {text}");
         if self.mode == Progress::Tty {
             self.out(&format!("\x1b[1m{line}\x1b[0m"));
         } else {
@@ -48,15 +55,15 @@ impl Printer {
 
     pub fn step_done(&self, cached: bool, took: Duration) {
         if cached {
-            self.out(&format!("#{} CACHED", self.step.get()));
+            self.out(&format!("#{} CACHED", CURRENT.with(|c| c.get())));
         } else {
-            self.out(&format!("#{} DONE {:.1}s", self.step.get(), took.as_secs_f64()));
+            self.out(&format!("#{} DONE {:.1}s", CURRENT.with(|c| c.get()), took.as_secs_f64()));
         }
     }
 
     /// The prefix for a RUN step's output lines.
     pub fn prefix(&self) -> String {
-        if self.mode == Progress::Quiet { String::new() } else { format!("#{} ", self.step.get()) }
+        if self.mode == Progress::Quiet { String::new() } else { format!("#{} ", CURRENT.with(|c| c.get())) }
     }
 
     pub fn info(&self, msg: &str) {

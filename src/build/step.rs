@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Executes one instruction on `state`. Returns true when the step was a cache hit.
-pub fn execute(b: &mut Builder, state: &mut StageState, ins: &Instruction, stage_index: usize) -> Result<bool> {
+pub fn execute(b: &Builder, state: &mut StageState, ins: &Instruction, stage_index: usize) -> Result<bool> {
     let esc = b.escape;
     let vars = state.vars();
     let word = |w: &str| process_word(w, &vars, esc);
@@ -38,9 +38,13 @@ pub fn execute(b: &mut Builder, state: &mut StageState, ins: &Instruction, stage
             meta(b, state, ins, false)
         }
         Command::Env(pairs) => {
+            // Every pair expands against the environment before the instruction, as BuildKit
+            // does (`ENV abc=bye def=$abc` gives def the old value of abc).
+            let mut expanded = Vec::with_capacity(pairs.len());
             for (k, v) in pairs {
-                let k = word(k)?;
-                let v = process_word(v, &state.vars(), esc)?;
+                expanded.push((word(k)?, word(v)?));
+            }
+            for (k, v) in expanded {
                 state.config.config.env_set(&k, &v);
             }
             meta(b, state, ins, true)
@@ -139,7 +143,7 @@ pub fn execute(b: &mut Builder, state: &mut StageState, ins: &Instruction, stage
 }
 
 /// A metadata-only step: history entry (empty layer) and the cache chain.
-fn meta(b: &mut Builder, state: &mut StageState, ins: &Instruction, history: bool) -> Result<bool> {
+fn meta(b: &Builder, state: &mut StageState, ins: &Instruction, history: bool) -> Result<bool> {
     let desc = describe(ins, state);
     state.key = cache::chain(&state.key, &desc, &[]);
     if history {
@@ -170,14 +174,14 @@ fn describe(ins: &Instruction, state: &StageState) -> String {
 /// inputs; on a miss, `act` runs on the mounted rootfs and the upper dir becomes the layer.
 #[allow(clippy::too_many_arguments)]
 pub fn fs_step(
-    b: &mut Builder,
+    b: &Builder,
     state: &mut StageState,
     ins: &Instruction,
     stage_index: usize,
     key_text: &str,
     source: Option<&Digest>,
     created_by: String,
-    act: impl FnOnce(&mut Builder, &Path, &StageState) -> Result<Vec<PathBuf>>,
+    act: impl FnOnce(&Builder, &Path, &StageState) -> Result<Vec<PathBuf>>,
 ) -> Result<bool> {
     let key = cache::chain(&state.key, key_text, &source.map(|d| d.as_str().to_string()).into_iter().collect::<Vec<_>>());
     let stage_name = b.plan.stages.iter().find(|s| s.index == stage_index).and_then(|s| s.name.clone());
@@ -249,7 +253,7 @@ fn apply_layer(
 
 #[allow(clippy::too_many_arguments)]
 fn copy_step(
-    b: &mut Builder,
+    b: &Builder,
     state: &mut StageState,
     ins: &Instruction,
     stage_index: usize,

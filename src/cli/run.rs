@@ -188,52 +188,6 @@ fn parse_security_opts(opts: &[String]) -> Result<(SeccompChoice, bool)> {
     Ok((seccomp, nnp))
 }
 
-/// The lower directories (top first) of an image, unpacking layers not yet unpacked.
-fn image_lowers(store: &crate::store::Store, image: &crate::image::Image) -> Result<Vec<PathBuf>> {
-    let layers = &image.manifest.layers;
-    let diff_ids = &image.config.rootfs.diff_ids;
-    if layers.len() != diff_ids.len() {
-        bail!(
-            "image {}: {} layers but {} diff_ids",
-            image.manifest_digest,
-            layers.len(),
-            diff_ids.len()
-        );
-    }
-    let mut dirs = Vec::new();
-    for (desc, diff_id) in layers.iter().zip(diff_ids) {
-        let dir = store.layer_dir(diff_id);
-        if !dir.is_dir() {
-            let c = crate::image::Compression::of_media_type(&desc.media_type)
-                .with_context(|| format!("layer {}: unsupported media type {}", desc.digest, desc.media_type))?;
-            let tmp = store.tmp_dir("unpack-")?;
-            let target = tmp.path().join("layer");
-            std::fs::create_dir(&target)?;
-            let blob = std::fs::File::open(store.blob_path(&desc.digest))
-                .with_context(|| format!("cannot open layer blob {}", desc.digest))?;
-            let got = crate::layer::unpack_to_lower(std::io::BufReader::new(blob), c, &target)
-                .with_context(|| format!("cannot unpack layer {}", desc.digest))?;
-            if &got != diff_id {
-                bail!(
-                    "layer {}: content has diff_id {got}, but the image config says {diff_id}",
-                    desc.digest
-                );
-            }
-            if let Some(p) = dir.parent() {
-                std::fs::create_dir_all(p)?;
-            }
-            if let Err(e) = std::fs::rename(&target, &dir)
-                && !dir.is_dir()
-            {
-                return Err(e).with_context(|| format!("cannot move the unpacked layer to {}", dir.display()));
-            }
-        }
-        dirs.push(dir);
-    }
-    dirs.reverse();
-    Ok(dirs)
-}
-
 /// `kiln run`: the image's ENTRYPOINT/CMD in the sandbox on a throwaway upper.
 pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<i32> {
     let network = match a.network.as_str() {
@@ -257,7 +211,10 @@ pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<i32> {
     let (lowers, config) = match &image_name {
         Some(name) => {
             let image = store.load_image(name)?;
-            (image_lowers(&store, &image)?, image.config.config.clone())
+            (
+                crate::build::rootfs_for_image(&store, &image)?,
+                image.config.config.clone(),
+            )
         }
         None => (a.lower.clone(), crate::image::ContainerConfig::default()),
     };

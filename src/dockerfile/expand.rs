@@ -806,6 +806,105 @@ mod tests {
         }
     }
 
+    /// Behaviour vectors from BuildKit's shell lexer tests (patterns, escapes, empty parts).
+    #[test]
+    fn buildkit_pattern_vectors() {
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<&'a str>);
+        let cases: &[Case] = &[
+            (
+                "${FOO#()[]{\\}^$.\\*\\?|\\\\}",
+                &[("FOO", "()[]{}^$.*?|\\x")],
+                Some("x"),
+            ),
+            ("${FOO%%\\**}", &[("FOO", "xx**")], Some("xx")),
+            ("${FOO#*x*y}", &[("FOO", "xxyy")], Some("y")),
+            ("${FOO#*}", &[("FOO", "xxyy")], Some("xxyy")),
+            ("${FOO#$BAR}", &[("FOO", "xxyy"), ("BAR", "x")], Some("xyy")),
+            ("${FOO#$BAR}", &[("FOO", "xxyy"), ("BAR", "")], Some("xxyy")),
+            ("${FOO#}", &[("FOO", "xxyy")], Some("xxyy")),
+            ("${FOO##*x}", &[("FOO", "xxyy")], Some("yy")),
+            ("${FOO##}", &[("FOO", "xxyy")], Some("xxyy")),
+            ("${FOO#?\\?}", &[("FOO", "???y")], Some("?y")),
+            ("${ABC:-.}${FOO%x}${ABC:-.}", &[("FOO", "xxyy")], Some(".xxyy.")),
+            ("${FOO%%\\**\\*}", &[("FOO", "a***yy*")], Some("a")),
+            ("${FOO%}", &[("FOO", "xxyy")], Some("xxyy")),
+            (
+                "${FOO/$NEEDLE/.} - ${FOO//$NEEDLE/.}",
+                &[("FOO", "/foo*/*/*.txt"), ("NEEDLE", "\\*/")],
+                Some("/foo.*/*.txt - /foo..*.txt"),
+            ),
+            (
+                "${FOO/$NEEDLE/} - ${FOO//$NEEDLE/}",
+                &[("FOO", "/tmp/tmp/bar.txt"), ("NEEDLE", "/tmp")],
+                Some("/tmp/bar.txt - /bar.txt"),
+            ),
+            (
+                "${FOO/$NEEDLE/$REPLACEMENT} - ${FOO//$NEEDLE/$REPLACEMENT}",
+                &[("FOO", "/a/foo/b/c.txt"), ("NEEDLE", "/?/"), ("REPLACEMENT", "/")],
+                Some("/foo/b/c.txt - /foo/c.txt"),
+            ),
+            (
+                "${FOO/$N/$R}",
+                &[("FOO", "http://google.de"), ("N", "http://"), ("R", "https://")],
+                Some("https://google.de"),
+            ),
+            ("${FOO//\\//\\/}", &[("FOO", "/tmp/foo.txt")], Some("\\/tmp\\/foo.txt")),
+            ("${FOO/$BAR/ww}", &[("FOO", "xxyy"), ("BAR", "")], Some("wwxxyy")),
+            ("${FOO//ww}", &[("FOO", "xxyy")], None),
+            ("${FOO//}", &[("FOO", "xxyy")], None),
+            ("${FOO///}", &[("FOO", "xxyy")], Some("xxyy")),
+            ("${FOO///}", &[], Some("")),
+            ("${FOO=aaa}", &[("FOO", "xxx")], None),
+            ("${FOO=}", &[], None),
+            (
+                "${FOO-aaa} ${BAR-bbb} ${BAZ-ccc}",
+                &[("FOO", "xxx"), ("BAR", "")],
+                Some("xxx  ccc"),
+            ),
+            (
+                "${FOO:-aaa} ${BAR:-bbb} ${BAZ:-ccc}",
+                &[("FOO", "xxx"), ("BAR", "")],
+                Some("xxx bbb ccc"),
+            ),
+            (
+                "${FOO+aaa} ${BAR+bbb} ${BAZ+ccc}",
+                &[("FOO", "xxx"), ("BAR", "")],
+                Some("aaa bbb "),
+            ),
+            (
+                "${FOO:+aaa} ${BAR:+bbb} ${BAZ:+ccc}",
+                &[("FOO", "xxx"), ("BAR", "")],
+                Some("aaa  "),
+            ),
+            ("${BAR?bbb}", &[("BAR", "")], Some("")),
+            ("${BAR:?bbb}", &[("BAR", "")], None),
+            ("${VAR:?message here$ARG}", &[("VAR", ""), ("ARG", "x")], None),
+            (
+                "something-${V}.${TARGETOS}-${TARGETARCH}${TARGETVARIANT:+-${TARGETVARIANT}}.tar.gz",
+                &[
+                    ("V", "v1.2.3"),
+                    ("TARGETOS", "linux"),
+                    ("TARGETARCH", "arm"),
+                    ("TARGETVARIANT", "v7"),
+                ],
+                Some("something-v1.2.3.linux-arm-v7.tar.gz"),
+            ),
+        ];
+        for (input, vars, want) in cases {
+            let env: BTreeMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            let got = process_word(input, &env, '\\');
+            match want {
+                Some(w) => assert_eq!(got.as_deref().map_err(|e| e.to_string()), Ok(*w), "{input}"),
+                None => assert!(got.is_err(), "{input} should fail, got {got:?}"),
+            }
+        }
+        let env: BTreeMap<String, String> = [("VAR".into(), "".into()), ("ARG".into(), "x".into())].into();
+        let e = process_word("${VAR:?message here$ARG}", &env, '\\')
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("message herex"), "{e}");
+    }
+
     #[test]
     fn substitution_errors() {
         for (input, msg) in [

@@ -106,6 +106,9 @@ pub struct Plan {
     pub escape: char,
     /// The name of every stage of the Dockerfile (by index), built or not.
     pub stage_names: Vec<Option<String>>,
+    /// Every stage of the Dockerfile by index (`all_stages[i].index == i`), planned or not:
+    /// an ONBUILD trigger of a base *image* may name a stage the plan did not need.
+    pub all_stages: Vec<Stage>,
     /// The target platform (`linux/amd64`).
     pub platform: String,
 }
@@ -476,9 +479,6 @@ pub fn plan(df: &Dockerfile, opts: &BuildOptions) -> Result<Plan> {
     // ARGs in scope
     let mut used_args: BTreeSet<String> = meta_names;
     for i in 0..stages.len() {
-        if !needed.contains(&i) {
-            continue;
-        }
         let mut scope = match stages[i].base {
             BaseRef::Stage(j) => stages[j].args_in_scope.clone(),
             _ => BTreeMap::new(),
@@ -486,7 +486,9 @@ pub fn plan(df: &Dockerfile, opts: &BuildOptions) -> Result<Plan> {
         for ins in stages[i].onbuild_triggers.iter().chain(stages[i].instructions.iter()) {
             if let Command::Arg(kvs) = &ins.command {
                 for (k, d) in kvs {
-                    used_args.insert(k.clone());
+                    if needed.contains(&i) {
+                        used_args.insert(k.clone());
+                    }
                     let v = match (opts.build_args.get(k), d) {
                         (Some(v), _) => Some(v.clone()),
                         (None, None) => global.get(k).cloned(),
@@ -513,7 +515,8 @@ pub fn plan(df: &Dockerfile, opts: &BuildOptions) -> Result<Plan> {
         .collect();
 
     Ok(Plan {
-        stages: stages.into_iter().filter(|s| needed.contains(&s.index)).collect(),
+        stages: stages.iter().filter(|s| needed.contains(&s.index)).cloned().collect(),
+        all_stages: stages,
         target,
         global_args: global,
         predefined_args: predefined,

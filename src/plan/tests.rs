@@ -90,6 +90,9 @@ fn targets_and_pruning() {
     let text = "FROM b\nRUN exit 1\nFROM b as one\nRUN x\nFROM b\nRUN exit 1\nFROM one\nCOPY --from=1 file copied\n";
     let p = ok(text, &[], None);
     assert_eq!(indexes(&p), vec![1, 3]);
+    assert_eq!(p.all_stages.len(), 4);
+    assert!(p.all_stages.iter().enumerate().all(|(i, s)| s.index == i));
+    assert!(p.stage(0).is_none() && p.all_stages[0].instructions.len() == 1);
     assert_eq!(p.stages[1].base, BaseRef::Stage(1));
     assert_eq!(p.stages[1].deps, vec![1]);
 

@@ -211,12 +211,11 @@ pub fn helper_main(input: HelperInput) -> Result<i32> {
         path: env_get(&env, "PATH").unwrap_or(DEFAULT_PATH).to_string(),
     };
 
-    let mut flags =
-        CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
+    let mut flags = CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
     if spec.network == Network::None {
         flags |= CloneFlags::CLONE_NEWNET;
     }
-    nix::sched::unshare(flags).context("cannot create the step's namespaces (mount, pid, ipc, uts)")?;
+    nix::sched::unshare(flags).context("cannot create the step's namespaces (pid, ipc, uts)")?;
     if spec.network == Network::None {
         loopback_up()?;
     }
@@ -283,6 +282,11 @@ fn child(p: &Prepared) -> (i32, String) {
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     if !p.tty {
         let _ = nix::unistd::setsid();
+    }
+    // The step's own mount namespace: pivot_root moves the root of every process in the
+    // namespace, and the helper must keep its own view (it removes the generated files).
+    if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWNS) {
+        return (125, format!("cannot create the step's mount namespace: {e}"));
     }
     let sys = RealSyscall;
     if let Err(e) = mounts::apply(&sys, &p.plan) {

@@ -2,12 +2,12 @@
 //!
 //! [`run`] is called by the build executor with a mounted rootfs. It creates the mount-point
 //! placeholders the step needs, then spawns a fresh kiln process (`kiln __sandbox SPECFILE`,
-//! single-threaded) which unshares mount, PID, IPC, UTS (and, with `--network none`, network)
-//! namespaces, forks the step's PID 1, mounts /proc, /dev, /sys and the /etc files, pivots
-//! into the rootfs, switches to the USER, cuts capabilities to Docker's default set, installs
-//! the seccomp filter and execs the command. Output is streamed line by line with the step's
-//! prefix. Everything the step mounted lives in the helper's mount namespace and vanishes
-//! with it.
+//! single-threaded) which unshares PID, IPC, UTS (and, with `--network none`, network)
+//! namespaces and forks the step's PID 1. That process takes its own mount namespace, mounts
+//! /proc, /dev, /sys and the /etc files, pivots into the rootfs, switches to the USER, cuts
+//! capabilities to Docker's default set, installs the seccomp filter and execs the command.
+//! Output is streamed line by line with the step's prefix. Everything the step mounted lives in
+//! its mount namespace and vanishes with its last process.
 
 pub mod caps;
 mod helper;

@@ -227,31 +227,37 @@ pub fn plan(spec: &RunSpec, generated: &Generated, new_netns: bool) -> Result<Ve
     let pts = dev.join("pts");
     v.push(Step::Mkdir(pts.clone()));
     let pts_flags = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
-    v.push(Step::Mount {
-        source: s("devpts"),
+    let host_pts = Step::Mount {
+        source: s("/dev/pts"),
         target: pts.clone(),
-        fstype: s("devpts"),
-        flags: pts_flags,
-        data: s("newinstance,ptmxmode=0666,mode=0620,gid=5"),
-        fallback: vec![
-            Step::Mount {
-                source: s("devpts"),
-                target: pts.clone(),
-                fstype: s("devpts"),
-                flags: pts_flags,
-                data: s("newinstance,ptmxmode=0666,mode=0620"),
-                fallback: vec![],
-            },
-            Step::Mount {
-                source: s("/dev/pts"),
-                target: pts.clone(),
-                fstype: None,
-                flags: MsFlags::MS_BIND | MsFlags::MS_REC,
-                data: None,
-                fallback: vec![],
-            },
-        ],
-    });
+        fstype: None,
+        flags: MsFlags::MS_BIND | MsFlags::MS_REC,
+        data: None,
+        fallback: vec![],
+    };
+    if spec.tty {
+        // The step uses kiln's own terminal: its pty must be resolvable under /dev/pts.
+        v.push(host_pts);
+    } else {
+        v.push(Step::Mount {
+            source: s("devpts"),
+            target: pts.clone(),
+            fstype: s("devpts"),
+            flags: pts_flags,
+            data: s("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+            fallback: vec![
+                Step::Mount {
+                    source: s("devpts"),
+                    target: pts.clone(),
+                    fstype: s("devpts"),
+                    flags: pts_flags,
+                    data: s("newinstance,ptmxmode=0666,mode=0620"),
+                    fallback: vec![],
+                },
+                host_pts,
+            ],
+        });
+    }
     v.push(Step::Symlink("pts/ptmx".into(), dev.join("ptmx")));
     let shm = dev.join("shm");
     v.push(Step::Mkdir(shm.clone()));

@@ -315,7 +315,7 @@ fn make_rprivate() -> nix::Result<()> {
 /// Enters kiln's user and mount namespace (see the module doc). Returns in the process that
 /// should do the work; the original process never returns (it exits with the child's status).
 pub fn ensure(debug: bool) -> Result<()> {
-    if std::env::var(ENV_USERNS).as_deref() == Ok("1") {
+    if std::env::var(ENV_USERNS).as_deref() == Ok("1") && (nix::unistd::geteuid().is_root() || !in_initial_userns()) {
         return Ok(());
     }
     if nix::unistd::geteuid().is_root() && in_initial_userns() {
@@ -362,6 +362,7 @@ fn enter_userns(debug: bool) -> Result<()> {
         .collect();
     env.push(format!("{ENV_USERNS}=1").into_bytes());
 
+    let parent = nix::unistd::getpid();
     // SAFETY: called first in main, single-threaded.
     match unsafe { nix::unistd::fork() }.context("cannot fork")? {
         nix::unistd::ForkResult::Child => {
@@ -397,6 +398,12 @@ fn enter_userns(debug: bool) -> Result<()> {
                 unsafe { libc::_exit(125) };
             }
             let _ = nix::unistd::setgroups(&[]); // denied with the single-id map: fine
+            // If the waiting parent dies (SIGKILL), stop too; SIGTERM lets a running step clean
+            // up. Set after the credential change, which clears it.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
+            if nix::unistd::getppid() != parent {
+                unsafe { libc::_exit(125) };
+            }
             if let Err(e) = make_rprivate() {
                 eprintln!("kiln: cannot make the mounts of kiln's mount namespace private: {e}");
                 unsafe { libc::_exit(125) };
