@@ -81,7 +81,11 @@ pub struct HashingWriter<W> {
 
 impl<W: Write> HashingWriter<W> {
     pub fn new(inner: W) -> Self {
-        HashingWriter { inner, hasher: Sha256::new(), count: 0 }
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
     }
     /// Returns the inner writer, the digest and the byte count.
     pub fn finish(self) -> (W, Digest, u64) {
@@ -113,7 +117,11 @@ pub struct HashingReader<R> {
 
 impl<R: Read> HashingReader<R> {
     pub fn new(inner: R) -> Self {
-        HashingReader { inner, hasher: Sha256::new(), count: 0 }
+        HashingReader {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
     }
     pub fn finish(self) -> (R, Digest, u64) {
         (self.inner, Digest::from_hasher(self.hasher), self.count)

@@ -42,8 +42,8 @@ pub fn resolve_in_root(root: &Path, path: &Path, follow_last: bool) -> Result<Pa
                 if links > MAX_SYMLINKS {
                     bail!("resolving {}: too many levels of symbolic links", path.display());
                 }
-                let target = fs::read_link(&candidate)
-                    .with_context(|| format!("reading symlink {}", candidate.display()))?;
+                let target =
+                    fs::read_link(&candidate).with_context(|| format!("reading symlink {}", candidate.display()))?;
                 if target.is_absolute() {
                     resolved.clear();
                 }
@@ -78,9 +78,14 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
         .prefix(".tmp-")
         .tempfile_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    tmp.write_all(data).with_context(|| format!("writing {}", path.display()))?;
-    tmp.as_file().sync_all().with_context(|| format!("syncing {}", path.display()))?;
-    tmp.persist(path).map_err(|e| e.error).with_context(|| format!("renaming into {}", path.display()))?;
+    tmp.write_all(data)
+        .with_context(|| format!("writing {}", path.display()))?;
+    tmp.as_file()
+        .sync_all()
+        .with_context(|| format!("syncing {}", path.display()))?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("renaming into {}", path.display()))?;
     sync_dir(dir)
 }
 
@@ -104,11 +109,26 @@ mod tests {
         symlink("/", root.join("a/up")).unwrap();
         symlink("../../../../etc", root.join("a/b/esc")).unwrap();
         symlink("b", root.join("a/rel")).unwrap();
-        assert_eq!(resolve_in_root(root, Path::new("/a/up/a/b"), true).unwrap(), root.join("a/b"));
-        assert_eq!(resolve_in_root(root, Path::new("a/b/esc/passwd"), true).unwrap(), root.join("etc/passwd"));
-        assert_eq!(resolve_in_root(root, Path::new("../../x"), true).unwrap(), root.join("x"));
-        assert_eq!(resolve_in_root(root, Path::new("/a/rel"), true).unwrap(), root.join("a/b"));
-        assert_eq!(resolve_in_root(root, Path::new("/a/rel"), false).unwrap(), root.join("a/rel"));
+        assert_eq!(
+            resolve_in_root(root, Path::new("/a/up/a/b"), true).unwrap(),
+            root.join("a/b")
+        );
+        assert_eq!(
+            resolve_in_root(root, Path::new("a/b/esc/passwd"), true).unwrap(),
+            root.join("etc/passwd")
+        );
+        assert_eq!(
+            resolve_in_root(root, Path::new("../../x"), true).unwrap(),
+            root.join("x")
+        );
+        assert_eq!(
+            resolve_in_root(root, Path::new("/a/rel"), true).unwrap(),
+            root.join("a/b")
+        );
+        assert_eq!(
+            resolve_in_root(root, Path::new("/a/rel"), false).unwrap(),
+            root.join("a/rel")
+        );
     }
 
     #[test]

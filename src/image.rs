@@ -182,7 +182,10 @@ impl ContainerConfig {
     pub fn env_set(&mut self, key: &str, value: &str) {
         let env = self.env.get_or_insert_with(Vec::new);
         let entry = format!("{key}={value}");
-        match env.iter_mut().find(|kv| kv.split_once('=').map(|(k, _)| k) == Some(key) || kv.as_str() == key) {
+        match env
+            .iter_mut()
+            .find(|kv| kv.split_once('=').map(|(k, _)| k) == Some(key) || kv.as_str() == key)
+        {
             Some(slot) => *slot = entry,
             None => env.push(entry),
         }
@@ -234,7 +237,10 @@ impl ImageConfig {
         ImageConfig {
             architecture: host_arch().to_string(),
             os: "linux".to_string(),
-            rootfs: RootFs { kind: "layers".to_string(), diff_ids: Vec::new() },
+            rootfs: RootFs {
+                kind: "layers".to_string(),
+                diff_ids: Vec::new(),
+            },
             ..Default::default()
         }
     }
@@ -276,7 +282,10 @@ mod tests {
 
     #[test]
     fn env_set_replaces_in_place() {
-        let mut c = ContainerConfig { env: Some(vec!["A=1".into(), "B=2".into()]), ..Default::default() };
+        let mut c = ContainerConfig {
+            env: Some(vec!["A=1".into(), "B=2".into()]),
+            ..Default::default()
+        };
         c.env_set("A", "3");
         c.env_set("C", "4");
         assert_eq!(c.env.as_deref().unwrap(), ["A=3", "B=2", "C=4"]);

@@ -14,8 +14,12 @@ pub struct ResolvedUser {
 }
 
 fn read_db(rootfs: &Path, file: &str) -> Vec<Vec<String>> {
-    let Ok(path) = resolve_in_root(rootfs, Path::new(file), true) else { return Vec::new() };
-    let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
+    let Ok(path) = resolve_in_root(rootfs, Path::new(file), true) else {
+        return Vec::new();
+    };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
     text.lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
         .map(|l| l.split(':').map(str::to_string).collect())
@@ -24,12 +28,20 @@ fn read_db(rootfs: &Path, file: &str) -> Vec<Vec<String>> {
 
 fn lookup_user(passwd: &[Vec<String>], name: &str) -> Option<(u32, u32, String, String)> {
     passwd.iter().find(|f| f.len() >= 4 && f[0] == name).and_then(|f| {
-        Some((f[2].parse().ok()?, f[3].parse().ok()?, f[0].clone(), f.get(5).cloned().unwrap_or_default()))
+        Some((
+            f[2].parse().ok()?,
+            f[3].parse().ok()?,
+            f[0].clone(),
+            f.get(5).cloned().unwrap_or_default(),
+        ))
     })
 }
 
 fn lookup_group(group: &[Vec<String>], name: &str) -> Option<u32> {
-    group.iter().find(|f| f.len() >= 3 && f[0] == name).and_then(|f| f[2].parse().ok())
+    group
+        .iter()
+        .find(|f| f.len() >= 3 && f[0] == name)
+        .and_then(|f| f[2].parse().ok())
 }
 
 /// Resolves `user[:group]` (names or numeric ids) as Docker does for USER: a numeric uid
@@ -46,7 +58,12 @@ pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<ResolvedUser> {
     let groups_db = read_db(rootfs, "/etc/group");
     let (uid, mut gid, name, home) = match user.parse::<u32>() {
         Ok(uid) => match passwd.iter().find(|f| f.len() >= 4 && f[2] == user) {
-            Some(f) => (uid, f[3].parse().unwrap_or(0), f[0].clone(), f.get(5).cloned().unwrap_or_default()),
+            Some(f) => (
+                uid,
+                f[3].parse().unwrap_or(0),
+                f[0].clone(),
+                f.get(5).cloned().unwrap_or_default(),
+            ),
             None => (uid, 0, String::new(), "/".to_string()),
         },
         Err(_) => match lookup_user(&passwd, user) {
@@ -68,18 +85,24 @@ pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<ResolvedUser> {
         None if !name.is_empty() => {
             // Supplementary groups: every group that lists the user as a member.
             for f in &groups_db {
-                if f.len() >= 4 && f[3].split(',').any(|m| m == name) {
-                    if let Ok(n) = f[2].parse::<u32>() {
-                        if n != gid && !groups.contains(&n) {
-                            groups.push(n);
-                        }
-                    }
+                if f.len() >= 4
+                    && f[3].split(',').any(|m| m == name)
+                    && let Ok(n) = f[2].parse::<u32>()
+                    && n != gid
+                    && !groups.contains(&n)
+                {
+                    groups.push(n);
                 }
             }
         }
         None => {}
     }
-    Ok(ResolvedUser { uid, gid, groups, home: if home.is_empty() { "/".into() } else { home } })
+    Ok(ResolvedUser {
+        uid,
+        gid,
+        groups,
+        home: if home.is_empty() { "/".into() } else { home },
+    })
 }
 
 /// Resolves a `--chown=user[:group]` spec. Unlike USER, a missing group defaults to the
@@ -95,7 +118,9 @@ pub fn resolve_chown(rootfs: &Path, spec: &str) -> Result<(u32, u32)> {
         Ok(uid) => (uid, uid),
         Err(_) => match lookup_user(&passwd, user) {
             Some((uid, gid, _, _)) => (uid, gid),
-            None => bail!("unable to convert uid/gid chown string to host mapping: can't find uid for user {user}: no such user: {user}"),
+            None => bail!(
+                "unable to convert uid/gid chown string to host mapping: can't find uid for user {user}: no such user: {user}"
+            ),
         },
     };
     let gid = match group {
@@ -104,7 +129,9 @@ pub fn resolve_chown(rootfs: &Path, spec: &str) -> Result<(u32, u32)> {
             Ok(n) => n,
             Err(_) => match lookup_group(&read_db(rootfs, "/etc/group"), g) {
                 Some(n) => n,
-                None => bail!("unable to convert uid/gid chown string to host mapping: can't find gid for group {g}: no such group: {g}"),
+                None => bail!(
+                    "unable to convert uid/gid chown string to host mapping: can't find gid for group {g}: no such group: {g}"
+                ),
             },
         },
     };
@@ -119,19 +146,48 @@ mod tests {
     fn rootfs() -> tempfile::TempDir {
         let t = tempfile::tempdir().unwrap();
         fs::create_dir(t.path().join("etc")).unwrap();
-        fs::write(t.path().join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\ndaemon:x:1:1::/:/bin/false\napp:x:1000:1000::/home/app:/bin/sh\n").unwrap();
-        fs::write(t.path().join("etc/group"), "root:x:0:\ndaemon:x:1:\nnobody:x:65534:\nwheel:x:10:app\napp:x:1000:\n").unwrap();
+        fs::write(
+            t.path().join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\ndaemon:x:1:1::/:/bin/false\napp:x:1000:1000::/home/app:/bin/sh\n",
+        )
+        .unwrap();
+        fs::write(
+            t.path().join("etc/group"),
+            "root:x:0:\ndaemon:x:1:\nnobody:x:65534:\nwheel:x:10:app\napp:x:1000:\n",
+        )
+        .unwrap();
         t
     }
 
     #[test]
     fn user_forms() {
         let r = rootfs();
-        assert_eq!(resolve_user(r.path(), "app").unwrap(), ResolvedUser { uid: 1000, gid: 1000, groups: vec![10], home: "/home/app".into() });
+        assert_eq!(
+            resolve_user(r.path(), "app").unwrap(),
+            ResolvedUser {
+                uid: 1000,
+                gid: 1000,
+                groups: vec![10],
+                home: "/home/app".into()
+            }
+        );
         assert_eq!(resolve_user(r.path(), "1").unwrap().gid, 1);
-        assert_eq!(resolve_user(r.path(), "4242").unwrap(), ResolvedUser { uid: 4242, gid: 0, groups: vec![], home: "/".into() });
+        assert_eq!(
+            resolve_user(r.path(), "4242").unwrap(),
+            ResolvedUser {
+                uid: 4242,
+                gid: 0,
+                groups: vec![],
+                home: "/".into()
+            }
+        );
         assert_eq!(resolve_user(r.path(), "app:nobody").unwrap().gid, 65534);
-        assert!(resolve_user(r.path(), "ghost").unwrap_err().to_string().contains("unable to find user ghost"));
+        assert!(
+            resolve_user(r.path(), "ghost")
+                .unwrap_err()
+                .to_string()
+                .contains("unable to find user ghost")
+        );
     }
 
     #[test]

@@ -6,7 +6,11 @@ use std::path::Path;
 
 fn build(root: &Path, ctx: &Path, extra: &[&str]) -> String {
     let out = Kiln::with_root(root).arg("build").args(extra).arg(ctx).output();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "kiln build failed:\n{text}");
     text
 }
@@ -33,7 +37,11 @@ fn run_copy_whiteouts_and_local_output() {
          CMD [\"sh\"]\n",
     );
     let out = s.join("out");
-    build(&root, &s.join("ctx"), &["-t", "basic:1", "-o", &format!("type=local,dest={}", out.display())]);
+    build(
+        &root,
+        &s.join("ctx"),
+        &["-t", "basic:1", "-o", &format!("type=local,dest={}", out.display())],
+    );
     assert_eq!(read(&out.join("built")), "built\n");
     assert!(!out.join("etc/group").exists(), "deleted lower file must be whited out");
     assert!(out.join("etc/passwd").exists());
@@ -47,19 +55,33 @@ fn run_copy_whiteouts_and_local_output() {
     let hard = std::fs::metadata(out.join("hard")).unwrap();
     let copied = std::fs::metadata(out.join("copied.txt")).unwrap();
     assert_eq!(hard.ino(), copied.ino(), "hardlink kept");
-    assert!(std::fs::symlink_metadata(out.join("fifo")).unwrap().file_type().is_fifo());
+    assert!(
+        std::fs::symlink_metadata(out.join("fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
     let inspect = Kiln::with_root(&root).args(["inspect", "basic:1"]).ok();
     assert!(inspect.contains("GREETING=hi"), "{inspect}");
     // The image's layer tar carries the in-container owner, not a host sub-id.
     let oci = s.join("oci");
-    Kiln::with_root(&root).args(["push", "basic:1"]).arg(format!("oci:{}:basic", oci.display())).ok();
+    Kiln::with_root(&root)
+        .args(["push", "basic:1"])
+        .arg(format!("oci:{}:basic", oci.display()))
+        .ok();
     let listing = std::process::Command::new("sh")
         .arg("-c")
-        .arg(format!("for b in {}/blobs/sha256/*; do tar tvzf $b 2>/dev/null; done", oci.display()))
+        .arg(format!(
+            "for b in {}/blobs/sha256/*; do tar tvzf $b 2>/dev/null; done",
+            oci.display()
+        ))
         .output()
         .unwrap();
     let listing = String::from_utf8_lossy(&listing.stdout);
-    assert!(listing.lines().any(|l| l.contains("1000/1000") && l.ends_with("built")), "{listing}");
+    assert!(
+        listing.lines().any(|l| l.contains("1000/1000") && l.ends_with("built")),
+        "{listing}"
+    );
 }
 
 #[test]
@@ -120,7 +142,11 @@ fn multi_stage_copy_from_and_target() {
          FROM scratch AS final\nCOPY --from=builder /artifact /artifact\n",
     );
     let out = s.join("out");
-    build(&root, &s.join("ctx"), &["--target", "FINAL", "-o", &format!("type=local,dest={}", out.display())]);
+    build(
+        &root,
+        &s.join("ctx"),
+        &["--target", "FINAL", "-o", &format!("type=local,dest={}", out.display())],
+    );
     assert_eq!(read(&out.join("artifact")), "artifact\n");
     assert!(!out.join("bin").exists());
 }
@@ -129,11 +155,24 @@ fn multi_stage_copy_from_and_target() {
 fn reproducible_with_timestamp() {
     let s = Scratch::new("build-repro");
     let root = store_with_busybox(&s);
-    s.write("ctx/Dockerfile", "FROM busybox:latest\nRUN echo x > /x && touch /y\nCOPY f /f\n");
+    s.write(
+        "ctx/Dockerfile",
+        "FROM busybox:latest\nRUN echo x > /x && touch /y\nCOPY f /f\n",
+    );
     s.write("ctx/f", "f\n");
     let id = |n: &str| {
         let f = s.join(n);
-        build(&root, &s.join("ctx"), &["--no-cache", "--timestamp", "1700000000", "--iidfile", f.to_str().unwrap()]);
+        build(
+            &root,
+            &s.join("ctx"),
+            &[
+                "--no-cache",
+                "--timestamp",
+                "1700000000",
+                "--iidfile",
+                f.to_str().unwrap(),
+            ],
+        );
         read(&f)
     };
     let a = id("id1");
@@ -154,7 +193,11 @@ fn run_step_is_confined() {
          RUN id -u > /uid && ls / > /rootlist\n",
     );
     let out = s.join("out");
-    build(&root, &s.join("ctx"), &["-o", &format!("type=local,dest={}", out.display())]);
+    build(
+        &root,
+        &s.join("ctx"),
+        &["-o", &format!("type=local,dest={}", out.display())],
+    );
     let status = read(&out.join("status"));
     assert!(status.contains("CapEff:\t00000000a80425fb"), "{status}");
     assert!(status.contains("Seccomp:\t2"), "{status}");

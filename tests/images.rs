@@ -7,13 +7,21 @@ use std::process::Command;
 
 fn tool(name: &str) -> Command {
     let path = format!("/usr/bin/{name}");
-    assert!(std::path::Path::new(&path).exists(), "{name} is not installed: run scripts/setup.sh");
+    assert!(
+        std::path::Path::new(&path).exists(),
+        "{name} is not installed: run scripts/setup.sh"
+    );
     as_user(&path)
 }
 
 fn ok(mut c: Command) -> String {
     let out = c.output().unwrap();
-    assert!(out.status.success(), "{c:?} failed:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{c:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -27,7 +35,11 @@ fn import_list_tag_rmi() {
     let v: serde_json::Value = serde_json::from_str(&json).expect("images --format json is JSON");
     assert!(v.to_string().contains("busybox"), "{v}");
     // --root after the subcommand works too.
-    Kiln::new().args(["tag", "busybox:latest", "mybase:1"]).arg("--root").arg(&root).ok();
+    Kiln::new()
+        .args(["tag", "busybox:latest", "mybase:1"])
+        .arg("--root")
+        .arg(&root)
+        .ok();
     let inspect = Kiln::with_root(&root).args(["inspect", "mybase:1"]).ok();
     let v: serde_json::Value = serde_json::from_str(&inspect).expect("inspect prints JSON");
     assert!(v.to_string().contains("diff_ids"), "{v}");
@@ -44,16 +56,30 @@ fn store_is_an_oci_layout_and_exports_interoperate() {
     // The store itself is readable by skopeo.
     ok({
         let mut c = tool("skopeo");
-        c.arg("inspect").arg(format!("oci:{}:docker.io/library/busybox:latest", root.display()));
+        c.arg("inspect")
+            .arg(format!("oci:{}:docker.io/library/busybox:latest", root.display()));
         c
     });
     let layout = s.join("layout");
     let oarch = s.join("img-oci.tar");
     let darch = s.join("img-docker.tar");
-    Kiln::with_root(&root).args(["push", "busybox:latest"]).arg(format!("oci:{}:bb", layout.display())).ok();
-    Kiln::with_root(&root).args(["push", "busybox:latest"]).arg(format!("oci-archive:{}", oarch.display())).ok();
-    Kiln::with_root(&root).args(["save", "busybox:latest", "--format", "docker-archive", "-o"]).arg(&darch).ok();
-    for r in [format!("oci:{}:bb", layout.display()), format!("oci-archive:{}", oarch.display()), format!("docker-archive:{}", darch.display())] {
+    Kiln::with_root(&root)
+        .args(["push", "busybox:latest"])
+        .arg(format!("oci:{}:bb", layout.display()))
+        .ok();
+    Kiln::with_root(&root)
+        .args(["push", "busybox:latest"])
+        .arg(format!("oci-archive:{}", oarch.display()))
+        .ok();
+    Kiln::with_root(&root)
+        .args(["save", "busybox:latest", "--format", "docker-archive", "-o"])
+        .arg(&darch)
+        .ok();
+    for r in [
+        format!("oci:{}:bb", layout.display()),
+        format!("oci-archive:{}", oarch.display()),
+        format!("docker-archive:{}", darch.display()),
+    ] {
         let out = ok({
             let mut c = tool("skopeo");
             c.arg("inspect").arg(&r);
@@ -65,7 +91,9 @@ fn store_is_an_oci_layout_and_exports_interoperate() {
     let bundle = s.join("bundle");
     ok({
         let mut c = tool("umoci");
-        c.args(["unpack", "--rootless", "--image"]).arg(format!("{}:bb", layout.display())).arg(&bundle);
+        c.args(["unpack", "--rootless", "--image"])
+            .arg(format!("{}:bb", layout.display()))
+            .arg(&bundle);
         c
     });
     assert!(bundle.join("rootfs/bin/busybox").exists());
@@ -80,7 +108,9 @@ fn store_is_an_oci_layout_and_exports_interoperate() {
     let sk = s.join("skopeo-layout");
     ok({
         let mut c = tool("skopeo");
-        c.arg("copy").arg(format!("oci:{}:bb", layout.display())).arg(format!("oci:{}:copied", sk.display()));
+        c.arg("copy")
+            .arg(format!("oci:{}:bb", layout.display()))
+            .arg(format!("oci:{}:copied", sk.display()));
         c
     });
     let fresh = s.join("fresh-layout");
@@ -96,7 +126,11 @@ fn bad_archives_fail_cleanly() {
     assert!(!err.is_empty());
     let err = Kiln::with_root(&root).args(["load", "-i"]).arg(&junk).fails();
     assert!(!err.is_empty());
-    let missing = Kiln::with_root(&root).arg("import").arg(s.join("nope.tar")).arg("x:1").fails();
+    let missing = Kiln::with_root(&root)
+        .arg("import")
+        .arg(s.join("nope.tar"))
+        .arg("x:1")
+        .fails();
     assert!(missing.contains("nope.tar"), "{missing}");
     // A hostile tarball never writes outside the store, and import keeps it as a layer.
     let evil = s.join("evil.tar");

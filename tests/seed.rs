@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 fn base_tarball() -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/base-image.sh");
-    let out = as_user("bash").arg(&script).output().expect("running scripts/base-image.sh");
+    let out = as_user("bash")
+        .arg(&script)
+        .output()
+        .expect("running scripts/base-image.sh");
     assert!(
         out.status.success(),
         "scripts/base-image.sh failed:\n{}",
@@ -33,7 +36,11 @@ fn seed_python_webapp_builds_and_answers() {
     let s = Scratch::new("seed");
     let root = s.join("store");
     let base = base_tarball();
-    Kiln::with_root(&root).arg("import").arg(&base).arg("debian:bookworm").ok();
+    Kiln::with_root(&root)
+        .arg("import")
+        .arg(&base)
+        .arg("debian:bookworm")
+        .ok();
     let ctx = s.join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/python-webapp");
@@ -43,7 +50,10 @@ fn seed_python_webapp_builds_and_answers() {
     if is_root() {
         chown_to_test_user(&ctx);
     }
-    Kiln::with_root(&root).args(["build", "-t", "python-webapp:v1"]).arg(&ctx).ok();
+    Kiln::with_root(&root)
+        .args(["build", "-t", "python-webapp:v1"])
+        .arg(&ctx)
+        .ok();
     let config = Kiln::with_root(&root).args(["inspect", "python-webapp:v1"]).ok();
     assert!(config.contains("5000/tcp"), "{config}");
 
@@ -53,11 +63,17 @@ fn seed_python_webapp_builds_and_answers() {
     let port = if free5000 {
         5000
     } else {
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
     };
     let mut k = Kiln::with_root(&root).args(["run", "--rm", "-p", &format!("{port}:{port}"), "python-webapp:v1"]);
     if !free5000 {
-        k = k.args(["python3", "-c"]).arg(format!("import app; app.app.run(host='0.0.0.0', port={port})"));
+        k = k
+            .args(["python3", "-c"])
+            .arg(format!("import app; app.app.run(host='0.0.0.0', port={port})"));
     }
     let mut child = k.spawn();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -69,7 +85,10 @@ fn seed_python_webapp_builds_and_answers() {
         }
         std::thread::sleep(Duration::from_millis(300));
     }
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
     let _ = child.wait();
     let body = answer.expect("the container never answered");
     assert!(body.contains("Docker Image Example"), "{body}");

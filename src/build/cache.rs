@@ -48,10 +48,10 @@ pub fn lookup(store: &Store, key: &Digest) -> Result<Option<Entry>> {
         // A damaged entry is a miss, not an error; it gets rewritten.
         return Ok(None);
     };
-    if let Some((desc, _)) = &entry.layer {
-        if !store.has_blob(&desc.digest) {
-            return Ok(None);
-        }
+    if let Some((desc, _)) = &entry.layer
+        && !store.has_blob(&desc.digest)
+    {
+        return Ok(None);
     }
     Ok(Some(entry))
 }

@@ -27,8 +27,8 @@ use crate::sandbox::{Network, SeccompChoice};
 use crate::store::{ManifestFormat, Store};
 use anyhow::{Context, Result, bail};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// Default PATH for images that do not set one (BuildKit's DefaultPathEnv for Linux).
@@ -205,7 +205,8 @@ pub fn build(store: &Store, req: &BuildRequest) -> Result<Option<Image>> {
         created,
     };
     for unused in &b.plan.unused_build_args {
-        b.progress.warn(&format!("build argument {unused} was given but not used by any stage"));
+        b.progress
+            .warn(&format!("build argument {unused} was given but not used by any stage"));
     }
     let target = b.plan.target;
     let state = b.stage(target)?;
@@ -220,10 +221,13 @@ fn read_dockerfile(req: &BuildRequest) -> Result<(String, String)> {
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("reading the Dockerfile from stdin")?;
         return Ok((s, "Dockerfile".to_string()));
     }
-    let name = req.dockerfile.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let bytes = std::fs::read(&req.dockerfile).with_context(|| {
-        format!("reading Dockerfile {}", req.dockerfile.display())
-    })?;
+    let name = req
+        .dockerfile
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let bytes =
+        std::fs::read(&req.dockerfile).with_context(|| format!("reading Dockerfile {}", req.dockerfile.display()))?;
     let text = String::from_utf8(bytes).map_err(|e| {
         anyhow::anyhow!(
             "{name}: the file is not UTF-8 text (invalid byte at offset {}): is it a Dockerfile?",
@@ -295,7 +299,8 @@ impl<'a> Builder<'a> {
                 std::thread::scope(|scope| -> Result<()> {
                     let handles: Vec<_> = chunk.iter().map(|&d| scope.spawn(move || self.stage(d))).collect();
                     for h in handles {
-                        h.join().map_err(|_| anyhow::anyhow!("a stage builder thread panicked"))??;
+                        h.join()
+                            .map_err(|_| anyhow::anyhow!("a stage builder thread panicked"))??;
                     }
                     Ok(())
                 })?;
@@ -326,20 +331,22 @@ impl<'a> Builder<'a> {
         let total = stage.instructions.len();
         let stage_label = stage.name.clone().unwrap_or_else(|| format!("stage-{index}"));
         // ONBUILD triggers of the base (an image or an earlier stage) run first, then are cleared.
-        if !matches!(stage.base, BaseRef::Scratch) {
-            if let Some(triggers) = state.config.config.on_build.take() {
-                for (i, t) in triggers.iter().enumerate() {
-                    let ins = dockerfile::parse_onbuild_trigger(t, &stage.from.loc)
-                        .with_context(|| format!("{}: ONBUILD trigger {t:?} of the base image", stage.from.loc))?;
-                    self.progress.step_start(&stage_label, i + 1, triggers.len(), &format!("ONBUILD {t}"));
-                    step::execute(self, &mut state, &ins, index)?;
-                }
+        if !matches!(stage.base, BaseRef::Scratch)
+            && let Some(triggers) = state.config.config.on_build.take()
+        {
+            for (i, t) in triggers.iter().enumerate() {
+                let ins = dockerfile::parse_onbuild_trigger(t, &stage.from.loc)
+                    .with_context(|| format!("{}: ONBUILD trigger {t:?} of the base image", stage.from.loc))?;
+                self.progress
+                    .step_start(&stage_label, i + 1, triggers.len(), &format!("ONBUILD {t}"));
+                step::execute(self, &mut state, &ins, index)?;
             }
         }
         for (i, ins) in stage.instructions.iter().enumerate() {
             self.progress.step_start(&stage_label, i + 1, total, &ins.original);
             let t = Instant::now();
-            let cached = step::execute(self, &mut state, ins, index).with_context(|| format!("{}: {}", ins.loc, ins.original))?;
+            let cached = step::execute(self, &mut state, ins, index)
+                .with_context(|| format!("{}: {}", ins.loc, ins.original))?;
             self.progress.step_done(cached, t.elapsed());
         }
         Ok(state)
@@ -373,7 +380,9 @@ impl<'a> Builder<'a> {
 
     /// State for `FROM image` (pulled when missing or with --pull).
     fn image_state(&self, reference: &str, from: &Instruction) -> Result<StageState> {
-        let image = self.get_image(reference).with_context(|| format!("{}: FROM {reference}", from.loc))?;
+        let image = self
+            .get_image(reference)
+            .with_context(|| format!("{}: FROM {reference}", from.loc))?;
         let mut config = image.config.clone();
         if config.config.env_get("PATH").is_none() {
             config.config.env_set("PATH", DEFAULT_PATH);
@@ -390,10 +399,10 @@ impl<'a> Builder<'a> {
     /// An image from the store, pulled first when missing (or always with --pull).
     pub fn get_image(&self, reference: &str) -> Result<Image> {
         let parsed = Reference::parse(reference)?;
-        if !self.req.pull {
-            if let Ok(img) = self.store.load_image(&parsed.to_string()) {
-                return Ok(img);
-            }
+        if !self.req.pull
+            && let Ok(img) = self.store.load_image(&parsed.to_string())
+        {
+            return Ok(img);
         }
         let opts = crate::registry::RegistryOptions {
             tls_verify: self.req.tls_verify,
@@ -444,13 +453,25 @@ impl<'a> Builder<'a> {
         // The newest step's time (every step's, when all were cached), or --timestamp.
         state.config.created = match self.req.timestamp {
             Some(_) => Some(self.created.clone()),
-            None => state.config.history.iter().filter_map(|h| h.created.clone()).max().or(Some(self.created.clone())),
+            None => state
+                .config
+                .history
+                .iter()
+                .filter_map(|h| h.created.clone())
+                .max()
+                .or(Some(self.created.clone())),
         };
-        let image = self.store.write_image(&state.config, state.layers.clone(), self.req.format)?;
+        let image = self
+            .store
+            .write_image(&state.config, state.layers.clone(), self.req.format)?;
         for t in &self.req.tags {
             let r = Reference::parse(t).with_context(|| format!("-t {t}"))?;
             let desc = Descriptor::new(
-                image.manifest.media_type.as_deref().unwrap_or(crate::image::MT_OCI_MANIFEST),
+                image
+                    .manifest
+                    .media_type
+                    .as_deref()
+                    .unwrap_or(crate::image::MT_OCI_MANIFEST),
                 image.manifest_digest.clone(),
                 self.store.read_blob(&image.manifest_digest)?.len() as u64,
             );
@@ -482,7 +503,11 @@ impl<'a> Builder<'a> {
 /// killed kiln never leaves a half-unpacked layer behind) and shared by every build.
 pub fn lowers_for(store: &Store, layers: &[Descriptor], diff_ids: &[Digest]) -> Result<Vec<PathBuf>> {
     if layers.len() != diff_ids.len() {
-        bail!("image has {} layers but {} diff_ids in its config", layers.len(), diff_ids.len());
+        bail!(
+            "image has {} layers but {} diff_ids in its config",
+            layers.len(),
+            diff_ids.len()
+        );
     }
     let mut dirs = Vec::with_capacity(layers.len());
     for (desc, diff_id) in layers.iter().zip(diff_ids) {
@@ -517,7 +542,10 @@ fn ensure_unpacked(store: &Store, desc: &Descriptor, diff_id: &Digest) -> Result
     let got = crate::layer::unpack_to_lower(std::io::BufReader::with_capacity(1 << 20, blob), compression, &target)
         .with_context(|| format!("unpacking layer {}", desc.digest))?;
     if &got != diff_id {
-        bail!("layer {}: content has diff_id {got}, but the image config says {diff_id}", desc.digest);
+        bail!(
+            "layer {}: content has diff_id {got}, but the image config says {diff_id}",
+            desc.digest
+        );
     }
     publish_layer_dir(store, &target, diff_id)?;
     Ok(dir)
@@ -551,10 +579,17 @@ pub fn command_argv(cmd: &ShellOrExec, shell: &[String]) -> Vec<String> {
 
 /// The stage's SHELL (default `/bin/sh -c`).
 pub fn shell_of(config: &ImageConfig) -> Vec<String> {
-    config.config.shell.clone().unwrap_or_else(|| vec!["/bin/sh".to_string(), "-c".to_string()])
+    config
+        .config
+        .shell
+        .clone()
+        .unwrap_or_else(|| vec!["/bin/sh".to_string(), "-c".to_string()])
 }
 
 /// True when the instruction changes the filesystem (and so produces a layer).
 pub fn is_fs_step(cmd: &Command) -> bool {
-    matches!(cmd, Command::Run(_) | Command::Copy { .. } | Command::Add { .. } | Command::Workdir(_))
+    matches!(
+        cmd,
+        Command::Run(_) | Command::Copy { .. } | Command::Add { .. } | Command::Workdir(_)
+    )
 }

@@ -32,7 +32,10 @@ struct RunMount {
 }
 
 fn parse_mount(spec: &str) -> Result<RunMount> {
-    let mut m = RunMount { kind: "bind".to_string(), ..Default::default() };
+    let mut m = RunMount {
+        kind: "bind".to_string(),
+        ..Default::default()
+    };
     for field in spec.split(',') {
         let (k, v) = match field.split_once('=') {
             Some((k, v)) => (k.trim().to_ascii_lowercase(), Some(v.trim().to_string())),
@@ -69,7 +72,10 @@ fn parse_mount(spec: &str) -> Result<RunMount> {
         }
     }
     if !matches!(m.kind.as_str(), "bind" | "cache" | "tmpfs" | "secret" | "ssh") {
-        bail!("--mount {spec}: unknown mount type {:?} (expected bind, cache, tmpfs, secret or ssh)", m.kind);
+        bail!(
+            "--mount {spec}: unknown mount type {:?} (expected bind, cache, tmpfs, secret or ssh)",
+            m.kind
+        );
     }
     if m.target.is_empty() {
         match m.kind.as_str() {
@@ -115,7 +121,11 @@ fn run_argv(
             std::fs::write(&path, &h.content).with_context(|| format!("writing {}", path.display()))?;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
             let dest = format!("/dev/pipes/{}", h.name);
-            mounts.push(MountSpec::Bind { src: path, dest: dest.clone(), readonly: true });
+            mounts.push(MountSpec::Bind {
+                src: path,
+                dest: dest.clone(),
+                readonly: true,
+            });
             return Ok(vec![dest]);
         }
         let mut v = shell.to_vec();
@@ -145,7 +155,13 @@ fn is_lone_heredoc(line: &str, name: &str) -> bool {
 }
 
 /// Executes a RUN instruction.
-pub fn run_step(b: &Builder, state: &mut StageState, ins: &Instruction, stage_index: usize, cmd: &ShellOrExec) -> Result<bool> {
+pub fn run_step(
+    b: &Builder,
+    state: &mut StageState,
+    ins: &Instruction,
+    stage_index: usize,
+    cmd: &ShellOrExec,
+) -> Result<bool> {
     let vars = state.vars();
     let esc = b.escape;
     let mut mount_specs = Vec::new();
@@ -173,7 +189,10 @@ pub fn run_step(b: &Builder, state: &mut StageState, ins: &Instruction, stage_in
     }
     // Environment: image ENV, then ARGs in scope that ENV does not override, then proxies.
     let mut env: Vec<String> = state.config.config.env.clone().unwrap_or_default();
-    let env_keys: Vec<String> = env.iter().map(|kv| kv.split('=').next().unwrap_or("").to_string()).collect();
+    let env_keys: Vec<String> = env
+        .iter()
+        .map(|kv| kv.split('=').next().unwrap_or("").to_string())
+        .collect();
     for (k, v) in &state.args {
         if !env_keys.contains(k) {
             env.push(format!("{k}={v}"));
@@ -245,9 +264,21 @@ pub fn run_step(b: &Builder, state: &mut StageState, ins: &Instruction, stage_in
             heredocs: Vec::new(),
         };
         let ignore = if is_context { Some(&b.ignore) } else { None };
-        let d = super::copy::source_digest(&super::copy::CopySource { root: &root, ignore, is_context }, &req)?;
+        let d = super::copy::source_digest(
+            &super::copy::CopySource {
+                root: &root,
+                ignore,
+                is_context,
+            },
+            &req,
+        )?;
         source_digest = Some(crate::digest::Digest::of(
-            format!("{:?}{}", source_digest.as_ref().map(|d: &crate::digest::Digest| d.to_string()), d).as_bytes(),
+            format!(
+                "{:?}{}",
+                source_digest.as_ref().map(|d: &crate::digest::Digest| d.to_string()),
+                d
+            )
+            .as_bytes(),
         ));
         bind_roots.push((m, src));
     }
@@ -262,55 +293,76 @@ pub fn run_step(b: &Builder, state: &mut StageState, ins: &Instruction, stage_in
         state.config.config.working_dir
     );
     let user = state.config.config.user.clone().unwrap_or_else(|| "0".to_string());
-    let cwd = state.config.config.working_dir.clone().unwrap_or_else(|| "/".to_string());
-    let volumes: Vec<String> = state.config.config.volumes.iter().flatten().map(|(k, _)| k.clone()).collect();
+    let cwd = state
+        .config
+        .config
+        .working_dir
+        .clone()
+        .unwrap_or_else(|| "/".to_string());
+    let volumes: Vec<String> = state
+        .config
+        .config
+        .volumes
+        .iter()
+        .flatten()
+        .map(|(k, _)| k.clone())
+        .collect();
     let cmd = cmd.clone();
     let ins_owned = ins.clone();
-    let result = fs_step(b, state, ins, stage_index, &key_text, source_digest.as_ref(), created_by, |b, root, _st| {
-        let scratch = b.store.tmp_dir("run-")?;
-        // Declared VOLUMEs exist for the command, as with Docker.
-        for v in &volumes {
-            let dir = crate::fsutil::resolve_in_root(root, Path::new(v), true)?;
-            if !dir.exists() {
-                std::fs::create_dir_all(&dir).with_context(|| format!("creating VOLUME {v}"))?;
+    let result = fs_step(
+        b,
+        state,
+        ins,
+        stage_index,
+        &key_text,
+        source_digest.as_ref(),
+        created_by,
+        |b, root, _st| {
+            let scratch = b.store.tmp_dir("run-")?;
+            // Declared VOLUMEs exist for the command, as with Docker.
+            for v in &volumes {
+                let dir = crate::fsutil::resolve_in_root(root, Path::new(v), true)?;
+                if !dir.exists() {
+                    std::fs::create_dir_all(&dir).with_context(|| format!("creating VOLUME {v}"))?;
+                }
             }
-        }
-        let mut mounts = Vec::new();
-        let argv = run_argv(&cmd, &ins_owned, &shell, scratch.path(), &mut mounts)?;
-        let mut env = env.clone();
-        let mut locks = Vec::new();
-        for m in &mount_specs {
-            add_mount(b, m, &bind_roots, scratch.path(), &mut mounts, &mut env, &mut locks)
-                .with_context(|| format!("{}: --mount type={},target={}", ins_owned.loc, m.kind, m.target))?;
-        }
-        let spec = RunSpec {
-            rootfs: root.to_path_buf(),
-            args: argv.clone(),
-            env,
-            cwd: cwd.clone(),
-            user: user.clone(),
-            network,
-            hostname: "kiln".to_string(),
-            mounts,
-            seccomp: b.req.seccomp.clone(),
-            cap_add: b.req.cap_add.clone(),
-            cap_drop: b.req.cap_drop.clone(),
-            no_new_privs: b.req.no_new_privs,
-            stdin: None,
-            output_prefix: b.progress.prefix(),
-            tty: false,
-        };
-        let outcome = crate::sandbox::run(&spec)?;
-        drop(locks);
-        if outcome.status != 0 {
-            bail!(
-                "process \"{}\" did not complete successfully: exit code: {}",
-                argv.join(" "),
-                outcome.status
-            );
-        }
-        Ok(outcome.placeholders)
-    });
+            let mut mounts = Vec::new();
+            let argv = run_argv(&cmd, &ins_owned, &shell, scratch.path(), &mut mounts)?;
+            let mut env = env.clone();
+            let mut locks = Vec::new();
+            for m in &mount_specs {
+                add_mount(b, m, &bind_roots, scratch.path(), &mut mounts, &mut env, &mut locks)
+                    .with_context(|| format!("{}: --mount type={},target={}", ins_owned.loc, m.kind, m.target))?;
+            }
+            let spec = RunSpec {
+                rootfs: root.to_path_buf(),
+                args: argv.clone(),
+                env,
+                cwd: cwd.clone(),
+                user: user.clone(),
+                network,
+                hostname: "kiln".to_string(),
+                mounts,
+                seccomp: b.req.seccomp.clone(),
+                cap_add: b.req.cap_add.clone(),
+                cap_drop: b.req.cap_drop.clone(),
+                no_new_privs: b.req.no_new_privs,
+                stdin: None,
+                output_prefix: b.progress.prefix(),
+                tty: false,
+            };
+            let outcome = crate::sandbox::run(&spec)?;
+            drop(locks);
+            if outcome.status != 0 {
+                bail!(
+                    "process \"{}\" did not complete successfully: exit code: {}",
+                    argv.join(" "),
+                    outcome.status
+                );
+            }
+            Ok(outcome.placeholders)
+        },
+    );
     drop(ro_roots);
     result
 }
@@ -356,11 +408,19 @@ fn add_mount(
                 }
                 copy
             };
-            mounts.push(MountSpec::Bind { src, dest: m.target.clone(), readonly });
+            mounts.push(MountSpec::Bind {
+                src,
+                dest: m.target.clone(),
+                readonly,
+            });
         }
         "cache" => {
             let id = m.id.clone().unwrap_or_else(|| m.target.clone());
-            let dir = b.store.root().join("cache-mounts").join(crate::digest::Digest::of(id.as_bytes()).hex());
+            let dir = b
+                .store
+                .root()
+                .join("cache-mounts")
+                .join(crate::digest::Digest::of(id.as_bytes()).hex());
             if !dir.exists() {
                 std::fs::create_dir_all(&dir).with_context(|| format!("creating cache mount {}", dir.display()))?;
                 std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(m.mode.unwrap_or(0o755)))?;
@@ -391,9 +451,17 @@ fn add_mount(
             } else if !matches!(sharing, "shared") {
                 bail!("sharing={sharing}: expected shared, private or locked");
             }
-            mounts.push(MountSpec::Bind { src, dest: m.target.clone(), readonly: m.readonly.unwrap_or(false) });
+            mounts.push(MountSpec::Bind {
+                src,
+                dest: m.target.clone(),
+                readonly: m.readonly.unwrap_or(false),
+            });
         }
-        "tmpfs" => mounts.push(MountSpec::Tmpfs { dest: m.target.clone(), size: m.size, mode: m.mode }),
+        "tmpfs" => mounts.push(MountSpec::Tmpfs {
+            dest: m.target.clone(),
+            size: m.size,
+            mode: m.mode,
+        }),
         "secret" => {
             let id = m.id.clone().or(m.source.clone()).unwrap_or_default();
             let Some(secret) = b.req.secrets.iter().find(|s| s.id == id) else {
@@ -413,7 +481,11 @@ fn add_mount(
             std::fs::write(&path, &data).with_context(|| format!("writing secret {id}"))?;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(m.mode.unwrap_or(0o400)))?;
             nix::unistd::chown(&path, Some(m.uid.unwrap_or(0).into()), Some(m.gid.unwrap_or(0).into()))?;
-            mounts.push(MountSpec::Bind { src: path, dest: m.target.clone(), readonly: true });
+            mounts.push(MountSpec::Bind {
+                src: path,
+                dest: m.target.clone(),
+                readonly: true,
+            });
         }
         "ssh" => {
             let id = m.id.clone().unwrap_or_else(|| "default".to_string());
@@ -423,7 +495,11 @@ fn add_mount(
                 }
                 return Ok(());
             };
-            mounts.push(MountSpec::Bind { src: sock.clone(), dest: m.target.clone(), readonly: false });
+            mounts.push(MountSpec::Bind {
+                src: sock.clone(),
+                dest: m.target.clone(),
+                readonly: false,
+            });
             env.push(format!("SSH_AUTH_SOCK={}", m.target));
         }
         _ => unreachable!("checked in parse_mount"),
@@ -477,13 +553,19 @@ mod tests {
     #[test]
     fn mount_specs() {
         let m = parse_mount("type=cache,target=/root/.cache,id=pip,sharing=locked,uid=1000,mode=0700").unwrap();
-        assert_eq!((m.kind.as_str(), m.target.as_str(), m.id.as_deref()), ("cache", "/root/.cache", Some("pip")));
+        assert_eq!(
+            (m.kind.as_str(), m.target.as_str(), m.id.as_deref()),
+            ("cache", "/root/.cache", Some("pip"))
+        );
         assert_eq!((m.uid, m.mode), (Some(1000), Some(0o700)));
         let s = parse_mount("type=secret,id=tok").unwrap();
         assert_eq!(s.target, "/run/secrets/tok");
         assert!(parse_mount("type=nfs,target=/x").is_err());
         assert!(parse_mount("type=bind").is_err());
-        assert_eq!(parse_mount("type=tmpfs,target=/t,size=64m").unwrap().size, Some(64 << 20));
+        assert_eq!(
+            parse_mount("type=tmpfs,target=/t,size=64m").unwrap().size,
+            Some(64 << 20)
+        );
     }
 
     #[test]

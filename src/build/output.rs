@@ -46,7 +46,12 @@ impl OutputSpec {
 }
 
 pub fn write(b: &Builder, image: &Image, state: &StageState, o: &OutputSpec) -> Result<()> {
-    let name = b.req.tags.first().cloned().unwrap_or_else(|| format!("kiln-build:{}", image.id().short()));
+    let name = b
+        .req
+        .tags
+        .first()
+        .cloned()
+        .unwrap_or_else(|| format!("kiln-build:{}", image.id().short()));
     let name = crate::reference::Reference::parse(&name)?.to_string();
     match o {
         OutputSpec::Oci(dest) => {
@@ -57,7 +62,9 @@ pub fn write(b: &Builder, image: &Image, state: &StageState, o: &OutputSpec) -> 
             };
             crate::archive::export(b.store, image, &name, &t)
         }
-        OutputSpec::Docker(dest) => crate::archive::export(b.store, image, &name, &Transport::DockerArchive(dest.clone(), None)),
+        OutputSpec::Docker(dest) => {
+            crate::archive::export(b.store, image, &name, &Transport::DockerArchive(dest.clone(), None))
+        }
         OutputSpec::Local(dest) => {
             std::fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
             apply_layers(b, state, dest)
@@ -85,8 +92,15 @@ fn apply_layers(b: &Builder, state: &StageState, dest: &std::path::Path) -> Resu
         let f = std::fs::File::open(b.store.blob_path(&desc.digest))
             .with_context(|| format!("opening layer {}", desc.digest))?;
         let r = crate::layer::decompress(std::io::BufReader::new(f), c)?;
-        crate::layer::apply(r, dest, &crate::layer::ApplyOptions { chown: None, keep_whiteouts_as_files: false })
-            .with_context(|| format!("applying layer {} to {}", desc.digest, dest.display()))?;
+        crate::layer::apply(
+            r,
+            dest,
+            &crate::layer::ApplyOptions {
+                chown: None,
+                keep_whiteouts_as_files: false,
+            },
+        )
+        .with_context(|| format!("applying layer {} to {}", desc.digest, dest.display()))?;
     }
     Ok(())
 }

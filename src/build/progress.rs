@@ -3,8 +3,8 @@
 
 use crate::image::Image;
 use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,7 +32,10 @@ impl Printer {
             Progress::Auto => Progress::Plain,
             m => m,
         };
-        Printer { mode, step: AtomicUsize::new(0) }
+        Printer {
+            mode,
+            step: AtomicUsize::new(0),
+        }
     }
 
     fn out(&self, line: &str) {
@@ -57,13 +60,21 @@ impl Printer {
         if cached {
             self.out(&format!("#{} CACHED", CURRENT.with(|c| c.get())));
         } else {
-            self.out(&format!("#{} DONE {:.1}s", CURRENT.with(|c| c.get()), took.as_secs_f64()));
+            self.out(&format!(
+                "#{} DONE {:.1}s",
+                CURRENT.with(|c| c.get()),
+                took.as_secs_f64()
+            ));
         }
     }
 
     /// The prefix for a RUN step's output lines.
     pub fn prefix(&self) -> String {
-        if self.mode == Progress::Quiet { String::new() } else { format!("#{} ", CURRENT.with(|c| c.get())) }
+        if self.mode == Progress::Quiet {
+            String::new()
+        } else {
+            format!("#{} ", CURRENT.with(|c| c.get()))
+        }
     }
 
     pub fn info(&self, msg: &str) {
@@ -83,7 +94,11 @@ impl Printer {
             image.manifest.layers.len(),
             size as f64 / 1e6,
             took.as_secs_f64(),
-            if tags.is_empty() { String::new() } else { format!("; named {}", tags.join(", ")) }
+            if tags.is_empty() {
+                String::new()
+            } else {
+                format!("; named {}", tags.join(", "))
+            }
         ));
     }
 }

@@ -21,10 +21,14 @@ pub fn execute(b: &Builder, state: &mut StageState, ins: &Instruction, stage_ind
         Command::From { .. } => bail!("FROM inside a stage"),
         Command::Arg(decls) => {
             for (name, default) in decls {
-                let value = b
-                    .plan
-                    .arg_value(stage_index, name, &state.args)
-                    .or_else(|| default.as_ref().map(|d| process_word(d, &state.vars(), esc)).transpose().ok().flatten());
+                let value = b.plan.arg_value(stage_index, name, &state.args).or_else(|| {
+                    default
+                        .as_ref()
+                        .map(|d| process_word(d, &state.vars(), esc))
+                        .transpose()
+                        .ok()
+                        .flatten()
+                });
                 match value {
                     Some(v) => {
                         state.args.insert(name.clone(), v);
@@ -53,7 +57,12 @@ pub fn execute(b: &Builder, state: &mut StageState, ins: &Instruction, stage_ind
             for (k, v) in pairs {
                 let k = word(k)?;
                 let v = word(v)?;
-                state.config.config.labels.get_or_insert_with(BTreeMap::new).insert(k, v);
+                state
+                    .config
+                    .config
+                    .labels
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(k, v);
             }
             meta(b, state, ins, true)
         }
@@ -108,7 +117,8 @@ pub fn execute(b: &Builder, state: &mut StageState, ins: &Instruction, stage_ind
         Command::Entrypoint(c) => {
             let argv = command_argv(c, &shell_of(&state.config));
             // `ENTRYPOINT []` / `ENTRYPOINT ""` clears it.
-            let empty = matches!(c, ShellOrExec::Exec(v) if v.is_empty()) || matches!(c, ShellOrExec::Shell(s) if s.trim().is_empty());
+            let empty = matches!(c, ShellOrExec::Exec(v) if v.is_empty())
+                || matches!(c, ShellOrExec::Shell(s) if s.trim().is_empty());
             state.config.config.entrypoint = if empty { None } else { Some(argv) };
             if !state.cmd_set {
                 state.config.config.cmd = None;
@@ -126,19 +136,41 @@ pub fn execute(b: &Builder, state: &mut StageState, ins: &Instruction, stage_ind
         }
         Command::Workdir(w) => {
             let w = word(w)?;
-            let current = state.config.config.working_dir.clone().unwrap_or_else(|| "/".to_string());
-            let path = clean_path(&if w.starts_with('/') { w } else { format!("{}/{}", current.trim_end_matches('/'), w) });
+            let current = state
+                .config
+                .config
+                .working_dir
+                .clone()
+                .unwrap_or_else(|| "/".to_string());
+            let path = clean_path(&if w.starts_with('/') {
+                w
+            } else {
+                format!("{}/{}", current.trim_end_matches('/'), w)
+            });
             state.config.config.working_dir = Some(path.clone());
             let user = state.config.config.user.clone();
             let created_by = format!("WORKDIR {path}");
-            fs_step(b, state, ins, stage_index, &format!("WORKDIR {path} user={user:?}"), None, created_by, |_b, root, _st| {
-                super::mounts::make_workdir(root, &path, user.as_deref())
-            })
+            fs_step(
+                b,
+                state,
+                ins,
+                stage_index,
+                &format!("WORKDIR {path} user={user:?}"),
+                None,
+                created_by,
+                |_b, root, _st| super::mounts::make_workdir(root, &path, user.as_deref()),
+            )
         }
         Command::Run(cmd) => super::mounts::run_step(b, state, ins, stage_index, cmd),
-        Command::Copy { srcs, dest } | Command::Add { srcs, dest } => {
-            copy_step(b, state, ins, stage_index, srcs, dest, matches!(ins.command, Command::Add { .. }))
-        }
+        Command::Copy { srcs, dest } | Command::Add { srcs, dest } => copy_step(
+            b,
+            state,
+            ins,
+            stage_index,
+            srcs,
+            dest,
+            matches!(ins.command, Command::Add { .. }),
+        ),
     }
 }
 
@@ -150,10 +182,10 @@ fn meta(b: &Builder, state: &mut StageState, ins: &Instruction, history: bool) -
         // Metadata steps take the time of the step before them, so that cached rebuilds
         // reproduce the same config.
         let mut h = b.history(created_by_meta(ins, state), true);
-        if b.req.timestamp.is_none() {
-            if let Some(t) = state.config.history.last().and_then(|h| h.created.clone()) {
-                h.created = Some(t);
-            }
+        if b.req.timestamp.is_none()
+            && let Some(t) = state.config.history.last().and_then(|h| h.created.clone())
+        {
+            h.created = Some(t);
         }
         state.config.history.push(h);
     }
@@ -176,26 +208,37 @@ fn describe(ins: &Instruction, state: &StageState) -> String {
 pub fn fs_step(
     b: &Builder,
     state: &mut StageState,
-    ins: &Instruction,
+    _ins: &Instruction,
     stage_index: usize,
     key_text: &str,
     source: Option<&Digest>,
     created_by: String,
     act: impl FnOnce(&Builder, &Path, &StageState) -> Result<Vec<PathBuf>>,
 ) -> Result<bool> {
-    let key = cache::chain(&state.key, key_text, &source.map(|d| d.as_str().to_string()).into_iter().collect::<Vec<_>>());
-    let stage_name = b.plan.stages.iter().find(|s| s.index == stage_index).and_then(|s| s.name.clone());
+    let key = cache::chain(
+        &state.key,
+        key_text,
+        &source.map(|d| d.as_str().to_string()).into_iter().collect::<Vec<_>>(),
+    );
+    let stage_name = b
+        .plan
+        .stages
+        .iter()
+        .find(|s| s.index == stage_index)
+        .and_then(|s| s.name.clone());
     let use_cache = !b.req.no_cache
-        && !b.req.no_cache_filter.iter().any(|f| Some(f.to_lowercase()) == stage_name || f == &stage_index.to_string());
-    if use_cache {
-        if let Some(hit) = cache::lookup(b.store, &key)? {
-            let mut h = b.history(created_by, false);
-            if b.req.timestamp.is_none() && hit.created.is_some() {
-                h.created = hit.created;
-            }
-            apply_layer(state, hit.layer, h, key);
-            return Ok(true);
+        && !b
+            .req
+            .no_cache_filter
+            .iter()
+            .any(|f| Some(f.to_lowercase()) == stage_name || f == &stage_index.to_string());
+    if use_cache && let Some(hit) = cache::lookup(b.store, &key)? {
+        let mut h = b.history(created_by, false);
+        if b.req.timestamp.is_none() && hit.created.is_some() {
+            h.created = hit.created;
         }
+        apply_layer(state, hit.layer, h, key);
+        return Ok(true);
     }
     let lowers = b.lowers(state)?;
     let work = b.store.tmp_dir("step-")?;
@@ -205,33 +248,26 @@ pub fn fs_step(
     for d in [&upper, &workdir, &merged] {
         std::fs::create_dir(d).with_context(|| format!("creating {}", d.display()))?;
     }
-    b.driver.mount(&lowers, &upper, &workdir, &merged).context("mounting the step's rootfs")?;
+    b.driver
+        .mount(&lowers, &upper, &workdir, &merged)
+        .context("mounting the step's rootfs")?;
     let result = act(b, &merged, state);
     let unmounted = b.driver.unmount(&merged).context("unmounting the step's rootfs");
     let placeholders = result?;
     unmounted?;
-    for p in &placeholders {
-        remove_placeholder(&upper.join(p));
-    }
+    // Mount placeholders and directories copied up only to hold them are not changes.
+    crate::rootfs::clean_upper(&upper, &lowers, &placeholders)?;
     let layer = crate::layer::commit_dir(b.store, &upper, &placeholders, &b.layer_opts, b.req.format)?;
     if let Some(l) = &layer {
         super::publish_layer_dir(b.store, &upper, &l.diff_id)?;
     }
-    let entry = cache::Entry { layer: layer.map(|l| (l.descriptor, l.diff_id)), created: Some(b.created.clone()) };
+    let entry = cache::Entry {
+        layer: layer.map(|l| (l.descriptor, l.diff_id)),
+        created: Some(b.created.clone()),
+    };
     cache::store(b.store, &key, &entry)?;
     apply_layer(state, entry.layer, b.history(created_by, false), key);
     Ok(false)
-}
-
-/// Removes a mount placeholder that the sandbox created, if it is still empty.
-fn remove_placeholder(p: &Path) {
-    if let Ok(md) = std::fs::symlink_metadata(p) {
-        if md.is_dir() {
-            let _ = std::fs::remove_dir(p);
-        } else if md.len() == 0 {
-            let _ = std::fs::remove_file(p);
-        }
-    }
 }
 
 fn apply_layer(
@@ -268,7 +304,12 @@ fn copy_step(
     let mut req = CopyRequest {
         srcs: Vec::new(),
         dest: process_word(dest, &vars, esc)?,
-        workdir: state.config.config.working_dir.clone().unwrap_or_else(|| "/".to_string()),
+        workdir: state
+            .config
+            .config
+            .working_dir
+            .clone()
+            .unwrap_or_else(|| "/".to_string()),
         chown: None,
         chmod: None,
         exclude: Vec::new(),
@@ -294,7 +335,11 @@ fn copy_step(
         }
     }
     for h in &ins.heredocs {
-        let content = if h.expand { process_word_heredoc(&h.content, &vars, esc)? } else { h.content.clone() };
+        let content = if h.expand {
+            process_word_heredoc(&h.content, &vars, esc)?
+        } else {
+            h.content.clone()
+        };
         req.heredocs.push((h.name.clone(), content));
     }
     for s in srcs {
@@ -319,7 +364,11 @@ fn copy_step(
         None => b.req.context.clone(),
     };
     let ignore = if is_context { Some(&b.ignore) } else { None };
-    let source = CopySource { root: &src_root, ignore, is_context };
+    let source = CopySource {
+        root: &src_root,
+        ignore,
+        is_context,
+    };
     let digest = super::copy::source_digest(&source, &req)?;
     let key_text = format!(
         "{} {:?} -> {:?} flags {:?}",
@@ -330,11 +379,24 @@ fn copy_step(
     );
     let created_by = format!("{} # buildkit", ins.original);
     let ignore_owned = if is_context { Some(b.ignore.clone()) } else { None };
-    let result = fs_step(b, state, ins, stage_index, &key_text, Some(&digest), created_by, |_b, root, _st| {
-        let source = CopySource { root: &src_root, ignore: ignore_owned.as_ref(), is_context };
-        super::copy::copy_into(root, &source, &req)?;
-        Ok(Vec::new())
-    });
+    let result = fs_step(
+        b,
+        state,
+        ins,
+        stage_index,
+        &key_text,
+        Some(&digest),
+        created_by,
+        |_b, root, _st| {
+            let source = CopySource {
+                root: &src_root,
+                ignore: ignore_owned.as_ref(),
+                is_context,
+            };
+            super::copy::copy_into(root, &source, &req)?;
+            Ok(Vec::new())
+        },
+    );
     drop(src_mount);
     result
 }
@@ -358,10 +420,18 @@ impl ReadOnlyRoot {
         let path = dir.path().join("root");
         std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
         if lowers.is_empty() {
-            return Ok(ReadOnlyRoot { path, _dir: Some(dir), mounted: false });
+            return Ok(ReadOnlyRoot {
+                path,
+                _dir: Some(dir),
+                mounted: false,
+            });
         }
         crate::rootfs::mount_readonly(&lowers, &path)?;
-        Ok(ReadOnlyRoot { path, _dir: Some(dir), mounted: true })
+        Ok(ReadOnlyRoot {
+            path,
+            _dir: Some(dir),
+            mounted: true,
+        })
     }
 }
 
@@ -398,7 +468,8 @@ pub fn expand_port(spec: &str) -> Result<Vec<String>> {
 }
 
 fn parse_port(s: &str) -> Result<u16> {
-    s.parse::<u16>().with_context(|| format!("invalid port {s:?}: expected a number from 0 to 65535"))
+    s.parse::<u16>()
+        .with_context(|| format!("invalid port {s:?}: expected a number from 0 to 65535"))
 }
 
 /// Lexically cleans an absolute path (`/a/./b/../c/` → `/a/c`).
@@ -416,9 +487,16 @@ pub fn clean_path(p: &str) -> String {
     format!("/{}", out.join("/"))
 }
 
-fn healthcheck(ins: &Instruction, spec: Option<&crate::dockerfile::HealthcheckSpec>, shell: &[String]) -> Result<HealthConfig> {
+fn healthcheck(
+    ins: &Instruction,
+    spec: Option<&crate::dockerfile::HealthcheckSpec>,
+    shell: &[String],
+) -> Result<HealthConfig> {
     let Some(spec) = spec else {
-        return Ok(HealthConfig { test: Some(vec!["NONE".to_string()]), ..Default::default() });
+        return Ok(HealthConfig {
+            test: Some(vec!["NONE".to_string()]),
+            ..Default::default()
+        });
     };
     let test = match &spec.test {
         ShellOrExec::Exec(v) => {
@@ -431,7 +509,10 @@ fn healthcheck(ins: &Instruction, spec: Option<&crate::dockerfile::HealthcheckSp
             vec!["CMD-SHELL".to_string(), s.clone()]
         }
     };
-    let mut hc = HealthConfig { test: Some(test), ..Default::default() };
+    let mut hc = HealthConfig {
+        test: Some(test),
+        ..Default::default()
+    };
     for f in &ins.flags {
         let v = f.value.as_deref().unwrap_or("");
         match f.name.as_str() {
@@ -444,13 +525,21 @@ fn healthcheck(ins: &Instruction, spec: Option<&crate::dockerfile::HealthcheckSp
                 hc.start_interval = Some(parse_duration(v).with_context(|| format!("{}: --start-interval", f.loc))?)
             }
             "retries" => {
-                hc.retries = Some(v.parse().with_context(|| format!("{}: --retries {v:?}: expected a number", f.loc))?)
+                hc.retries = Some(
+                    v.parse()
+                        .with_context(|| format!("{}: --retries {v:?}: expected a number", f.loc))?,
+                )
             }
             other => bail!("{}: unknown flag --{other} for HEALTHCHECK", f.loc),
         }
     }
     // Docker writes zero durations as absent.
-    for d in [&mut hc.interval, &mut hc.timeout, &mut hc.start_period, &mut hc.start_interval] {
+    for d in [
+        &mut hc.interval,
+        &mut hc.timeout,
+        &mut hc.start_period,
+        &mut hc.start_interval,
+    ] {
         if *d == Some(0) {
             *d = None;
         }
@@ -472,13 +561,19 @@ pub fn parse_duration(s: &str) -> Result<i64> {
         bail!("invalid duration {s:?}");
     }
     while !rest.is_empty() {
-        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         if num_len == 0 {
             bail!("invalid duration {s:?}: expected a number like 30s");
         }
-        let n: f64 = rest[..num_len].parse().with_context(|| format!("invalid duration {s:?}"))?;
+        let n: f64 = rest[..num_len]
+            .parse()
+            .with_context(|| format!("invalid duration {s:?}"))?;
         rest = &rest[num_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let mult = match &rest[..unit_len] {
             "ns" => 1.0,
             "us" | "µs" => 1e3,

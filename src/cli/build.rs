@@ -155,8 +155,16 @@ pub fn run(g: &GlobalOpts, a: BuildArgs) -> Result<i32> {
             bail!("--security-opt {opt}: expected seccomp=FILE, seccomp=unconfined or no-new-privileges");
         }
     }
-    let outputs = a.outputs.iter().map(|o| OutputSpec::parse(o)).collect::<Result<Vec<_>>>()?;
-    let secrets = a.secrets.iter().map(|s| SecretSpec::parse(s)).collect::<Result<Vec<_>>>()?;
+    let outputs = a
+        .outputs
+        .iter()
+        .map(|o| OutputSpec::parse(o))
+        .collect::<Result<Vec<_>>>()?;
+    let secrets = a
+        .secrets
+        .iter()
+        .map(|s| SecretSpec::parse(s))
+        .collect::<Result<Vec<_>>>()?;
     let mut ssh = BTreeMap::new();
     for s in &a.ssh {
         let (id, sock) = match s.split_once('=') {
@@ -201,14 +209,20 @@ pub fn run(g: &GlobalOpts, a: BuildArgs) -> Result<i32> {
         no_new_privs,
         progress: if a.quiet { Progress::Quiet } else { progress },
         dry_run: a.dry_run,
-        jobs: a.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
+        jobs: a
+            .jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
         storage_driver: a.storage_driver.clone(),
         debug: g.debug,
     };
     let outcome = crate::build::build(&store, &req)?;
     let Some(image) = outcome else { return Ok(0) };
     if a.push {
-        let opts = crate::registry::RegistryOptions { tls_verify: a.tls_verify, platform: None, auth_file: None };
+        let opts = crate::registry::RegistryOptions {
+            tls_verify: a.tls_verify,
+            platform: None,
+            auth_file: None,
+        };
         for t in &a.tags {
             let dest = crate::reference::Reference::parse(t)?;
             let say = |m: &str| eprintln!("{m}");

@@ -44,7 +44,11 @@ impl GlobalOpts {
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "kiln", version, about = "Build OCI container images without a daemon and without root")]
+#[command(
+    name = "kiln",
+    version,
+    about = "Build OCI container images without a daemon and without root"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalOpts,
@@ -55,7 +59,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Build an image from a Dockerfile.
-    Build(build::BuildArgs),
+    Build(Box<build::BuildArgs>),
     /// Pull an image from a registry.
     Pull(pull::PullArgs),
     /// Push an image to a registry, an OCI layout or an archive.
@@ -75,7 +79,7 @@ pub enum Command {
     /// Load images from an oci-archive or docker-archive file.
     Load(images::LoadArgs),
     /// Run a command in a container made from an image.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Run a command (default: a shell) in kiln's user namespace.
     Unshare(run::UnshareArgs),
     /// Show which isolation and storage kiln uses here, and why.
@@ -96,14 +100,14 @@ impl Command {
 /// Entry point of the binary: parse, enter the namespace if needed, dispatch, report.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    if cli.command.needs_userns() {
-        if let Err(e) = crate::sandbox::userns::ensure(cli.global.debug) {
-            eprintln!("kiln: {e:#}");
-            return 125;
-        }
+    if cli.command.needs_userns()
+        && let Err(e) = crate::sandbox::userns::ensure(cli.global.debug)
+    {
+        eprintln!("kiln: {e:#}");
+        return 125;
     }
     let result = match cli.command {
-        Command::Build(a) => build::run(&cli.global, a),
+        Command::Build(a) => build::run(&cli.global, *a),
         Command::Pull(a) => pull::run(&cli.global, a),
         Command::Push(a) => push::run(&cli.global, a),
         Command::Import(a) => images::import(&cli.global, a),
@@ -113,7 +117,7 @@ pub fn main() -> i32 {
         Command::Rmi(a) => images::rmi(&cli.global, a),
         Command::Save(a) => images::save(&cli.global, a),
         Command::Load(a) => images::load(&cli.global, a),
-        Command::Run(a) => run::run(&cli.global, a),
+        Command::Run(a) => run::run(&cli.global, *a),
         Command::Unshare(a) => run::unshare(&cli.global, a),
         Command::Info(a) => run::info(&cli.global, a),
         Command::Sandbox(a) => run::sandbox(a),

@@ -25,7 +25,11 @@ impl Scratch {
         let base = std::env::temp_dir().join("kiln-tests");
         std::fs::create_dir_all(&base).unwrap();
         std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o1777)).unwrap();
-        let path = tempfile::Builder::new().prefix(&format!("{name}-")).tempdir_in(&base).unwrap().keep();
+        let path = tempfile::Builder::new()
+            .prefix(&format!("{name}-"))
+            .tempdir_in(&base)
+            .unwrap()
+            .keep();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         if is_root() {
             chown_to_test_user(&path);
@@ -56,14 +60,21 @@ impl Drop for Scratch {
         }
         // Unpacked layers belong to sub-ids: only root or the namespace can remove them.
         if std::fs::remove_dir_all(&self.path).is_err() {
-            let _ = Kiln::new().args(["unshare", "--", "rm", "-rf"]).arg(&self.path).output();
+            let _ = Kiln::new()
+                .args(["unshare", "--", "rm", "-rf"])
+                .arg(&self.path)
+                .output();
         }
     }
 }
 
 pub fn chown_to_test_user(p: &Path) {
-    let st = Command::new("chown").args(["-R", TEST_USER]).arg(p).status().expect("chown");
-    assert!(st.success(), "chown -R {TEST_USER} {} failed", p.display());
+    let st = Command::new("chown")
+        .args(["-R", &format!("{TEST_USER}:{TEST_USER}")])
+        .arg(p)
+        .status()
+        .expect("chown");
+    assert!(st.success(), "chown -R {TEST_USER}:{TEST_USER} {} failed", p.display());
 }
 
 /// The kiln binary, copied where the test user can execute it.
@@ -93,7 +104,15 @@ pub fn kiln_bin() -> &'static Path {
 pub fn as_user(program: &str) -> Command {
     if is_root() {
         let mut c = Command::new("runuser");
-        c.args(["-u", TEST_USER, "--", "env", "HOME=/tmp/kiln-tests/home", "XDG_DATA_HOME=", program]);
+        c.args([
+            "-u",
+            TEST_USER,
+            "--",
+            "env",
+            "HOME=/tmp/kiln-tests/home",
+            "XDG_DATA_HOME=",
+            program,
+        ]);
         std::fs::create_dir_all("/tmp/kiln-tests/home").unwrap();
         chown_to_test_user(Path::new("/tmp/kiln-tests/home"));
         c
@@ -162,8 +181,15 @@ impl Kiln {
     pub fn fails(self) -> String {
         let desc = format!("{:?}", self.cmd);
         let out = self.output();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(!out.status.success(), "{desc} succeeded but should have failed:\n{text}");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !out.status.success(),
+            "{desc} succeeded but should have failed:\n{text}"
+        );
         text
     }
 }
@@ -175,9 +201,10 @@ pub fn busybox_rootfs(scratch: &Scratch) -> PathBuf {
         std::fs::create_dir_all(r.join(d)).unwrap();
     }
     std::fs::set_permissions(r.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
-    let bb = ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| Path::new(p).exists()).expect(
-        "busybox-static is not installed: run scripts/setup.sh",
-    );
+    let bb = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("busybox-static is not installed: run scripts/setup.sh");
     std::fs::copy(bb, r.join("bin/busybox")).unwrap();
     let list = Command::new(bb).arg("--list").output().unwrap();
     for applet in String::from_utf8_lossy(&list.stdout).lines() {
@@ -186,7 +213,11 @@ pub fn busybox_rootfs(scratch: &Scratch) -> PathBuf {
             std::os::unix::fs::symlink("busybox", l).unwrap();
         }
     }
-    std::fs::write(r.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n").unwrap();
+    std::fs::write(
+        r.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )
+    .unwrap();
     std::fs::write(r.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
     if is_root() {
         chown_to_test_user(&scratch.path);
@@ -198,7 +229,11 @@ pub fn busybox_rootfs(scratch: &Scratch) -> PathBuf {
 pub fn store_with_busybox(scratch: &Scratch) -> PathBuf {
     let rootfs = busybox_rootfs(scratch);
     let root = scratch.join("store");
-    Kiln::with_root(&root).arg("import").arg(&rootfs).arg("busybox:latest").ok();
+    Kiln::with_root(&root)
+        .arg("import")
+        .arg(&rootfs)
+        .arg("busybox:latest")
+        .ok();
     root
 }
 
@@ -216,7 +251,11 @@ impl Registry {
             "docker-registry is not installed: run scripts/setup.sh"
         );
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let addr = format!("127.0.0.1:{port}");
         let cfg = dir.path().join("config.yml");
         std::fs::write(
