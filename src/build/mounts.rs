@@ -349,6 +349,9 @@ pub fn run_step(
                 no_new_privs: b.req.no_new_privs,
                 stdin: None,
                 output_prefix: b.progress.prefix(),
+                log_to_stderr: true,
+                quiet: b.progress.is_quiet(),
+                live: b.progress.is_live(),
                 tty: false,
             };
             let outcome = crate::sandbox::run(&spec)?;

@@ -57,6 +57,10 @@ impl Printer {
     }
 
     pub fn step_done(&self, cached: bool, took: Duration) {
+        if self.mode == Progress::Tty {
+            // Clear the live output line of the step.
+            let _ = std::io::stderr().lock().write_all(b"\r\x1b[2K");
+        }
         if cached {
             self.out(&format!("#{} CACHED", CURRENT.with(|c| c.get())));
         } else {
@@ -75,6 +79,15 @@ impl Printer {
         } else {
             format!("#{} ", CURRENT.with(|c| c.get()))
         }
+    }
+
+    /// On a terminal, RUN output is one line redrawn in place, replaced by the step's result.
+    pub fn is_live(&self) -> bool {
+        self.mode == Progress::Tty
+    }
+
+    pub fn is_quiet(&self) -> bool {
+        self.mode == Progress::Quiet
     }
 
     pub fn info(&self, msg: &str) {

@@ -328,6 +328,9 @@ pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<i32> {
         no_new_privs,
         stdin: None,
         output_prefix: String::new(),
+        log_to_stderr: false,
+        quiet: false,
+        live: false,
         tty: a.tty || a.interactive,
     };
     let tc = std::time::Instant::now();

@@ -88,6 +88,15 @@ pub struct RunSpec {
     pub stdin: Option<Vec<u8>>,
     /// Prepended to every output line (when not `tty`).
     pub output_prefix: String,
+    /// Send the command's stdout to our stderr too (build logs keep stdout for results).
+    #[serde(skip)]
+    pub log_to_stderr: bool,
+    /// Keep the output to ourselves, printing its last lines only if the command fails.
+    #[serde(skip)]
+    pub quiet: bool,
+    /// Show only the latest output line, redrawn in place (the live view on a terminal).
+    #[serde(skip)]
+    pub live: bool,
     /// Interactive: stdin/stdout/stderr are the terminal's, no prefixing.
     pub tty: bool,
 }
@@ -107,7 +116,20 @@ pub fn exit_code(st: std::process::ExitStatus) -> i32 {
     st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0))
 }
 
-fn pump(r: impl std::io::Read, prefix: String, to_stderr: bool) {
+/// Where a sandboxed command's output lines go.
+#[derive(Clone)]
+enum Sink {
+    Stdout,
+    Stderr,
+    /// The last lines, kept in memory (quiet builds show them when the step fails).
+    Tail(std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<Vec<u8>>>>),
+    /// One status line on a terminal, redrawn for every new output line.
+    Live,
+}
+
+const QUIET_TAIL_LINES: usize = 40;
+
+fn pump(r: impl std::io::Read, prefix: String, sink: Sink) {
     let mut r = std::io::BufReader::new(r);
     let mut line = Vec::new();
     loop {
@@ -121,11 +143,27 @@ fn pump(r: impl std::io::Read, prefix: String, to_stderr: bool) {
                 let mut buf = Vec::with_capacity(prefix.len() + line.len());
                 buf.extend_from_slice(prefix.as_bytes());
                 buf.extend_from_slice(&line);
-                let _ = if to_stderr {
-                    std::io::stderr().lock().write_all(&buf)
-                } else {
-                    let mut o = std::io::stdout().lock();
-                    o.write_all(&buf).and_then(|_| o.flush())
+                let _ = match &sink {
+                    Sink::Stderr => std::io::stderr().lock().write_all(&buf),
+                    Sink::Stdout => {
+                        let mut o = std::io::stdout().lock();
+                        o.write_all(&buf).and_then(|_| o.flush())
+                    }
+                    Sink::Live => {
+                        let text = String::from_utf8_lossy(&buf);
+                        let text: String = text.trim_end().chars().filter(|c| !c.is_control()).take(110).collect();
+                        std::io::stderr()
+                            .lock()
+                            .write_all(format!("\r\x1b[2K{text}").as_bytes())
+                    }
+                    Sink::Tail(t) => {
+                        let mut t = t.lock().unwrap();
+                        if t.len() == QUIET_TAIL_LINES {
+                            t.pop_front();
+                        }
+                        t.push_back(buf);
+                        Ok(())
+                    }
                 };
             }
         }
@@ -236,7 +274,7 @@ pub fn run(spec: &RunSpec) -> Result<RunOutcome> {
     file.flush()?;
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg("__sandbox").arg(file.path());
-    let prefixed = !spec.tty && !spec.output_prefix.is_empty();
+    let prefixed = !spec.tty && (!spec.output_prefix.is_empty() || spec.quiet || spec.log_to_stderr || spec.live);
     if prefixed {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     }
@@ -260,6 +298,7 @@ pub fn run(spec: &RunSpec) -> Result<RunOutcome> {
         .spawn()
         .context("cannot start the sandbox helper (/proc/self/exe __sandbox)")?;
     let _slot = HelperSlot::new(child.id());
+    let tail = (spec.quiet).then(|| std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new())));
     let mut threads = Vec::new();
     if let (Some(data), Some(mut w)) = (spec.stdin.clone(), child.stdin.take()) {
         threads.push(std::thread::spawn(move || {
@@ -269,12 +308,29 @@ pub fn run(spec: &RunSpec) -> Result<RunOutcome> {
     if prefixed {
         let (o, e) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
         let (p1, p2) = (spec.output_prefix.clone(), spec.output_prefix.clone());
-        threads.push(std::thread::spawn(move || pump(o, p1, false)));
-        threads.push(std::thread::spawn(move || pump(e, p2, true)));
+        let (out_sink, err_sink) = if let Some(t) = &tail {
+            (Sink::Tail(t.clone()), Sink::Tail(t.clone()))
+        } else if spec.live {
+            (Sink::Live, Sink::Live)
+        } else if spec.log_to_stderr {
+            (Sink::Stderr, Sink::Stderr)
+        } else {
+            (Sink::Stdout, Sink::Stderr)
+        };
+        threads.push(std::thread::spawn(move || pump(o, p1, out_sink)));
+        threads.push(std::thread::spawn(move || pump(e, p2, err_sink)));
     }
     let st = child.wait().context("waiting for the sandbox helper failed")?;
     for t in threads {
         let _ = t.join();
+    }
+    if let Some(t) = &tail
+        && !st.success()
+    {
+        let mut e = std::io::stderr().lock();
+        for line in t.lock().unwrap().iter() {
+            let _ = e.write_all(line);
+        }
     }
     Ok(RunOutcome {
         status: exit_code(st),
