@@ -17,12 +17,10 @@ use crate::digest::HashingWriter;
 use crate::image::{Compression, Descriptor, History, Image, ImageConfig};
 use crate::store::{BlobWriter, ManifestFormat, Store};
 use anyhow::{Context, Result, bail};
-use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
 /// The PATH Docker gives images that set none.
@@ -42,24 +40,29 @@ pub fn import_rootfs(store: &Store, src: &Path, format: ManifestFormat) -> Resul
     import_rootfs_with(store, src, format, &ImportOptions::default())
 }
 
-type LayerTar = tar::Builder<HashingWriter<flate2::write::GzEncoder<BlobWriter>>>;
+type LayerTar = tar::Builder<HashingWriter<crate::layer::Encoder<BlobWriter>>>;
 
 /// [`import_rootfs`] with options.
 pub fn import_rootfs_with(store: &Store, src: &Path, format: ManifestFormat, opts: &ImportOptions) -> Result<Image> {
     let md = fs::metadata(src).with_context(|| format!("cannot import {}", src.display()))?;
-    let gz = flate2::write::GzEncoder::new(store.blob_writer()?, flate2::Compression::new(6));
-    let mut b: LayerTar = tar::Builder::new(HashingWriter::new(gz));
-    if md.is_dir() {
-        let mut inodes = HashMap::new();
-        add_dir(&mut b, src, Path::new(""), &mut inodes)
-            .with_context(|| format!("importing the directory {}", src.display()))?;
+    let layer_opts = crate::layer::LayerOptions::default();
+    let (digest, size, diff_id) = if md.is_dir() {
+        // A directory is tarred by the layer writer (sorted, hardlinks, xattrs, devices),
+        // with owners as kiln's user namespace sees them.
+        let layer = crate::layer::commit_dir(store, src, &[], &layer_opts, format)
+            .with_context(|| format!("importing the directory {}", src.display()))?
+            .with_context(|| format!("importing the directory {}: it is empty", src.display()))?;
+        (layer.descriptor.digest, layer.descriptor.size, layer.diff_id)
     } else {
+        let enc = crate::layer::Encoder::new(store.blob_writer()?, layer_opts.compression, layer_opts.level)?;
+        let mut b: LayerTar = tar::Builder::new(HashingWriter::new(enc));
         copy_tarball(&mut b, src).with_context(|| format!("importing {}", src.display()))?;
-    }
-    b.finish().context("finishing the layer")?;
-    let (gz, diff_id, _) = b.into_inner().context("finishing the layer")?.finish();
-    let blob = gz.finish().context("compressing the layer")?;
-    let (digest, size) = blob.commit(None)?;
+        b.finish().context("finishing the layer")?;
+        let (enc, diff_id, _) = b.into_inner().context("finishing the layer")?.finish();
+        let blob = enc.finish().context("compressing the layer")?;
+        let (digest, size) = blob.commit(None)?;
+        (digest, size, diff_id)
+    };
 
     let mut cfg = ImageConfig::empty();
     if let Some(a) = &opts.arch {
@@ -221,88 +224,6 @@ fn copy_tarball(b: &mut LayerTar, src: &Path) -> Result<()> {
     }
     if count == 0 {
         bail!("{} holds no tar entries (empty or not a tar file)", src.display());
-    }
-    Ok(())
-}
-
-/// xattrs worth keeping in a layer (overlay bookkeeping is dropped).
-fn xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
-    let Ok(names) = xattr::list(path) else {
-        return Vec::new();
-    };
-    let mut out: Vec<(String, Vec<u8>)> = names
-        .filter_map(|n| {
-            let n = n.to_str()?.to_string();
-            if n.starts_with("user.overlay.")
-                || n.starts_with("trusted.overlay.")
-                || n.starts_with("user.fuseoverlayfs.")
-            {
-                return None;
-            }
-            let v = xattr::get(path, &n).ok()??;
-            Some((format!("SCHILY.xattr.{n}"), v))
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-/// Writes a directory tree as sorted tar entries: hard links via an inode map, special files'
-/// headers built here (tar's helpers get their names wrong), symlinks never followed.
-fn add_dir(b: &mut LayerTar, root: &Path, rel: &Path, inodes: &mut HashMap<(u64, u64), PathBuf>) -> Result<()> {
-    let dir = root.join(rel);
-    let mut names: Vec<_> = fs::read_dir(&dir)
-        .with_context(|| format!("reading directory {}", dir.display()))?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<io::Result<_>>()
-        .with_context(|| format!("reading directory {}", dir.display()))?;
-    names.sort_by(|a, c| a.as_bytes().cmp(c.as_bytes()));
-    for name in names {
-        let rel_path = rel.join(&name);
-        let full = root.join(&rel_path);
-        let md = fs::symlink_metadata(&full).with_context(|| format!("reading {}", full.display()))?;
-        let ft = md.file_type();
-        if std::os::unix::fs::FileTypeExt::is_socket(&ft) {
-            continue;
-        }
-        let mut h = tar::Header::new_gnu();
-        h.set_metadata_in_mode(&md, tar::HeaderMode::Complete);
-        let xa = if ft.is_symlink() { Vec::new() } else { xattrs(&full) };
-        if !xa.is_empty() {
-            b.append_pax_extensions(xa.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
-        }
-        if ft.is_dir() {
-            h.set_size(0);
-            b.append_data(&mut h, &rel_path, io::empty())?;
-            add_dir(b, root, &rel_path, inodes)?;
-        } else if ft.is_symlink() {
-            let target = fs::read_link(&full).with_context(|| format!("reading symlink {}", full.display()))?;
-            h.set_size(0);
-            b.append_link(&mut h, &rel_path, &target)?;
-        } else if ft.is_file() {
-            if md.nlink() > 1 {
-                let key = (md.dev(), md.ino());
-                if let Some(first) = inodes.get(&key) {
-                    h.set_entry_type(tar::EntryType::Link);
-                    h.set_size(0);
-                    b.append_link(&mut h, &rel_path, first)?;
-                    continue;
-                }
-                inodes.insert(key, rel_path.clone());
-            }
-            let f = File::open(&full).with_context(|| format!("opening {}", full.display()))?;
-            let data = Exact {
-                inner: f,
-                remaining: md.len(),
-                what: full.display().to_string(),
-            };
-            b.append_data(&mut h, &rel_path, data)
-                .with_context(|| format!("archiving {}", full.display()))?;
-        } else {
-            // char/block devices and fifos: set_metadata filled in type and device numbers.
-            h.set_size(0);
-            b.append_data(&mut h, &rel_path, io::empty())?;
-        }
     }
     Ok(())
 }

@@ -93,7 +93,10 @@ impl Command {
     /// Commands that must run inside kiln's user namespace (they mount or own files as
     /// other ids). The namespace is entered before any thread starts.
     fn needs_userns(&self) -> bool {
+        // A directory import reads owners as the namespace sees them: the user's own files
+        // become root's, as `buildah unshare` would show them.
         matches!(self, Command::Build(_) | Command::Run(_) | Command::Unshare(_))
+            || matches!(self, Command::Import(a) if a.source.is_dir())
     }
 }
 

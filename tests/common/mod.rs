@@ -111,9 +111,11 @@ pub fn as_user(program: &str) -> Command {
             "env",
             "HOME=/tmp/kiln-tests/home",
             "XDG_DATA_HOME=",
+            // skopeo and buildah look for auth.json under the runtime dir.
+            "XDG_RUNTIME_DIR=/tmp/kiln-tests/home/run",
             program,
         ]);
-        std::fs::create_dir_all("/tmp/kiln-tests/home").unwrap();
+        std::fs::create_dir_all("/tmp/kiln-tests/home/run").unwrap();
         chown_to_test_user(Path::new("/tmp/kiln-tests/home"));
         c
     } else {
