@@ -150,3 +150,81 @@ fn bad_archives_fail_cleanly() {
     assert!(!s.path.parent().unwrap().join("escape").exists());
     assert!(!std::path::Path::new("/abs-escape").exists());
 }
+
+#[test]
+fn full_disk_fails_cleanly_and_leaves_a_consistent_store() {
+    let s = Scratch::new("full-disk");
+    // 24 MB that gzip cannot shrink, on an 8 MB tmpfs mounted in kiln's own namespace.
+    let big = s.join("big");
+    std::fs::create_dir_all(&big).unwrap();
+    let mut data = vec![0u8; 24 << 20];
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for b in data.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    std::fs::write(big.join("random.bin"), &data).unwrap();
+    let tarball = s.join("big.tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&big)
+        .arg("-cf")
+        .arg(&tarball)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::write(s.join("small.txt"), "small\n").unwrap();
+    let small = s.join("small.tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&s.path)
+        .arg("-cf")
+        .arg(&small)
+        .arg("small.txt")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    if is_root() {
+        chown_to_test_user(&s.path);
+    }
+    let root = s.join("tiny-store");
+    std::fs::create_dir_all(&root).unwrap();
+    if is_root() {
+        chown_to_test_user(&root);
+    }
+    let kiln = kiln_bin().display().to_string();
+    let script = format!(
+        "mount -t tmpfs -o size=8m none {root} || exit 99\n\
+         {kiln} --root {root} import {small} small:1 || exit 98\n\
+         {kiln} --root {root} import {big} big:1 2> {root}/../err.txt && exit 97\n\
+         {kiln} --root {root} images > {root}/../images.txt || exit 96\n\
+         ls {root}/blobs/sha256 > {root}/../blobs.txt\n\
+         rm -rf {root}/tmp/*\n\
+         {kiln} --root {root} import {small} small:2 || exit 95\n",
+        root = root.display(),
+        small = small.display(),
+        big = tarball.display(),
+    );
+    let out = Kiln::new().args(["unshare", "--", "sh", "-c", &script]).output();
+    let err = std::fs::read_to_string(s.join("err.txt")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "status {:?}\n{}{}\nimport error: {err}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        err.contains("No space left on device"),
+        "the error should say why: {err}"
+    );
+    let images = std::fs::read_to_string(s.join("images.txt")).unwrap();
+    assert!(images.contains("small") && !images.contains("big"), "{images}");
+    // Every blob that is visible is complete: the names are digests of their content, and
+    // the failed import added none (small:1 has a layer, a config and a manifest).
+    let blobs = std::fs::read_to_string(s.join("blobs.txt")).unwrap();
+    assert_eq!(blobs.lines().count(), 3, "{blobs}");
+}
