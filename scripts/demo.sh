@@ -27,17 +27,24 @@ if ! "$KILN" inspect debian:bookworm >/dev/null 2>&1; then
 fi
 echo "== kiln build -t python-webapp:v1 $ctx"
 "$KILN" build -t python-webapp:v1 "$ctx"
+if (exec 3<>/dev/tcp/127.0.0.1/5000) 2>/dev/null; then
+  echo "port 5000 is already in use on this machine; stop what listens there and rerun (the image serves on 5000)" >&2
+  exit 1
+fi
 echo "== kiln run -p 5000:5000 python-webapp:v1"
 "$KILN" run --rm -p 5000:5000 python-webapp:v1 &
 pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null' EXIT
+stop() { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; }
 for _ in $(seq 100); do
-  if out=$(curl -fsS http://127.0.0.1:5000/ 2>/dev/null); then
+  if out=$(curl -fsS http://127.0.0.1:5000/ 2>/dev/null) && [[ $out == *"Docker Image Example"* ]]; then
     echo "== curl localhost:5000"
     echo "$out"
+    stop
     exit 0
   fi
+  kill -0 "$pid" 2>/dev/null || { echo "kiln run exited before answering on port 5000" >&2; exit 1; }
   sleep 0.3
 done
+stop
 echo "the container did not answer on port 5000" >&2
 exit 1

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The test command: unit tests, integration tests (they run kiln as the unprivileged test
-# user when started as root), clippy and rustfmt checks.
+# user when started as root), clippy and rustfmt checks, and a smoke run of scripts/bench.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
 cargo test --release -- --test-threads=2 "$@"
+# Benchmarks are not tests; this only keeps the driver working (tiny sizes, one run, seconds).
+scripts/bench.sh --smoke

@@ -410,6 +410,12 @@ pub(crate) fn sniff_reader(r: &mut dyn BufRead) -> Result<Kind> {
 
 /// Wraps `r` in a decoder for `kind`.
 pub(crate) fn decompress<'a>(r: Box<dyn BufRead + Send + 'a>, kind: Kind) -> Result<Box<dyn Read + 'a>> {
+    // Bounded against decompression bombs (see crate::layer::bomb).
+    let (r, n) = crate::layer::bomb::counted(r);
+    Ok(Box::new(crate::layer::bomb::bounded(decoder(Box::new(r), kind)?, n)))
+}
+
+fn decoder<'a>(r: Box<dyn BufRead + Send + 'a>, kind: Kind) -> Result<Box<dyn Read + 'a>> {
     Ok(match kind {
         Kind::None => Box::new(r),
         Kind::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(r)),
@@ -424,13 +430,16 @@ pub(crate) fn open_decompressed(path: &Path) -> Result<Box<dyn Read + Send>> {
     let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut r = BufReader::with_capacity(256 * 1024, f);
     let kind = sniff_reader(&mut r)?;
-    Ok(match kind {
+    // Bounded against decompression bombs (see crate::layer::bomb).
+    let (r, n) = crate::layer::bomb::counted(r);
+    let d: Box<dyn Read + Send> = match kind {
         Kind::None => Box::new(r),
         Kind::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(r)),
         Kind::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(r).context("starting zstd decompression")?),
         Kind::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(r)),
         Kind::Xz => Box::new(XzReader::spawn(r)?),
-    })
+    };
+    Ok(Box::new(crate::layer::bomb::bounded(d, n)))
 }
 
 /// lzma-rs decompresses into a writer; run it on a thread behind a pipe to get a reader.
@@ -440,7 +449,7 @@ struct XzReader {
 }
 
 impl XzReader {
-    fn spawn(mut r: BufReader<File>) -> Result<XzReader> {
+    fn spawn<R: BufRead + Send + 'static>(mut r: R) -> Result<XzReader> {
         let (pipe, mut w) = io::pipe().context("creating a pipe for xz decompression")?;
         let thread = std::thread::spawn(move || {
             lzma_rs::xz_decompress(&mut r, &mut w).map_err(|e| format!("xz decompression failed: {e:?}"))

@@ -12,6 +12,7 @@ pub mod copy;
 mod mounts;
 mod output;
 mod progress;
+pub mod remote_cache;
 mod step;
 
 pub use output::OutputSpec;
@@ -112,6 +113,10 @@ pub struct BuildRequest {
     pub jobs: usize,
     pub storage_driver: Option<String>,
     pub debug: bool,
+    /// Registry repositories to push step results to (`--cache-to`).
+    pub cache_to: Vec<Reference>,
+    /// Registry repositories to look step results up in (`--cache-from`).
+    pub cache_from: Vec<Reference>,
 }
 
 /// The state of one stage while it is built.
@@ -157,6 +162,8 @@ pub struct Builder<'a> {
     images: Mutex<HashMap<String, StageState>>,
     /// Created-time string used for history and the config.
     created: String,
+    /// `--cache-from` / `--cache-to` repositories.
+    pub remote: Option<remote_cache::RemoteCache>,
 }
 
 /// Builds the image described by `req`. Returns None for `--dry-run`.
@@ -176,7 +183,7 @@ pub fn build(store: &Store, req: &BuildRequest) -> Result<Option<Image>> {
         dockerfile::ignore::IgnoreMatcher::load(&req.context, &req.dockerfile)?
     };
     if req.dry_run {
-        print_plan(&plan);
+        print!("{}", plan.render());
         return Ok(None);
     }
     if !req.context.is_dir() {
@@ -203,14 +210,19 @@ pub fn build(store: &Store, req: &BuildRequest) -> Result<Option<Image>> {
         done: Mutex::new(HashMap::new()),
         images: Mutex::new(HashMap::new()),
         created,
+        remote: remote_cache::RemoteCache::new(&req.cache_from, &req.cache_to, req.tls_verify),
     };
     for unused in &b.plan.unused_build_args {
         b.progress
             .warn(&format!("build argument {unused} was given but not used by any stage"));
     }
     let target = b.plan.target;
-    let state = b.stage(target)?;
-    let image = b.commit_image(state)?;
+    let state = b.stage(target);
+    if let Some(rc) = &b.remote {
+        // Also after a failure: the steps that did run are worth sharing.
+        rc.export(store, &|m| b.progress.info(m), &|m| b.progress.warn(m));
+    }
+    let image = b.commit_image(state?)?;
     b.progress.summary(&image, &req.tags, started.elapsed());
     Ok(Some(image))
 }
@@ -240,31 +252,6 @@ fn read_dockerfile(req: &BuildRequest) -> Result<(String, String)> {
     Ok((text, name))
 }
 
-fn print_plan(plan: &Plan) {
-    println!("target stage: {}", plan.target);
-    if !plan.global_args.is_empty() {
-        println!("global args:");
-        for (k, v) in &plan.global_args {
-            println!("  {k}={v}");
-        }
-    }
-    for st in &plan.stages {
-        let base = match &st.base {
-            BaseRef::Scratch => "scratch".to_string(),
-            BaseRef::Stage(i) => format!("stage {i}"),
-            BaseRef::Image(r) => r.clone(),
-        };
-        println!(
-            "stage {}{}: FROM {base} (needs stages {:?})",
-            st.index,
-            st.name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default(),
-            st.deps
-        );
-        for ins in &st.instructions {
-            println!("  {}: {}", ins.loc, ins.original);
-        }
-    }
-}
 
 /// RFC 3339 time of a Unix timestamp.
 pub fn rfc3339(secs: i64) -> String {
@@ -280,7 +267,7 @@ impl<'a> Builder<'a> {
         if let Some(s) = guard.as_ref() {
             return Ok(s.clone());
         }
-        let state = self.build_stage(index)?;
+        let state = self.progress.nested(|| self.build_stage(index))?;
         *guard = Some(state.clone());
         Ok(state)
     }

@@ -56,6 +56,15 @@ impl Printer {
         }
     }
 
+    /// Runs `f` (a stage that a step needs, built on this thread) and then makes the step
+    /// that was running current again, so its result line carries its own number.
+    pub fn nested<T>(&self, f: impl FnOnce() -> T) -> T {
+        let saved = CURRENT.with(|c| c.get());
+        let r = f();
+        CURRENT.with(|c| c.set(saved));
+        r
+    }
+
     pub fn step_done(&self, cached: bool, took: Duration) {
         if self.mode == Progress::Tty {
             // Clear the live output line of the step.

@@ -232,7 +232,21 @@ pub fn fs_step(
             .no_cache_filter
             .iter()
             .any(|f| Some(f.to_lowercase()) == stage_name || f == &stage_index.to_string());
-    if use_cache && let Some(hit) = cache::lookup(b.store, &key)? {
+    let mut hit = if use_cache { cache::lookup(b.store, &key)? } else { None };
+    if use_cache
+        && hit.is_none()
+        && let Some(rc) = &b.remote
+    {
+        hit = rc.lookup(b.store, &key, &|m| b.progress.warn(m)).map(|h| {
+            b.progress
+                .info(&format!("{}using cache from {}", b.progress.prefix(), h.source));
+            h.entry
+        });
+    }
+    if let Some(hit) = hit {
+        if let Some(rc) = &b.remote {
+            rc.record(&key, &hit);
+        }
         let mut h = b.history(created_by, false);
         if b.req.timestamp.is_none() && hit.created.is_some() {
             h.created = hit.created;
@@ -240,6 +254,7 @@ pub fn fs_step(
         apply_layer(state, hit.layer, h, key);
         return Ok(true);
     }
+    let t0 = std::time::Instant::now();
     let lowers = b.lowers(state)?;
     let work = b.store.tmp_dir("step-")?;
     let upper = work.path().join("upper");
@@ -251,21 +266,39 @@ pub fn fs_step(
     b.driver
         .mount(&lowers, &upper, &workdir, &merged)
         .context("mounting the step's rootfs")?;
+    let t_mount = t0.elapsed();
     let result = act(b, &merged, state);
+    let t_act = t0.elapsed();
     let unmounted = b.driver.unmount(&merged).context("unmounting the step's rootfs");
     let placeholders = result?;
     unmounted?;
     // Mount placeholders and directories copied up only to hold them are not changes.
     crate::rootfs::clean_upper(&upper, &lowers, &placeholders)?;
+    let t_clean = t0.elapsed();
     let layer = crate::layer::commit_dir(b.store, &upper, &placeholders, &b.layer_opts, b.req.format)?;
+    let t_commit = t0.elapsed();
     if let Some(l) = &layer {
         super::publish_layer_dir(b.store, &upper, &l.diff_id)?;
+    }
+    if b.req.debug {
+        // Where a step's time goes (scripts/bench.sh and docs/PERFORMANCE.md use this).
+        b.progress.info(&format!(
+            "timing: lowers+mount {:?}, act {:?}, unmount+clean {:?}, commit {:?}, publish {:?}",
+            t_mount,
+            t_act - t_mount,
+            t_clean - t_act,
+            t_commit - t_clean,
+            t0.elapsed() - t_commit
+        ));
     }
     let entry = cache::Entry {
         layer: layer.map(|l| (l.descriptor, l.diff_id)),
         created: Some(b.created.clone()),
     };
     cache::store(b.store, &key, &entry)?;
+    if let Some(rc) = &b.remote {
+        rc.record(&key, &entry);
+    }
     apply_layer(state, entry.layer, b.history(created_by, false), key);
     Ok(false)
 }
@@ -369,7 +402,12 @@ fn copy_step(
         ignore,
         is_context,
     };
+    let t_hash = std::time::Instant::now();
     let digest = super::copy::source_digest(&source, &req)?;
+    if b.req.debug {
+        b.progress
+            .info(&format!("timing: source digest {:?}", t_hash.elapsed()));
+    }
     let key_text = format!(
         "{} {:?} -> {:?} flags {:?}",
         ins.keyword,

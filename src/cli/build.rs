@@ -97,6 +97,12 @@ pub struct BuildArgs {
     /// Build and then push the image to its registry (with -t).
     #[arg(long)]
     pub push: bool,
+    /// Push RUN/COPY/ADD/WORKDIR results to this registry repository (REPO or type=registry,ref=REPO).
+    #[arg(long = "cache-to", value_name = "REPO")]
+    pub cache_to: Vec<String>,
+    /// Look step results up in this registry repository (repeatable).
+    #[arg(long = "cache-from", value_name = "REPO")]
+    pub cache_from: Vec<String>,
 }
 
 pub fn run(g: &GlobalOpts, a: BuildArgs) -> Result<i32> {
@@ -214,6 +220,16 @@ pub fn run(g: &GlobalOpts, a: BuildArgs) -> Result<i32> {
             .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
         storage_driver: a.storage_driver.clone(),
         debug: g.debug,
+        cache_to: a
+            .cache_to
+            .iter()
+            .map(|r| crate::build::remote_cache::parse_cache_ref(r))
+            .collect::<Result<_>>()?,
+        cache_from: a
+            .cache_from
+            .iter()
+            .map(|r| crate::build::remote_cache::parse_cache_ref(r))
+            .collect::<Result<_>>()?,
     };
     let outcome = crate::build::build(&store, &req)?;
     let Some(image) = outcome else { return Ok(0) };

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 mod build;
 mod images;
+mod login;
+mod maint;
 mod pull;
 mod push;
 mod run;
@@ -64,6 +66,10 @@ pub enum Command {
     Pull(pull::PullArgs),
     /// Push an image to a registry, an OCI layout or an archive.
     Push(push::PushArgs),
+    /// Check credentials with a registry and store them for later pushes and pulls.
+    Login(login::LoginArgs),
+    /// Forget stored registry credentials.
+    Logout(login::LogoutArgs),
     /// Make a one-layer image from a rootfs tarball or directory.
     Import(images::ImportArgs),
     /// List images.
@@ -84,6 +90,11 @@ pub enum Command {
     Unshare(run::UnshareArgs),
     /// Show which isolation and storage kiln uses here, and why.
     Info(run::InfoArgs),
+    /// Verify the store (every blob digest and reference); --repair removes broken and
+    /// left-over data.
+    Fsck(maint::FsckArgs),
+    /// Remove unnamed images, unused build cache, unreferenced blobs and unpacked layers.
+    Prune(maint::PruneArgs),
     /// Internal: the sandbox helper process (not for users).
     #[command(name = "__sandbox", hide = true)]
     Sandbox(run::SandboxArgs),
@@ -95,8 +106,11 @@ impl Command {
     fn needs_userns(&self) -> bool {
         // A directory import reads owners as the namespace sees them: the user's own files
         // become root's, as `buildah unshare` would show them.
-        matches!(self, Command::Build(_) | Command::Run(_) | Command::Unshare(_))
-            || matches!(self, Command::Import(a) if a.source.is_dir())
+        // fsck/prune remove unpacked layers and step dirs, owned by the subordinate ids.
+        matches!(
+            self,
+            Command::Build(_) | Command::Run(_) | Command::Unshare(_) | Command::Fsck(_) | Command::Prune(_)
+        ) || matches!(self, Command::Import(a) if a.source.is_dir())
     }
 }
 
@@ -113,6 +127,8 @@ pub fn main() -> i32 {
         Command::Build(a) => build::run(&cli.global, *a),
         Command::Pull(a) => pull::run(&cli.global, a),
         Command::Push(a) => push::run(&cli.global, a),
+        Command::Login(a) => login::login(&cli.global, a),
+        Command::Logout(a) => login::logout(&cli.global, a),
         Command::Import(a) => images::import(&cli.global, a),
         Command::Images(a) => images::images(&cli.global, a),
         Command::Inspect(a) => images::inspect(&cli.global, a),
@@ -123,6 +139,8 @@ pub fn main() -> i32 {
         Command::Run(a) => run::run(&cli.global, *a),
         Command::Unshare(a) => run::unshare(&cli.global, a),
         Command::Info(a) => run::info(&cli.global, a),
+        Command::Fsck(a) => maint::fsck(&cli.global, a),
+        Command::Prune(a) => maint::prune(&cli.global, a),
         Command::Sandbox(a) => run::sandbox(a),
     };
     match result {

@@ -22,6 +22,7 @@
 //! `LayerOptions::level` raises it (-2 is the best middle ground). unpack_to_lower (gzip -1
 //! input, decompression overlapped with file writing in a second thread): ~180–200 MB/s wall.
 
+pub mod bomb;
 mod commit;
 mod tarw;
 mod unpack;
@@ -344,13 +345,18 @@ pub fn apply_with_stats(r: impl Read, dest: &Path, opts: &ApplyOptions) -> Resul
 
 /// A decompressing reader for a layer's declared compression.
 pub fn decompress<'a>(r: impl Read + 'a, c: Compression) -> Result<Box<dyn Read + 'a>> {
+    // Bounded against decompression bombs (see `bomb`).
+    let (r, n) = bomb::counted(r);
     Ok(match c {
-        Compression::None => Box::new(r),
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(
-            256 * 1024,
-            r,
-        ))),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(r).context("creating a zstd decoder")?),
+        Compression::None => Box::new(bomb::bounded(r, n)),
+        Compression::Gzip => Box::new(bomb::bounded(
+            flate2::read::MultiGzDecoder::new(BufReader::with_capacity(256 * 1024, r)),
+            n,
+        )),
+        Compression::Zstd => Box::new(bomb::bounded(
+            zstd::stream::read::Decoder::new(r).context("creating a zstd decoder")?,
+            n,
+        )),
     })
 }
 
@@ -413,6 +419,7 @@ pub fn is_tar_header(block: &[u8]) -> bool {
 pub fn open_archive<R: Read + Send + 'static>(r: R) -> Result<Option<Box<dyn Read + Send>>> {
     let mut br = BufReader::with_capacity(64 * 1024, r);
     let head = br.fill_buf().context("reading the start of the archive")?.to_vec();
+    let (br, count) = bomb::counted(br);
     let inner: Box<dyn Read + Send> = match sniff(&head) {
         ArchiveCompression::Plain => Box::new(br),
         ArchiveCompression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(br)),
@@ -424,7 +431,7 @@ pub fn open_archive<R: Read + Send + 'static>(r: R) -> Result<Option<Box<dyn Rea
             lzma_rs::xz_decompress(&mut input, &mut out).map_err(|e| anyhow::anyhow!("xz: {e}"))
         })?),
     };
-    let mut inner = inner;
+    let mut inner = bomb::bounded(inner, count);
     let mut block = vec![0u8; 512];
     let mut got = 0;
     while got < 512 {

@@ -149,6 +149,12 @@ impl Client {
     /// https is tried first (without certificate checks), then http, as Docker does for
     /// insecure registries.
     pub fn new(registry: &str, opts: &RegistryOptions) -> Result<Client> {
+        let creds = find_credentials(registry, opts.auth_file.as_deref())?;
+        Client::with_credentials(registry, opts, creds)
+    }
+
+    /// A client that uses `creds` (not the stored ones): `kiln login` checks them with it.
+    pub fn with_credentials(registry: &str, opts: &RegistryOptions, creds: Option<Credentials>) -> Result<Client> {
         let tls = ureq::tls::TlsConfig::builder()
             .disable_verification(!opts.tls_verify)
             .build();
@@ -167,7 +173,6 @@ impl Client {
         } else {
             registry
         };
-        let creds = find_credentials(registry, opts.auth_file.as_deref())?;
         let loopback = crate::reference::host_is_loopback(registry);
         let mut client = Client {
             agent,

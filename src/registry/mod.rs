@@ -14,6 +14,8 @@ mod push;
 
 pub use pull::pull;
 pub use push::{convert_manifest, push};
+pub(crate) use pull::fetch_blob;
+pub(crate) use push::push_blob;
 
 use anyhow::Result;
 use std::path::PathBuf;

@@ -185,7 +185,7 @@ fn push_inner(
     let status = resp.status().as_u16();
     if !(200..300).contains(&status) {
         let e = status_error(&client, &mut resp);
-        return Err(e.context(format!("the registry rejected the manifest (HTTP {status})")));
+        return Err(e.context("the registry rejected the manifest"));
     }
     if let Some(h) = header(&resp, "docker-content-digest").filter(|h| h.starts_with("sha256:"))
         && h != digest.as_str()
@@ -197,7 +197,7 @@ fn push_inner(
 
 /// Uploads one blob unless the registry has it; returns what happened ("done",
 /// "skipped: already exists", "mounted from REPO").
-fn push_blob(
+pub(crate) fn push_blob(
     store: &Store,
     client: &Client,
     repo: &str,

@@ -30,6 +30,9 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+pub mod fsck;
+pub mod gc;
+
 /// The content of the `oci-layout` file.
 pub const OCI_LAYOUT_JSON: &str = r#"{"imageLayoutVersion":"1.0.0"}"#;
 
@@ -148,6 +151,8 @@ impl Store {
             let p = store.root.join(d);
             fs::create_dir_all(&p).with_context(|| format!("creating the store directory {}", p.display()))?;
         }
+        // Registered as a user of the store before anything is written (see gc).
+        gc::register(&store.root)?;
         store.clean_stale_tmp();
         let layout = store.root.join("oci-layout");
         if !layout.exists() {
@@ -203,7 +208,7 @@ impl Store {
     pub fn blob_writer(&self) -> Result<BlobWriter> {
         let tmp = self.root.join("tmp");
         let file = tempfile::Builder::new()
-            .prefix("blob-")
+            .prefix(&format!("blob-{}.", std::process::id()))
             .tempfile_in(&tmp)
             .with_context(|| format!("creating a temporary blob file in {}", tmp.display()))?;
         Ok(BlobWriter {
@@ -539,11 +544,12 @@ impl Store {
         Ok(m)
     }
 
-    /// A fresh temporary directory under `root/tmp` (removed when dropped).
+    /// A fresh temporary directory under `root/tmp` (removed when dropped), named
+    /// `<prefix><pid>.<random>` so that `kiln fsck`/`prune` can tell whether its owner still runs.
     pub fn tmp_dir(&self, prefix: &str) -> Result<tempfile::TempDir> {
         let tmp = self.root.join("tmp");
         tempfile::Builder::new()
-            .prefix(prefix)
+            .prefix(&format!("{prefix}{}.", std::process::id()))
             .tempdir_in(&tmp)
             .with_context(|| format!("creating a temporary directory in {}", tmp.display()))
     }
