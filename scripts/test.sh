@@ -8,3 +8,8 @@ cargo clippy --all-targets -- -D warnings
 cargo test --release -- --test-threads=2 "$@"
 # Benchmarks are not tests; this only keeps the driver working (tiny sizes, one run, seconds).
 scripts/bench.sh --smoke
+# The isolation ladder in every simulated locked-down environment (about a minute; needs root,
+# since lockdown.sh builds each sandbox as root and then drops privileges). KILN_SKIP_MATRIX=1 skips it.
+if [[ $(id -u) == 0 && -z ${KILN_SKIP_MATRIX:-} ]]; then
+  scripts/lockdown-matrix.sh
+fi

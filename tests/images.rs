@@ -14,16 +14,6 @@ fn tool(name: &str) -> Command {
     as_user(&path)
 }
 
-fn ok(mut c: Command) -> String {
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{c:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 #[test]
 fn import_list_tag_rmi() {
@@ -54,7 +44,7 @@ fn store_is_an_oci_layout_and_exports_interoperate() {
     let s = Scratch::new("interop");
     let root = store_with_busybox(&s);
     // The store itself is readable by skopeo.
-    ok({
+    command_ok({
         let mut c = tool("skopeo");
         c.arg("inspect")
             .arg(format!("oci:{}:docker.io/library/busybox:latest", root.display()));
@@ -80,7 +70,7 @@ fn store_is_an_oci_layout_and_exports_interoperate() {
         format!("oci-archive:{}", oarch.display()),
         format!("docker-archive:{}", darch.display()),
     ] {
-        let out = ok({
+        let out = command_ok({
             let mut c = tool("skopeo");
             c.arg("inspect").arg(&r);
             c
@@ -89,7 +79,7 @@ fn store_is_an_oci_layout_and_exports_interoperate() {
     }
     // umoci unpacks kiln's layout rootless.
     let bundle = s.join("bundle");
-    ok({
+    command_ok({
         let mut c = tool("umoci");
         c.args(["unpack", "--rootless", "--image"])
             .arg(format!("{}:bb", layout.display()))
@@ -106,7 +96,7 @@ fn store_is_an_oci_layout_and_exports_interoperate() {
     }
     // An image that skopeo wrote into an OCI layout loads into kiln.
     let sk = s.join("skopeo-layout");
-    ok({
+    command_ok({
         let mut c = tool("skopeo");
         c.arg("copy")
             .arg(format!("oci:{}:bb", layout.display()))

@@ -7,18 +7,7 @@ use common::*;
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::Command;
 
-fn sh_ok(mut c: Command) -> String {
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{c:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn dockerfile(s: &Scratch) {
     s.write("ctx/app.txt", "app\n");
@@ -61,7 +50,7 @@ fn pushed_by_skopeo_and_pulled_back_keeps_the_digest() {
     c.args(["copy", "--dest-tls-verify=false"])
         .arg(format!("oci:{}:app", layout.display()))
         .arg(format!("docker://{}/interop/app:1", reg.addr));
-    sh_ok(c);
+    command_ok(c);
     let fresh = s.join("fresh");
     Kiln::with_root(&fresh)
         .arg("pull")
@@ -161,7 +150,7 @@ fn umoci_unpack_matches_local_output() {
     c.args(["unpack", "--rootless", "--image"])
         .arg(format!("{}:app", layout.display()))
         .arg(&bundle);
-    sh_ok(c);
+    command_ok(c);
     // kiln's local output was written inside its user namespace: host ids are the user's
     // own uid for container root and the /etc/subuid range for the rest.
     let (me, mygid) = if is_root() {

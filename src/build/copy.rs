@@ -894,7 +894,11 @@ impl Copier<'_> {
 
     /// Owner, mode, xattrs and times of a copied entry (in that order: chown clears setuid).
     fn set_meta(&self, src: &Path, dst: &Path, md: &Metadata, keep_owner: bool) -> Result<()> {
-        let (u, g) = self.owner(md, keep_owner);
+        let (u, g) = match self.chown {
+            // Without privilege the source's owner is its recorded one (see layer::OWNER_XATTR).
+            None if keep_owner && crate::layer::owner_emulation() => crate::layer::effective_owner(src, md),
+            _ => self.owner(md, keep_owner),
+        };
         chown(dst, u, g)?;
         let is_link = md.file_type().is_symlink();
         if !is_link {
@@ -941,6 +945,11 @@ fn set_mode(p: &Path, mode: u32) -> Result<()> {
 }
 
 fn chown(p: &Path, uid: u32, gid: u32) -> Result<()> {
+    if crate::layer::owner_emulation() {
+        // kiln without privilege: the layer carries the owner (see layer::OWNER_XATTR).
+        return crate::layer::record_owner(p, uid, gid)
+            .with_context(|| format!("recording the owner {uid}:{gid} of {}", p.display()));
+    }
     if let Err(e) = std::os::unix::fs::lchown(p, Some(uid), Some(gid)) {
         if fs::symlink_metadata(p).is_ok_and(|m| m.uid() == uid && m.gid() == gid) {
             return Ok(());
@@ -955,6 +964,7 @@ fn copy_xattrs(src: &Path, dst: &Path) {
     for n in names {
         let s = n.to_string_lossy();
         if s.starts_with("user.overlay.")
+            || s.starts_with("user.kiln.")
             || s.starts_with("trusted.")
             || s.starts_with("user.fuseoverlayfs.")
             || s == "security.selinux"

@@ -189,6 +189,7 @@ pub fn build(store: &Store, req: &BuildRequest) -> Result<Option<Image>> {
     if !req.context.is_dir() {
         bail!("build context {} is not a directory", req.context.display());
     }
+    mounts::refuse_run_without_privilege(&plan)?;
     let created = match req.timestamp {
         Some(t) => rfc3339(t),
         None => humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),

@@ -154,6 +154,38 @@ fn is_lone_heredoc(line: &str, name: &str) -> bool {
     t == name
 }
 
+/// Isolation rung 4 (no privilege, no user namespaces): refuses a plan that has RUN steps
+/// before anything is built, with one paragraph naming what is missing and the fixes.
+pub fn refuse_run_without_privilege(plan: &crate::plan::Plan) -> Result<()> {
+    let rung = crate::sandbox::probe::current();
+    if rung.can_run() {
+        return Ok(());
+    }
+    let runs: Vec<&Instruction> = plan
+        .stages
+        .iter()
+        .flat_map(|s| s.onbuild_triggers.iter().chain(s.instructions.iter()))
+        .filter(|i| matches!(i.command, crate::dockerfile::Command::Run(_)))
+        .collect();
+    let Some(first) = runs.first() else {
+        return Ok(());
+    };
+    let what = format!(
+        "RUN instructions ({} {}{})",
+        first.loc,
+        first.original,
+        if runs.len() > 1 {
+            format!(" and {} more", runs.len() - 1)
+        } else {
+            String::new()
+        }
+    );
+    bail!(
+        "{}",
+        crate::sandbox::probe::run_refusal(&crate::sandbox::probe::full_probe(), &what)
+    )
+}
+
 /// Executes a RUN instruction.
 pub fn run_step(
     b: &Builder,

@@ -464,6 +464,15 @@ impl ReadOnlyRoot {
                 mounted: false,
             });
         }
+        if !crate::sandbox::probe::current().can_mount() {
+            // Chroot / no-privilege isolation: a copy instead of a mount.
+            crate::rootfs::materialise(&lowers, &path)?;
+            return Ok(ReadOnlyRoot {
+                path,
+                _dir: Some(dir),
+                mounted: false,
+            });
+        }
         crate::rootfs::mount_readonly(&lowers, &path)?;
         Ok(ReadOnlyRoot {
             path,
@@ -477,6 +486,9 @@ impl Drop for ReadOnlyRoot {
     fn drop(&mut self) {
         if self.mounted {
             let _ = nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH);
+        } else {
+            // A copy (chroot / no-privilege isolation) may hold read-only directories.
+            let _ = crate::rootfs::remove_tree(&self.path);
         }
     }
 }

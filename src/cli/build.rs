@@ -91,7 +91,7 @@ pub struct BuildArgs {
     /// Stages built at the same time (default: number of cores).
     #[arg(long)]
     pub jobs: Option<usize>,
-    /// Storage driver for RUN steps: overlay or copy.
+    /// Storage driver for RUN steps: overlay, fuse or copy (default: overlay if the kernel allows it).
     #[arg(long = "storage-driver")]
     pub storage_driver: Option<String>,
     /// Build and then push the image to its registry (with -t).

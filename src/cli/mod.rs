@@ -22,6 +22,23 @@ pub struct GlobalOpts {
     /// Print what kiln decides and why (isolation, storage driver, cache keys).
     #[arg(long, global = true)]
     pub debug: bool,
+    /// Isolation rung: auto (the best this place allows), userns, single-uid, chroot (root
+    /// without namespaces) or none (no RUN). See `kiln info`.
+    #[arg(
+        long,
+        global = true,
+        env = "KILN_ISOLATION",
+        value_name = "MODE",
+        default_value = "auto"
+    )]
+    pub isolation: String,
+}
+
+impl GlobalOpts {
+    /// The rung forced by `--isolation` (None = auto).
+    pub fn forced_isolation(&self) -> Result<Option<crate::sandbox::probe::Isolation>> {
+        crate::sandbox::probe::Isolation::parse(&self.isolation)
+    }
 }
 
 impl GlobalOpts {
@@ -118,7 +135,10 @@ impl Command {
 pub fn main() -> i32 {
     let cli = Cli::parse();
     if cli.command.needs_userns()
-        && let Err(e) = crate::sandbox::userns::ensure(cli.global.debug)
+        && let Err(e) = cli
+            .global
+            .forced_isolation()
+            .and_then(|forced| crate::sandbox::userns::ensure_with(cli.global.debug, forced))
     {
         eprintln!("kiln: {e:#}");
         return 125;

@@ -56,7 +56,7 @@ pub struct RunArgs {
     /// `seccomp=FILE`, `seccomp=unconfined` or `no-new-privileges`.
     #[arg(long = "security-opt", value_name = "OPT")]
     pub security_opt: Vec<String>,
-    /// Storage driver: overlay or copy.
+    /// Storage driver: overlay, fuse or copy.
     #[arg(long = "storage-driver")]
     pub storage_driver: Option<String>,
     /// Testing: run on these directories (top first) instead of an image.
@@ -376,40 +376,100 @@ pub fn unshare(g: &GlobalOpts, a: UnshareArgs) -> Result<i32> {
     Ok(sandbox::exit_code(st))
 }
 
-/// `kiln info`: which isolation and storage kiln uses here, and why.
+/// Facts probed by the first kiln process, passed to the one re-executed in the namespace.
+const ENV_PROBE_FACTS: &str = "KILN_PROBE_FACTS";
+
+/// `kiln info`: what this place allows (the probe's facts), the isolation rung kiln takes,
+/// the storage driver, and why.
 pub fn info(g: &GlobalOpts, a: InfoArgs) -> Result<i32> {
-    // Probe from where builds run: inside kiln's namespaces.
-    userns::ensure(g.debug)?;
-    let mapping = userns::id_mapping();
-    let root = g.store_root()?;
-    let tmp = root.join("tmp");
-    let probe_dir = if std::fs::create_dir_all(&tmp).is_ok() {
-        tmp
-    } else {
-        std::env::temp_dir()
+    use sandbox::probe::{self, Isolation};
+    // The facts are those of the place kiln was started in (before any namespace).
+    let facts: probe::Facts = match std::env::var(ENV_PROBE_FACTS)
+        .ok()
+        .and_then(|j| serde_json::from_str(&j).ok())
+    {
+        Some(f) => f,
+        None => {
+            let f = probe::full_probe();
+            // SAFETY: single-threaded (info runs before anything starts threads).
+            unsafe { std::env::set_var(ENV_PROBE_FACTS, serde_json::to_string(&f)?) };
+            f
+        }
     };
-    let driver = crate::rootfs::probe(&probe_dir);
+    // Then enter what builds get, to probe storage from there.
+    userns::ensure_with(g.debug, g.forced_isolation()?)?;
+    let rung = probe::current();
+    let why = probe::current_reason();
+    let advice = match rung {
+        Isolation::Userns => String::new(),
+        Isolation::SingleUid => probe::single_uid_advice(&facts),
+        Isolation::Chroot => "RUN steps run chrooted in a copy of the rootfs: no /proc, /dev nodes made with mknod, \
+                              the container's network, uts and pid namespaces, no isolation from kiln itself (use \
+                              it in a disposable container). For full isolation allow unshare: --security-opt \
+                              seccomp=unconfined (runner: security_opt = [\"seccomp:unconfined\"])"
+            .to_string(),
+        Isolation::None => probe::run_refusal(&facts, "RUN"),
+    };
+    let mapping = userns::id_mapping();
+    let ids = match rung {
+        Isolation::Chroot => "real root in the container's namespaces (no user or mount namespace)".to_string(),
+        Isolation::None => format!(
+            "your own uid {} without a user namespace: files of other owners are recorded in {} for the layer tar headers",
+            facts.euid,
+            crate::layer::OWNER_XATTR
+        ),
+        _ => mapping.describe(),
+    };
+    let root = g.store_root()?;
+    let (driver, driver_reason, fuse) = if rung.can_mount() {
+        let tmp = root.join("tmp");
+        let probe_dir = if std::fs::create_dir_all(&tmp).is_ok() {
+            tmp
+        } else {
+            std::env::temp_dir()
+        };
+        let d = crate::rootfs::probe(&probe_dir);
+        (d.name, d.why, crate::rootfs::probe_fuse(&probe_dir))
+    } else {
+        (
+            "copy",
+            format!("isolation {rung} allows no mounts: layers are plain directories compared by snapshot"),
+            Err(format!("isolation {rung} allows no mounts")),
+        )
+    };
     let profile = sandbox::seccomp::parse_profile(sandbox::seccomp::DEFAULT_PROFILE)?;
     let kernel = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().to_string())
         .unwrap_or_default();
     let caps = sandbox::caps::effective(&[], &[])?;
     let seccomp_ok = sandbox::seccomp::compile(&profile, &sandbox::caps::names(&caps)).map(|b| b.len() / 8);
-    let seccomp_text = match &seccomp_ok {
+    let mut seccomp_text = match &seccomp_ok {
         Ok(n) => format!(
             "default profile (Docker format, {} rules, {n} BPF instructions)",
             profile.syscalls.len()
         ),
         Err(e) => format!("unavailable: {e:#}"),
     };
+    if rung == Isolation::Chroot && facts.seccomp == 2 && !facts.has_cap(21) {
+        seccomp_text = "the container runtime's filter (inherited by every step); kiln adds its own only where it \
+                        can without forcing no_new_privs"
+            .into();
+    }
     if a.format == "json" {
         let v = serde_json::json!({
             "kernel": kernel,
             "store": root,
+            "isolation": rung.as_str(),
+            "isolationRung": rung.rung(),
+            "isolationSummary": rung.summary(),
+            "isolationReason": why,
+            "isolationAdvice": advice,
+            "facts": facts,
             "idMapping": mapping,
-            "idMappingDescription": mapping.describe(),
-            "rootfsDriver": if driver.overlay { "overlay" } else { "copy" },
-            "rootfsDriverReason": driver.reason,
+            "idMappingDescription": ids,
+            "rootfsDriver": driver,
+            "rootfsDriverReason": driver_reason,
+            "fuseOverlay": match &fuse { Ok(()) => "works".to_string(), Err(e) => e.clone() },
             "seccomp": seccomp_text,
             "capabilities": format!("{:016x}", sandbox::caps::mask(&caps)),
             "cgroups": "not used (kiln sets no resource limits)",
@@ -421,14 +481,34 @@ pub fn info(g: &GlobalOpts, a: InfoArgs) -> Result<i32> {
         bail!("--format {}: expected text or json", a.format);
     }
     let mut o = std::io::stdout().lock();
-    writeln!(o, "kernel:        {kernel}")?;
-    writeln!(o, "store:         {}", root.display())?;
-    writeln!(o, "ids:           {}", mapping.describe())?;
     writeln!(
         o,
-        "rootfs driver: {} ({})",
-        if driver.overlay { "overlay" } else { "copy snapshots" },
-        driver.reason
+        "isolation:     rung {} of 4, {rung}: {}",
+        rung.rung(),
+        rung.summary()
+    )?;
+    writeln!(o, "  why:         {why}")?;
+    if !advice.is_empty() {
+        for (i, l) in advice.lines().enumerate() {
+            writeln!(o, "{}{l}", if i == 0 { "  advice:      " } else { "               " })?;
+        }
+    }
+    writeln!(o, "kernel:        {kernel}")?;
+    writeln!(o, "store:         {}", root.display())?;
+    writeln!(o, "ids:           {ids}")?;
+    let shown = match driver {
+        "overlay" => "kernel overlay",
+        "fuse" => "kiln's FUSE overlay",
+        _ => "copy snapshots",
+    };
+    writeln!(o, "rootfs driver: {shown} ({driver_reason})")?;
+    writeln!(
+        o,
+        "fuse overlay:  {} (--storage-driver fuse)",
+        match &fuse {
+            Ok(()) => "works here".to_string(),
+            Err(e) => format!("unavailable: {e}"),
+        }
     )?;
     writeln!(o, "seccomp:       {seccomp_text}")?;
     writeln!(
@@ -437,6 +517,10 @@ pub fn info(g: &GlobalOpts, a: InfoArgs) -> Result<i32> {
         sandbox::caps::mask(&caps)
     )?;
     writeln!(o, "cgroups:       not used (kiln sets no resource limits)")?;
+    writeln!(o, "facts (where kiln was started):")?;
+    for (k, v) in probe::facts_table(&facts) {
+        writeln!(o, "  {:<13} {v}", format!("{k}:"))?;
+    }
     Ok(0)
 }
 

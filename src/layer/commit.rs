@@ -17,6 +17,69 @@ pub(crate) fn is_overlay_xattr(name: &[u8]) -> bool {
         || name.starts_with(b"user.fuseoverlayfs.")
 }
 
+/// Where kiln records the owner a file should have in the layer when it cannot `chown` it:
+/// `"UID:GID"` in decimal. Written when an unprivileged kiln (isolation `none`) unpacks or
+/// copies files owned by other ids, and honoured by [`write_tar`] wherever it is present (the
+/// FUSE overlay's ownership emulation uses the same record); never written into a layer.
+pub const OWNER_XATTR: &str = "user.kiln.owner";
+
+static OWNER_EMULATION: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Turns ownership emulation on for this process (kiln without privilege and without a user
+/// namespace): files kiln writes are owned by its own uid on disk; in layers that uid/gid is
+/// root and other owners come from [`OWNER_XATTR`].
+pub fn set_owner_emulation(on: bool) {
+    OWNER_EMULATION.store(on, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether [`set_owner_emulation`] is on.
+pub fn owner_emulation() -> bool {
+    OWNER_EMULATION.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Records that `p` belongs to `uid:gid` in the layer (root: the record is removed, since the
+/// builder's own files count as root). Symlinks cannot carry `user.` xattrs: their owner is
+/// root in the layer, and this returns Ok.
+pub fn record_owner(p: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    if (uid, gid) == (0, 0) {
+        return match xattr::remove(p, OWNER_XATTR) {
+            Err(e) if e.raw_os_error() != Some(libc::ENODATA) && e.raw_os_error() != Some(libc::EPERM) => Err(e),
+            _ => Ok(()),
+        };
+    }
+    match xattr::set(p, OWNER_XATTR, format!("{uid}:{gid}").as_bytes()) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) && fs::symlink_metadata(p).is_ok_and(|m| m.is_symlink()) => {
+            Ok(())
+        }
+        r => r,
+    }
+}
+
+fn parse_owner(v: &[u8]) -> Option<(u32, u32)> {
+    let s = std::str::from_utf8(v).ok()?;
+    let (u, g) = s.trim().split_once(':')?;
+    Some((u.parse().ok()?, g.parse().ok()?))
+}
+
+/// The owner `p` has in a layer: the [`OWNER_XATTR`] record, else its owner on disk, with the
+/// builder's own ids counted as root when ownership is emulated.
+pub fn effective_owner(p: &Path, md: &fs::Metadata) -> (u32, u32) {
+    if let Ok(Some(v)) = xattr::get(p, OWNER_XATTR)
+        && let Some(o) = parse_owner(&v)
+    {
+        return o;
+    }
+    emulated_ids(md.uid(), md.gid())
+}
+
+fn emulated_ids(uid: u32, gid: u32) -> (u32, u32) {
+    if !owner_emulation() {
+        return (uid, gid);
+    }
+    let (eu, eg) = unsafe { (libc::geteuid(), libc::getegid()) };
+    (if uid == eu { 0 } else { uid }, if gid == eg { 0 } else { gid })
+}
+
 const OPAQUE_XATTRS: [&str; 3] = [
     "user.overlay.opaque",
     "trusted.overlay.opaque",
@@ -152,17 +215,26 @@ pub(crate) fn cap_to_v2(v: &[u8]) -> Vec<u8> {
 }
 
 /// Reads the xattrs of `p` (not following symlinks) for the tar: sorted, overlay bookkeeping
-/// removed, capabilities made portable. Also tells whether the dir is an overlay opaque dir.
-fn read_xattrs(p: &Path) -> Result<(BTreeMap<String, Vec<u8>>, bool)> {
+/// removed, capabilities made portable. Also tells whether the dir is an overlay opaque dir, and
+/// the owner recorded in [`OWNER_XATTR`].
+type Xattrs = (BTreeMap<String, Vec<u8>>, bool, Option<(u32, u32)>);
+fn read_xattrs(p: &Path) -> Result<Xattrs> {
     let mut out = BTreeMap::new();
     let mut opaque = false;
+    let mut owner = None;
     let names = match xattr::list(p) {
         Ok(n) => n,
-        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok((out, false)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok((out, false, None)),
         Err(e) => return Err(e).with_context(|| format!("listing the xattrs of {}", p.display())),
     };
     for name in names {
         let nb = name.as_bytes();
+        if nb == OWNER_XATTR.as_bytes() {
+            if let Ok(Some(v)) = xattr::get(p, &name) {
+                owner = parse_owner(&v);
+            }
+            continue;
+        }
         if OPAQUE_XATTRS.iter().any(|o| o.as_bytes() == nb) {
             if let Ok(Some(v)) = xattr::get(p, &name)
                 && v == b"y"
@@ -182,7 +254,7 @@ fn read_xattrs(p: &Path) -> Result<(BTreeMap<String, Vec<u8>>, bool)> {
         let key = format!("SCHILY.xattr.{}", String::from_utf8_lossy(nb));
         out.insert(key, v);
     }
-    Ok((out, opaque))
+    Ok((out, opaque, owner))
 }
 
 /// Writes the tar stream of `walk` to `w` (including the end-of-archive blocks). With
@@ -204,7 +276,8 @@ pub fn write_tar(mut walk: DirWalk, timestamp: Option<i64>, w: impl Write) -> Re
         let ctx = || format!("archiving {}", abs.display());
         let mtime = clamp(md.mtime());
         let mode = md.mode() & 0o7777;
-        let (uid, gid) = (md.uid() as u64, md.gid() as u64);
+        let (uid, gid) = emulated_ids(md.uid(), md.gid());
+        let (uid, gid) = (uid as u64, gid as u64);
         let base = TarEntry {
             path: &e.rel,
             kind: tar::EntryType::Regular,
@@ -237,7 +310,15 @@ pub fn write_tar(mut walk: DirWalk, timestamp: Option<i64>, w: impl Write) -> Re
             .with_context(ctx)?;
             continue;
         }
-        let (xattrs, opaque) = read_xattrs(&abs)?;
+        let (xattrs, opaque, owner) = read_xattrs(&abs)?;
+        let base = match owner {
+            Some((u, g)) => TarEntry {
+                uid: u as u64,
+                gid: g as u64,
+                ..base
+            },
+            None => base,
+        };
         if ft.is_dir() {
             let mut p = e.rel.clone();
             p.push(b'/');

@@ -39,7 +39,9 @@ use anyhow::{Context, Result, bail};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
-pub use commit::{DirWalk, write_tar};
+pub use commit::{
+    DirWalk, OWNER_XATTR, effective_owner, owner_emulation, record_owner, set_owner_emulation, write_tar,
+};
 pub use unpack::UnpackStats;
 
 /// Default gzip level (see the table in the module docs).

@@ -587,8 +587,21 @@ impl Unpacker {
     /// lchown; `name` empty = the fd itself.
     fn set_owner(&mut self, dirfd: RawFd, name: &CStr, m: &Meta, _nofollow: bool) -> Result<()> {
         if self.euid != 0 {
-            // Like GNU tar as a non-root user: files are owned by the extracting user.
+            // Like GNU tar as a non-root user: files are owned by the extracting user. With
+            // ownership emulation (kiln without privilege), the owner is recorded for layers.
             self.stats.unowned += 1;
+            if super::commit::owner_emulation() && (m.uid, m.gid) != (0, 0) {
+                let r = if name.is_empty() {
+                    xattr_set_fd(
+                        dirfd,
+                        super::OWNER_XATTR.as_bytes(),
+                        format!("{}:{}", m.uid, m.gid).as_bytes(),
+                    )
+                } else {
+                    super::commit::record_owner(&proc_path(dirfd, name.to_bytes()), m.uid, m.gid)
+                };
+                r.with_context(|| format!("recording owner {}:{} in {}", m.uid, m.gid, super::OWNER_XATTR))?;
+            }
             return Ok(());
         }
         let flags = if name.is_empty() {
@@ -598,6 +611,20 @@ impl Unpacker {
         };
         match cvt(unsafe { libc::fchownat(dirfd, name.as_ptr(), m.uid, m.gid, flags) }) {
             Ok(_) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && super::commit::owner_emulation() => {
+                // Single-uid user namespace: the owner is recorded for layers instead.
+                self.stats.unowned += 1;
+                let r = if name.is_empty() {
+                    xattr_set_fd(
+                        dirfd,
+                        super::OWNER_XATTR.as_bytes(),
+                        format!("{}:{}", m.uid, m.gid).as_bytes(),
+                    )
+                } else {
+                    super::commit::record_owner(&proc_path(dirfd, name.to_bytes()), m.uid, m.gid)
+                };
+                r.with_context(|| format!("recording owner {}:{} in {}", m.uid, m.gid, super::OWNER_XATTR))
+            }
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => bail!(
                 "cannot set owner {}:{}: the id is not mapped in this user namespace (kiln needs a subuid/subgid range covering it, see /etc/subuid)",
                 m.uid,

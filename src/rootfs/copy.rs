@@ -3,8 +3,14 @@
 //! format (whiteouts as char 0:0 devices, `user.overlay.opaque=y` on replaced directories).
 //!
 //! Change detection compares each entry with a snapshot taken right after the copy (inode,
-//! ctime, size, mtime, mode, owner): every content, metadata or xattr change moves ctime, so
-//! contents are never compared byte by byte.
+//! birth time, ctime, size, mtime, mode, owner; the walk is parallel): every content,
+//! metadata or xattr change moves ctime. Only candidates whose ctime alone moved (same inode,
+//! size, mode, owner and mtime: a `chmod` back, a placeholder created and removed, a file
+//! rewritten with `touch -r`) are compared with the layer file they were copied from (content
+//! and xattrs), so nothing is hashed wholesale after a step.
+//!
+//! No mounts are involved anywhere, which makes this the driver of the chroot and no-privilege
+//! isolation rungs; [`materialise`] gives them read-only views (COPY --from) the same way.
 
 use super::{RootfsDriver, is_overlay_xattr};
 use anyhow::{Context, Result, bail};
@@ -53,6 +59,8 @@ struct State {
     upper: PathBuf,
     snap: HashMap<PathBuf, Snap>,
     children: HashMap<PathBuf, Vec<OsString>>,
+    /// Relative path → the lower entry it was copied from.
+    sources: HashMap<PathBuf, PathBuf>,
 }
 
 /// Copy-based snapshots (no mounts at all).
@@ -70,16 +78,18 @@ impl RootfsDriver for CopySnapshot {
         std::fs::create_dir_all(upper).with_context(|| format!("cannot create {}", upper.display()))?;
         ensure_empty(upper)?;
         std::fs::create_dir_all(target).with_context(|| format!("cannot create {}", target.display()))?;
+        let mut sources = HashMap::new();
         for l in lowers.iter().rev() {
-            apply_lower(l, target)
+            apply_lower(l, target, &mut sources)
                 .with_context(|| format!("cannot copy layer {} into {}", l.display(), target.display()))?;
         }
-        let mut st = State {
+        let (snaps, children) = snapshot(target, Path::new(""))?;
+        let st = State {
             upper: upper.to_path_buf(),
-            snap: HashMap::new(),
-            children: HashMap::new(),
+            snap: snaps.into_iter().collect(),
+            children: children.into_iter().collect(),
+            sources,
         };
-        snapshot(target, Path::new(""), &mut st)?;
         self.state.lock().unwrap().insert(target.to_path_buf(), st);
         Ok(())
     }
@@ -99,30 +109,115 @@ impl RootfsDriver for CopySnapshot {
         d.diff_dir(Path::new(""))?;
         let root_md = std::fs::symlink_metadata(target)?;
         copy_meta(target, &st.upper, &root_md)?;
-        std::fs::remove_dir_all(target).with_context(|| format!("cannot remove the snapshot {}", target.display()))?;
+        remove_tree(target).with_context(|| format!("cannot remove the snapshot {}", target.display()))?;
         std::fs::create_dir_all(target).ok();
         Ok(())
     }
 }
 
-fn snapshot(root: &Path, rel: &Path, st: &mut State) -> Result<()> {
+type Snapshot = (Vec<(PathBuf, Snap)>, Vec<(PathBuf, Vec<OsString>)>);
+
+/// Stats every entry under `root/rel` (directories in parallel).
+fn snapshot(root: &Path, rel: &Path) -> Result<Snapshot> {
+    use rayon::prelude::*;
     let dir = root.join(rel);
     let md = std::fs::symlink_metadata(&dir)?;
-    st.snap.insert(rel.to_path_buf(), Snap::of(&md));
+    let mut snaps = vec![(rel.to_path_buf(), Snap::of(&md))];
     let mut names = Vec::new();
+    let mut subdirs = Vec::new();
     for e in std::fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))? {
         let e = e?;
         let r = rel.join(e.file_name());
         let md = e.metadata()?;
         names.push(e.file_name());
         if md.is_dir() {
-            snapshot(root, &r, st)?;
+            subdirs.push(r);
         } else {
-            st.snap.insert(r, Snap::of(&md));
+            snaps.push((r, Snap::of(&md)));
         }
     }
-    st.children.insert(rel.to_path_buf(), names);
+    let mut children = vec![(rel.to_path_buf(), names)];
+    let subs: Vec<Result<Snapshot>> = subdirs.par_iter().map(|r| snapshot(root, r)).collect();
+    for sub in subs {
+        let (a, b) = sub?;
+        snaps.extend(a);
+        children.extend(b);
+    }
+    Ok((snaps, children))
+}
+
+/// Copies `lowers` (top first) into the empty directory `target`: a read-only view of a
+/// stage's filesystem without mounting anything.
+pub fn materialise(lowers: &[PathBuf], target: &Path) -> Result<()> {
+    std::fs::create_dir_all(target).with_context(|| format!("cannot create {}", target.display()))?;
+    let mut sources = HashMap::new();
+    for l in lowers.iter().rev() {
+        apply_lower(l, target, &mut sources)
+            .with_context(|| format!("cannot copy layer {} into {}", l.display(), target.display()))?;
+    }
     Ok(())
+}
+
+/// Removes a tree; without privilege, read-only directories in it are made writable first
+/// (an image's 0555 directories would otherwise keep their entries).
+pub fn remove_tree(p: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(p) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            fn open_up(d: &Path) {
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700));
+                if let Ok(rd) = std::fs::read_dir(d) {
+                    for e in rd.flatten() {
+                        if e.file_type().is_ok_and(|t| t.is_dir()) {
+                            open_up(&e.path());
+                        }
+                    }
+                }
+            }
+            open_up(p);
+            std::fs::remove_dir_all(p)
+        }
+        r => r,
+    }
+}
+
+/// Whether `a` and `b` have the same xattrs (overlay bookkeeping aside).
+fn same_xattrs(a: &Path, b: &Path) -> bool {
+    let list = |p: &Path| -> Option<Vec<(OsString, Option<Vec<u8>>)>> {
+        let mut v: Vec<_> = xattr::list(p)
+            .ok()?
+            .filter(|n| !is_overlay_xattr(n.as_bytes()))
+            .map(|n| {
+                let val = xattr::get(p, &n).ok().flatten();
+                (n, val)
+            })
+            .collect();
+        v.sort();
+        Some(v)
+    };
+    match (list(a), list(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// Whether two regular files have the same bytes.
+fn same_content(a: &Path, b: &Path) -> bool {
+    use std::io::Read;
+    let (Ok(mut fa), Ok(mut fb)) = (std::fs::File::open(a), std::fs::File::open(b)) else {
+        return false;
+    };
+    let mut ba = vec![0u8; 64 * 1024];
+    let mut bb = vec![0u8; 64 * 1024];
+    loop {
+        let Ok(n) = fa.read(&mut ba) else { return false };
+        if n == 0 {
+            return fb.read(&mut bb[..1]).is_ok_and(|m| m == 0);
+        }
+        if fb.read_exact(&mut bb[..n]).is_err() || ba[..n] != bb[..n] {
+            return false;
+        }
+    }
 }
 
 fn is_whiteout(md: &std::fs::Metadata) -> bool {
@@ -206,21 +301,30 @@ fn copy_leaf(src: &Path, dst: &Path, md: &std::fs::Metadata, links: &mut HashMap
 }
 
 /// Applies one overlay lower onto `target` (whiteouts delete, opaque dirs clear).
-fn apply_lower(lower: &Path, target: &Path) -> Result<()> {
+fn apply_lower(lower: &Path, target: &Path, sources: &mut HashMap<PathBuf, PathBuf>) -> Result<()> {
     let mut links = HashMap::new();
-    apply_dir(lower, target, &mut links)
+    apply_dir(lower, target, Path::new(""), &mut links, sources)
 }
 
-fn apply_dir(src: &Path, dst: &Path, links: &mut HashMap<(u64, u64), PathBuf>) -> Result<()> {
+fn apply_dir(
+    src: &Path,
+    dst: &Path,
+    rel: &Path,
+    links: &mut HashMap<(u64, u64), PathBuf>,
+    sources: &mut HashMap<PathBuf, PathBuf>,
+) -> Result<()> {
     for e in std::fs::read_dir(src).with_context(|| format!("cannot read {}", src.display()))? {
         let e = e?;
         let s = e.path();
         let d = dst.join(e.file_name());
+        let r = rel.join(e.file_name());
         let md = std::fs::symlink_metadata(&s)?;
         if is_whiteout(&md) {
             remove_any(&d)?;
+            sources.remove(&r);
             continue;
         }
+        sources.insert(r.clone(), s.clone());
         if md.is_dir() {
             match std::fs::symlink_metadata(&d) {
                 Ok(dm) if dm.is_dir() => {
@@ -235,7 +339,7 @@ fn apply_dir(src: &Path, dst: &Path, links: &mut HashMap<(u64, u64), PathBuf>) -
                 }
                 Err(_) => std::fs::create_dir(&d).with_context(|| format!("cannot create {}", d.display()))?,
             }
-            apply_dir(&s, &d, links)?;
+            apply_dir(&s, &d, &r, links, sources)?;
             copy_meta(&s, &d, &md)?;
         } else {
             remove_any(&d)?;
@@ -252,6 +356,35 @@ struct Differ<'a> {
 }
 
 impl Differ<'_> {
+    /// A candidate whose ctime alone moved: unchanged if it still equals the layer entry it
+    /// was copied from (content, symlink target, xattrs).
+    fn only_ctime_moved(&self, rel: &Path, old: &Snap, now: &Snap, md: &std::fs::Metadata) -> bool {
+        let same_stat = Snap {
+            ctime: old.ctime,
+            ..*now
+        } == *old;
+        if !same_stat {
+            return false;
+        }
+        let Some(src) = self.st.sources.get(rel) else {
+            return false;
+        };
+        let Ok(smd) = std::fs::symlink_metadata(src) else {
+            return false;
+        };
+        let t = self.target.join(rel);
+        if smd.mode() != md.mode() || (!md.is_dir() && smd.size() != md.size()) {
+            return false;
+        }
+        if md.is_file() && !same_content(src, &t) {
+            return false;
+        }
+        if md.file_type().is_symlink() && std::fs::read_link(src).ok() != std::fs::read_link(&t).ok() {
+            return false;
+        }
+        md.file_type().is_symlink() || same_xattrs(src, &t)
+    }
+
     /// Makes sure the upper has the directory `rel` (and its parents), copying metadata.
     fn ensure_upper_dir(&self, rel: &Path) -> Result<()> {
         let u = self.st.upper.join(rel);
@@ -315,14 +448,14 @@ impl Differ<'_> {
                 }
                 Some(old) if md.is_dir() => {
                     let sub = self.diff_dir(&r)?;
-                    if sub || *old != now {
+                    if sub || (*old != now && !self.only_ctime_moved(&r, old, &now, &md)) {
                         self.ensure_upper_dir(&r)?;
                         copy_meta(&self.target.join(&r), &self.st.upper.join(&r), &md)?;
                         changed = true;
                     }
                 }
                 Some(old) => {
-                    if *old != now {
+                    if *old != now && !self.only_ctime_moved(&r, old, &now, &md) {
                         self.ensure_upper_dir(rel)?;
                         self.copy_all(&r)?;
                         changed = true;
@@ -338,7 +471,12 @@ impl Differ<'_> {
                     let c = cpath(&w);
                     if unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, 0) } != 0 {
                         let e = std::io::Error::last_os_error();
-                        return Err(e).with_context(|| format!("cannot create the whiteout {}", w.display()));
+                        return Err(e).with_context(|| {
+                            format!(
+                                "cannot create the whiteout {} (a deletion needs a 0:0 character device, which                                  only root or a user namespace can make)",
+                                w.display()
+                            )
+                        });
                     }
                     changed = true;
                 }
@@ -442,6 +580,66 @@ mod tests {
             }
         }
         v
+    }
+
+    #[test]
+    fn ctime_only_candidates_are_compared_with_their_layer() {
+        let t = tempfile::tempdir().unwrap();
+        let (l, up, tg) = (t.path().join("l"), t.path().join("up"), t.path().join("tg"));
+        std::fs::create_dir_all(l.join("etc")).unwrap();
+        std::fs::write(l.join("etc/same"), "same").unwrap();
+        std::fs::write(l.join("etc/sneaky"), "aaaa").unwrap();
+        std::fs::write(l.join("etc/moded"), "m").unwrap();
+        std::fs::create_dir(&up).unwrap();
+        let drv = CopySnapshot::default();
+        drv.mount(std::slice::from_ref(&l), &up, t.path(), &tg).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let keep_times = |p: &Path, f: &dyn Fn()| {
+            let md = std::fs::symlink_metadata(p).unwrap();
+            f();
+            filetime::set_symlink_file_times(
+                p,
+                filetime::FileTime::from_last_access_time(&md),
+                filetime::FileTime::from_last_modification_time(&md),
+            )
+            .unwrap();
+        };
+        // chmod away and back: only ctime moved, content equal → no change
+        let same = tg.join("etc/same");
+        std::fs::set_permissions(&same, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(&same, std::fs::Permissions::from_mode(0o644)).unwrap();
+        // same size, mtime restored, other bytes → a change
+        let sneaky = tg.join("etc/sneaky");
+        keep_times(&sneaky, &|| std::fs::write(&sneaky, "bbbb").unwrap());
+        // a placeholder made and removed in /etc with its times restored → no change
+        let etc = tg.join("etc");
+        keep_times(&etc, &|| {
+            std::fs::write(etc.join("hosts"), "").unwrap();
+            std::fs::remove_file(etc.join("hosts")).unwrap();
+        });
+        // a real mode change
+        std::fs::set_permissions(tg.join("etc/moded"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        drv.unmount(&tg).unwrap();
+        let mut got: Vec<String> = walk(&up)
+            .iter()
+            .map(|e| e.strip_prefix(&up).unwrap().to_string_lossy().to_string())
+            .collect();
+        got.sort();
+        assert_eq!(got, ["etc", "etc/moded", "etc/sneaky"]);
+    }
+
+    #[test]
+    fn materialise_copies_the_layers_without_mounting() {
+        let t = tempfile::tempdir().unwrap();
+        let (l1, l2, tg) = (t.path().join("l1"), t.path().join("l2"), t.path().join("tg"));
+        std::fs::create_dir_all(l1.join("a")).unwrap();
+        std::fs::create_dir_all(l2.join("a")).unwrap();
+        std::fs::write(l2.join("a/x"), "old").unwrap();
+        std::fs::write(l1.join("a/x"), "new").unwrap();
+        std::fs::write(l2.join("b"), "b").unwrap();
+        materialise(&[l1, l2], &tg).unwrap();
+        assert_eq!(std::fs::read_to_string(tg.join("a/x")).unwrap(), "new");
+        assert_eq!(std::fs::read_to_string(tg.join("b")).unwrap(), "b");
     }
 
     #[test]

@@ -5,13 +5,15 @@
 //!
 //! [`RootfsDriver`] is the seam: the kernel overlay ([`KernelOverlay`], `userxattr`, in kiln's
 //! user namespace) is the normal driver; [`CopySnapshot`] copies the layers into a plain
-//! directory and computes the changes when it is unmounted; a FUSE overlay can implement the
-//! same trait later.
+//! directory and computes the changes when it is unmounted; [`FuseOverlay`] is kiln's own
+//! overlay served over FUSE in-process (same upper format, plus a journal of changed paths).
 
 mod copy;
+mod fuse;
 mod overlay;
 
-pub use copy::CopySnapshot;
+pub use copy::{CopySnapshot, materialise, remove_tree};
+pub use fuse::FuseOverlay;
 pub use overlay::{KernelOverlay, mount_overlay_readonly};
 
 use crate::store::Store;
@@ -28,36 +30,72 @@ pub trait RootfsDriver: Send + Sync {
     fn mount(&self, lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<()>;
     /// Unmounts `target`. Afterwards `upper` holds exactly the changes made under `target`.
     fn unmount(&self, target: &Path) -> Result<()>;
+    /// After `unmount`: the paths (relative to the root) the driver saw change, if it keeps a
+    /// journal. Every change in `upper` is at or below one of them.
+    fn changes(&self, _target: &Path) -> Option<Vec<PathBuf>> {
+        None
+    }
 }
 
-/// The probe result: whether the kernel overlay works here, and why (not).
+/// The probe result: which driver kiln picks here by default, and why.
 #[derive(Clone, Debug)]
 pub struct DriverChoice {
+    /// The kernel overlay (userxattr) mounts here.
     pub overlay: bool,
+    /// Why (not), for the kernel overlay.
     pub reason: String,
+    /// The default driver: `overlay`, `fuse` or `copy`.
+    pub name: &'static str,
+    /// One sentence: why that driver.
+    pub why: String,
 }
 
 static CHOICE: OnceLock<DriverChoice> = OnceLock::new();
+static FUSE_PROBE: OnceLock<Result<(), String>> = OnceLock::new();
 
-/// Probes (once per process) whether a kernel overlay with `userxattr` mounts in `dir`.
+/// Probes (once per process) whether kiln's FUSE overlay mounts and works in `dir`.
+pub fn probe_fuse(dir: &Path) -> Result<(), String> {
+    FUSE_PROBE
+        .get_or_init(|| fuse::probe_in(dir).map_err(|e| format!("{e:#}")))
+        .clone()
+}
+
+/// Probes (once per process) which driver to use by default: the kernel overlay with
+/// `userxattr` when a probe mount in `dir` works, else kiln's FUSE overlay when /dev/fuse can
+/// be mounted, else copy-based snapshots.
 pub fn probe(dir: &Path) -> DriverChoice {
     CHOICE
         .get_or_init(|| match overlay::probe_in(dir) {
             Ok(()) => DriverChoice {
                 overlay: true,
                 reason: format!("kernel overlayfs (userxattr) mounts in {}", dir.display()),
+                name: "overlay",
+                why: format!("kernel overlayfs (userxattr) mounts in {}", dir.display()),
             },
-            Err(e) => DriverChoice {
-                overlay: false,
-                reason: format!("kernel overlayfs cannot be used: {e:#}"),
-            },
+            Err(e) => {
+                let reason = format!("kernel overlayfs cannot be used: {e:#}");
+                match probe_fuse(dir) {
+                    Ok(()) => DriverChoice {
+                        overlay: false,
+                        why: format!("{reason}; kiln's FUSE overlay works (/dev/fuse mounts in the user namespace)"),
+                        reason,
+                        name: "fuse",
+                    },
+                    Err(f) => DriverChoice {
+                        overlay: false,
+                        why: format!("{reason}; kiln's FUSE overlay cannot be used either: {f}"),
+                        reason,
+                        name: "copy",
+                    },
+                }
+            }
         })
         .clone()
 }
 
-/// Picks the driver for this process: `forced` (`overlay` or `copy`, from `--storage-driver`)
-/// or, by default, the kernel overlay when a probe mount in the store's tmp dir works, else
-/// copy-based snapshots. Says which and why under `debug`.
+/// Picks the driver for this process: `forced` (`overlay`, `fuse` or `copy`, from
+/// `--storage-driver`) or, by default, what [`probe`] finds in the store's tmp dir. Says which
+/// and why under `debug`.
 pub fn choose_driver(store: &Store, forced: Option<&str>, debug: bool) -> Result<Box<dyn RootfsDriver>> {
     let tmp = store.root().join("tmp");
     std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
@@ -66,6 +104,20 @@ pub fn choose_driver(store: &Store, forced: Option<&str>, debug: bool) -> Result
 
 /// Like [`choose_driver`], probing in `dir`.
 pub fn choose_driver_in(dir: &Path, forced: Option<&str>, debug: bool) -> Result<Box<dyn RootfsDriver>> {
+    let rung = crate::sandbox::probe::current();
+    if !rung.can_mount() {
+        // Chroot / no-privilege isolation: nothing may be mounted, layers are plain directories.
+        if matches!(forced, Some(f) if f != "copy" && f != "vfs") {
+            bail!(
+                "--storage-driver {}: isolation {rung} cannot mount anything here; only the copy driver works",
+                forced.unwrap_or_default()
+            );
+        }
+        if debug {
+            eprintln!("kiln: debug: rootfs driver: copy snapshots (isolation {rung}: no mounts allowed)");
+        }
+        return Ok(Box::new(CopySnapshot::default()));
+    }
     match forced {
         Some("copy") | Some("vfs") => {
             if debug {
@@ -73,27 +125,36 @@ pub fn choose_driver_in(dir: &Path, forced: Option<&str>, debug: bool) -> Result
             }
             return Ok(Box::new(CopySnapshot::default()));
         }
+        Some("fuse") => {
+            if let Err(e) = probe_fuse(dir) {
+                bail!("--storage-driver fuse: kiln's FUSE overlay does not work here: {e}");
+            }
+            if debug {
+                eprintln!("kiln: debug: rootfs driver: kiln's FUSE overlay (--storage-driver fuse)");
+            }
+            return Ok(Box::new(FuseOverlay::default()));
+        }
         Some("overlay") | None => {}
-        Some(other) => bail!("unknown storage driver {other:?}: expected overlay or copy"),
+        Some(other) => bail!("unknown storage driver {other:?}: expected overlay, fuse or copy"),
     }
     let c = probe(dir);
     if forced == Some("overlay") && !c.overlay {
         bail!("--storage-driver overlay: {}", c.reason);
     }
     if debug {
-        if c.overlay {
-            eprintln!("kiln: debug: rootfs driver: overlay ({})", c.reason);
-        } else {
-            eprintln!(
+        match c.name {
+            "overlay" => eprintln!("kiln: debug: rootfs driver: overlay ({})", c.why),
+            "fuse" => eprintln!("kiln: debug: rootfs driver: kiln's FUSE overlay ({})", c.why),
+            _ => eprintln!(
                 "kiln: debug: rootfs driver: copy snapshots ({}); steps will be slower",
-                c.reason
-            );
+                c.why
+            ),
         }
     }
-    Ok(if c.overlay {
-        Box::new(KernelOverlay)
-    } else {
-        Box::new(CopySnapshot::default())
+    Ok(match c.name {
+        "overlay" => Box::new(KernelOverlay),
+        "fuse" => Box::new(FuseOverlay::default()),
+        _ => Box::new(CopySnapshot::default()),
     })
 }
 

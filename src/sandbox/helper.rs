@@ -23,6 +23,10 @@ pub struct HelperInput {
     pub spec: RunSpec,
     /// The BPF program (base64 of raw `sock_filter`s); `None` = no filter.
     pub bpf: Option<String>,
+    /// Chroot isolation (no namespaces, no mounts; see [`super::chroot`]): the rootfs was
+    /// prepared by the caller.
+    #[serde(default)]
+    pub chroot: bool,
 }
 
 /// Reads (and deletes) the input file written by [`super::run`].
@@ -147,6 +151,7 @@ pub fn helper_main(input: HelperInput) -> Result<i32> {
     if spec.args.is_empty() {
         bail!("no command to run");
     }
+    let chroot = input.chroot;
     let rootfs = spec.rootfs.clone();
     let user_spec = if spec.user.is_empty() { "0" } else { spec.user.as_str() };
     let user = crate::users::resolve_user(&rootfs, user_spec)?;
@@ -171,7 +176,11 @@ pub fn helper_main(input: HelperInput) -> Result<i32> {
         .prefix("kiln-etc-")
         .tempdir()
         .context("cannot create a temp dir")?;
-    let generated = generate(gen_dir.path(), &spec, &hostname)?;
+    let generated = if chroot {
+        None
+    } else {
+        Some(generate(gen_dir.path(), &spec, &hostname)?)
+    };
 
     // The working directory, created as root inside the rootfs.
     let cwd = if spec.cwd.is_empty() {
@@ -196,7 +205,10 @@ pub fn helper_main(input: HelperInput) -> Result<i32> {
     }
     let cstr = |s: &str| CString::new(s).with_context(|| format!("{s:?} contains a NUL byte"));
     let prepared = Prepared {
-        plan: mounts::plan(&spec, &generated, spec.network == Network::None)?,
+        plan: match &generated {
+            Some(g) => mounts::plan(&spec, g, spec.network == Network::None)?,
+            None => Vec::new(),
+        },
         rootfs: rootfs.clone(),
         cwd: cstr(&cwd)?,
         uid: user.uid,
@@ -211,6 +223,16 @@ pub fn helper_main(input: HelperInput) -> Result<i32> {
         path: env_get(&env, "PATH").unwrap_or(DEFAULT_PATH).to_string(),
     };
 
+    if chroot {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        SECCOMP_ACTIVE.store(
+            status
+                .lines()
+                .any(|l| l.starts_with("Seccomp:") && l.trim_end().ends_with('2')),
+            Ordering::SeqCst,
+        );
+        return chroot_main(&prepared, gen_dir);
+    }
     let mut flags = CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
     if spec.network == Network::None {
         flags |= CloneFlags::CLONE_NEWNET;
@@ -262,6 +284,129 @@ pub fn helper_main(input: HelperInput) -> Result<i32> {
         }
     }
 }
+
+extern "C" fn kill_group(sig: libc::c_int) {
+    GOT_SIGNAL.store(sig, Ordering::SeqCst);
+    let pid = CHILD.load(Ordering::SeqCst);
+    if pid > 0 {
+        // No PID namespace: the step's session (process group) goes.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+}
+
+/// Chroot isolation: no namespaces at all. The step runs in its own session, chrooted into the
+/// prepared rootfs, with Docker's capabilities and a seccomp filter where one can be installed
+/// (a runtime's filter is inherited anyway); everything left in its session is killed at the end.
+fn chroot_main(p: &Prepared, gen_dir: tempfile::TempDir) -> Result<i32> {
+    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("cannot create a pipe")?;
+    // SAFETY: the helper is single-threaded.
+    match unsafe { nix::unistd::fork() }.context("cannot fork the step's process")? {
+        nix::unistd::ForkResult::Child => {
+            drop(err_r);
+            let (code, msg) = chroot_child(p);
+            let line = format!("{code}:{msg}");
+            let _ = nix::unistd::write(&err_w, line.as_bytes());
+            unsafe { libc::_exit(code) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(err_w);
+            CHILD.store(child.as_raw(), Ordering::SeqCst);
+            let h = nix::sys::signal::SigHandler::Handler(kill_group);
+            for s in [
+                nix::sys::signal::SIGINT,
+                nix::sys::signal::SIGTERM,
+                nix::sys::signal::SIGHUP,
+            ] {
+                // SAFETY: the handler only calls kill(2).
+                unsafe {
+                    let _ = nix::sys::signal::signal(s, h);
+                }
+            }
+            let msg = read_all(&err_r);
+            drop(gen_dir);
+            let mut code = super::userns::wait_child(child);
+            // Daemons the step left behind in its session.
+            unsafe { libc::kill(-child.as_raw(), libc::SIGKILL) };
+            let sig = GOT_SIGNAL.load(Ordering::SeqCst);
+            if sig != 0 && code == 128 + libc::SIGKILL {
+                code = 128 + sig;
+            }
+            if !msg.is_empty() {
+                let text = String::from_utf8_lossy(&msg);
+                let (c, m) = text.split_once(':').unwrap_or(("125", &text));
+                eprintln!("kiln: {m}");
+                return Ok(c.parse().unwrap_or(125));
+            }
+            Ok(code)
+        }
+    }
+}
+
+fn chroot_child(p: &Prepared) -> (i32, String) {
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    if p.tty {
+        // Still its own process group, so the end-of-step kill finds everything.
+        let _ = nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0));
+    } else {
+        let _ = nix::unistd::setsid();
+    }
+    let sys = RealSyscall;
+    if let Err(e) = sys.chroot(&p.rootfs) {
+        return (125, format!("cannot chroot into {}: {e}", p.rootfs.display()));
+    }
+    if let Err(e) = nix::unistd::chdir(p.cwd.as_c_str()) {
+        return (125, format!("cannot change to the working directory {:?}: {e}", p.cwd));
+    }
+    let have_admin =
+        ::caps::has_cap(None, ::caps::CapSet::Effective, ::caps::Capability::CAP_SYS_ADMIN).unwrap_or(false);
+    let inherited_filter = SECCOMP_ACTIVE.load(Ordering::SeqCst);
+    let want_filter = p.bpf.is_some() && (have_admin || !inherited_filter);
+    if (p.no_new_privs || (want_filter && !have_admin))
+        && unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0
+    {
+        return (
+            125,
+            format!("cannot set no_new_privs: {}", std::io::Error::last_os_error()),
+        );
+    }
+    // Keep only what this process has (no CAP_SYS_ADMIN in a container, for instance).
+    let permitted = ::caps::read(None, ::caps::CapSet::Permitted).unwrap_or_default();
+    let keep: ::caps::CapsHashSet = p.caps.intersection(&permitted).copied().collect();
+    if let Err(e) = caps::drop_bounding(&keep)
+        && permitted.contains(&::caps::Capability::CAP_SETPCAP)
+    {
+        return (125, format!("cannot drop capabilities from the bounding set: {e}"));
+    }
+    if want_filter
+        && let Some(bpf) = &p.bpf
+        && let Err(e) = seccomp::install(bpf)
+    {
+        return (125, format!("cannot install the seccomp filter: {e}"));
+    }
+    if (!p.groups.is_empty() || p.uid != 0)
+        && let Err(e) = nix::unistd::setgroups(&p.groups)
+        && !p.groups.is_empty()
+    {
+        return (125, format!("cannot set supplementary groups {:?}: {e}", p.groups));
+    }
+    if let Err(e) = nix::unistd::setresgid(p.gid.into(), p.gid.into(), p.gid.into()) {
+        return (125, format!("cannot switch to gid {}: {e}", p.gid));
+    }
+    if let Err(e) = nix::unistd::setresuid(p.uid.into(), p.uid.into(), p.uid.into()) {
+        return (125, format!("cannot switch to uid {}: {e}", p.uid));
+    }
+    if let Err(e) = caps::apply(&keep, p.uid) {
+        return (125, format!("cannot set capabilities: {e}"));
+    }
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    exec(p)
+}
+
+/// Whether this process already runs under a seccomp filter (read before any chroot).
+static SECCOMP_ACTIVE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn read_all(fd: &OwnedFd) -> Vec<u8> {
     let mut out = Vec::new();

@@ -10,8 +10,10 @@
 //! its mount namespace and vanishes with its last process.
 
 pub mod caps;
+pub mod chroot;
 mod helper;
 pub mod mounts;
+pub mod probe;
 pub mod seccomp;
 pub mod syscall;
 pub mod userns;
@@ -253,8 +255,23 @@ pub fn run(spec: &RunSpec) -> Result<RunOutcome> {
     if spec.args.is_empty() {
         anyhow::bail!("no command to run");
     }
-    let created = mounts::create_placeholders(spec)
-        .with_context(|| format!("cannot prepare mount points in {}", spec.rootfs.display()))?;
+    let rung = probe::current();
+    if !rung.can_run() {
+        anyhow::bail!("{}", probe::run_refusal(&probe::full_probe(), "RUN"));
+    }
+    let use_chroot = rung == probe::Isolation::Chroot;
+    let (created, mut chroot_prep) = if use_chroot {
+        let hostname = if spec.hostname.is_empty() {
+            "kiln"
+        } else {
+            &spec.hostname
+        };
+        (Vec::new(), Some(chroot::prepare(spec, hostname)?))
+    } else {
+        let c = mounts::create_placeholders(spec)
+            .with_context(|| format!("cannot prepare mount points in {}", spec.rootfs.display()))?;
+        (c, None)
+    };
     let mut file = tempfile::Builder::new()
         .prefix("kiln-run-")
         .suffix(".json")
@@ -269,6 +286,7 @@ pub fn run(spec: &RunSpec) -> Result<RunOutcome> {
         &HelperInput {
             spec: spec.clone(),
             bpf,
+            chroot: use_chroot,
         },
     )?;
     file.flush()?;
@@ -331,6 +349,11 @@ pub fn run(spec: &RunSpec) -> Result<RunOutcome> {
         for line in t.lock().unwrap().iter() {
             let _ = e.write_all(line);
         }
+    }
+    if let Some(p) = chroot_prep.as_mut()
+        && let Some(e) = p.undo()
+    {
+        anyhow::bail!("cleaning up after the step: {e}");
     }
     Ok(RunOutcome {
         status: exit_code(st),

@@ -7,7 +7,12 @@
 //! `newuidmap`/`newgidmap` (or, where that is impossible, maps only the user's own id and says
 //! why), and the child re-executes kiln as uid 0 in the namespace with `KILN_USERNS=1`. The
 //! parent only forwards signals and exits with the child's status. Real root only gets a
-//! private mount namespace.
+//! private mount namespace (root without CAP_SYS_ADMIN: a user namespace mapping its own ids).
+//!
+//! When no namespace can be created, [`ensure_with`] falls back along the isolation ladder
+//! (see [`super::probe`]): root continues without namespaces (`chroot`), anyone else without
+//! privilege (`none`: builds without RUN). The rung is left in `KILN_RUNG` for the processes
+//! kiln starts; `--isolation` forces one.
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
@@ -17,6 +22,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
+
+use super::probe::{self, Isolation};
 
 /// Marks a process that already runs inside kiln's namespaces.
 pub const ENV_USERNS: &str = "KILN_USERNS";
@@ -206,6 +213,19 @@ fn helper_usable(p: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether newuidmap and newgidmap are installed and setuid (or file-capped); the error says
+/// what is wrong.
+pub fn helpers_usable() -> Result<(), String> {
+    let Some(nu) = find_helper("newuidmap") else {
+        return Err("newuidmap is not installed (package uidmap)".to_string());
+    };
+    let Some(ng) = find_helper("newgidmap") else {
+        return Err("newgidmap is not installed (package uidmap)".to_string());
+    };
+    helper_usable(&nu)?;
+    helper_usable(&ng)
+}
+
 fn no_new_privs() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .map(|s| {
@@ -312,36 +332,123 @@ fn make_rprivate() -> nix::Result<()> {
     )
 }
 
-/// Enters kiln's user and mount namespace (see the module doc). Returns in the process that
-/// should do the work; the original process never returns (it exits with the child's status).
+/// Enters kiln's user and mount namespace (see the module doc), choosing the best rung of
+/// the isolation ladder automatically. Returns in the process that should do the work.
 pub fn ensure(debug: bool) -> Result<()> {
-    if std::env::var(ENV_USERNS).as_deref() == Ok("1") && (nix::unistd::geteuid().is_root() || !in_initial_userns()) {
-        return Ok(());
+    ensure_with(debug, None)
+}
+
+fn set_rung(i: Isolation, why: &str) {
+    // SAFETY: called while single-threaded (first thing in main).
+    unsafe {
+        std::env::set_var(ENV_USERNS, "1");
+        std::env::set_var(probe::ENV_RUNG, i.as_str());
+        std::env::set_var(probe::ENV_RUNG_WHY, why);
     }
-    if nix::unistd::geteuid().is_root() && in_initial_userns() {
+}
+
+/// Like [`ensure`], with the rung forced by `--isolation` (`None` = auto). Falls back along
+/// the ladder when a namespace cannot be created: root without namespaces gets `chroot`, an
+/// unprivileged user gets `none` (builds without RUN). The original process never returns when
+/// it re-executed itself in a user namespace (it exits with the child's status).
+pub fn ensure_with(debug: bool, forced: Option<Isolation>) -> Result<()> {
+    if std::env::var(ENV_USERNS).as_deref() == Ok("1") {
+        if let Ok(r) = std::env::var(probe::ENV_RUNG)
+            && let Ok(Some(rung)) = Isolation::parse(&r)
+        {
+            // Decided by the kiln that started us. Files of ids that cannot be owned here (no
+            // privilege; a single mapped id) get their owner recorded for the layer instead.
+            let own_only = match rung {
+                Isolation::SingleUid => true,
+                Isolation::None => !nix::unistd::geteuid().is_root(),
+                _ => false,
+            };
+            crate::layer::set_owner_emulation(own_only);
+            return Ok(());
+        }
+        if nix::unistd::geteuid().is_root() || !in_initial_userns() {
+            return Ok(());
+        }
+    }
+    let root = nix::unistd::geteuid().is_root();
+    match forced {
+        Some(Isolation::None) => {
+            set_rung(Isolation::None, "forced with --isolation none");
+            if !root {
+                crate::layer::set_owner_emulation(true);
+            }
+            return Ok(());
+        }
+        Some(Isolation::Chroot) => {
+            let f = probe::facts();
+            if !f.root_can_chroot() {
+                bail!(
+                    "--isolation chroot needs root with CHOWN, DAC_OVERRIDE, FOWNER, SETUID, SETGID and SYS_CHROOT \
+                     (this is uid {} missing {}); run kiln as root in the container (USER root / runAsUser: 0) or \
+                     use --isolation auto",
+                    f.euid,
+                    f.missing_chroot_caps().join(", ")
+                );
+            }
+            set_rung(Isolation::Chroot, "forced with --isolation chroot");
+            return Ok(());
+        }
+        _ => {}
+    }
+    let mut root_ns_err = None;
+    if root && in_initial_userns() && forced != Some(Isolation::SingleUid) {
         match nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS) {
             Ok(()) => {
                 make_rprivate().context("cannot make the mounts of kiln's mount namespace private")?;
                 if debug {
                     eprintln!("kiln: debug: running as real root: private mount namespace, no user namespace");
                 }
+                set_rung(
+                    Isolation::Userns,
+                    "real root with CAP_SYS_ADMIN: a private mount namespace, no user namespace needed",
+                );
+                // SAFETY: single-threaded (called first in main).
+                unsafe { std::env::set_var(ENV_IDMAP, "host") };
+                return Ok(());
             }
-            Err(e) => bail!(
-                "running as root but cannot create a mount namespace ({e}); kiln needs unshare(CLONE_NEWNS) \
-                 (a container's seccomp profile may block it: run it with --privileged or a profile allowing unshare)"
-            ),
+            Err(e) => root_ns_err = Some(e),
         }
-        // SAFETY: single-threaded (called first in main).
-        unsafe {
-            std::env::set_var(ENV_USERNS, "1");
-            std::env::set_var(ENV_IDMAP, "host");
-        }
-        return Ok(());
     }
-    enter_userns(debug)
+    let failed = enter_userns(debug, forced == Some(Isolation::SingleUid))?;
+    // No user namespace: fall back along the ladder.
+    let mut f = probe::facts();
+    f.userns_trial = Some(failed);
+    if let Some(e) = root_ns_err {
+        f.mountns_trial = Some(probe::Trial {
+            unshare: probe::StepResult::err(e as i32),
+            map: probe::StepResult::default(),
+            mount: probe::StepResult::default(),
+        });
+    }
+    let (rung, why) = probe::decide(&f);
+    if let Some(want) = forced
+        && want != rung
+    {
+        bail!(
+            "--isolation {want} is not possible here: {}. Use --isolation auto (kiln would take {rung}), see kiln info",
+            probe::blocker(&f)
+        );
+    }
+    if debug {
+        eprintln!("kiln: debug: isolation rung {} ({rung}): {why}", rung.rung());
+    }
+    set_rung(rung, &why);
+    if rung == Isolation::None && !root {
+        crate::layer::set_owner_emulation(true);
+    }
+    Ok(())
 }
 
-fn enter_userns(debug: bool) -> Result<()> {
+/// Forks a child that unshares a user and a mount namespace, maps it and re-executes kiln
+/// there; the parent waits and exits with the child's status. Returns (in the original
+/// process, which then continues without namespaces) only when the namespace cannot be
+/// created or mapped: the trial says which step failed.
+fn enter_userns(debug: bool, single: bool) -> Result<probe::Trial> {
     let uid = nix::unistd::getuid().as_raw();
     let gid = nix::unistd::getgid().as_raw();
     let (c2p_r, c2p_w) = nix::unistd::pipe().context("cannot create a pipe")?;
@@ -352,7 +459,7 @@ fn enter_userns(debug: bool) -> Result<()> {
         .map(|a| CString::new(a.as_bytes()).unwrap_or_else(|_| CString::new("?").unwrap()))
         .collect();
     let mut env: Vec<Vec<u8>> = std::env::vars_os()
-        .filter(|(k, _)| k != ENV_USERNS && k != ENV_IDMAP)
+        .filter(|(k, _)| k != ENV_USERNS && k != ENV_IDMAP && k != probe::ENV_RUNG && k != probe::ENV_RUNG_WHY)
         .map(|(k, v)| {
             let mut e = k.as_bytes().to_vec();
             e.push(b'=');
@@ -370,13 +477,8 @@ fn enter_userns(debug: bool) -> Result<()> {
             drop(p2c_w);
             let r = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER | nix::sched::CloneFlags::CLONE_NEWNS);
             if let Err(e) = r {
-                let hint = if e == nix::errno::Errno::EINVAL {
-                    " (the process has more than one thread)"
-                } else {
-                    " (unprivileged user namespaces may be disabled: check sysctl kernel.unprivileged_userns_clone \
-                     and user.max_user_namespaces, or an AppArmor/seccomp policy)"
-                };
-                eprintln!("kiln: cannot create a user namespace: {e}{hint}");
+                // The parent decides what to do (fall back along the ladder).
+                write_all(&c2p_w, format!("e{}\n", e as i32).as_bytes());
                 unsafe { libc::_exit(125) };
             }
             write_all(&c2p_w, b"u\n");
@@ -384,11 +486,19 @@ fn enter_userns(debug: bool) -> Result<()> {
             if msg.is_empty() {
                 unsafe { libc::_exit(125) };
             }
-            let idmap = String::from_utf8_lossy(msg.strip_suffix(b"\n").unwrap_or(&msg)).to_string();
-            if idmap.starts_with("error:") {
+            let line = String::from_utf8_lossy(msg.strip_suffix(b"\n").unwrap_or(&msg)).to_string();
+            if line.starts_with("error:") {
                 unsafe { libc::_exit(125) };
             }
+            let mut parts = line.splitn(3, '\t');
+            let (idmap, rung, why) = (
+                parts.next().unwrap_or(""),
+                parts.next().unwrap_or(""),
+                parts.next().unwrap_or(""),
+            );
             env.push(format!("{ENV_IDMAP}={idmap}").into_bytes());
+            env.push(format!("{}={rung}", probe::ENV_RUNG).into_bytes());
+            env.push(format!("{}={why}", probe::ENV_RUNG_WHY).into_bytes());
             if let Err(e) = nix::unistd::setresgid(0.into(), 0.into(), 0.into()) {
                 eprintln!("kiln: cannot become gid 0 in the user namespace: {e}");
                 unsafe { libc::_exit(125) };
@@ -419,24 +529,85 @@ fn enter_userns(debug: bool) -> Result<()> {
             CHILD.store(child.as_raw(), Ordering::SeqCst);
             install_forwarders();
             let ready = read_msg(&c2p_r);
-            if ready.is_empty() {
-                // The child failed to unshare (it printed why) and exited.
-                std::process::exit(wait_child(child));
+            if ready.first() != Some(&b'u') {
+                // The child could not unshare: no user namespace here.
+                let _ = wait_child(child);
+                restore_signals();
+                let errno = std::str::from_utf8(&ready[1.min(ready.len())..])
+                    .ok()
+                    .and_then(|t| t.trim().parse::<i32>().ok())
+                    .unwrap_or(libc::EPERM);
+                return Ok(probe::Trial {
+                    unshare: probe::StepResult::err(errno),
+                    ..Default::default()
+                });
             }
-            let idmap = match write_maps(child.as_raw(), uid, gid, debug) {
+            let mapped = if nix::unistd::geteuid().is_root() {
+                write_root_maps(child.as_raw(), single)
+            } else {
+                write_maps(child.as_raw(), uid, gid, debug, single)
+            };
+            let line = match mapped {
                 Ok(m) => m,
-                Err(e) => {
+                Err(errno) => {
                     write_all(&p2c_w, b"error:\n");
                     let _ = wait_child(child);
-                    eprintln!("kiln: {e:#}");
-                    std::process::exit(125);
+                    restore_signals();
+                    return Ok(probe::Trial {
+                        unshare: probe::StepResult::ok(),
+                        map: probe::StepResult::err(errno),
+                        ..Default::default()
+                    });
                 }
             };
-            write_all(&p2c_w, format!("{idmap}\n").as_bytes());
+            write_all(&p2c_w, format!("{}\n", line.replace('\n', " ")).as_bytes());
             drop(p2c_w);
             std::process::exit(wait_child(child));
         }
     }
+}
+
+fn restore_signals() {
+    CHILD.store(0, Ordering::SeqCst);
+    for s in [
+        nix::sys::signal::SIGINT,
+        nix::sys::signal::SIGTERM,
+        nix::sys::signal::SIGHUP,
+        nix::sys::signal::SIGQUIT,
+    ] {
+        // SAFETY: restoring the default disposition.
+        unsafe {
+            let _ = nix::sys::signal::signal(s, nix::sys::signal::SigHandler::SigDfl);
+        }
+    }
+}
+
+/// Root without CAP_SYS_ADMIN (a container with seccomp unconfined): maps root's own ids 1:1
+/// (CAP_SETUID/CAP_SETGID in the parent namespace allow any mapping), so ownership is real.
+fn write_root_maps(pid: i32, single: bool) -> Result<String, i32> {
+    let count = if single { 1 } else { u32::MAX - 1 };
+    let write = |f: &str, v: String| -> Result<(), i32> {
+        std::fs::write(format!("/proc/{pid}/{f}"), v).map_err(|e| e.raw_os_error().unwrap_or(libc::EPERM))
+    };
+    write("uid_map", format!("0 0 {count}\n"))?;
+    if single {
+        let _ = write("setgroups", "deny".into());
+    }
+    write("gid_map", format!("0 0 {count}\n"))?;
+    let (idmap, rung, why) = if single {
+        (
+            "single:forced with --isolation single-uid",
+            Isolation::SingleUid,
+            "forced with --isolation single-uid",
+        )
+    } else {
+        (
+            "full",
+            Isolation::Userns,
+            "root without CAP_SYS_ADMIN (no plain mount namespace), but user namespaces are allowed: a user namespace mapping root's own ids",
+        )
+    };
+    Ok(format!("{idmap}\t{rung}\t{why}"))
 }
 
 fn install_forwarders() {
@@ -492,43 +663,62 @@ fn run_map_helper(helper: &Path, pid: i32, id: u32, range: (u32, u32)) -> Result
     Ok(())
 }
 
-/// Writes the child's id maps; returns the `KILN_IDMAP` value (`full` or `single:REASON`).
-fn write_maps(pid: i32, uid: u32, gid: u32, debug: bool) -> Result<String> {
-    let plan = plan_mapping(uid, gid);
+/// Writes the child's id maps; returns `KILN_IDMAP<TAB>rung<TAB>why` for the child, or the
+/// errno of the failed map write (no mapping possible at all, e.g. Ubuntu's AppArmor rule).
+fn write_maps(pid: i32, uid: u32, gid: u32, debug: bool, single: bool) -> Result<String, i32> {
+    let plan = if single {
+        Err("forced with --isolation single-uid".to_string())
+    } else {
+        plan_mapping(uid, gid)
+    };
     let full = match &plan {
         Ok(p) => {
             run_map_helper(&p.newuidmap, pid, uid, p.uid).and_then(|_| run_map_helper(&p.newgidmap, pid, gid, p.gid))
         }
         Err(reason) => Err(reason.clone()),
     };
+    let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::EPERM);
     match full {
         Ok(()) => {
+            let p = plan.as_ref().unwrap();
             if debug {
-                let p = plan.as_ref().unwrap();
                 eprintln!(
                     "kiln: debug: user namespace: uid 0 -> {uid}, 1..{} -> {}..; gid 0 -> {gid}, 1..{} -> {}..",
                     p.uid.1, p.uid.0, p.gid.1, p.gid.0
                 );
             }
-            Ok("full".to_string())
+            Ok(format!(
+                "full\t{}\tuser namespace with subordinate ids (uids {}+{}, gids {}+{})",
+                Isolation::Userns,
+                p.uid.0,
+                p.uid.1,
+                p.gid.0,
+                p.gid.1
+            ))
         }
         Err(reason) => {
             let uid_map = parse_id_map(&std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap_or_default());
             if uid_map.is_empty() {
-                std::fs::write(format!("/proc/{pid}/uid_map"), format!("0 {uid} 1\n"))
-                    .with_context(|| format!("cannot write /proc/{pid}/uid_map"))?;
+                std::fs::write(format!("/proc/{pid}/uid_map"), format!("0 {uid} 1\n")).map_err(errno)?;
             }
             let gid_map = parse_id_map(&std::fs::read_to_string(format!("/proc/{pid}/gid_map")).unwrap_or_default());
             if gid_map.is_empty() {
                 let _ = std::fs::write(format!("/proc/{pid}/setgroups"), "deny");
-                std::fs::write(format!("/proc/{pid}/gid_map"), format!("0 {gid} 1\n"))
-                    .with_context(|| format!("cannot write /proc/{pid}/gid_map"))?;
+                std::fs::write(format!("/proc/{pid}/gid_map"), format!("0 {gid} 1\n")).map_err(errno)?;
             }
+            let advice = if single {
+                "use --isolation auto for a range of ids".to_string()
+            } else {
+                probe::single_uid_advice(&probe::facts())
+            };
             eprintln!(
                 "kiln: notice: single-uid user namespace ({reason}); files owned by other users cannot be \
-                 created. Fix: add ranges to /etc/subuid and /etc/subgid and install uidmap."
+                 created. {advice}"
             );
-            Ok(format!("single:{reason}"))
+            Ok(format!(
+                "single:{reason}\t{}\tsingle-uid user namespace: {reason}",
+                Isolation::SingleUid
+            ))
         }
     }
 }

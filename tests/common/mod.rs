@@ -123,6 +123,19 @@ pub fn as_user(program: &str) -> Command {
     }
 }
 
+/// Runs a command, asserts it succeeded (showing its output if not), returns its stdout.
+pub fn command_ok(mut c: Command) -> String {
+    let out = c.output().unwrap_or_else(|e| panic!("{c:?} could not start: {e}"));
+    assert!(
+        out.status.success(),
+        "{c:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A kiln invocation builder.
 pub struct Kiln {
     cmd: Command,

@@ -1,0 +1,1019 @@
+//! The isolation ladder: what this place allows, which rung kiln takes, and why.
+//!
+//! 1. `userns`: a user namespace with a subordinate-id range (or real root with a private mount
+//!    namespace): kernel overlay (else FUSE, else copies), full RUN sandbox.
+//! 2. `single-uid`: a user namespace that maps only the user's own id (no /etc/subuid line,
+//!    no setuid newuidmap, no_new_privs): RUN works; files owned by other ids need the FUSE
+//!    overlay's ownership emulation.
+//! 3. `chroot`: root without namespaces (GitLab's Docker executor, Kubernetes pods running as
+//!    root: the runtime's seccomp profile blocks unshare and mount): layers are plain
+//!    directories compared by snapshot, RUN steps `chroot` into a copy of the rootfs with /dev
+//!    nodes made by mknod and no /proc.
+//! 4. `none`: no privilege at all (non-root, no user namespaces): FROM/COPY/ADD/metadata
+//!    builds work (layer tar headers carry the declared owners); a RUN step is refused before
+//!    the build starts with a paragraph saying what is missing and what would enable it.
+//!
+//! [`facts`] reads what the kernel and the runtime say (a few files, well under a millisecond);
+//! [`try_userns`] and [`try_mountns`] try the real sequence in a forked child (unshare, write
+//! the id maps, mount), a few milliseconds. `userns::ensure` decides once per kiln invocation
+//! and leaves the answer in `KILN_RUNG` for the processes it starts; [`current`] reads it.
+
+use anyhow::{Result, bail};
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+
+/// The chosen rung, set by `userns::ensure` for the process that does the work (and inherited
+/// by the sandbox helpers it starts).
+pub const ENV_RUNG: &str = "KILN_RUNG";
+/// Why that rung (one sentence), alongside [`ENV_RUNG`].
+pub const ENV_RUNG_WHY: &str = "KILN_RUNG_WHY";
+
+/// A rung of the ladder (`--isolation`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    Userns,
+    SingleUid,
+    Chroot,
+    None,
+}
+
+impl Isolation {
+    /// Parses an `--isolation` value; `auto` is `Ok(None)`.
+    pub fn parse(s: &str) -> Result<Option<Isolation>> {
+        Ok(Some(match s.trim().to_ascii_lowercase().as_str() {
+            "auto" | "" => return Ok(None),
+            "userns" | "user" | "rootless" => Isolation::Userns,
+            "single-uid" | "single" => Isolation::SingleUid,
+            "chroot" => Isolation::Chroot,
+            "none" => Isolation::None,
+            other => bail!("--isolation {other}: expected auto, userns, single-uid, chroot or none"),
+        }))
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Userns => "userns",
+            Isolation::SingleUid => "single-uid",
+            Isolation::Chroot => "chroot",
+            Isolation::None => "none",
+        }
+    }
+
+    /// The rung number (1 = best).
+    pub fn rung(self) -> u8 {
+        match self {
+            Isolation::Userns => 1,
+            Isolation::SingleUid => 2,
+            Isolation::Chroot => 3,
+            Isolation::None => 4,
+        }
+    }
+
+    /// Whether kiln may mount here (overlay lowers, the RUN sandbox's /proc, /dev, ...).
+    pub fn can_mount(self) -> bool {
+        matches!(self, Isolation::Userns | Isolation::SingleUid)
+    }
+
+    /// Whether RUN steps can execute here.
+    pub fn can_run(self) -> bool {
+        self != Isolation::None
+    }
+
+    /// One line: what this rung gives.
+    pub fn summary(self) -> &'static str {
+        match self {
+            Isolation::Userns => {
+                "user namespace with subordinate ids (or real root): full RUN sandbox, image ownership as declared"
+            }
+            Isolation::SingleUid => {
+                "single-uid user namespace: RUN works with only your own id mapped; owners of other ids are recorded (user.kiln.owner) where ownership emulation covers them"
+            }
+            Isolation::Chroot => {
+                "root without namespaces: RUN chroots into a copy of the rootfs (no /proc, /dev nodes by mknod, no pid/mount isolation); layers by snapshot comparison"
+            }
+            Isolation::None => {
+                "no privilege: FROM/COPY/ADD/metadata builds only, owners written into the layer tar headers; RUN is refused"
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Isolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The rung this process runs with: what `userns::ensure` chose (from [`ENV_RUNG`]), else
+/// derived from the id mapping (library use without `ensure`).
+pub fn current() -> Isolation {
+    if let Ok(v) = std::env::var(ENV_RUNG)
+        && let Ok(Some(i)) = Isolation::parse(&v)
+    {
+        return i;
+    }
+    match super::userns::id_mapping() {
+        super::userns::IdMapping::SingleUid { .. } => Isolation::SingleUid,
+        _ => Isolation::Userns,
+    }
+}
+
+/// Why [`current`] was chosen (empty when unknown).
+pub fn current_reason() -> String {
+    std::env::var(ENV_RUNG_WHY).unwrap_or_default()
+}
+
+/// Result of one step of a trial: `ok`, an errno (`EPERM: Operation not permitted`), or
+/// `not tried`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepResult {
+    pub errno: Option<i32>,
+    pub tried: bool,
+}
+
+impl StepResult {
+    pub fn ok() -> StepResult {
+        StepResult {
+            errno: None,
+            tried: true,
+        }
+    }
+    pub fn err(e: i32) -> StepResult {
+        StepResult {
+            errno: Some(e),
+            tried: true,
+        }
+    }
+    pub fn is_ok(&self) -> bool {
+        self.tried && self.errno.is_none()
+    }
+    pub fn is_err(&self, e: i32) -> bool {
+        self.errno == Some(e)
+    }
+}
+
+impl std::fmt::Display for StepResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.tried, self.errno) {
+            (false, _) => f.write_str("not tried"),
+            (true, None) => f.write_str("ok"),
+            (true, Some(e)) => {
+                let n = nix::errno::Errno::from_raw(e);
+                write!(f, "{n:?}: {}", n.desc())
+            }
+        }
+    }
+}
+
+/// The unshare + id-map + mount sequence, tried in a child.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trial {
+    /// `unshare(CLONE_NEWUSER)` (or `CLONE_NEWNS` for [`try_mountns`]).
+    pub unshare: StepResult,
+    /// Writing `setgroups`=deny, `uid_map` and `gid_map` with the own id.
+    pub map: StepResult,
+    /// `unshare(CLONE_NEWNS)` and mounting a tmpfs.
+    pub mount: StepResult,
+}
+
+/// What the kernel, the runtime and the system configuration allow (see the module doc).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Facts {
+    pub uid: u32,
+    pub euid: u32,
+    pub gid: u32,
+    /// The user's name, when /etc/passwd knows the uid (OpenShift's arbitrary uids have none).
+    pub user: Option<String>,
+    /// `CapEff` of /proc/self/status.
+    pub cap_eff: u64,
+    pub no_new_privs: bool,
+    /// 0 = none, 1 = strict, 2 = filter (a container runtime's profile, systemd, ...).
+    pub seccomp: u8,
+    /// First line of /proc/self/uid_map.
+    pub uid_map: String,
+    /// Already inside a user namespace (the map is not the initial `0 0 4294967295`).
+    pub in_userns: bool,
+    pub max_user_namespaces: Option<u64>,
+    pub unprivileged_userns_clone: Option<u64>,
+    pub apparmor_restrict_unprivileged_userns: Option<u64>,
+    /// (start, count) of the user's /etc/subuid and /etc/subgid entries.
+    pub subuid: Option<(u32, u32)>,
+    pub subgid: Option<(u32, u32)>,
+    /// `ok`, or why newuidmap/newgidmap cannot map a range.
+    pub newuidmap: String,
+    /// `usable`, `absent`, or `present but not usable: ...`.
+    pub fuse: String,
+    /// /proc has Docker-style over-mounted (masked) paths: a fresh procfs cannot be mounted.
+    pub proc_masked: bool,
+    /// Container markers found (`/.dockerenv`, `/run/.containerenv`, Kubernetes).
+    pub container: Option<String>,
+    /// CI markers found (GitLab, GitHub Actions, generic CI).
+    pub ci: Option<String>,
+    /// The unshare/map/mount trial ([`try_userns`]), when it ran.
+    pub userns_trial: Option<Trial>,
+    /// Real root only: `unshare(CLONE_NEWNS)` + mount without a user namespace.
+    pub mountns_trial: Option<Trial>,
+}
+
+const CAP_CHOWN: u32 = 0;
+const CAP_DAC_OVERRIDE: u32 = 1;
+const CAP_FOWNER: u32 = 3;
+const CAP_MKNOD: u32 = 27;
+const CAP_SETGID: u32 = 6;
+const CAP_SETUID: u32 = 7;
+const CAP_SYS_CHROOT: u32 = 18;
+const CAP_SYS_ADMIN: u32 = 21;
+
+impl Facts {
+    pub fn has_cap(&self, cap: u32) -> bool {
+        self.cap_eff & (1u64 << cap) != 0
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.euid == 0
+    }
+
+    /// Root with what the chroot rung needs (Docker's default set has all of it).
+    pub fn root_can_chroot(&self) -> bool {
+        self.is_root()
+            && [
+                CAP_CHOWN,
+                CAP_DAC_OVERRIDE,
+                CAP_FOWNER,
+                CAP_SETUID,
+                CAP_SETGID,
+                CAP_SYS_CHROOT,
+            ]
+            .iter()
+            .all(|c| self.has_cap(*c))
+    }
+
+    /// Caps of the chroot rung that are missing, by name.
+    pub fn missing_chroot_caps(&self) -> Vec<&'static str> {
+        [
+            (CAP_CHOWN, "CHOWN"),
+            (CAP_DAC_OVERRIDE, "DAC_OVERRIDE"),
+            (CAP_FOWNER, "FOWNER"),
+            (CAP_MKNOD, "MKNOD"),
+            (CAP_SETUID, "SETUID"),
+            (CAP_SETGID, "SETGID"),
+            (CAP_SYS_CHROOT, "SYS_CHROOT"),
+        ]
+        .iter()
+        .filter(|(c, _)| !self.has_cap(*c))
+        .map(|(_, n)| *n)
+        .collect()
+    }
+
+    pub fn who(&self) -> String {
+        self.user.clone().unwrap_or_else(|| self.uid.to_string())
+    }
+
+    /// Number of effective capabilities.
+    pub fn cap_count(&self) -> u32 {
+        self.cap_eff.count_ones()
+    }
+}
+
+fn status_field(status: &str, key: &str) -> Option<String> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
+        .map(|v| v.trim().to_string())
+}
+
+fn read_u64(p: &str) -> Option<u64> {
+    std::fs::read_to_string(p).ok()?.trim().parse().ok()
+}
+
+/// Reads the facts (files only; no child processes). Well under a millisecond.
+pub fn facts() -> Facts {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let uid = nix::unistd::getuid().as_raw();
+    let gid = nix::unistd::getgid().as_raw();
+    let euid = nix::unistd::geteuid().as_raw();
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name);
+    let gname = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
+        .ok()
+        .flatten()
+        .map(|g| g.name);
+    let uid_map_text = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+    let in_userns = !super::userns::in_initial_userns();
+    let subuid_text = std::fs::read_to_string("/etc/subuid").unwrap_or_default();
+    let subgid_text = std::fs::read_to_string("/etc/subgid").unwrap_or_default();
+    let subuid = super::userns::find_subid_range(&subuid_text, user.as_deref(), uid);
+    let subgid = super::userns::find_subid_range(&subgid_text, user.as_deref(), uid)
+        .or_else(|| super::userns::find_subid_range(&subgid_text, gname.as_deref(), gid));
+    let no_new_privs = status_field(&status, "NoNewPrivs").as_deref() == Some("1");
+    let newuidmap = match super::userns::helpers_usable() {
+        Ok(()) if no_new_privs => {
+            "installed, but no_new_privs is set, so setuid helpers cannot gain privileges".to_string()
+        }
+        Ok(()) => "ok".to_string(),
+        Err(e) => e,
+    };
+    let fuse = match std::fs::metadata("/dev/fuse") {
+        Err(_) => "absent".to_string(),
+        Ok(_) => match std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse") {
+            Ok(_) => "usable".to_string(),
+            Err(e) => format!("present but not usable: {e}"),
+        },
+    };
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let proc_masked = mountinfo.lines().any(|l| {
+        let mp = l.split(' ').nth(4).unwrap_or("");
+        matches!(
+            mp,
+            "/proc/keys" | "/proc/kcore" | "/proc/timer_list" | "/proc/acpi" | "/proc/scsi"
+        )
+    });
+    let mut container = Vec::new();
+    if std::path::Path::new("/.dockerenv").exists() {
+        container.push("/.dockerenv");
+    }
+    if std::path::Path::new("/run/.containerenv").exists() {
+        container.push("/run/.containerenv");
+    }
+    if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+        container.push("KUBERNETES_SERVICE_HOST");
+    }
+    if proc_masked {
+        container.push("masked /proc");
+    }
+    let ci = [
+        ("GITLAB_CI", "GitLab CI"),
+        ("GITHUB_ACTIONS", "GitHub Actions"),
+        ("CI", "CI"),
+    ]
+    .iter()
+    .find(|(k, _)| std::env::var_os(k).is_some_and(|v| !v.is_empty()))
+    .map(|(_, n)| n.to_string());
+    Facts {
+        uid,
+        euid,
+        gid,
+        user,
+        cap_eff: status_field(&status, "CapEff")
+            .and_then(|v| u64::from_str_radix(&v, 16).ok())
+            .unwrap_or(0),
+        no_new_privs,
+        seccomp: status_field(&status, "Seccomp")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        uid_map: uid_map_text
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
+        in_userns,
+        max_user_namespaces: read_u64("/proc/sys/user/max_user_namespaces"),
+        unprivileged_userns_clone: read_u64("/proc/sys/kernel/unprivileged_userns_clone"),
+        apparmor_restrict_unprivileged_userns: read_u64("/proc/sys/kernel/apparmor_restrict_unprivileged_userns"),
+        subuid,
+        subgid,
+        newuidmap,
+        fuse,
+        proc_masked,
+        container: (!container.is_empty()).then(|| container.join(", ")),
+        ci,
+        userns_trial: None,
+        mountns_trial: None,
+    }
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+}
+
+fn write_proc(path: &std::ffi::CStr, data: &[u8]) -> Result<(), i32> {
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(errno());
+    }
+    let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+    let e = errno();
+    unsafe { libc::close(fd) };
+    if n < 0 { Err(e) } else { Ok(()) }
+}
+
+fn mount_tmpfs_trial() -> StepResult {
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+        return StepResult::err(errno());
+    }
+    let r = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        return StepResult::err(errno());
+    }
+    let r = unsafe {
+        libc::mount(
+            c"kiln-probe".as_ptr(),
+            c"/".as_ptr(),
+            c"tmpfs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        StepResult::err(errno())
+    } else {
+        StepResult::ok()
+    }
+}
+
+/// Runs `f` in a forked child and returns the three step results it reports.
+fn in_child(f: fn(u32, u32) -> [StepResult; 3]) -> Trial {
+    let uid = nix::unistd::geteuid().as_raw();
+    let gid = nix::unistd::getegid().as_raw();
+    let mut fds = [0i32; 2];
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Trial::default();
+    }
+    // SAFETY: the child only makes raw syscalls and writes a few bytes before _exit. (fork in
+    // a threaded process is fine for that.)
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        unsafe { libc::close(fds[0]) };
+        let r = f(uid, gid);
+        let mut buf = [0u8; 24];
+        for (i, s) in r.iter().enumerate() {
+            let code: i32 = if !s.tried { -1 } else { s.errno.unwrap_or(0) };
+            buf[i * 8..i * 8 + 4].copy_from_slice(&code.to_le_bytes());
+        }
+        unsafe {
+            libc::write(fds[1], buf.as_ptr().cast(), buf.len());
+            libc::_exit(0)
+        }
+    }
+    unsafe { libc::close(fds[1]) };
+    let mut buf = [0u8; 24];
+    let mut got = 0;
+    while pid > 0 && got < buf.len() {
+        let n = unsafe { libc::read(fds[0], buf[got..].as_mut_ptr().cast(), buf.len() - got) };
+        if n <= 0 {
+            if n < 0 && errno() == libc::EINTR {
+                continue;
+            }
+            break;
+        }
+        got += n as usize;
+    }
+    unsafe { libc::close(fds[0]) };
+    if pid > 0 {
+        let mut st = 0;
+        while unsafe { libc::waitpid(pid, &mut st, 0) } < 0 && errno() == libc::EINTR {}
+    }
+    if got < buf.len() {
+        return Trial::default();
+    }
+    let step = |i: usize| {
+        let c = i32::from_le_bytes(buf[i * 8..i * 8 + 4].try_into().unwrap());
+        match c {
+            -1 => StepResult::default(),
+            0 => StepResult::ok(),
+            e => StepResult::err(e),
+        }
+    };
+    Trial {
+        unshare: step(0),
+        map: step(1),
+        mount: step(2),
+    }
+}
+
+/// Tries, in a child: `unshare(CLONE_NEWUSER)`, mapping the own ids (setgroups=deny, uid_map,
+/// gid_map), then `unshare(CLONE_NEWNS)` + a tmpfs mount. A few milliseconds.
+pub fn try_userns() -> Trial {
+    in_child(|uid, gid| {
+        let none = StepResult::default();
+        if unsafe { libc::unshare(libc::CLONE_NEWUSER) } != 0 {
+            return [StepResult::err(errno()), none.clone(), none];
+        }
+        let uid_line = format!("0 {uid} 1\n");
+        let gid_line = format!("0 {gid} 1\n");
+        let map = write_proc(c"/proc/self/setgroups", b"deny")
+            .or_else(|e| if e == libc::ENOENT { Ok(()) } else { Err(e) })
+            .and_then(|_| write_proc(c"/proc/self/uid_map", uid_line.as_bytes()))
+            .and_then(|_| write_proc(c"/proc/self/gid_map", gid_line.as_bytes()));
+        if let Err(e) = map {
+            return [StepResult::ok(), StepResult::err(e), none];
+        }
+        [StepResult::ok(), StepResult::ok(), mount_tmpfs_trial()]
+    })
+}
+
+/// Real root: tries `unshare(CLONE_NEWNS)` and a tmpfs mount without a user namespace.
+pub fn try_mountns() -> Trial {
+    in_child(|_, _| {
+        let m = mount_tmpfs_trial();
+        let none = StepResult::default();
+        if !m.is_ok() && m.errno.is_some() {
+            // Tell unshare and mount failures apart.
+            let u = if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+                StepResult::err(errno())
+            } else {
+                StepResult::ok()
+            };
+            return [u, none, m];
+        }
+        [StepResult::ok(), none, m]
+    })
+}
+
+/// Facts plus both trials (for `kiln info`).
+pub fn full_probe() -> Facts {
+    let mut f = facts();
+    f.userns_trial = Some(try_userns());
+    if f.is_root() && !f.in_userns {
+        f.mountns_trial = Some(try_mountns());
+    }
+    f
+}
+
+/// What `ensure` would pick from `f` (with both trials in it), and why (one sentence).
+pub fn decide(f: &Facts) -> (Isolation, String) {
+    if f.in_userns {
+        let full = super::userns::id_mapping();
+        return match full {
+            super::userns::IdMapping::SingleUid { reason } => (
+                Isolation::SingleUid,
+                format!("already in a single-uid user namespace ({reason})"),
+            ),
+            _ => (
+                Isolation::Userns,
+                "already in a user namespace with a range of ids".into(),
+            ),
+        };
+    }
+    if f.is_root() {
+        if f.mountns_trial.as_ref().is_some_and(|t| t.mount.is_ok()) {
+            return (
+                Isolation::Userns,
+                "real root with CAP_SYS_ADMIN: a private mount namespace, no user namespace needed".into(),
+            );
+        }
+        if f.userns_trial.as_ref().is_some_and(|t| t.mount.is_ok()) {
+            return (
+                Isolation::Userns,
+                "root without CAP_SYS_ADMIN, but user namespaces are allowed: a user namespace mapping root's own ids"
+                    .into(),
+            );
+        }
+        if f.root_can_chroot() {
+            return (
+                Isolation::Chroot,
+                format!(
+                    "root, but neither a mount namespace nor a user namespace can be created ({}): no namespaces",
+                    blocker(f)
+                ),
+            );
+        }
+        return (
+            Isolation::None,
+            format!(
+                "root without the capabilities chroot isolation needs (missing {}) and without namespaces",
+                f.missing_chroot_caps().join(", ")
+            ),
+        );
+    }
+    match &f.userns_trial {
+        Some(t) if t.map.is_ok() => {
+            if f.subuid.is_some() && f.subgid.is_some() && f.newuidmap == "ok" {
+                (
+                    Isolation::Userns,
+                    format!("user namespaces allowed and {} has a subordinate id range", f.who()),
+                )
+            } else {
+                (
+                    Isolation::SingleUid,
+                    format!("user namespaces allowed, but {}", range_blocker(f)),
+                )
+            }
+        }
+        _ => (
+            Isolation::None,
+            format!("not root and user namespaces are not available ({})", blocker(f)),
+        ),
+    }
+}
+
+/// Why a user namespace cannot be used, from the trial and the facts (one clause).
+pub fn blocker(f: &Facts) -> String {
+    let Some(t) = &f.userns_trial else {
+        return "not probed".into();
+    };
+    if t.unshare.is_err(libc::ENOSPC) {
+        return format!(
+            "unshare(CLONE_NEWUSER) -> ENOSPC: user.max_user_namespaces is {}",
+            f.max_user_namespaces.map(|v| v.to_string()).unwrap_or("0".into())
+        );
+    }
+    if t.unshare.is_err(libc::EPERM) || t.unshare.is_err(libc::ENOSYS) {
+        if f.unprivileged_userns_clone == Some(0) && !f.is_root() {
+            return "unshare(CLONE_NEWUSER) -> EPERM: kernel.unprivileged_userns_clone is 0".into();
+        }
+        if f.seccomp == 2 {
+            return format!(
+                "unshare(CLONE_NEWUSER) -> {}: a seccomp filter is active (Seccomp: 2){}",
+                if t.unshare.is_err(libc::ENOSYS) {
+                    "ENOSYS"
+                } else {
+                    "EPERM"
+                },
+                if f.container.is_some() {
+                    " — the container runtime's default profile"
+                } else {
+                    ""
+                }
+            );
+        }
+        return "unshare(CLONE_NEWUSER) -> EPERM (an LSM or seccomp policy)".into();
+    }
+    if let Some(e) = t.unshare.errno {
+        return format!("unshare(CLONE_NEWUSER) -> {}", StepResult::err(e));
+    }
+    if !t.map.is_ok() {
+        if f.apparmor_restrict_unprivileged_userns == Some(1) {
+            return "the namespace is created but writing uid_map fails (EPERM): AppArmor's kernel.apparmor_restrict_unprivileged_userns=1".into();
+        }
+        return format!("the namespace is created but writing uid_map fails ({})", t.map);
+    }
+    if !t.mount.is_ok() {
+        return format!("mounting inside the user namespace fails ({})", t.mount);
+    }
+    if let Some(m) = &f.mountns_trial
+        && !m.mount.is_ok()
+    {
+        return format!("unshare(CLONE_NEWNS) as root -> {}", m.unshare);
+    }
+    "no blocker found".into()
+}
+
+/// Why only the own id can be mapped (one clause).
+pub fn range_blocker(f: &Facts) -> String {
+    if f.subuid.is_none() {
+        return format!("{} has no line in /etc/subuid", f.who());
+    }
+    if f.subgid.is_none() {
+        return format!("{} has no line in /etc/subgid", f.who());
+    }
+    if f.newuidmap != "ok" {
+        return f.newuidmap.clone();
+    }
+    "the subordinate ids could not be mapped".into()
+}
+
+/// One paragraph for "RUN cannot work here": what is missing, the evidence, the likely cause,
+/// and the fixes from "no admin needed" to "admin needed".
+pub fn run_refusal(f: &Facts, what: &str) -> String {
+    let mut s = String::new();
+    if current_reason().starts_with("forced") {
+        return format!(
+            "cannot run {what}: --isolation none was given (KILN_ISOLATION or the flag); builds without RUN only. \
+             Use --isolation auto to run it ({} would be chosen here: {})",
+            decide(f).0,
+            decide(f).1
+        );
+    }
+    let _ = writeln!(
+        s,
+        "cannot run {what} here: this process is not root and may not create user namespaces \
+         (isolation rung 4, `none`)."
+    );
+    let _ = writeln!(
+        s,
+        "  evidence: uid {}{}, NoNewPrivs {}, Seccomp {}, {}",
+        f.uid,
+        if f.user.is_none() { " (no passwd entry)" } else { "" },
+        f.no_new_privs as u8,
+        f.seccomp,
+        blocker(f)
+    );
+    let t = f.userns_trial.clone().unwrap_or_default();
+    let (cause, fixes): (&str, Vec<String>) = if t.unshare.is_err(libc::ENOSPC) {
+        (
+            "user.max_user_namespaces=0 (RHEL 7 default, STIG hardening)",
+            vec!["admin: sudo sysctl -w user.max_user_namespaces=15000 (persist it in /etc/sysctl.d/)".into()],
+        )
+    } else if f.unprivileged_userns_clone == Some(0) {
+        (
+            "Debian's kernel.unprivileged_userns_clone=0",
+            vec!["admin: sudo sysctl -w kernel.unprivileged_userns_clone=1 (persist it in /etc/sysctl.d/)".into()],
+        )
+    } else if t.unshare.is_ok() && !t.map.is_ok() && f.apparmor_restrict_unprivileged_userns == Some(1) {
+        (
+            "Ubuntu's AppArmor restriction of unprivileged user namespaces",
+            vec![
+                "admin: an AppArmor profile granting `userns,` to kiln (/etc/apparmor.d/kiln), or".into(),
+                "admin: sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0".into(),
+            ],
+        )
+    } else if f.seccomp == 2 {
+        (
+            "the container runtime's default seccomp profile (Docker/GitLab Runner docker executor with \
+             privileged = false, Kubernetes RuntimeDefault) blocks unshare(CLONE_NEWUSER)",
+            vec![
+                "run the job as root (image `USER root`, `docker run --user 0`, Kubernetes `runAsUser: 0`): kiln then \
+                 builds with chroot isolation, no namespaces needed"
+                    .into(),
+                "runner admin: [runners.docker] security_opt = [\"seccomp:unconfined\"] (docker run --security-opt \
+                 seccomp=unconfined; Kubernetes securityContext.seccompProfile.type: Unconfined)"
+                    .into(),
+            ],
+        )
+    } else {
+        (
+            "a security policy of this host blocks user namespaces",
+            vec!["admin: allow unprivileged user namespaces for kiln".into()],
+        )
+    };
+    let _ = writeln!(s, "  cause:    {cause}");
+    let _ = writeln!(s, "  fix one of:");
+    let _ = writeln!(
+        s,
+        "    - remove RUN from the Dockerfile: FROM/COPY/ADD/ENV/LABEL builds need no privilege and work here"
+    );
+    for fx in fixes {
+        let _ = writeln!(s, "    - {fx}");
+    }
+    let _ = write!(s, "  details: kiln info");
+    s
+}
+
+/// One paragraph for the single-uid rung: what is missing for a range of ids and the fix.
+pub fn single_uid_advice(f: &Facts) -> String {
+    let who = f.user.clone().unwrap_or_else(|| "USER".into());
+    if f.no_new_privs {
+        return "no_new_privs is set (Kubernetes allowPrivilegeEscalation: false, systemd NoNewPrivileges=, \
+                setpriv --no-new-privs), so the setuid newuidmap cannot map a range; fix: allow privilege \
+                escalation for the job, or run kiln from a shell without no_new_privs"
+            .into();
+    }
+    if f.subuid.is_none() || f.subgid.is_none() {
+        return format!(
+            "{} has no /etc/subuid or /etc/subgid range; fix (admin): sudo usermod --add-subuids 100000-165535 \
+             --add-subgids 100000-165535 {who}",
+            f.who()
+        );
+    }
+    if f.newuidmap != "ok" {
+        return format!(
+            "{}; fix (admin): apt-get install uidmap (or dnf install shadow-utils), and make newuidmap/newgidmap \
+             setuid root",
+            f.newuidmap
+        );
+    }
+    "the subordinate ids could not be mapped (see kiln --debug)".into()
+}
+
+/// The facts as an aligned, human table (for `kiln info`).
+pub fn facts_table(f: &Facts) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = Vec::new();
+    v.push((
+        "user".into(),
+        format!(
+            "uid {} (euid {}), gid {}{}",
+            f.uid,
+            f.euid,
+            f.gid,
+            f.user
+                .as_deref()
+                .map(|u| format!(", {u}"))
+                .unwrap_or(" (no passwd entry)".into())
+        ),
+    ));
+    v.push((
+        "capabilities".into(),
+        format!(
+            "CapEff {:016x} ({} caps{})",
+            f.cap_eff,
+            f.cap_count(),
+            if f.has_cap(CAP_SYS_ADMIN) {
+                ", incl. SYS_ADMIN"
+            } else {
+                ""
+            }
+        ),
+    ));
+    v.push(("no_new_privs".into(), (f.no_new_privs as u8).to_string()));
+    v.push((
+        "seccomp".into(),
+        match f.seccomp {
+            0 => "none".into(),
+            1 => "strict".into(),
+            _ => "filter active (a container runtime's or service manager's profile)".into(),
+        },
+    ));
+    v.push((
+        "uid_map".into(),
+        format!(
+            "{}{}",
+            f.uid_map,
+            if f.in_userns { " (in a user namespace)" } else { "" }
+        ),
+    ));
+    let opt = |o: Option<u64>| o.map(|v| v.to_string()).unwrap_or("(absent)".into());
+    v.push((
+        "sysctls".into(),
+        format!(
+            "user.max_user_namespaces={} kernel.unprivileged_userns_clone={} kernel.apparmor_restrict_unprivileged_userns={}",
+            opt(f.max_user_namespaces),
+            opt(f.unprivileged_userns_clone),
+            opt(f.apparmor_restrict_unprivileged_userns)
+        ),
+    ));
+    let range = |r: Option<(u32, u32)>| r.map(|(s, n)| format!("{s}+{n}")).unwrap_or("none".into());
+    v.push((
+        "subids".into(),
+        format!("/etc/subuid {}, /etc/subgid {}", range(f.subuid), range(f.subgid)),
+    ));
+    v.push(("newuidmap".into(), f.newuidmap.clone()));
+    v.push(("/dev/fuse".into(), f.fuse.clone()));
+    v.push((
+        "container".into(),
+        f.container.clone().unwrap_or("none detected".into()),
+    ));
+    if let Some(ci) = &f.ci {
+        v.push(("ci".into(), ci.clone()));
+    }
+    if let Some(t) = &f.userns_trial {
+        v.push((
+            "userns trial".into(),
+            format!("unshare {}; map own id {}; mount {}", t.unshare, t.map, t.mount),
+        ));
+    }
+    if let Some(t) = &f.mountns_trial {
+        v.push((
+            "mountns trial".into(),
+            format!("unshare(CLONE_NEWNS) {}; mount {}", t.unshare, t.mount),
+        ));
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Facts {
+        Facts {
+            uid: 1001,
+            euid: 1001,
+            gid: 1001,
+            user: Some("tester".into()),
+            subuid: Some((100000, 65536)),
+            subgid: Some((100000, 65536)),
+            newuidmap: "ok".into(),
+            fuse: "usable".into(),
+            ..Default::default()
+        }
+    }
+
+    fn trial(u: StepResult, m: StepResult, mo: StepResult) -> Option<Trial> {
+        Some(Trial {
+            unshare: u,
+            map: m,
+            mount: mo,
+        })
+    }
+
+    #[test]
+    fn ladder_decisions_follow_the_research_table() {
+        let ok = StepResult::ok;
+        // rootless with subuid
+        let mut f = base();
+        f.userns_trial = trial(ok(), ok(), ok());
+        assert_eq!(decide(&f).0, Isolation::Userns);
+        // no subuid line
+        f.subuid = None;
+        let (i, why) = decide(&f);
+        assert_eq!(i, Isolation::SingleUid);
+        assert!(why.contains("/etc/subuid"), "{why}");
+        assert!(single_uid_advice(&f).contains("usermod --add-subuids 100000-165535"));
+        // no_new_privs
+        let mut f = base();
+        f.no_new_privs = true;
+        f.newuidmap = "installed, but no_new_privs is set".into();
+        f.userns_trial = trial(ok(), ok(), ok());
+        assert_eq!(decide(&f).0, Isolation::SingleUid);
+        assert!(single_uid_advice(&f).contains("allowPrivilegeEscalation"));
+        // Debian sysctl
+        let mut f = base();
+        f.unprivileged_userns_clone = Some(0);
+        f.userns_trial = trial(
+            StepResult::err(libc::EPERM),
+            StepResult::default(),
+            StepResult::default(),
+        );
+        assert_eq!(decide(&f).0, Isolation::None);
+        let p = run_refusal(&f, "RUN");
+        assert!(p.contains("sysctl -w kernel.unprivileged_userns_clone=1"), "{p}");
+        // max_user_namespaces=0
+        let mut f = base();
+        f.max_user_namespaces = Some(0);
+        f.userns_trial = trial(
+            StepResult::err(libc::ENOSPC),
+            StepResult::default(),
+            StepResult::default(),
+        );
+        assert_eq!(decide(&f).0, Isolation::None);
+        assert!(run_refusal(&f, "RUN").contains("user.max_user_namespaces=15000"));
+        // Ubuntu AppArmor: create ok, map EPERM
+        let mut f = base();
+        f.apparmor_restrict_unprivileged_userns = Some(1);
+        f.userns_trial = trial(ok(), StepResult::err(libc::EPERM), StepResult::default());
+        assert_eq!(decide(&f).0, Isolation::None);
+        assert!(run_refusal(&f, "RUN").contains("apparmor_restrict_unprivileged_userns=0"));
+        // container seccomp, non-root
+        let mut f = base();
+        f.seccomp = 2;
+        f.container = Some("masked /proc".into());
+        f.userns_trial = trial(
+            StepResult::err(libc::EPERM),
+            StepResult::default(),
+            StepResult::default(),
+        );
+        assert_eq!(decide(&f).0, Isolation::None);
+        let p = run_refusal(&f, "RUN");
+        assert!(
+            p.contains("seccomp:unconfined") && p.contains("run the job as root"),
+            "{p}"
+        );
+        // GitLab docker executor as root: 14 caps, seccomp blocks everything
+        let mut f = base();
+        f.uid = 0;
+        f.euid = 0;
+        f.seccomp = 2;
+        f.cap_eff = 0xa80425fb;
+        f.userns_trial = trial(
+            StepResult::err(libc::EPERM),
+            StepResult::default(),
+            StepResult::default(),
+        );
+        f.mountns_trial = trial(
+            StepResult::err(libc::EPERM),
+            StepResult::default(),
+            StepResult::err(libc::EPERM),
+        );
+        assert_eq!(decide(&f).0, Isolation::Chroot);
+        // same with seccomp unconfined: a userns mapping root
+        f.userns_trial = trial(ok(), ok(), ok());
+        assert_eq!(decide(&f).0, Isolation::Userns);
+        // root with all caps on a host
+        f.mountns_trial = trial(ok(), StepResult::default(), ok());
+        assert_eq!(decide(&f).0, Isolation::Userns);
+        // root with no caps at all
+        let mut f = base();
+        f.uid = 0;
+        f.euid = 0;
+        f.userns_trial = trial(
+            StepResult::err(libc::EPERM),
+            StepResult::default(),
+            StepResult::default(),
+        );
+        f.mountns_trial = trial(
+            StepResult::err(libc::EPERM),
+            StepResult::default(),
+            StepResult::err(libc::EPERM),
+        );
+        assert_eq!(decide(&f).0, Isolation::None);
+    }
+
+    #[test]
+    fn isolation_names_round_trip() {
+        for i in [
+            Isolation::Userns,
+            Isolation::SingleUid,
+            Isolation::Chroot,
+            Isolation::None,
+        ] {
+            assert_eq!(Isolation::parse(i.as_str()).unwrap(), Some(i));
+        }
+        assert_eq!(Isolation::parse("auto").unwrap(), None);
+        assert!(Isolation::parse("bogus").is_err());
+    }
+
+    #[test]
+    fn probe_runs_and_is_fast() {
+        let t = std::time::Instant::now();
+        let f = full_probe();
+        assert!(f.userns_trial.as_ref().is_some_and(|t| t.unshare.tried));
+        assert!(t.elapsed() < std::time::Duration::from_millis(500));
+        let table = facts_table(&f);
+        assert!(table.iter().any(|(k, _)| k == "userns trial"));
+    }
+}
