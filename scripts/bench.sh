@@ -184,8 +184,8 @@ need_debian() {
 
 # ---- contexts: generated once per generator version, read-only for the builders ----
 context_for() { # WORKLOAD -> path of its generated context
-  local w=$1 c sum gen=$HERE/workloads/$1/make-context.sh
-  c=$BENCH_DIR/ctx/$w$( ((smoke)) && echo -smoke)
+  local w=$1 c=$BENCH_DIR/ctx/$1 sum gen=$HERE/workloads/$1/make-context.sh
+  if ((smoke)); then c+=-smoke; fi
   sum=$(cat "$HERE"/workloads/*/*.sh | sha256sum | cut -c1-16)
   if [ "$(cat "$c.stamp" 2>/dev/null)" != "$sum" ]; then
     rm -rf "$c" "$c.stamp"; mkdir -p "$c"

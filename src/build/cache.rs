@@ -63,6 +63,123 @@ pub fn store(store: &Store, key: &Digest, entry: &Entry) -> Result<()> {
     crate::fsutil::write_atomic(&entry_path(store, key), &serde_json::to_vec(entry)?)
 }
 
+// ---------------------------------------------------------------------------------------------
+// Stat cache of build-context files
+// ---------------------------------------------------------------------------------------------
+
+/// What `stat` says about a file: if all of it is unchanged, so is the content (the inode's
+/// ctime changes with every write, chmod, rename onto it, etc.).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct StatKey {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl StatKey {
+    fn of(md: &std::fs::Metadata) -> StatKey {
+        use std::os::unix::fs::MetadataExt;
+        StatKey {
+            dev: md.dev(),
+            ino: md.ino(),
+            size: md.len(),
+            mtime: (md.mtime(), md.mtime_nsec()),
+            ctime: (md.ctime(), md.ctime_nsec()),
+        }
+    }
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct StatFile {
+    /// Path relative to the context → (stat, sha256 of the content in hex).
+    files: std::collections::HashMap<String, (StatKey, String)>,
+}
+
+/// Content hashes of one build context's files, keyed by path and stat, kept in the store
+/// (`cache/context-stat/<sha256 of the context path>.json`) so that a rebuild hashes only the
+/// files that changed: an unchanged context costs a `stat` per file and no reads.
+///
+/// Racy files are never recorded: a file whose ctime is less than a second before the hashing
+/// started could change again within the same clock tick without its stat changing, so it is
+/// hashed again next time (as git does with racily clean index entries).
+pub struct StatCache {
+    path: std::path::PathBuf,
+    data: std::sync::Mutex<StatFile>,
+    dirty: std::sync::atomic::AtomicBool,
+}
+
+impl StatCache {
+    /// The cache of `context` in `store`, loaded once per process (shared by every COPY/ADD).
+    pub fn for_context(store: &Store, context: &std::path::Path) -> std::sync::Arc<StatCache> {
+        use std::sync::{Arc, Mutex, OnceLock};
+        static OPEN: OnceLock<Mutex<std::collections::HashMap<std::path::PathBuf, Arc<StatCache>>>> = OnceLock::new();
+        let abs = std::fs::canonicalize(context).unwrap_or_else(|_| context.to_path_buf());
+        let name = Digest::of(abs.as_os_str().as_encoded_bytes());
+        let path = store
+            .cache_dir()
+            .join("context-stat")
+            .join(format!("{}.json", name.hex()));
+        let mut open = OPEN.get_or_init(Default::default).lock().unwrap();
+        open.entry(path.clone())
+            .or_insert_with(|| {
+                // A missing or damaged file is an empty cache (everything is hashed again).
+                let data = std::fs::read(&path)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<StatFile>(&b).ok())
+                    .unwrap_or_default();
+                Arc::new(StatCache {
+                    path,
+                    data: Mutex::new(data),
+                    dirty: Default::default(),
+                })
+            })
+            .clone()
+    }
+
+    /// The recorded content hash of `rel` if its stat is unchanged.
+    pub fn get(&self, rel: &str, md: &std::fs::Metadata) -> Option<[u8; 32]> {
+        let data = self.data.lock().unwrap();
+        let (key, sum) = data.files.get(rel)?;
+        if *key != StatKey::of(md) {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(sum, &mut out).ok()?;
+        Some(out)
+    }
+
+    /// Records the content hash of `rel` (stat `md`, taken before the content was read), unless
+    /// the file changed less than a second before `started` (the start of the hashing).
+    pub fn put(&self, rel: &str, md: &std::fs::Metadata, sum: &[u8; 32], started: std::time::SystemTime) {
+        let key = StatKey::of(md);
+        let ctime = std::time::UNIX_EPOCH + std::time::Duration::new(key.ctime.0.max(0) as u64, key.ctime.1 as u32);
+        if ctime + std::time::Duration::from_secs(1) > started {
+            return;
+        }
+        let mut data = self.data.lock().unwrap();
+        let value = (key, hex::encode(sum));
+        if data.files.get(rel) != Some(&value) {
+            data.files.insert(rel.to_string(), value);
+            self.dirty.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Writes the cache back if it changed (atomically; concurrent builds simply race, every
+    /// entry checks itself).
+    pub fn save(&self) -> Result<()> {
+        if !self.dirty.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
+        let bytes = serde_json::to_vec(&*self.data.lock().unwrap())?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        crate::fsutil::write_atomic(&self.path, &bytes)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,5 +192,34 @@ mod tests {
         assert_ne!(a, chain(&p, "RUN y", &[]));
         assert_ne!(a, chain(&Digest::of(b"q"), "RUN x", &[]));
         assert_ne!(a, chain(&p, "RUN x", &["sha256:1".into()]));
+    }
+
+    #[test]
+    fn stat_cache_hits_only_unchanged_old_files() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(&t.path().join("store")).unwrap();
+        let ctx = t.path().join("ctx");
+        std::fs::create_dir(&ctx).unwrap();
+        let f = ctx.join("a.txt");
+        std::fs::write(&f, b"one").unwrap();
+        let sum = [7u8; 32];
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+        let c = StatCache::for_context(&store, &ctx);
+        let md = std::fs::symlink_metadata(&f).unwrap();
+        // Racy: changed within the last second of the hashing start → not recorded.
+        c.put("a.txt", &md, &sum, std::time::SystemTime::now());
+        assert_eq!(c.get("a.txt", &md), None);
+        c.put("a.txt", &md, &sum, later);
+        assert_eq!(c.get("a.txt", &md), Some(sum));
+        c.save().unwrap();
+        // Any change of the file (same size, even) is a miss.
+        std::fs::write(&f, b"two").unwrap();
+        let md2 = std::fs::symlink_metadata(&f).unwrap();
+        assert_eq!(c.get("a.txt", &md2), None);
+        assert_eq!(c.get("b.txt", &md), None);
+        // Saved in the store and read back by a fresh process (simulated: load the file).
+        let saved: StatFile = serde_json::from_slice(&std::fs::read(&c.path).unwrap()).unwrap();
+        assert!(c.path.starts_with(store.cache_dir().join("context-stat")));
+        assert_eq!(saved.files.len(), 1);
     }
 }

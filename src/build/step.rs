@@ -403,7 +403,14 @@ fn copy_step(
         is_context,
     };
     let t_hash = std::time::Instant::now();
-    let digest = super::copy::source_digest(&source, &req)?;
+    // The build context's stat cache: unchanged files are not read again (see StatCache).
+    let stat = is_context.then(|| cache::StatCache::for_context(b.store, &b.req.context));
+    let digest = super::copy::source_digest_cached(&source, &req, stat.as_deref())?;
+    if let Some(Err(e)) = stat.as_ref().map(|s| s.save()) {
+        // Only a cache: the next build hashes the files again.
+        b.progress
+            .warn(&format!("could not save the context stat cache: {e:#}"));
+    }
     if b.req.debug {
         b.progress
             .info(&format!("timing: source digest {:?}", t_hash.elapsed()));

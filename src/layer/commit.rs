@@ -23,6 +23,23 @@ pub(crate) fn is_overlay_xattr(name: &[u8]) -> bool {
 /// FUSE overlay's ownership emulation uses the same record); never written into a layer.
 pub const OWNER_XATTR: &str = "user.kiln.owner";
 
+/// Where kiln records a device node it could not create (single-uid user namespace): the file
+/// is an empty regular file with `"c MAJOR MINOR"` or `"b MAJOR MINOR"`; [`write_tar`] writes
+/// a device entry. Never written into a layer.
+pub const DEV_XATTR: &str = "user.kiln.dev";
+
+/// Parses a [`DEV_XATTR`] record: (is a block device, major, minor).
+pub fn parse_dev(v: &[u8]) -> Option<(bool, u32, u32)> {
+    let s = std::str::from_utf8(v).ok()?;
+    let mut it = s.split_whitespace();
+    let block = match it.next()? {
+        "c" => false,
+        "b" => true,
+        _ => return None,
+    };
+    Some((block, it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
 static OWNER_EMULATION: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Turns ownership emulation on for this process (kiln without privilege and without a user
@@ -216,15 +233,21 @@ pub(crate) fn cap_to_v2(v: &[u8]) -> Vec<u8> {
 
 /// Reads the xattrs of `p` (not following symlinks) for the tar: sorted, overlay bookkeeping
 /// removed, capabilities made portable. Also tells whether the dir is an overlay opaque dir, and
-/// the owner recorded in [`OWNER_XATTR`].
-type Xattrs = (BTreeMap<String, Vec<u8>>, bool, Option<(u32, u32)>);
+/// the owner recorded in [`OWNER_XATTR`] and the device recorded in [`DEV_XATTR`].
+type Xattrs = (
+    BTreeMap<String, Vec<u8>>,
+    bool,
+    Option<(u32, u32)>,
+    Option<(bool, u32, u32)>,
+);
 fn read_xattrs(p: &Path) -> Result<Xattrs> {
     let mut out = BTreeMap::new();
     let mut opaque = false;
     let mut owner = None;
+    let mut dev = None;
     let names = match xattr::list(p) {
         Ok(n) => n,
-        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok((out, false, None)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok((out, false, None, None)),
         Err(e) => return Err(e).with_context(|| format!("listing the xattrs of {}", p.display())),
     };
     for name in names {
@@ -232,6 +255,12 @@ fn read_xattrs(p: &Path) -> Result<Xattrs> {
         if nb == OWNER_XATTR.as_bytes() {
             if let Ok(Some(v)) = xattr::get(p, &name) {
                 owner = parse_owner(&v);
+            }
+            continue;
+        }
+        if nb == DEV_XATTR.as_bytes() {
+            if let Ok(Some(v)) = xattr::get(p, &name) {
+                dev = parse_dev(&v);
             }
             continue;
         }
@@ -254,7 +283,7 @@ fn read_xattrs(p: &Path) -> Result<Xattrs> {
         let key = format!("SCHILY.xattr.{}", String::from_utf8_lossy(nb));
         out.insert(key, v);
     }
-    Ok((out, opaque, owner))
+    Ok((out, opaque, owner, dev))
 }
 
 /// Writes the tar stream of `walk` to `w` (including the end-of-archive blocks). With
@@ -310,7 +339,7 @@ pub fn write_tar(mut walk: DirWalk, timestamp: Option<i64>, w: impl Write) -> Re
             .with_context(ctx)?;
             continue;
         }
-        let (xattrs, opaque, owner) = read_xattrs(&abs)?;
+        let (xattrs, opaque, owner, dev) = read_xattrs(&abs)?;
         let base = match owner {
             Some((u, g)) => TarEntry {
                 uid: u as u64,
@@ -351,6 +380,24 @@ pub fn write_tar(mut walk: DirWalk, timestamp: Option<i64>, w: impl Write) -> Re
                 &TarEntry {
                     kind: tar::EntryType::Symlink,
                     link: Some(t),
+                    pax: xattrs,
+                    ..base
+                },
+                None,
+            )
+            .with_context(ctx)?;
+        } else if ft.is_file()
+            && let Some((block, major, minor)) = dev
+        {
+            // A device node recorded by ownership emulation (see DEV_XATTR).
+            tw.append(
+                &TarEntry {
+                    kind: if block {
+                        tar::EntryType::Block
+                    } else {
+                        tar::EntryType::Char
+                    },
+                    dev: Some((major, minor)),
                     pax: xattrs,
                     ..base
                 },

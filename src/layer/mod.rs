@@ -24,6 +24,7 @@
 
 pub mod bomb;
 mod commit;
+pub mod pgzip;
 mod tarw;
 mod unpack;
 
@@ -40,7 +41,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 pub use commit::{
-    DirWalk, OWNER_XATTR, effective_owner, owner_emulation, record_owner, set_owner_emulation, write_tar,
+    DEV_XATTR, DirWalk, OWNER_XATTR, effective_owner, parse_dev, owner_emulation, record_owner, set_owner_emulation, write_tar,
 };
 pub use unpack::UnpackStats;
 
@@ -137,7 +138,7 @@ pub fn compress_tar<W: Write + Send + 'static>(
 /// A streaming compressor in front of a writer.
 pub enum Encoder<W: Write + Send + 'static> {
     None(W),
-    Gzip(Box<gzp::par::compress::ParCompress<'static, gzp::deflate::Gzip, W>>),
+    Gzip(pgzip::ParGzip<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
 }
 
@@ -157,12 +158,7 @@ impl<W: Write + Send + 'static> Encoder<W> {
                 if level > 9 {
                     bail!("gzip compression level {level} is out of range (0-9)");
                 }
-                let pc = gzp::par::compress::ParCompressBuilder::<gzp::deflate::Gzip>::new()
-                    .num_threads(threads())
-                    .map_err(|e| anyhow::anyhow!("configuring the gzip compressor: {e}"))?
-                    .compression_level(flate2::Compression::new(level))
-                    .from_writer(w);
-                Encoder::Gzip(Box::new(pc))
+                Encoder::Gzip(pgzip::ParGzip::new(w, level, threads()).context("starting the gzip compressor threads")?)
             }
             Compression::Zstd => {
                 let level = level.unwrap_or(DEFAULT_ZSTD_LEVEL);
@@ -185,11 +181,7 @@ impl<W: Write + Send + 'static> Encoder<W> {
                 w.flush().context("flushing the layer")?;
                 Ok(w)
             }
-            Encoder::Gzip(mut pc) => {
-                use gzp::ZWriter;
-                pc.finish()
-                    .map_err(|e| anyhow::anyhow!("finishing the gzip stream: {e}"))
-            }
+            Encoder::Gzip(pc) => pc.finish().context("finishing the gzip stream"),
             Encoder::Zstd(e) => e.finish().context("finishing the zstd stream"),
         }
     }
@@ -206,8 +198,7 @@ impl<W: Write + Send + 'static> Write for Encoder<W> {
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Encoder::None(w) => w.flush(),
-            // gzp's flush ends a block early, which would make the output depend on the write
-            // pattern; blocks are cut at fixed sizes instead and finished by `finish`.
+            // Blocks are cut at fixed sizes (see pgzip) and finished by `finish`.
             Encoder::Gzip(_) => Ok(()),
             Encoder::Zstd(_) => Ok(()),
         }

@@ -481,6 +481,25 @@ impl Unpacker {
                 };
                 match cvt(unsafe { libc::mknodat(pfd, name.as_ptr(), fmt | (meta.mode & 0o777), rdev) }) {
                     Ok(_) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM)
+                        && kind != T::Fifo
+                        && super::commit::owner_emulation() =>
+                    {
+                        // Ownership emulation: an empty file records the device for layers.
+                        let fd = cvt(unsafe {
+                            libc::openat(
+                                pfd,
+                                name.as_ptr(),
+                                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                                0o600,
+                            )
+                        })
+                        .context("creating the file that records a device node")?;
+                        let f = unsafe { File::from_raw_fd(fd) };
+                        let rec = format!("{} {} {}", if kind == T::Char { "c" } else { "b" }, dev.0, dev.1);
+                        xattr_set_fd(f.as_raw_fd(), super::DEV_XATTR.as_bytes(), rec.as_bytes())
+                            .with_context(|| format!("recording a device node in {}", super::DEV_XATTR))?;
+                    }
                     Err(e) if e.raw_os_error() == Some(libc::EPERM) && kind != T::Fifo => {
                         self.stats.skipped_devices += 1;
                         return Ok(());

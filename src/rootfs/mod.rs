@@ -61,11 +61,20 @@ pub fn probe_fuse(dir: &Path) -> Result<(), String> {
 }
 
 /// Probes (once per process) which driver to use by default: the kernel overlay with
-/// `userxattr` when a probe mount in `dir` works, else kiln's FUSE overlay when /dev/fuse can
-/// be mounted, else copy-based snapshots.
+/// `userxattr` when a probe mount in `dir` works (except in a single-uid user namespace, where
+/// kiln's FUSE overlay is preferred for ownership emulation), else kiln's FUSE overlay when
+/// /dev/fuse can be mounted, else copy-based snapshots.
 pub fn probe(dir: &Path) -> DriverChoice {
     CHOICE
         .get_or_init(|| match overlay::probe_in(dir) {
+            Ok(()) if single_uid() && probe_fuse(dir).is_ok() => DriverChoice {
+                overlay: true,
+                reason: format!("kernel overlayfs (userxattr) mounts in {}", dir.display()),
+                name: "fuse",
+                why: "single-uid user namespace: kiln's FUSE overlay records the owners of files that RUN \
+                      steps create as emulated users (USER, su, setuid), which the kernel overlay cannot"
+                    .to_string(),
+            },
             Ok(()) => DriverChoice {
                 overlay: true,
                 reason: format!("kernel overlayfs (userxattr) mounts in {}", dir.display()),
@@ -91,6 +100,13 @@ pub fn probe(dir: &Path) -> DriverChoice {
             }
         })
         .clone()
+}
+
+fn single_uid() -> bool {
+    matches!(
+        crate::sandbox::userns::id_mapping(),
+        crate::sandbox::userns::IdMapping::SingleUid { .. }
+    )
 }
 
 /// Picks the driver for this process: `forced` (`overlay`, `fuse` or `copy`, from

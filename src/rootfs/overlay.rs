@@ -72,6 +72,7 @@ fn mount_new_api(lowers: &[PathBuf], upper: Option<(&Path, &Path)>, target: &Pat
     if let Some((u, w)) = upper {
         fsconfig(&fd, FSCONFIG_SET_STRING, Some("upperdir"), Some(&cstr(u)?)).context("fsconfig upperdir failed")?;
         fsconfig(&fd, FSCONFIG_SET_STRING, Some("workdir"), Some(&cstr(w)?)).context("fsconfig workdir failed")?;
+        fsconfig(&fd, FSCONFIG_SET_FLAG, Some("volatile"), None).context("fsconfig volatile failed")?;
     }
     fsconfig(&fd, FSCONFIG_SET_FLAG, Some("userxattr"), None).context("fsconfig userxattr failed")?;
     fsconfig(&fd, FSCONFIG_CMD_CREATE, None, None).context("creating the overlay superblock failed")?;
@@ -105,7 +106,11 @@ fn mount_overlay(lowers: &[PathBuf], upper: Option<(&Path, &Path)>, target: &Pat
         lowers.iter().map(|l| escape(l)).collect::<Vec<_>>().join(":")
     );
     if let Some((u, w)) = upper {
-        data.push_str(&format!(",upperdir={},workdir={}", escape(u), escape(w)));
+        // volatile: no syncfs of the whole upper file system when the overlay is unmounted
+        // (each step's unmount otherwise writes back every dirty page of that file system:
+        // measured 0.3-0.9 s per COPY of copy-big, 10-17 ms per RUN step). The upper dir is
+        // fresh per step and never mounted again; the layer blob is fsynced by the store.
+        data.push_str(&format!(",upperdir={},workdir={},volatile", escape(u), escape(w)));
     }
     data.push_str(",userxattr");
     if data.len() > MAX_MOUNT_DATA {

@@ -139,6 +139,9 @@ struct Prepared {
     caps: ::caps::CapsHashSet,
     bpf: Option<Vec<u8>>,
     no_new_privs: bool,
+    /// Single-uid mode: the socket to hand the ownership-emulation listener to the helper
+    /// (see [`super::idemu`]).
+    idemu: Option<std::os::fd::RawFd>,
     tty: bool,
     argv: Vec<CString>,
     envp: Vec<CString>,
@@ -203,6 +206,17 @@ pub fn helper_main(input: HelperInput) -> Result<i32> {
     if !env_has(&env, "HOME") {
         env.push(format!("HOME={}", if user.home.is_empty() { "/" } else { &user.home }));
     }
+    // Single-uid user namespace: ownership and ids are emulated for the step (see idemu).
+    let idemu_socks = if !chroot && super::idemu::wanted() {
+        let mut sv = [0; 2];
+        if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, sv.as_mut_ptr()) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("cannot create a socket pair");
+        }
+        use std::os::fd::FromRawFd;
+        Some(unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) })
+    } else {
+        None
+    };
     let cstr = |s: &str| CString::new(s).with_context(|| format!("{s:?} contains a NUL byte"));
     let prepared = Prepared {
         plan: match &generated {
@@ -217,6 +231,7 @@ pub fn helper_main(input: HelperInput) -> Result<i32> {
         caps: cap_set,
         bpf,
         no_new_privs: spec.no_new_privs,
+        idemu: idemu_socks.as_ref().map(|(_, c)| std::os::fd::AsRawFd::as_raw_fd(c)),
         tty: spec.tty,
         argv: spec.args.iter().map(|a| cstr(a)).collect::<Result<_>>()?,
         envp: env.iter().map(|e| cstr(e)).collect::<Result<_>>()?,
@@ -233,6 +248,15 @@ pub fn helper_main(input: HelperInput) -> Result<i32> {
         );
         return chroot_main(&prepared, gen_dir);
     }
+    // The supervisor thread starts before the PID namespace is unshared: a process whose
+    // children go to another PID namespace cannot create threads.
+    let (_supervisor, idemu_child) = match idemu_socks {
+        Some((p, c)) => (
+            Some(super::idemu::spawn_supervisor(p, super::idemu::state_dir(&rootfs))?),
+            Some(c),
+        ),
+        None => (None, None),
+    };
     let mut flags = CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
     if spec.network == Network::None {
         flags |= CloneFlags::CLONE_NEWNET;
@@ -255,6 +279,7 @@ pub fn helper_main(input: HelperInput) -> Result<i32> {
         }
         nix::unistd::ForkResult::Parent { child } => {
             drop(err_w);
+            drop(idemu_child);
             CHILD.store(child.as_raw(), Ordering::SeqCst);
             let h = nix::sys::signal::SigHandler::Handler(kill_child);
             for s in [
@@ -270,6 +295,9 @@ pub fn helper_main(input: HelperInput) -> Result<i32> {
             let msg = read_all(&err_r);
             drop(gen_dir); // the bind mounts keep the files alive
             let mut code = super::userns::wait_child(child);
+            if _supervisor.is_some() {
+                let _ = std::fs::remove_dir_all(super::idemu::state_dir(&rootfs));
+            }
             let sig = GOT_SIGNAL.load(Ordering::SeqCst);
             if sig != 0 && code == 128 + libc::SIGKILL {
                 code = 128 + sig; // stopped because we were told to stop
@@ -454,6 +482,14 @@ fn child(p: &Prepared) -> (i32, String) {
     }
     if let Err(e) = caps::drop_bounding(&p.caps) {
         return (125, format!("cannot drop capabilities from the bounding set: {e}"));
+    }
+    if let Some(sock) = p.idemu
+        && let Err(e) = super::idemu::install_and_send(sock)
+    {
+        return (
+            125,
+            format!("cannot set up ownership emulation (seccomp user notification): {e}"),
+        );
     }
     if let Some(bpf) = &p.bpf
         && let Err(e) = seccomp::install(bpf)

@@ -12,6 +12,7 @@
 pub mod caps;
 pub mod chroot;
 mod helper;
+pub mod idemu;
 pub mod mounts;
 pub mod probe;
 pub mod seccomp;

@@ -189,11 +189,14 @@ pub struct OverlayFs {
     /// Scratch dir on the upper's filesystem (copy-up goes through it).
     work: Layer,
     inner: Mutex<Inner>,
+    /// Where the step's ownership emulation publishes emulated ids (single-uid mode, see
+    /// `crate::sandbox::idemu::state_dir`): new entries of an emulated user record it as owner.
+    ids_dir: Option<PathBuf>,
 }
 
 impl OverlayFs {
     /// `lowers` top first; `work` must be on the same filesystem as `upper`.
-    pub fn new(lowers: &[PathBuf], upper: &Path, work: &Path) -> io::Result<OverlayFs> {
+    pub fn new(lowers: &[PathBuf], upper: &Path, work: &Path, ids_dir: Option<PathBuf>) -> io::Result<OverlayFs> {
         let mut layers = vec![Layer::open(upper)?];
         for l in lowers {
             layers.push(Layer::open(l)?);
@@ -202,6 +205,7 @@ impl OverlayFs {
         let fs = OverlayFs {
             layers,
             work,
+            ids_dir,
             inner: Mutex::new(Inner {
                 nodes: HashMap::new(),
                 next_ino: ROOT + 1,
@@ -604,6 +608,29 @@ impl OverlayFs {
                     libc::AT_SYMLINK_NOFOLLOW,
                 )
             })?;
+        }
+        // Ownership emulation: the caller runs as an emulated user.
+        if let Some(dir) = &self.ids_dir
+            && st.st_mode & libc::S_IFMT != libc::S_IFLNK
+            && dir.exists()
+            && let Some((u, g)) = crate::sandbox::idemu::fs_ids(dir, ctx.pid as u32)
+        {
+            let g = if pst.st_mode & libc::S_ISGID != 0 {
+                self.get_xattr(0, prel.to_bytes(), crate::layer::OWNER_XATTR.as_bytes())?
+                    .and_then(|v| String::from_utf8(v).ok())
+                    .and_then(|v| v.split_once(':').and_then(|(_, g)| g.trim().parse().ok()))
+                    .unwrap_or(pst.st_gid)
+            } else {
+                g
+            };
+            let v = format!("{u}:{g}");
+            self.set_xattr(
+                0,
+                crel.to_bytes(),
+                crate::layer::OWNER_XATTR.as_bytes(),
+                v.as_bytes(),
+                0,
+            )?;
         }
         Ok(())
     }

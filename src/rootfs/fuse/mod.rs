@@ -48,7 +48,7 @@ impl FuseOverlay {
     /// Mounts the overlay and starts its server threads.
     fn start(&self, lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<()> {
         let overlay = Arc::new(
-            OverlayFs::new(lowers, upper, work)
+            OverlayFs::new(lowers, upper, work, Some(crate::sandbox::idemu::state_dir(target)))
                 .with_context(|| format!("cannot open the layers of the FUSE overlay on {}", target.display()))?,
         );
         // Before the mount: the session resolves the mount point, which would wait for a

@@ -1,0 +1,996 @@
+//! Ownership and identity emulation for RUN steps in a single-uid user namespace.
+//!
+//! With only one id mapped, the kernel refuses `chown` to any other id (EINVAL) before a
+//! filesystem is even asked, refuses `setuid(42)`, and refuses device nodes, so `chown`,
+//! `dpkg`, `apt-get` (which drops to `_apt`) and `adduser` fail. No filesystem — kernel overlay
+//! or FUSE — can help: an unmapped owner cannot be represented in the kernel at all. So the
+//! step's syscalls that need other ids are handed to a supervisor with seccomp user
+//! notification (`SECCOMP_RET_USER_NOTIF`, Linux >= 5.0), as fakeroot does with LD_PRELOAD but
+//! for static binaries too:
+//!
+//! - `chown` family: the owner is recorded in the `user.kiln.owner` xattr (see
+//!   [`crate::layer::OWNER_XATTR`]) of the file in the step's rootfs (the overlay copies it
+//!   up), and the layer tar carries it; `stat` shows the recorded owner.
+//! - `set*id`/`setgroups` succeed and are remembered per process (inherited by children), and
+//!   `get*id`/`getgroups` report them, so `apt-get`'s privilege drop (with its checks) works.
+//! - `mknod` of a device creates an empty file recording the device in `user.kiln.dev`; the
+//!   layer tar carries a real device node.
+//! - `stat`, `lstat`, `fstat`, `newfstatat` and `statx` report recorded owners.
+//!
+//! The step still runs with real uid 0 (and the capabilities of the bounding set): this
+//! emulates what the image will contain, not a security boundary between users in the step.
+//!
+//! The filter is installed in the step's PID 1 before it switches user; the listener fd goes
+//! to the helper over a socket, where a thread answers. Paths are resolved as the calling
+//! process would: the thread (with its own fs_struct) chroots into `/proc/PID/root` and starts
+//! from the caller's cwd or dirfd.
+
+use anyhow::{Context, Result};
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+const DEV_XATTR: &str = crate::layer::DEV_XATTR;
+const OWNER_XATTR: &str = crate::layer::OWNER_XATTR;
+
+const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
+const SECCOMP_RET_USER_NOTIF: u32 = 0x7fc0_0000;
+const SECCOMP_FILTER_FLAG_NEW_LISTENER: libc::c_ulong = 1 << 3;
+const SECCOMP_USER_NOTIF_FLAG_CONTINUE: u32 = 1;
+const NOTIF_RECV: libc::c_ulong = 0xc050_2100;
+const NOTIF_SEND: libc::c_ulong = 0xc018_2101;
+const NOTIF_ID_VALID: libc::c_ulong = 0x4008_2102;
+
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH: u32 = 0xc000_003e;
+#[cfg(target_arch = "aarch64")]
+const AUDIT_ARCH: u32 = 0xc000_00b7;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct SeccompData {
+    nr: i32,
+    arch: u32,
+    ip: u64,
+    args: [u64; 6],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct Notif {
+    id: u64,
+    pid: u32,
+    flags: u32,
+    data: SeccompData,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct NotifResp {
+    id: u64,
+    val: i64,
+    error: i32,
+    flags: u32,
+}
+
+/// The syscalls handed to the supervisor.
+fn notified() -> Vec<i64> {
+    let mut v = vec![
+        libc::SYS_fchown,
+        libc::SYS_fchownat,
+        libc::SYS_setuid,
+        libc::SYS_setgid,
+        libc::SYS_setreuid,
+        libc::SYS_setregid,
+        libc::SYS_setresuid,
+        libc::SYS_setresgid,
+        libc::SYS_setgroups,
+        libc::SYS_setfsuid,
+        libc::SYS_setfsgid,
+        libc::SYS_getuid,
+        libc::SYS_getgid,
+        libc::SYS_geteuid,
+        libc::SYS_getegid,
+        libc::SYS_getresuid,
+        libc::SYS_getresgid,
+        libc::SYS_getgroups,
+        libc::SYS_mknodat,
+        libc::SYS_fstat,
+        libc::SYS_newfstatat,
+        libc::SYS_statx,
+    ];
+    #[cfg(target_arch = "x86_64")]
+    v.extend([
+        libc::SYS_chown,
+        libc::SYS_lchown,
+        libc::SYS_mknod,
+        libc::SYS_stat,
+        libc::SYS_lstat,
+    ]);
+    v
+}
+
+fn bpf_stmt(code: u16, k: u32) -> libc::sock_filter {
+    libc::sock_filter { code, jt: 0, jf: 0, k }
+}
+
+fn bpf_jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
+    libc::sock_filter { code, jt, jf, k }
+}
+
+/// The notify filter: the syscalls above (native arch only) go to the listener.
+fn program() -> Vec<libc::sock_filter> {
+    const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    let nrs = notified();
+    let mut p = vec![
+        bpf_stmt(LD_W_ABS, 4), // arch
+        bpf_jump(JEQ, AUDIT_ARCH, 1, 0),
+        bpf_stmt(RET, SECCOMP_RET_ALLOW),
+        bpf_stmt(LD_W_ABS, 0), // nr
+    ];
+    let n = nrs.len();
+    for (i, nr) in nrs.iter().enumerate() {
+        // Match: jump to the USER_NOTIF return after the remaining checks and the ALLOW.
+        p.push(bpf_jump(JEQ, *nr as u32, (n - i) as u8, 0));
+    }
+    p.push(bpf_stmt(RET, SECCOMP_RET_ALLOW));
+    p.push(bpf_stmt(RET, SECCOMP_RET_USER_NOTIF));
+    p
+}
+
+/// In the step's PID 1, before it switches user: installs the notify filter and sends the
+/// listener to the helper over `sock`.
+pub fn install_and_send(sock: RawFd) -> io::Result<()> {
+    let prog = program();
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr() as *mut libc::sock_filter,
+    };
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            SECCOMP_FILTER_FLAG_NEW_LISTENER,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    send_fd(sock, fd.as_raw_fd())
+}
+
+fn send_fd(sock: RawFd, fd: RawFd) -> io::Result<()> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr() as *mut libc::c_void,
+        iov_len: 1,
+    };
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let mut cbuf = vec![0u8; space];
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = space as _;
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut RawFd, fd);
+    }
+    if unsafe { libc::sendmsg(sock, &msg, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn recv_fd(sock: RawFd) -> io::Result<OwnedFd> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr() as *mut libc::c_void,
+        iov_len: 1,
+    };
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let mut cbuf = vec![0u8; space];
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = space as _;
+    loop {
+        let r = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(e);
+        }
+        if r == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "no listener was sent"));
+        }
+        break;
+    }
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        if c.is_null() || (*c).cmsg_type != libc::SCM_RIGHTS {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "no fd in the message"));
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const RawFd);
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// Where the supervisor of a step on `rootfs` publishes emulated fs ids (`<dir>/<pid>` holds
+/// `"FSUID FSGID"`), so that the filesystem serving the rootfs (kiln's FUSE overlay) can give
+/// files created by a process running as an emulated user that user as owner.
+pub fn state_dir(rootfs: &Path) -> PathBuf {
+    let name = rootfs
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    rootfs.with_file_name(format!(".{name}.kiln-ids"))
+}
+
+/// The emulated (fsuid, fsgid) of process `pid` (a thread id) published in `dir`, following
+/// its parents (ids are inherited across fork); None when it runs as real root.
+pub fn fs_ids(dir: &Path, pid: u32) -> Option<(u32, u32)> {
+    let mut p = pid;
+    for _ in 0..64 {
+        if let Ok(s) = std::fs::read_to_string(dir.join(p.to_string())) {
+            let mut it = s.split_whitespace().map(|v| v.parse::<u32>());
+            return match (it.next(), it.next()) {
+                (Some(Ok(u)), Some(Ok(g))) if (u, g) != (0, 0) => Some((u, g)),
+                _ => None,
+            };
+        }
+        let status = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
+        let field = |k: &str| -> Option<u32> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .and_then(|v| v.trim().parse().ok())
+        };
+        let tgid = field("Tgid:")?;
+        let next = if tgid != p { tgid } else { field("PPid:")? };
+        if next <= 1 {
+            return None;
+        }
+        p = next;
+    }
+    None
+}
+
+/// Starts the supervisor thread in the helper: it receives the listener from `sock` and
+/// answers until the step's last process is gone; emulated ids go to `state` (see
+/// [`state_dir`]).
+pub fn spawn_supervisor(sock: OwnedFd, state: PathBuf) -> Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("kiln-idemu".into())
+        .spawn(move || {
+            let Ok(listener) = recv_fd(sock.as_raw_fd()) else {
+                return;
+            };
+            drop(sock);
+            if let Err(e) = Supervisor::new(state).and_then(|mut s| s.serve(listener.as_raw_fd())) {
+                eprintln!("kiln: ownership emulation stopped: {e}");
+            }
+        })
+        .context("cannot start the ownership emulation thread")
+}
+
+/// Emulated credentials of one process.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Ids {
+    uid: [u32; 4], // real, effective, saved, fs
+    gid: [u32; 4],
+    groups: Vec<u32>,
+}
+
+const KEEP: u32 = u32::MAX;
+
+impl Ids {
+    fn setuid(&mut self, u: u32) {
+        if self.uid[1] == 0 {
+            self.uid = [u; 4];
+        } else {
+            self.uid[1] = u;
+            self.uid[3] = u;
+        }
+    }
+    fn setgid(&mut self, g: u32) {
+        if self.uid[1] == 0 {
+            self.gid = [g; 4];
+        } else {
+            self.gid[1] = g;
+            self.gid[3] = g;
+        }
+    }
+    fn setre(ids: &mut [u32; 4], r: u32, e: u32) {
+        let old_r = ids[0];
+        if r != KEEP {
+            ids[0] = r;
+        }
+        if e != KEEP {
+            ids[1] = e;
+        }
+        if r != KEEP || (e != KEEP && e != old_r) {
+            ids[2] = ids[1];
+        }
+        ids[3] = ids[1];
+    }
+    fn setres(ids: &mut [u32; 4], r: u32, e: u32, s: u32) {
+        if r != KEEP {
+            ids[0] = r;
+        }
+        if e != KEEP {
+            ids[1] = e;
+        }
+        if s != KEEP {
+            ids[2] = s;
+        }
+        ids[3] = ids[1];
+    }
+}
+
+struct Supervisor {
+    /// Emulated credentials by task id; absent = real root.
+    ids: HashMap<u32, Ids>,
+    /// The thread's real root and cwd, to come back after resolving in a step's root.
+    root: OwnedFd,
+    cwd: OwnedFd,
+    /// See [`state_dir`].
+    state: PathBuf,
+}
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
+}
+
+fn open_path(p: &str, flags: libc::c_int) -> io::Result<OwnedFd> {
+    let c = CString::new(p).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let fd = cvt(unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) })?;
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn errno(e: &io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+/// A recorded `uid:gid`.
+fn parse_owner(v: &[u8]) -> Option<(u32, u32)> {
+    let s = std::str::from_utf8(v).ok()?;
+    let (u, g) = s.trim().split_once(':')?;
+    Some((u.parse().ok()?, g.parse().ok()?))
+}
+
+/// The `/proc/self/fd/N` path of an fd (xattr calls on it reach the file itself).
+fn fd_path(fd: &OwnedFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+// The xattr calls below follow `/proc/self/fd/N` (the `l*` variants would act on the magic
+// link itself).
+
+fn get_xattr(fd: &OwnedFd, name: &str) -> Option<Vec<u8>> {
+    let p = CString::new(fd_path(fd)).ok()?;
+    let n = CString::new(name).ok()?;
+    let mut buf = vec![0u8; 256];
+    let r = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+    if r < 0 {
+        return None;
+    }
+    buf.truncate(r as usize);
+    Some(buf)
+}
+
+fn set_xattr(fd: &OwnedFd, name: &str, value: &[u8]) -> io::Result<()> {
+    let p = CString::new(fd_path(fd)).unwrap();
+    let n = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    cvt(unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr() as *const libc::c_void,
+            value.len(),
+            0,
+        )
+    })?;
+    Ok(())
+}
+
+/// Records `uid:gid` as the owner of what `fd` points to (root: the record is removed).
+fn record_owner(fd: &OwnedFd, uid: u32, gid: u32) -> io::Result<()> {
+    if (uid, gid) == (0, 0) {
+        let p = CString::new(fd_path(fd)).unwrap();
+        let n = CString::new(OWNER_XATTR).unwrap();
+        return match cvt(unsafe { libc::removexattr(p.as_ptr(), n.as_ptr()) }) {
+            Err(e) if e.raw_os_error() != Some(libc::ENODATA) => Err(e),
+            _ => Ok(()),
+        };
+    }
+    set_xattr(fd, OWNER_XATTR, format!("{uid}:{gid}").as_bytes())
+}
+
+fn fstat(fd: RawFd) -> io::Result<libc::stat64> {
+    let mut st: libc::stat64 = unsafe { std::mem::zeroed() };
+    cvt(unsafe { libc::fstat64(fd, &mut st) })?;
+    Ok(st)
+}
+
+impl Supervisor {
+    fn new(state: PathBuf) -> io::Result<Supervisor> {
+        // A private fs_struct: chroot and chdir below affect only this thread.
+        cvt(unsafe { libc::unshare(libc::CLONE_FS) })?;
+        Ok(Supervisor {
+            ids: HashMap::new(),
+            root: open_path("/", libc::O_PATH | libc::O_DIRECTORY)?,
+            cwd: open_path(".", libc::O_PATH | libc::O_DIRECTORY)?,
+            state,
+        })
+    }
+
+    /// Remembers `pid`'s emulated ids and publishes its fs ids.
+    fn set_ids(&mut self, pid: u32, ids: Ids) {
+        let (u, g) = (ids.uid[3], ids.gid[3]);
+        if self.ids.get(&pid).is_none_or(|old| (old.uid[3], old.gid[3]) != (u, g)) {
+            let _ = std::fs::create_dir_all(&self.state);
+            let _ = std::fs::write(self.state.join(pid.to_string()), format!("{u} {g}"));
+        }
+        self.ids.insert(pid, ids);
+    }
+
+    fn serve(&mut self, listener: RawFd) -> io::Result<()> {
+        loop {
+            let mut pfd = libc::pollfd {
+                fd: listener,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let r = unsafe { libc::poll(&mut pfd, 1, -1) };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return Err(e);
+            }
+            if pfd.revents & libc::POLLIN == 0 {
+                // POLLHUP: no task uses the filter any more.
+                return Ok(());
+            }
+            let mut n = Notif::default();
+            if unsafe { libc::ioctl(listener, NOTIF_RECV, &mut n) } < 0 {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EINTR) | Some(libc::ENOENT) => continue,
+                    _ => return Err(e),
+                }
+            }
+            let mut resp = NotifResp {
+                id: n.id,
+                ..Default::default()
+            };
+            match self.handle(listener, &n) {
+                Reply::Continue => resp.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE,
+                Reply::Val(v) => resp.val = v,
+                Reply::Err(e) => resp.error = -e,
+            }
+            // ENOENT: the caller is gone (killed while waiting).
+            unsafe { libc::ioctl(listener, NOTIF_SEND, &mut resp) };
+        }
+    }
+
+    /// The emulated credentials of `pid`: its own, else those of its thread group or parent
+    /// (inherited at clone), else real root.
+    fn ids_of(&mut self, pid: u32) -> Ids {
+        if let Some(i) = self.ids.get(&pid) {
+            return i.clone();
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |k: &str| -> Option<u32> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .and_then(|v| v.trim().parse().ok())
+        };
+        for p in [field("Tgid:"), field("PPid:")].into_iter().flatten() {
+            if p != pid
+                && let Some(i) = self.ids.get(&p)
+            {
+                let i = i.clone();
+                self.set_ids(pid, i.clone());
+                return i;
+            }
+        }
+        Ids::default()
+    }
+
+    fn handle(&mut self, listener: RawFd, n: &Notif) -> Reply {
+        let a = n.data.args;
+        let pid = n.pid;
+        let nr = n.data.nr as i64;
+        let r = match nr {
+            libc::SYS_fchownat => self.chown(
+                listener,
+                n,
+                a[0] as i32,
+                Some(a[1]),
+                a[2] as u32,
+                a[3] as u32,
+                a[4] as i32,
+            ),
+            libc::SYS_fchown => self.chown(listener, n, a[0] as i32, None, a[1] as u32, a[2] as u32, 0),
+            libc::SYS_getuid => Ok(Reply::Val(self.ids_of(pid).uid[0] as i64)),
+            libc::SYS_geteuid => Ok(Reply::Val(self.ids_of(pid).uid[1] as i64)),
+            libc::SYS_getgid => Ok(Reply::Val(self.ids_of(pid).gid[0] as i64)),
+            libc::SYS_getegid => Ok(Reply::Val(self.ids_of(pid).gid[1] as i64)),
+            libc::SYS_getresuid | libc::SYS_getresgid => {
+                let i = self.ids_of(pid);
+                let v = if nr == libc::SYS_getresuid { i.uid } else { i.gid };
+                (|| {
+                    for k in 0..3 {
+                        write_mem(pid, a[k], &v[k].to_ne_bytes())?;
+                    }
+                    Ok(Reply::Val(0))
+                })()
+            }
+            libc::SYS_getgroups => {
+                let i = self.ids_of(pid);
+                let size = a[0] as i32;
+                if size == 0 {
+                    Ok(Reply::Val(i.groups.len() as i64))
+                } else if (size as usize) < i.groups.len() || size < 0 {
+                    Ok(Reply::Err(libc::EINVAL))
+                } else {
+                    let bytes: Vec<u8> = i.groups.iter().flat_map(|g| g.to_ne_bytes()).collect();
+                    write_mem(pid, a[1], &bytes).map(|_| Reply::Val(i.groups.len() as i64))
+                }
+            }
+            libc::SYS_setgroups => {
+                let count = a[0] as usize;
+                if count > 65536 {
+                    Ok(Reply::Err(libc::EINVAL))
+                } else {
+                    read_mem(pid, a[1], count * 4).map(|b| {
+                        let groups = b
+                            .chunks_exact(4)
+                            .map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+                            .collect();
+                        let mut i = self.ids_of(pid);
+                        i.groups = groups;
+                        self.set_ids(pid, i);
+                        Reply::Val(0)
+                    })
+                }
+            }
+            libc::SYS_setuid | libc::SYS_setgid | libc::SYS_setreuid | libc::SYS_setregid => {
+                let mut i = self.ids_of(pid);
+                match nr {
+                    libc::SYS_setuid => i.setuid(a[0] as u32),
+                    libc::SYS_setgid => i.setgid(a[0] as u32),
+                    libc::SYS_setreuid => Ids::setre(&mut i.uid, a[0] as u32, a[1] as u32),
+                    _ => Ids::setre(&mut i.gid, a[0] as u32, a[1] as u32),
+                }
+                self.set_ids(pid, i);
+                Ok(Reply::Val(0))
+            }
+            libc::SYS_setresuid | libc::SYS_setresgid => {
+                let mut i = self.ids_of(pid);
+                let ids = if nr == libc::SYS_setresuid {
+                    &mut i.uid
+                } else {
+                    &mut i.gid
+                };
+                Ids::setres(ids, a[0] as u32, a[1] as u32, a[2] as u32);
+                self.set_ids(pid, i);
+                Ok(Reply::Val(0))
+            }
+            libc::SYS_setfsuid | libc::SYS_setfsgid => {
+                let mut i = self.ids_of(pid);
+                let ids = if nr == libc::SYS_setfsuid {
+                    &mut i.uid
+                } else {
+                    &mut i.gid
+                };
+                let old = ids[3];
+                if a[0] as u32 != KEEP {
+                    ids[3] = a[0] as u32;
+                }
+                self.set_ids(pid, i);
+                Ok(Reply::Val(old as i64))
+            }
+            libc::SYS_mknodat => self.mknod(listener, n, a[0] as i32, a[1], a[2] as u32, a[3]),
+            libc::SYS_newfstatat => self.stat(listener, n, a[0] as i32, Some(a[1]), a[2], a[3] as i32),
+            libc::SYS_fstat => self.stat(listener, n, a[0] as i32, None, a[1], libc::AT_EMPTY_PATH),
+            libc::SYS_statx => self.statx(listener, n, a[0] as i32, a[1], a[2] as i32, a[4]),
+            #[cfg(target_arch = "x86_64")]
+            libc::SYS_chown => self.chown(listener, n, libc::AT_FDCWD, Some(a[0]), a[1] as u32, a[2] as u32, 0),
+            #[cfg(target_arch = "x86_64")]
+            libc::SYS_lchown => self.chown(
+                listener,
+                n,
+                libc::AT_FDCWD,
+                Some(a[0]),
+                a[1] as u32,
+                a[2] as u32,
+                libc::AT_SYMLINK_NOFOLLOW,
+            ),
+            #[cfg(target_arch = "x86_64")]
+            libc::SYS_mknod => self.mknod(listener, n, libc::AT_FDCWD, a[0], a[1] as u32, a[2]),
+            #[cfg(target_arch = "x86_64")]
+            libc::SYS_stat => self.stat(listener, n, libc::AT_FDCWD, Some(a[0]), a[1], 0),
+            #[cfg(target_arch = "x86_64")]
+            libc::SYS_lstat => self.stat(listener, n, libc::AT_FDCWD, Some(a[0]), a[1], libc::AT_SYMLINK_NOFOLLOW),
+            _ => Ok(Reply::Continue),
+        };
+        match r {
+            Ok(r) => r,
+            Err(e) => Reply::Err(errno(&e)),
+        }
+    }
+
+    /// Reads a path argument and checks the caller is still waiting (no TOCTOU on the id).
+    fn path_arg(&self, listener: RawFd, n: &Notif, addr: u64) -> io::Result<Vec<u8>> {
+        let p = read_cstr(n.pid, addr)?;
+        let mut id = n.id;
+        cvt(unsafe { libc::ioctl(listener, NOTIF_ID_VALID, &mut id) })?;
+        Ok(p)
+    }
+
+    /// Opens (O_PATH) what the caller means by (`dirfd`, `path`, `flags`), resolving in its
+    /// root and from its cwd or dirfd.
+    fn resolve(&self, pid: u32, dirfd: i32, path: Option<&[u8]>, flags: i32) -> io::Result<OwnedFd> {
+        let path = path.unwrap_or(b"");
+        if path.is_empty() {
+            if flags & libc::AT_EMPTY_PATH == 0 {
+                return Err(io::Error::from_raw_os_error(libc::ENOENT));
+            }
+            let p = if dirfd == libc::AT_FDCWD {
+                format!("/proc/{pid}/cwd")
+            } else {
+                format!("/proc/{pid}/fd/{dirfd}")
+            };
+            return open_path(&p, libc::O_PATH);
+        }
+        let root = open_path(&format!("/proc/{pid}/root"), libc::O_PATH | libc::O_DIRECTORY)?;
+        let base = if path.starts_with(b"/") {
+            None
+        } else if dirfd == libc::AT_FDCWD {
+            Some(open_path(
+                &format!("/proc/{pid}/cwd"),
+                libc::O_PATH | libc::O_DIRECTORY,
+            )?)
+        } else {
+            Some(open_path(&format!("/proc/{pid}/fd/{dirfd}"), libc::O_PATH)?)
+        };
+        let cpath = CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let mut oflags = libc::O_PATH | libc::O_CLOEXEC;
+        if flags & libc::AT_SYMLINK_NOFOLLOW != 0 {
+            oflags |= libc::O_NOFOLLOW;
+        }
+        cvt(unsafe { libc::fchdir(root.as_raw_fd()) })?;
+        cvt(unsafe { libc::chroot(c".".as_ptr()) })?;
+        let r = (|| {
+            if let Some(b) = &base {
+                cvt(unsafe { libc::fchdir(b.as_raw_fd()) })?;
+            }
+            let fd = cvt(unsafe { libc::open(cpath.as_ptr(), oflags) })?;
+            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        })();
+        self.restore();
+        r
+    }
+
+    /// Opens the parent directory of `path` (as the caller sees it) and returns the last name.
+    fn resolve_parent(&self, pid: u32, dirfd: i32, path: &[u8]) -> io::Result<(OwnedFd, Vec<u8>)> {
+        let trimmed = {
+            let mut p = path;
+            while p.len() > 1 && p.ends_with(b"/") {
+                p = &p[..p.len() - 1];
+            }
+            p
+        };
+        let (dir, name) = match trimmed.iter().rposition(|&b| b == b'/') {
+            Some(0) => (&b"/"[..], &trimmed[1..]),
+            Some(i) => (&trimmed[..i], &trimmed[i + 1..]),
+            None => (&b"."[..], trimmed),
+        };
+        if name.is_empty() || name == b"." || name == b".." {
+            return Err(io::Error::from_raw_os_error(libc::EEXIST));
+        }
+        Ok((self.resolve(pid, dirfd, Some(dir), 0)?, name.to_vec()))
+    }
+
+    fn restore(&self) {
+        unsafe {
+            libc::fchdir(self.root.as_raw_fd());
+            libc::chroot(c".".as_ptr());
+            libc::fchdir(self.cwd.as_raw_fd());
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn chown(
+        &mut self,
+        listener: RawFd,
+        n: &Notif,
+        dirfd: i32,
+        path: Option<u64>,
+        uid: u32,
+        gid: u32,
+        flags: i32,
+    ) -> io::Result<Reply> {
+        let (path, flags) = match path {
+            Some(addr) => (Some(self.path_arg(listener, n, addr)?), flags),
+            None => (None, libc::AT_EMPTY_PATH),
+        };
+        let fd = self.resolve(n.pid, dirfd, path.as_deref(), flags)?;
+        let st = fstat(fd.as_raw_fd())?;
+        let (cu, cg) = get_xattr(&fd, OWNER_XATTR)
+            .and_then(|v| parse_owner(&v))
+            .unwrap_or((st.st_uid, st.st_gid));
+        let nu = if uid == KEEP { cu } else { uid };
+        let ng = if gid == KEEP { cg } else { gid };
+        // Linux clears set-user-ID (and group-executable set-group-ID) on chown of non-dirs.
+        let kind = st.st_mode & libc::S_IFMT;
+        if kind == libc::S_IFREG && (uid != KEEP || gid != KEEP) {
+            let mut mode = st.st_mode & 0o7777;
+            mode &= !libc::S_ISUID;
+            if mode & libc::S_IXGRP != 0 {
+                mode &= !libc::S_ISGID;
+            }
+            if mode != st.st_mode & 0o7777 {
+                let p = CString::new(fd_path(&fd)).unwrap();
+                cvt(unsafe { libc::chmod(p.as_ptr(), mode) })?;
+            }
+        }
+        if kind == libc::S_IFLNK {
+            // Symlinks cannot carry user xattrs; their owner does not matter in images.
+            return Ok(Reply::Val(0));
+        }
+        record_owner(&fd, nu, ng)?;
+        Ok(Reply::Val(0))
+    }
+
+    fn mknod(&mut self, listener: RawFd, n: &Notif, dirfd: i32, path: u64, mode: u32, dev: u64) -> io::Result<Reply> {
+        let kind = mode & libc::S_IFMT;
+        if !(kind == libc::S_IFCHR || kind == libc::S_IFBLK) || dev == 0 {
+            return Ok(Reply::Continue);
+        }
+        let path = self.path_arg(listener, n, path)?;
+        let (dir, name) = self.resolve_parent(n.pid, dirfd, &path)?;
+        let cname = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let umask = std::fs::read_to_string(format!("/proc/{}/status", n.pid))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Umask:"))
+                    .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            })
+            .unwrap_or(0o022);
+        let fd = cvt(unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                cname.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                (mode & 0o7777 & !umask) as libc::c_uint,
+            )
+        })?;
+        let f = unsafe { OwnedFd::from_raw_fd(fd) };
+        let (maj, min) = (libc::major(dev as libc::dev_t), libc::minor(dev as libc::dev_t));
+        let rec = format!("{} {maj} {min}", if kind == libc::S_IFCHR { "c" } else { "b" });
+        let r = set_xattr(&f, DEV_XATTR, rec.as_bytes()).and_then(|_| {
+            let ids = self.ids_of(n.pid);
+            if (ids.uid[3], ids.gid[3]) != (0, 0) {
+                record_owner(&f, ids.uid[3], ids.gid[3])?;
+            }
+            Ok(())
+        });
+        if let Err(e) = r {
+            unsafe { libc::unlinkat(dir.as_raw_fd(), cname.as_ptr(), 0) };
+            return Err(e);
+        }
+        Ok(Reply::Val(0))
+    }
+
+    /// The recorded owner and device of what `fd` points to, if any.
+    fn recorded(&self, fd: &OwnedFd) -> Recorded {
+        let owner = get_xattr(fd, OWNER_XATTR).and_then(|v| parse_owner(&v));
+        let dev = get_xattr(fd, DEV_XATTR).and_then(|v| parse_dev(&v));
+        (owner, dev)
+    }
+
+    fn stat(
+        &mut self,
+        listener: RawFd,
+        n: &Notif,
+        dirfd: i32,
+        path: Option<u64>,
+        buf: u64,
+        flags: i32,
+    ) -> io::Result<Reply> {
+        let path = match path {
+            Some(addr) => Some(self.path_arg(listener, n, addr)?),
+            None => None,
+        };
+        if flags & !(libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH | libc::AT_NO_AUTOMOUNT) != 0 {
+            return Ok(Reply::Continue);
+        }
+        let fd = self.resolve(n.pid, dirfd, path.as_deref(), flags)?;
+        let (owner, dev) = self.recorded(&fd);
+        if owner.is_none() && dev.is_none() {
+            return Ok(Reply::Continue);
+        }
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+        if let Some((u, g)) = owner {
+            st.st_uid = u;
+            st.st_gid = g;
+        }
+        if let Some((kind, maj, min)) = dev {
+            st.st_mode = (st.st_mode & 0o7777) | kind;
+            st.st_rdev = libc::makedev(maj, min);
+        }
+        let bytes = unsafe {
+            std::slice::from_raw_parts(&st as *const libc::stat as *const u8, std::mem::size_of::<libc::stat>())
+        };
+        write_mem(n.pid, buf, bytes)?;
+        Ok(Reply::Val(0))
+    }
+
+    fn statx(&mut self, listener: RawFd, n: &Notif, dirfd: i32, path: u64, flags: i32, buf: u64) -> io::Result<Reply> {
+        let path = self.path_arg(listener, n, path)?;
+        let known = libc::AT_SYMLINK_NOFOLLOW
+            | libc::AT_EMPTY_PATH
+            | libc::AT_NO_AUTOMOUNT
+            | libc::AT_STATX_SYNC_TYPE
+            | libc::AT_STATX_FORCE_SYNC
+            | libc::AT_STATX_DONT_SYNC;
+        if flags & !known != 0 {
+            return Ok(Reply::Continue);
+        }
+        let fd = self.resolve(n.pid, dirfd, Some(&path), flags)?;
+        let (owner, dev) = self.recorded(&fd);
+        if owner.is_none() && dev.is_none() {
+            return Ok(Reply::Continue);
+        }
+        let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+        cvt(unsafe {
+            libc::statx(
+                fd.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH,
+                libc::STATX_ALL,
+                &mut stx,
+            )
+        })?;
+        if let Some((u, g)) = owner {
+            stx.stx_uid = u;
+            stx.stx_gid = g;
+        }
+        if let Some((kind, maj, min)) = dev {
+            stx.stx_mode = ((stx.stx_mode as u32 & 0o7777) | kind) as u16;
+            stx.stx_rdev_major = maj;
+            stx.stx_rdev_minor = min;
+        }
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                &stx as *const libc::statx as *const u8,
+                std::mem::size_of::<libc::statx>(),
+            )
+        };
+        write_mem(n.pid, buf, bytes)?;
+        Ok(Reply::Val(0))
+    }
+}
+
+/// A recorded owner and a recorded device (S_IFCHR/S_IFBLK, major, minor).
+type Recorded = (Option<(u32, u32)>, Option<(u32, u32, u32)>);
+
+enum Reply {
+    /// Let the kernel run the syscall as it is.
+    Continue,
+    Val(i64),
+    /// An errno.
+    Err(i32),
+}
+
+/// Parses a [`DEV_XATTR`] record into (S_IFCHR/S_IFBLK, major, minor).
+fn parse_dev(v: &[u8]) -> Option<(u32, u32, u32)> {
+    let (block, major, minor) = crate::layer::parse_dev(v)?;
+    Some((if block { libc::S_IFBLK } else { libc::S_IFCHR }, major, minor))
+}
+
+fn mem(pid: u32, write: bool) -> io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .read(!write)
+        .write(write)
+        .open(format!("/proc/{pid}/mem"))
+}
+
+fn read_mem(pid: u32, addr: u64, len: usize) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let f = mem(pid, false)?;
+    let mut buf = vec![0u8; len];
+    f.read_exact_at(&mut buf, addr)?;
+    Ok(buf)
+}
+
+fn write_mem(pid: u32, addr: u64, data: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    mem(pid, true)?.write_all_at(data, addr)
+}
+
+/// Reads a NUL-terminated string (at most PATH_MAX bytes) page by page.
+fn read_cstr(pid: u32, addr: u64) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let f = mem(pid, false)?;
+    let mut out = Vec::new();
+    let mut at = addr;
+    while out.len() < libc::PATH_MAX as usize {
+        let chunk = (4096 - (at % 4096)) as usize;
+        let mut buf = vec![0u8; chunk];
+        let n = f.read_at(&mut buf, at)?;
+        if n == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EFAULT));
+        }
+        if let Some(i) = buf[..n].iter().position(|&b| b == 0) {
+            out.extend_from_slice(&buf[..i]);
+            return Ok(out);
+        }
+        out.extend_from_slice(&buf[..n]);
+        at += n as u64;
+    }
+    Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG))
+}
+
+/// Whether RUN steps need emulation here: a single-uid user namespace.
+pub fn wanted() -> bool {
+    matches!(super::userns::id_mapping(), super::userns::IdMapping::SingleUid { .. })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_rules() {
+        let mut i = Ids::default();
+        Ids::setres(&mut i.gid, 42, 42, 42);
+        i.setuid(42);
+        assert_eq!(i.uid, [42; 4]);
+        assert_eq!(i.gid, [42; 4]);
+        let mut j = Ids::default();
+        Ids::setre(&mut j.uid, KEEP, 1000);
+        assert_eq!(j.uid, [0, 1000, 1000, 1000]);
+        Ids::setre(&mut j.uid, KEEP, 0);
+        assert_eq!(j.uid[1], 0);
+    }
+
+    #[test]
+    fn records_parse() {
+        assert_eq!(parse_dev(b"c 1 3"), Some((libc::S_IFCHR, 1, 3)));
+        assert_eq!(parse_dev(b"b 8 0"), Some((libc::S_IFBLK, 8, 0)));
+        assert_eq!(parse_dev(b"x"), None);
+        assert_eq!(parse_owner(b"100:101"), Some((100, 101)));
+    }
+
+    #[test]
+    fn filter_shape() {
+        let p = program();
+        // arch check, nr load, one jump per syscall, allow, notify
+        assert_eq!(p.len(), 4 + notified().len() + 2);
+        let last = p.len() - 1;
+        for (i, ins) in p.iter().enumerate().skip(4).take(notified().len()) {
+            assert_eq!(i + 1 + ins.jt as usize, last, "jump {i} must land on USER_NOTIF");
+        }
+    }
+}
