@@ -30,6 +30,7 @@ k() { "${as[@]}" "$KILN" --root "$root" "$@"; }
 if [[ ! -d vendor/ring ]] && command -v cargo >/dev/null; then
   cargo vendor --locked --offline vendor >/dev/null 2>&1 || cargo vendor --locked vendor >/dev/null 2>&1 || rm -rf vendor
   chmod -R a+rX vendor 2>/dev/null || true
+  git checkout -q -- vendor/README.md 2>/dev/null || true   # cargo vendor clears the directory
 fi
 
 # The Debian base (an mmdebstrap rootfs imported as debian:bookworm): no Docker Hub needed.
