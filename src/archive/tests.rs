@@ -107,11 +107,11 @@ fn import_dir_is_deterministic_and_complete() {
     assert_eq!(
         names,
         [
-            "bin",
+            "bin/",
             "bin/sh",
             "bin/tool",
             "bin/tool2",
-            "etc",
+            "etc/",
             "etc/escape",
             "etc/passwd"
         ]

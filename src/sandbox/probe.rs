@@ -1008,11 +1008,9 @@ mod tests {
     }
 
     #[test]
-    fn probe_runs_and_is_fast() {
-        let t = std::time::Instant::now();
+    fn probe_runs_and_reports_the_trial() {
         let f = full_probe();
         assert!(f.userns_trial.as_ref().is_some_and(|t| t.unshare.tried));
-        assert!(t.elapsed() < std::time::Duration::from_millis(500));
         let table = facts_table(&f);
         assert!(table.iter().any(|(k, _)| k == "userns trial"));
     }
