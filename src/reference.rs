@@ -106,10 +106,12 @@ impl Reference {
     /// The short form Docker prints: `debian:latest`, `user/app:v1`, `localhost:5000/busybox:latest`.
     pub fn familiar(&self) -> String {
         let name = if self.registry == DOCKER_HUB {
-            self.repository
-                .strip_prefix("library/")
-                .unwrap_or(&self.repository)
-                .to_string()
+            // Only official images drop `library/` (as Docker's FamiliarName does): for
+            // `library/a/b` the short form `a/b` would mean `docker.io/a/b`.
+            match self.repository.strip_prefix("library/") {
+                Some(rest) if !rest.contains('/') => rest.to_string(),
+                _ => self.repository.clone(),
+            }
         } else {
             self.name()
         };
@@ -369,6 +371,16 @@ mod tests {
                 &famdd,
             ),
             (format!("r.io/x:t@{D}"), "r.io", "x", &tagdd, Some("t"), true, &tagdd),
+            // Found by fuzzing: `library/` is dropped only for official (one-part) names.
+            (
+                "library/a/b".into(),
+                "docker.io",
+                "library/a/b",
+                "docker.io/library/a/b:latest",
+                Some("latest"),
+                false,
+                "library/a/b:latest",
+            ),
             (
                 "[::1]:5000/x:1".into(),
                 "[::1]:5000",

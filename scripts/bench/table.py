@@ -30,12 +30,16 @@ def load(path):
         f = line.rstrip("\n").split("\t")
         if len(f) != 9:
             continue
-        w, v, ph, n, _load, wall, cpu, rss, rc = f
+        w, v, ph, n, load, wall, cpu, rss, rc = f
         if ph == "warmup":
             continue
         if w not in order:
             order.append(w)
-        rows.setdefault((w, ph, v), []).append((float(wall), float(cpu), int(rss or 0), int(rc)))
+        try:
+            load = float(load)
+        except ValueError:
+            load = float("nan")
+        rows.setdefault((w, ph, v), []).append((float(wall), float(cpu), int(rss or 0), int(rc), load))
     return rows, order
 
 
@@ -63,8 +67,8 @@ def cpu_rss(rs):
 def table(rows, order):
     out = []
     out.append("| workload | phase | kiln s, median (min–max) | Buildah s, median (min–max) | kiln/Buildah "
-               "| target | met | kiln CPU s | Buildah CPU s | kiln peak MB | Buildah peak MB |")
-    out.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+               "| target | met | kiln CPU s | Buildah CPU s | CPU ratio | kiln peak MB | Buildah peak MB | load |")
+    out.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     kiln_rss = 0
     for w in order:
         phases = sorted({ph for (ww, ph, v) in rows if ww == w and v != "floor"},
@@ -81,10 +85,17 @@ def table(rows, order):
                 met = "yes" if km / bm <= tgt else "no (%.1f× the target)" % (km / bm / tgt)
             kc, kr = cpu_rss(k)
             bc, br = cpu_rss(b)
+            cratio = "%.3f" % (float(kc) / float(bc)) if "—" not in (kc, bc) and float(bc) > 0 else "—"
+            loads = [r[4] for r in k + b if r[4] == r[4]]
+            load = "%.1f" % st.median(loads) if loads else "—"
             if kr != "—":
                 kiln_rss = max(kiln_rss, int(kr))
-            out.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-                w, ph, kt, bt, ratio, "≤ %.2f" % tgt if tgt is not None else "", met, kc, bc, kr, br))
+            out.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                w, ph, kt, bt, ratio, "≤ %.2f" % tgt if tgt is not None else "", met, kc, bc, cratio, kr, br,
+                load))
+    out.append("")
+    out.append("CPU = user + system time of the builder and its children; load = median 1-minute load "
+               "average at the start of the runs (other jobs on the machine).")
     out.append("")
     out.append("Peak RSS of kiln over every workload: %d MB (target ≤ %d MB: %s)." % (
         kiln_rss, RSS_TARGET_MB, "met" if kiln_rss <= RSS_TARGET_MB else "missed"))
@@ -110,7 +121,8 @@ def table(rows, order):
         out.append("| --- | --- | --- | --- |")
         for w, ph, rs in floors:
             r = rs[0]
-            out.append("| %s | `%s` | %s | %.2f |" % (w, ph, "%.2f" % r[0] if r[3] == 0 else "FAILED", r[1]))
+            name = ph.replace("|", "\\|")  # a pipe would end the table cell
+            out.append("| %s | `%s` | %s | %.2f |" % (w, name, "%.2f" % r[0] if r[3] == 0 else "FAILED", r[1]))
     return "\n".join(out)
 
 

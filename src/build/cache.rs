@@ -60,7 +60,28 @@ pub fn lookup(store: &Store, key: &Digest) -> Result<Option<Entry>> {
 pub fn store(store: &Store, key: &Digest, entry: &Entry) -> Result<()> {
     let dir = store.cache_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    crate::fsutil::write_atomic(&entry_path(store, key), &serde_json::to_vec(entry)?)
+    write_unsynced(&entry_path(store, key), &serde_json::to_vec(entry)?)
+}
+
+/// Writes a file atomically (temp file + rename) but without fsync. For cache files only:
+/// after a crash an entry is either intact, or missing or unreadable (a miss; it is rewritten),
+/// and the layer blob it names was fsynced by the store before the entry was written. Two
+/// fsyncs per step (file + directory) were half of all fsyncs of a build and, on a journaled
+/// file system, most of the wall time of a cold many-steps build (measured: 118 fsyncs, 0.38 s,
+/// for 0.13 s of CPU).
+fn write_unsynced(path: &std::path::Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path.parent().context("cache write: path has no parent")?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    tmp.write_all(data)
+        .with_context(|| format!("writing {}", path.display()))?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("renaming into {}", path.display()))?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -176,7 +197,7 @@ impl StatCache {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        crate::fsutil::write_atomic(&self.path, &bytes)
+        write_unsynced(&self.path, &bytes)
     }
 }
 

@@ -66,36 +66,45 @@ pub fn probe_fuse(dir: &Path) -> Result<(), String> {
 /// /dev/fuse can be mounted, else copy-based snapshots.
 pub fn probe(dir: &Path) -> DriverChoice {
     CHOICE
-        .get_or_init(|| match overlay::probe_in(dir) {
-            Ok(()) if single_uid() && probe_fuse(dir).is_ok() => DriverChoice {
-                overlay: true,
-                reason: format!("kernel overlayfs (userxattr) mounts in {}", dir.display()),
-                name: "fuse",
-                why: "single-uid user namespace: kiln's FUSE overlay records the owners of files that RUN \
+        .get_or_init(|| {
+            match overlay::probe_in(dir).and_then(|()| {
+                if kernel_overlay_disabled() {
+                    bail!("disabled with KILN_DISABLE_KERNEL_OVERLAY=1")
+                }
+                Ok(())
+            }) {
+                Ok(()) if single_uid() && probe_fuse(dir).is_ok() => DriverChoice {
+                    overlay: true,
+                    reason: format!("kernel overlayfs (userxattr) mounts in {}", dir.display()),
+                    name: "fuse",
+                    why: "single-uid user namespace: kiln's FUSE overlay records the owners of files that RUN \
                       steps create as emulated users (USER, su, setuid), which the kernel overlay cannot"
-                    .to_string(),
-            },
-            Ok(()) => DriverChoice {
-                overlay: true,
-                reason: format!("kernel overlayfs (userxattr) mounts in {}", dir.display()),
-                name: "overlay",
-                why: format!("kernel overlayfs (userxattr) mounts in {}", dir.display()),
-            },
-            Err(e) => {
-                let reason = format!("kernel overlayfs cannot be used: {e:#}");
-                match probe_fuse(dir) {
-                    Ok(()) => DriverChoice {
-                        overlay: false,
-                        why: format!("{reason}; kiln's FUSE overlay works (/dev/fuse mounts in the user namespace)"),
-                        reason,
-                        name: "fuse",
-                    },
-                    Err(f) => DriverChoice {
-                        overlay: false,
-                        why: format!("{reason}; kiln's FUSE overlay cannot be used either: {f}"),
-                        reason,
-                        name: "copy",
-                    },
+                        .to_string(),
+                },
+                Ok(()) => DriverChoice {
+                    overlay: true,
+                    reason: format!("kernel overlayfs (userxattr) mounts in {}", dir.display()),
+                    name: "overlay",
+                    why: format!("kernel overlayfs (userxattr) mounts in {}", dir.display()),
+                },
+                Err(e) => {
+                    let reason = format!("kernel overlayfs cannot be used: {e:#}");
+                    match probe_fuse(dir) {
+                        Ok(()) => DriverChoice {
+                            overlay: false,
+                            why: format!(
+                                "{reason}; kiln's FUSE overlay works (/dev/fuse mounts in the user namespace)"
+                            ),
+                            reason,
+                            name: "fuse",
+                        },
+                        Err(f) => DriverChoice {
+                            overlay: false,
+                            why: format!("{reason}; kiln's FUSE overlay cannot be used either: {f}"),
+                            reason,
+                            name: "copy",
+                        },
+                    }
                 }
             }
         })
@@ -176,13 +185,37 @@ pub fn choose_driver_in(dir: &Path, forced: Option<&str>, debug: bool) -> Result
 
 /// Mounts a read-only view of `lowers` (top first) at `target` (for COPY --from a stage or an
 /// image). Unmount with [`unmount`].
+/// Where the kernel overlay cannot mount, kiln's FUSE overlay serves the view.
 pub fn mount_readonly(lowers: &[PathBuf], target: &Path) -> Result<()> {
-    mount_overlay_readonly(lowers, target)
+    if kernel_overlay_disabled() {
+        return fuse::mount_readonly(lowers, target);
+    }
+    match mount_overlay_readonly(lowers, target) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let dir = target.parent().unwrap_or(Path::new("/"));
+            if probe_fuse(dir).is_ok() {
+                fuse::mount_readonly(lowers, target)
+                    .with_context(|| format!("the kernel overlay failed ({e:#}), and so did the FUSE overlay"))
+            } else {
+                Err(e)
+            }
+        }
+    }
 }
 
 /// Detaches a mount made by this module.
 pub fn unmount(target: &Path) -> Result<()> {
+    if let Some(r) = fuse::unmount_readonly(target) {
+        return r;
+    }
     overlay::umount(target)
+}
+
+/// Testing aid: `KILN_DISABLE_KERNEL_OVERLAY=1` makes kiln behave as where the kernel overlay
+/// cannot be mounted (old kernels, upper dirs on overlayfs).
+fn kernel_overlay_disabled() -> bool {
+    std::env::var_os("KILN_DISABLE_KERNEL_OVERLAY").is_some_and(|v| v == "1")
 }
 
 /// Overlay bookkeeping xattrs that must never reach a layer.

@@ -53,7 +53,8 @@ pub enum IdMapping {
         uid_ranges: Vec<IdRange>,
         gid_ranges: Vec<IdRange>,
     },
-    /// Only the user's own id is mapped (to 0): files owned by other ids cannot be created.
+    /// Only the user's own id is mapped (to 0): the kernel refuses other owners; kiln emulates
+    /// them (see `sandbox::idemu`).
     SingleUid { reason: String },
     /// Real root in the initial user namespace: no mapping needed.
     Host,
@@ -712,8 +713,8 @@ fn write_maps(pid: i32, uid: u32, gid: u32, debug: bool, single: bool) -> Result
                 probe::single_uid_advice(&probe::facts())
             };
             eprintln!(
-                "kiln: notice: single-uid user namespace ({reason}); files owned by other users cannot be \
-                 created. {advice}"
+                "kiln: notice: single-uid user namespace ({reason}); other users' ownership is emulated \
+                 (recorded in the image, not enforced inside RUN). {advice}"
             );
             Ok(format!(
                 "single:{reason}\t{}\tsingle-uid user namespace: {reason}",

@@ -11,7 +11,7 @@
 //! data ([`Severity::Garbage`]) is harmless and reported so that `--repair` can reclaim it.
 
 use super::Store;
-use super::gc::{self, Exclusive};
+use super::gc::{self, CONTEXT_STAT, Exclusive};
 use crate::digest::{Digest, HashingReader};
 use crate::image::{Descriptor, ImageConfig, Index, Manifest, is_index, is_manifest};
 use anyhow::{Context, Result};
@@ -306,6 +306,9 @@ pub fn fsck(store: &Store, opts: &FsckOptions) -> Result<FsckReport> {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.starts_with(".tmp-") {
             continue; // temp files: below
+        }
+        if name == CONTEXT_STAT && e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            continue; // COPY's per-context file hashes (a cache of a cache: anything goes)
         }
         let p = e.path();
         if !name.ends_with(".json") {

@@ -252,6 +252,9 @@ pub struct TmpEntry {
     pub stale: bool,
 }
 
+/// `cache/context-stat/`: COPY's per-context file hashes (see `crate::build::cache::StatCache`).
+pub const CONTEXT_STAT: &str = "context-stat";
+
 /// Entries without an owner pid (from older kiln versions, the overlay probe, or atomic-write
 /// temp files) count as stale after this long, or at once under [`Exclusive`].
 const UNOWNED_STALE_AFTER: Duration = Duration::from_secs(3600);
@@ -284,7 +287,12 @@ pub fn temp_entries(store: &Store, exclusive: bool) -> Result<Vec<TmpEntry>> {
             stale,
         });
     }
-    for dir in [root.to_path_buf(), store.cache_dir(), root.join("layers")] {
+    for dir in [
+        root.to_path_buf(),
+        store.cache_dir(),
+        store.cache_dir().join(CONTEXT_STAT),
+        root.join("layers"),
+    ] {
         let Ok(rd) = fs::read_dir(&dir) else { continue };
         for e in rd.flatten() {
             if !e.file_name().to_string_lossy().starts_with(".tmp-") {
@@ -315,10 +323,9 @@ pub fn remove_path(p: &Path) -> Result<()> {
     if fs::remove_dir_all(p).is_ok() {
         return Ok(());
     }
-    // Directories without write or search permission (e.g. mode 0555 from an image): open
-    // them up, then try again.
-    make_writable(p);
-    fs::remove_dir_all(p).with_context(|| {
+    // Directories without write or search permission (e.g. mode 0555 from an image), or
+    // trees deeper than PATH_MAX and the fd limit allow: one directory fd at a time.
+    remove_tree(p).with_context(|| {
         format!(
             "removing {} (files owned by other ids can only be removed inside kiln's user namespace)",
             p.display()
@@ -326,20 +333,123 @@ pub fn remove_path(p: &Path) -> Result<()> {
     })
 }
 
-fn make_writable(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let Ok(md) = fs::symlink_metadata(dir) else { return };
-    if !md.is_dir() {
-        return;
+/// Removes a directory tree of any depth with `*at` calls, holding one directory fd at a time
+/// (going back up through `..`), opening up directories that lack write or search permission.
+pub fn remove_tree(p: &Path) -> Result<()> {
+    use std::ffi::CString;
+    use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+    fn open_dir(at: RawFd, name: &std::ffi::CStr) -> std::io::Result<OwnedFd> {
+        let fd = unsafe {
+            libc::openat(
+                at,
+                name.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
-    let _ = fs::set_permissions(dir, fs::Permissions::from_mode((md.mode() & 0o7777) | 0o700));
-    if let Ok(rd) = fs::read_dir(dir) {
-        for e in rd.flatten() {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                make_writable(&e.path());
+    /// Unlinks every non-directory in `dir`; returns the name of one subdirectory, if any.
+    fn clear(dir: &OwnedFd) -> std::io::Result<Option<CString>> {
+        unsafe { libc::fchmod(dir.as_raw_fd(), 0o700) };
+        let dup = unsafe { libc::fcntl(dir.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let dirp = unsafe { libc::fdopendir(dup) };
+        if dirp.is_null() {
+            unsafe { libc::close(dup) };
+            return Err(std::io::Error::last_os_error());
+        }
+        unsafe { libc::rewinddir(dirp) };
+        let mut sub = None;
+        let mut res = Ok(());
+        loop {
+            let ent = unsafe { libc::readdir(dirp) };
+            if ent.is_null() {
+                break;
+            }
+            let name = unsafe { std::ffi::CStr::from_ptr((*ent).d_name.as_ptr()) };
+            let b = name.to_bytes();
+            if b == b"." || b == b".." {
+                continue;
+            }
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            if unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+                continue;
+            }
+            if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                if sub.is_none() {
+                    sub = Some(name.to_owned());
+                }
+            } else if unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) } != 0 {
+                res = Err(std::io::Error::last_os_error());
+            }
+        }
+        unsafe { libc::closedir(dirp) };
+        res.map(|_| sub)
+    }
+    let top = CString::new(std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()))?;
+    let mut cur = open_dir(libc::AT_FDCWD, &top).with_context(|| format!("opening {}", p.display()))?;
+    let mut depth = 0usize;
+    loop {
+        match clear(&cur).with_context(|| format!("clearing a directory under {}", p.display()))? {
+            Some(name) => {
+                cur = open_dir(cur.as_raw_fd(), &name).with_context(|| format!("descending under {}", p.display()))?;
+                depth += 1;
+            }
+            None if depth == 0 => break,
+            None => {
+                // Empty now: go up and remove it (it was the first subdirectory listed, or
+                // any other; the parent is scanned again).
+                let parent = open_dir(cur.as_raw_fd(), c"..")?;
+                let mut st: libc::stat = unsafe { std::mem::zeroed() };
+                unsafe { libc::fstat(cur.as_raw_fd(), &mut st) };
+                drop(cur);
+                cur = parent;
+                depth -= 1;
+                remove_subdir_by_inode(&cur, st.st_ino)?;
             }
         }
     }
+    drop(cur);
+    fs::remove_dir(p).with_context(|| format!("removing {}", p.display()))
+}
+
+/// Removes the (empty) subdirectory of `dir` with inode `ino`.
+fn remove_subdir_by_inode(dir: &std::os::fd::OwnedFd, ino: libc::ino_t) -> Result<()> {
+    let dup = unsafe { libc::fcntl(dir.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        return Err(std::io::Error::last_os_error()).context("duplicating a directory fd");
+    }
+    let dirp = unsafe { libc::fdopendir(dup) };
+    if dirp.is_null() {
+        unsafe { libc::close(dup) };
+        return Err(std::io::Error::last_os_error()).context("reading a directory");
+    }
+    unsafe { libc::rewinddir(dirp) };
+    let mut result = Ok(());
+    loop {
+        let ent = unsafe { libc::readdir(dirp) };
+        if ent.is_null() {
+            break;
+        }
+        if unsafe { (*ent).d_ino } != ino {
+            continue;
+        }
+        let name = unsafe { std::ffi::CStr::from_ptr((*ent).d_name.as_ptr()) };
+        if name.to_bytes() == b"." || name.to_bytes() == b".." {
+            continue;
+        }
+        if unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) } != 0 {
+            result = Err(std::io::Error::last_os_error()).context("removing an emptied directory");
+        }
+        break;
+    }
+    unsafe { libc::closedir(dirp) };
+    result
 }
 
 /// Removes a layer dir crash-safely: it is first renamed into `tmp/` (so a half-removed
@@ -658,6 +768,14 @@ pub fn prune(store: &Store, opts: &PruneOptions) -> Result<PruneReport> {
         }
     }
 
+    if opts.all && !dry {
+        // COPY's remembered file hashes are only a speed-up.
+        let cs = store.cache_dir().join(CONTEXT_STAT);
+        if cs.is_dir() {
+            remove_path(&cs)?;
+        }
+    }
+
     // 4. Unreachable blobs and unused layer dirs.
     let mut live_blobs = r.named_blobs.clone();
     let mut live_layers = r.named_diff_ids.clone();
@@ -819,6 +937,37 @@ mod tests {
     }
 
     #[test]
+    fn removes_deep_and_read_only_trees() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let top = t.path().join("tree");
+        // Deeper than PATH_MAX: built with relative paths from inside.
+        fs::create_dir(&top).unwrap();
+        let mut cur = File::open(&top).unwrap();
+        for i in 0..1500 {
+            let name = std::ffi::CString::new("dd").unwrap();
+            assert_eq!(unsafe { libc::mkdirat(cur.as_raw_fd(), name.as_ptr(), 0o755) }, 0);
+            let fd = unsafe { libc::openat(cur.as_raw_fd(), name.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY) };
+            assert!(fd >= 0);
+            cur = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            if i % 500 == 0 {
+                let f = std::ffi::CString::new("file").unwrap();
+                let fd = unsafe { libc::openat(cur.as_raw_fd(), f.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o644) };
+                assert!(fd >= 0);
+                unsafe { libc::close(fd) };
+            }
+        }
+        drop(cur);
+        fs::create_dir_all(top.join("ro/sub")).unwrap();
+        fs::write(top.join("ro/sub/f"), b"x").unwrap();
+        fs::set_permissions(top.join("ro/sub"), fs::Permissions::from_mode(0o500)).unwrap();
+        fs::set_permissions(top.join("ro"), fs::Permissions::from_mode(0o000)).unwrap();
+        remove_tree(&top).unwrap();
+        assert!(!top.exists());
+        assert_eq!(fs::read_dir(t.path()).unwrap().count(), 0);
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(parse_size("123").unwrap(), 123);
         assert_eq!(parse_size("10k").unwrap(), 10240);
@@ -908,6 +1057,14 @@ mod tests {
         )
         .unwrap();
         fs::create_dir(t.path().join("tmp/unpack-999999999.x")).unwrap();
+        fs::create_dir_all(s.cache_dir().join(CONTEXT_STAT)).unwrap();
+        fs::write(s.cache_dir().join(CONTEXT_STAT).join("x.json"), b"{}").unwrap();
+        let f = crate::store::fsck::fsck(&s, &Default::default()).unwrap();
+        assert!(
+            f.problems.iter().all(|p| !p.what.contains(CONTEXT_STAT)),
+            "{:?}",
+            f.problems
+        );
 
         let dry = prune(
             &s,
@@ -927,6 +1084,7 @@ mod tests {
         assert!(!s.has_blob(&orphan));
         assert!(!s.has_blob(&dangling.digest));
         assert!(s.has_blob(&cached), "valid cache entries keep their blobs");
+        assert!(s.cache_dir().join(CONTEXT_STAT).is_dir(), "kept without --all");
         assert!(s.layer_dir(&d1).is_dir() && s.layer_dir(&d3).is_dir());
         assert!(!s.layer_dir(&d2).exists());
         assert_eq!(s.load_image("app:1").unwrap().manifest_digest, named.digest);

@@ -132,6 +132,8 @@ struct Node {
     ino: u64,
     nlookup: u64,
     children: HashMap<Vec<u8>, u64>,
+    /// Other names of this node (hardlinks made through the mount): (parent, name).
+    links: Vec<(u64, Vec<u8>)>,
     unlinked: bool,
 }
 
@@ -237,6 +239,7 @@ impl OverlayFs {
                 ino: st.st_ino,
                 nlookup: 2,
                 children: HashMap::new(),
+                links: Vec::new(),
                 unlinked: false,
             },
         );
@@ -400,6 +403,7 @@ impl OverlayFs {
                 ino: st.st_ino,
                 nlookup: 0,
                 children: HashMap::new(),
+                links: Vec::new(),
                 unlinked: false,
             },
         );
@@ -652,6 +656,7 @@ impl OverlayFs {
                 ino: st.st_ino,
                 nlookup: 0,
                 children: HashMap::new(),
+                links: Vec::new(),
                 unlinked: false,
             },
         );
@@ -772,7 +777,7 @@ impl OverlayFs {
             return Err(err(libc::ENOTEMPTY));
         }
         self.copy_up(inner, parent)?;
-        let rel = inner.rel(ino)?;
+        let rel = join(&inner.rel(parent)?, name);
         let crel = cstring(&rel)?;
         let up = self.layers[0].fd();
         if inner.node(ino)?.layer == 0 {
@@ -791,14 +796,25 @@ impl OverlayFs {
         Ok(())
     }
 
+    /// Forgets the name `parent/name` of `ino`; the node stays reachable by another link.
     fn detach(&self, inner: &mut Inner, parent: u64, name: &[u8], ino: u64) {
         if let Some(p) = inner.nodes.get_mut(&parent) {
             p.children.remove(name);
         }
         let drop_now = match inner.nodes.get_mut(&ino) {
             Some(n) => {
-                n.unlinked = true;
-                n.nlookup == 0
+                if n.parent == parent && n.name == name {
+                    match n.links.pop() {
+                        Some((p, nm)) => {
+                            n.parent = p;
+                            n.name = nm;
+                        }
+                        None => n.unlinked = true,
+                    }
+                } else {
+                    n.links.retain(|(p, nm)| !(*p == parent && nm == name));
+                }
+                n.unlinked && n.nlookup == 0
             }
             None => false,
         };
@@ -861,7 +877,7 @@ impl OverlayFs {
         self.copy_up(inner, olddir)?;
         self.copy_up(inner, newdir)?;
         self.copy_up(inner, src)?;
-        let src_rel = inner.rel(src)?;
+        let src_rel = join(&inner.rel(olddir)?, oldname);
         let dst_rel = join(&inner.rel(newdir)?, newname);
         let (csrc, cdst) = (cstring(&src_rel)?, cstring(&dst_rel)?);
         let up = self.layers[0].fd();
@@ -889,8 +905,12 @@ impl OverlayFs {
         }
         {
             let n = inner.node_mut(src)?;
-            n.parent = newdir;
-            n.name = newname.to_vec();
+            if n.parent == olddir && n.name == oldname {
+                n.parent = newdir;
+                n.name = newname.to_vec();
+            } else if let Some(l) = n.links.iter_mut().find(|(p, nm)| *p == olddir && nm == oldname) {
+                *l = (newdir, newname.to_vec());
+            }
         }
         inner.node_mut(newdir)?.children.insert(newname.to_vec(), src);
         inner.journal.insert(src_rel);
@@ -1204,14 +1224,12 @@ impl FileSystem for OverlayFs {
         let crel = cstring(&rel)?;
         let up = self.layers[0].fd();
         cvt(unsafe { libc::linkat(up, src.as_ptr(), up, crel.as_ptr(), 0) })?;
-        let shown = inner.node(inode)?.ino;
-        let e = self.new_node(inner, newparent, newname.to_bytes(), rel)?;
-        if let Some(n) = inner.nodes.get_mut(&e.inode) {
-            n.ino = shown;
-        }
-        let mut e = e;
-        e.attr.st_ino = shown;
-        Ok(e)
+        // The kernel expects the linked inode back: one node, one more name.
+        let name = newname.to_bytes().to_vec();
+        inner.node_mut(newparent)?.children.insert(name.clone(), inode);
+        inner.node_mut(inode)?.links.push((newparent, name));
+        inner.journal.insert(rel);
+        self.entry(inner, inode)
     }
 
     fn open(

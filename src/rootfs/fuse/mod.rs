@@ -46,7 +46,7 @@ pub struct FuseOverlay {
 
 impl FuseOverlay {
     /// Mounts the overlay and starts its server threads.
-    fn start(&self, lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<()> {
+    fn start(&self, lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path, readonly: bool) -> Result<()> {
         let overlay = Arc::new(
             OverlayFs::new(lowers, upper, work, Some(crate::sandbox::idemu::state_dir(target)))
                 .with_context(|| format!("cannot open the layers of the FUSE overlay on {}", target.display()))?,
@@ -55,7 +55,7 @@ impl FuseOverlay {
         // server that is not running yet.
         let mut session = FuseSession::new(target, "kiln", "kiln", false)
             .map_err(|e| anyhow::anyhow!("cannot set up a FUSE session on {}: {e}", target.display()))?;
-        let file = mount_fuse(target, false)?;
+        let file = mount_fuse(target, readonly)?;
         session.set_fuse_file(file);
         let server = Arc::new(Server::new(overlay.clone()));
         let mut threads = Vec::new();
@@ -143,7 +143,7 @@ impl RootfsDriver for FuseOverlay {
         } else {
             lowers.to_vec()
         };
-        self.start(&lowers, upper, work, target)
+        self.start(&lowers, upper, work, target, false)
     }
 
     fn unmount(&self, target: &Path) -> Result<()> {
@@ -185,6 +185,44 @@ impl Drop for FuseOverlay {
             stop(r, &target, &self.journals);
         }
     }
+}
+
+static READONLY: std::sync::OnceLock<FuseOverlay> = std::sync::OnceLock::new();
+
+/// A read-only FUSE overlay of `lowers` (top first) at `target`, for where the kernel overlay
+/// cannot mount (COPY --from). Its scratch upper dir is a sibling of `target`. The server
+/// threads end when the mount goes away (the kernel aborts the connection), whoever unmounts.
+pub fn mount_readonly(lowers: &[PathBuf], target: &Path) -> Result<()> {
+    let ro = READONLY.get_or_init(FuseOverlay::default);
+    // Forget mounts that were detached directly (their threads have finished).
+    ro.running
+        .lock()
+        .unwrap()
+        .retain(|_, r| !r.threads.iter().all(|t| t.is_finished()));
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let upper = target.with_file_name(format!(".{name}.fuse-upper"));
+    let work = target.with_file_name(format!(".{name}.fuse-work"));
+    for d in [&upper, &work] {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
+    let lowers = if lowers.is_empty() {
+        vec![empty_sibling(target)?]
+    } else {
+        lowers.to_vec()
+    };
+    ro.start(&lowers, &upper, &work, target, true)
+}
+
+/// Unmounts a mount made by [`mount_readonly`]; None if `target` is not one.
+pub fn unmount_readonly(target: &Path) -> Option<Result<()>> {
+    let ro = READONLY.get()?;
+    if !ro.running.lock().unwrap().contains_key(target) {
+        return None;
+    }
+    Some(ro.unmount(target))
 }
 
 /// Mounts a FUSE overlay in a fresh dir under `dir`, writes, deletes and replaces a directory
