@@ -11,8 +11,8 @@
 //! ```
 //!
 //! WORKDIR (default /var/tmp/kiln-fuse-bench) must be on a filesystem with user xattrs (ext4,
-//! xfs). Each workload runs on a fresh mount; the lower layer's page cache is warm (the data
-//! was just written), so "read 1 GiB" measures the overlay's own cost.
+//! xfs). Each workload runs on a fresh mount, three times (the best run counts); the lower
+//! layer's page cache is warm, so "read 1 GiB" measures the overlay's own cost.
 
 use anyhow::{Context, Result, bail};
 use kiln::rootfs::{CopySnapshot, FuseOverlay, KernelOverlay, RootfsDriver};
@@ -192,24 +192,38 @@ fn main() -> Result<()> {
     let lowers = vec![lower.clone()];
     println!("| overlay | create {FILES} files (4 KiB) | read 1 GiB | rm -rf {FILES} lower files |");
     println!("|---|---|---|---|");
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     for kind in [Kind::Kernel, Kind::Fuse, Kind::FuseOverlayfs] {
-        let run = base.join("run");
-        fresh(&run)?;
-        let (u, w, m) = (run.join("u"), run.join("w"), run.join("m"));
-        let mt = Mounted::new(&kind, &lowers, &u, &w, &m)?;
-        let t = Instant::now();
-        let new = m.join("new");
-        std::fs::create_dir(&new)?;
-        create_files(&new)?;
-        let create = t.elapsed();
-        let t = Instant::now();
-        let n = read_all(&m.join("big"))?;
-        let read = t.elapsed();
-        assert_eq!(n, BIG);
-        let t = Instant::now();
-        std::fs::remove_dir_all(m.join("many"))?;
-        let rm = t.elapsed();
-        mt.unmount()?;
+        if !only.is_empty() && !kind.name().contains(only.as_str()) {
+            continue;
+        }
+        // Best of three (the machine may be shared).
+        let mut best = [Duration::MAX; 3];
+        for _ in 0..3 {
+            let run = base.join("run");
+            fresh(&run)?;
+            let (u, w, m) = (run.join("u"), run.join("w"), run.join("m"));
+            let mt = Mounted::new(&kind, &lowers, &u, &w, &m)?;
+            let t = Instant::now();
+            let new = m.join("new");
+            std::fs::create_dir(&new)?;
+            create_files(&new)?;
+            let create = t.elapsed();
+            read_all(&lower.join("big"))?; // the same warm page cache below every overlay
+            let t = Instant::now();
+            let n = read_all(&m.join("big"))?;
+            let read = t.elapsed();
+            assert_eq!(n, BIG);
+            let t = Instant::now();
+            std::fs::remove_dir_all(m.join("many"))?;
+            let rm = t.elapsed();
+            mt.unmount()?;
+            for (b, v) in best.iter_mut().zip([create, read, rm]) {
+                *b = (*b).min(v);
+            }
+            fresh(&run)?;
+        }
+        let [create, read, rm] = best;
         println!(
             "| {} | {} ({:.0} files/s) | {} ({:.0} MiB/s) | {} |",
             kind.name(),
@@ -219,7 +233,9 @@ fn main() -> Result<()> {
             1024.0 / read.as_secs_f64(),
             secs(rm)
         );
-        fresh(&run)?;
+    }
+    if std::env::var_os("BENCH_NO_COMMIT").is_some() {
+        return Ok(());
     }
 
     // Commit time: a step changing 100 files on bases of 5,000 and 50,000 files.
