@@ -14,7 +14,6 @@ fn tool(name: &str) -> Command {
     as_user(&path)
 }
 
-
 #[test]
 fn import_list_tag_rmi() {
     let s = Scratch::new("images");

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-
 fn dockerfile(s: &Scratch) {
     s.write("ctx/app.txt", "app\n");
     s.write(

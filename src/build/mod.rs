@@ -253,7 +253,6 @@ fn read_dockerfile(req: &BuildRequest) -> Result<(String, String)> {
     Ok((text, name))
 }
 
-
 /// RFC 3339 time of a Unix timestamp.
 pub fn rfc3339(secs: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);

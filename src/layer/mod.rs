@@ -41,7 +41,8 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 pub use commit::{
-    DEV_XATTR, DirWalk, OWNER_XATTR, effective_owner, parse_dev, owner_emulation, record_owner, set_owner_emulation, write_tar,
+    DEV_XATTR, DirWalk, OWNER_XATTR, effective_owner, owner_emulation, parse_dev, record_owner, set_owner_emulation,
+    write_tar,
 };
 pub use unpack::UnpackStats;
 

@@ -12,10 +12,10 @@ pub mod platform;
 mod pull;
 mod push;
 
-pub use pull::pull;
-pub use push::{convert_manifest, push};
 pub(crate) use pull::fetch_blob;
+pub use pull::pull;
 pub(crate) use push::push_blob;
+pub use push::{convert_manifest, push};
 
 use anyhow::Result;
 use std::path::PathBuf;

@@ -209,7 +209,15 @@ pub fn helper_main(input: HelperInput) -> Result<i32> {
     // Single-uid user namespace: ownership and ids are emulated for the step (see idemu).
     let idemu_socks = if !chroot && super::idemu::wanted() {
         let mut sv = [0; 2];
-        if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, sv.as_mut_ptr()) } != 0 {
+        if unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                0,
+                sv.as_mut_ptr(),
+            )
+        } != 0
+        {
             return Err(std::io::Error::last_os_error()).context("cannot create a socket pair");
         }
         use std::os::fd::FromRawFd;
