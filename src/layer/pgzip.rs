@@ -100,10 +100,22 @@ impl<W: Write + Send + 'static> ParGzip<W> {
         self.seq += 1;
         let sent = self.jobs.as_ref().map(|tx| tx.send(job).is_ok()).unwrap_or(false);
         if !sent {
-            // A worker or the writer stopped: finish() reports its error.
-            return Err(io::Error::other("the gzip compressor stopped early"));
+            // A worker or the writer stopped: report why (e.g. the disk is full).
+            return Err(self.stopped_error());
         }
         Ok(())
+    }
+
+    /// The error that stopped the pipeline: the writer's (the sink failed) if it has one.
+    fn stopped_error(&mut self) -> io::Error {
+        self.jobs = None;
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        match self.writer.take().map(|w| w.join()) {
+            Some(Ok(Err(e))) => e,
+            _ => io::Error::other("the gzip compressor stopped early"),
+        }
     }
 
     /// Compresses what is left, writes the trailer and returns the sink.
