@@ -12,12 +12,13 @@
 # measure warm storage on purpose); the builders alternate run by run (kiln first on odd runs,
 # Buildah first on even ones) so that drift of this shared machine hits both alike. Wall time is
 # the builder process's start to exit; CPU (user+sys) and peak RSS (the largest single process)
-# come from /usr/bin/time. Medians, min-max, kiln/Buildah ratios and the issue-8 targets go to a
-# Markdown table: docs/PERFORMANCE.md (between its bench markers) for a full run, stdout for
-# --smoke. Buildah runs as in ../shared/bench/compare.sh: rootless, `bud --layers --isolation chroot
-# --storage-driver overlay`. Both builders pull their base images from a loopback registry that
-# this script starts and seeds (busybox from busybox-static via `kiln import`; Debian from the
-# tarball of scripts/base-image.sh), so nothing here needs the network.
+# come from /usr/bin/time (Python's getrusage of the children where GNU time is missing).
+# Medians, min-max, kiln/Buildah ratios and the issue-8 targets go to a Markdown table:
+# docs/PERFORMANCE.md (between its bench markers) for a full run, stdout for --smoke. Buildah
+# runs rootless, `bud --layers --isolation chroot --storage-driver overlay`. Both builders pull
+# their base images from a loopback registry that this script starts and seeds (busybox from
+# busybox-static via `kiln import`; Debian from the tarball of scripts/base-image.sh), so nothing
+# here needs the network.
 #
 # Run as root: builders then run as the unprivileged $BENCH_USER (default tester, see
 # scripts/setup.sh), and a full run puts its storage on a journaled ext4 loop mount
@@ -84,6 +85,19 @@ if [ "$builder" != kiln ]; then
 fi
 ((${#variants[@]})) || { echo "bench.sh: nothing to run" >&2; exit 1; }
 
+# ---- the timer: GNU time, else the same figures from Python's getrusage of the children ----
+if [ -x /usr/bin/time ] && [ -z "${BENCH_PY_TIMER:-}" ]; then
+  timer() { local out=$1; shift; /usr/bin/time -f '%M %U %S' -o "$out" "$@"; }
+else
+  timer() { # OUT CMD...: writes "maxrss_kb user_s sys_s" to OUT, returns CMD's status
+    python3 -c 'import resource, subprocess, sys
+rc = subprocess.call(sys.argv[2:])
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+open(sys.argv[1], "w").write("%d %.2f %.2f\n" % (r.ru_maxrss, r.ru_utime, r.ru_stime))
+sys.exit(rc if rc >= 0 else 128 - rc)' "$@"
+  }
+fi
+
 # ---- storage ----
 if ((smoke)); then
   BENCH_DIR=$(mktemp -d "${TMPDIR:-/tmp}/kiln-bench-smoke.XXXXXX")
@@ -109,10 +123,13 @@ wipe() { # DIR: remove builder storage (kiln's unpacked layers and Buildah's bel
   ((have_buildah)) && as_user buildah unshare rm -rf "$1" 2>/dev/null || true
   rm -rf "$1" 2>/dev/null || true
 }
-cleanup() {
-  [ -n "$REG_PID" ] && kill "$REG_PID" 2>/dev/null && wait "$REG_PID" 2>/dev/null
+cleanup() { # keeps the script's exit status (the last command of an EXIT trap would set it)
+  local rc=$?
+  if [ -n "$REG_PID" ]; then kill "$REG_PID" 2>/dev/null || true; wait "$REG_PID" 2>/dev/null || true; fi
+  rm -rf "$BENCH_DIR/registry-$stamp" # the pushed images: gigabytes after a full run
   wipe "$RUNS"
   if ((smoke)); then wipe "$BENCH_DIR"; else fstrim "$BENCH_DIR" 2>/dev/null || true; fi
+  exit "$rc"
 }
 trap cleanup EXIT
 
@@ -234,8 +251,7 @@ timed() { # PHASE: runs "${CMD[@]}" as the bench user, appends a row to $RAW; re
   read -r load _ </proc/loadavg
   t0=$EPOCHREALTIME
   user_prefix
-  /usr/bin/time -f '%M %U %S' -o "$R/time.$phase" timeout -k 10 "$BENCH_TIMEOUT" \
-    "${UP[@]}" "${CMD[@]}" >"$log" 2>&1 || rc=$?
+  timer "$R/time.$phase" timeout -k 10 "$BENCH_TIMEOUT" "${UP[@]}" "${CMD[@]}" >"$log" 2>&1 || rc=$?
   t1=$EPOCHREALTIME
   read -r rss usr sys < <(tail -n1 "$R/time.$phase")
   if [ "$rc" != 0 ]; then
@@ -303,7 +319,7 @@ floor() { # NAME CMD...: a physical floor, timed like a builder call (as root or
   t0=$EPOCHREALTIME
   local nice=()
   if [ -n "${BENCH_NICE:-}" ] && [ "$(id -u)" = 0 ]; then nice=(nice -n "$BENCH_NICE"); fi
-  /usr/bin/time -f '%M %U %S' -o "$RUNS/time.floor" "${nice[@]}" bash -c "$*" >/dev/null 2>"$LOGS/floor.log" || rc=$?
+  timer "$RUNS/time.floor" "${nice[@]}" bash -c "$*" >/dev/null 2>"$LOGS/floor.log" || rc=$?
   t1=$EPOCHREALTIME
   read -r rss usr sys < <(tail -n1 "$RUNS/time.floor")
   printf '%s\tfloor\t%s\t1\t-\t%s\t%s\t%s\t%s\n' "$W" "$name" \
@@ -317,8 +333,10 @@ floors() {
     floor "cp -a" "rm -rf $d; cp -a $ctx $d; sync -f $d"; rm -rf "$d"
     floor "tar | sha256sum" "tar -C $ctx -cf - . | sha256sum"
     command -v openssl >/dev/null && floor "tar | openssl sha256" "tar -C $ctx -cf - . | openssl dgst -sha256"
-    floor "tar | pigz -1 -p2" "tar -C $ctx -cf - . | pigz -1 -p2 | sha256sum"
-    floor "tar | pigz -6 -p2" "tar -C $ctx -cf - . | pigz -6 -p2 | sha256sum"
+    if command -v pigz >/dev/null; then
+      floor "tar | pigz -1 -p2" "tar -C $ctx -cf - . | pigz -1 -p2 | sha256sum"
+      floor "tar | pigz -6 -p2" "tar -C $ctx -cf - . | pigz -6 -p2 | sha256sum"
+    fi
   fi
   if [[ " ${workloads[*]} " == *" run-many-files "* ]]; then
     W=run-many-files; ctx=$(context_for run-many-files)
