@@ -15,11 +15,21 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# The Debian registry package starts a system service on :5000; tests start their own.
+# The Debian registry package starts a system service on :5000, where the demo's web app
+# listens; tests start their own registries on free ports, so the service is not needed.
+if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
+  systemctl disable --now docker-registry >/dev/null 2>&1 || true
+fi
 id "$user" >/dev/null 2>&1 || useradd -m -s /bin/bash "$user"
 uid=$(id -u "$user")
 grep -q "^$user:" /etc/subuid || echo "$user:$((100000 + (uid % 1000) * 65536)):65536" >> /etc/subuid
 grep -q "^$user:" /etc/subgid || echo "$user:$((100000 + (uid % 1000) * 65536)):65536" >> /etc/subgid
 [[ -e /dev/fuse ]] && chmod 666 /dev/fuse
-# Tests copy the kiln binary somewhere the test user can read; make sure the repo is reachable.
+# The integration tests, the demo and the lockdown matrix run kiln, scripts and the examples
+# from this checkout as the test user: make the checkout (and the path to it) readable.
+repo=$(cd "$(dirname "$0")/.." && pwd)
+d=$repo
+while [[ $d != / ]]; do chmod o+x "$d"; d=$(dirname "$d"); done
+chmod -R o+rX "$repo"
+
 echo "setup done: user $user ($(grep "^$user:" /etc/subuid)), packages installed"
