@@ -44,7 +44,7 @@ fn pushed_by_skopeo_and_pulled_back_keeps_the_digest() {
         .args(["push", "app:1"])
         .arg(format!("oci:{}:app", layout.display()))
         .ok();
-    let reg = Registry::start();
+    let reg = Registry::start(None);
     let mut c = as_user("/usr/bin/skopeo");
     c.args(["copy", "--dest-tls-verify=false"])
         .arg(format!("oci:{}:app", layout.display()))

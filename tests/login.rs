@@ -4,92 +4,14 @@
 
 mod common;
 
-use common::{Kiln, Scratch, as_user, chown_to_test_user, is_root, kiln_bin, store_with_busybox};
+use common::{Kiln, Registry, Scratch, as_user, chown_to_test_user, is_root, kiln_bin, store_with_busybox};
 use kiln::digest::Digest;
 use kiln::image::*;
 use kiln::store::Store;
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
-
-const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
-
-fn have_registry() -> bool {
-    if Path::new(REGISTRY_BIN).exists() {
-        return true;
-    }
-    eprintln!("SKIPPED: {REGISTRY_BIN} is missing (install the docker-registry package: scripts/setup.sh)");
-    false
-}
-
-/// bcrypt via libcrypt (libxcrypt supports `$2b$`), for an htpasswd file.
-fn bcrypt(password: &str) -> String {
-    #[link(name = "crypt")]
-    unsafe extern "C" {
-        fn crypt(key: *const libc::c_char, salt: *const libc::c_char) -> *mut libc::c_char;
-    }
-    let key = std::ffi::CString::new(password).unwrap();
-    let salt = std::ffi::CString::new("$2b$05$abcdefghijklmnopqrstuu").unwrap();
-    // SAFETY: both arguments are NUL-terminated; the result is a static buffer copied at once.
-    let out = unsafe { crypt(key.as_ptr(), salt.as_ptr()) };
-    assert!(!out.is_null(), "crypt() failed");
-    let s = unsafe { std::ffi::CStr::from_ptr(out) }.to_string_lossy().into_owned();
-    assert!(s.starts_with("$2b$"), "libcrypt has no bcrypt: {s}");
-    s
-}
-
-/// A throwaway docker-registry, optionally with htpasswd auth; killed (by its pid) on drop.
-struct Registry {
-    addr: String,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn start(htpasswd: Option<(&str, &str)>) -> Registry {
-        let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let addr = format!("127.0.0.1:{port}");
-        let mut cfg = format!(
-            "version: 0.1\nlog: {{level: error}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\nhttp: {{addr: {addr}}}\n",
-            dir.path().join("data").display()
-        );
-        if let Some((u, p)) = htpasswd {
-            let f = dir.path().join("htpasswd");
-            std::fs::write(&f, format!("{u}:{}\n", bcrypt(p))).unwrap();
-            cfg.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
-                f.display()
-            ));
-        }
-        let cfg_path = dir.path().join("config.yml");
-        std::fs::write(&cfg_path, cfg).unwrap();
-        let child = Command::new(REGISTRY_BIN)
-            .arg("serve")
-            .arg(&cfg_path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        for _ in 0..200 {
-            if TcpStream::connect(&addr).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        Registry { addr, child, _dir: dir }
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use std::process::{Command, Output, Stdio};
 
 /// kiln as the test user with `stdin` fed to it and extra environment.
 fn kiln_with_stdin(args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
@@ -159,9 +81,6 @@ fn small_image(root: &Path, name: &str, annotations: Option<(&str, String)>) -> 
 
 #[test]
 fn login_checks_the_password_then_push_uses_the_stored_credentials() {
-    if !have_registry() {
-        return;
-    }
     let reg = Registry::start(Some(("alice", "s3cret")));
     let s = Scratch::new("login");
     let root = s.join("store");
@@ -272,9 +191,6 @@ fn login_checks_the_password_then_push_uses_the_stored_credentials() {
 
 #[test]
 fn a_manifest_rejected_as_invalid_shows_the_registrys_message() {
-    if !have_registry() {
-        return;
-    }
     let reg = Registry::start(None);
     let s = Scratch::new("manifest-invalid");
     let root = s.join("store");
@@ -316,9 +232,6 @@ fn buildah(root: &Path, args: &[&str]) -> Output {
 
 #[test]
 fn skopeo_and_buildah_accept_what_kiln_pushed() {
-    if !have_registry() {
-        return;
-    }
     if !Path::new("/usr/bin/skopeo").exists() || !Path::new("/usr/bin/buildah").exists() {
         eprintln!("SKIPPED: skopeo or buildah is missing (scripts/setup.sh installs them)");
         return;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Kiln, Scratch, chown_to_test_user, is_root};
+use common::{Kiln, Registry, Scratch, chown_to_test_user, free_port, is_root};
 use kiln::digest::Digest;
 use kiln::image::*;
 use kiln::store::{ManifestFormat, Store};
@@ -12,133 +12,10 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
-
-fn have_registry() -> bool {
-    if Path::new(REGISTRY_BIN).exists() {
-        return true;
-    }
-    eprintln!("SKIPPED: {REGISTRY_BIN} is missing (install the docker-registry package: scripts/setup.sh)");
-    false
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn wait_port(addr: &str) {
-    for _ in 0..200 {
-        if TcpStream::connect(addr).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("nothing listens on {addr}");
-}
-
-/// bcrypt via libcrypt (libxcrypt supports `$2b$`), for an htpasswd file.
-fn bcrypt(password: &str) -> String {
-    #[link(name = "crypt")]
-    unsafe extern "C" {
-        fn crypt(key: *const libc::c_char, salt: *const libc::c_char) -> *mut libc::c_char;
-    }
-    let key = std::ffi::CString::new(password).unwrap();
-    let salt = std::ffi::CString::new("$2b$05$abcdefghijklmnopqrstuu").unwrap();
-    // SAFETY: both arguments are NUL-terminated; the result is a static buffer copied at once.
-    let out = unsafe { crypt(key.as_ptr(), salt.as_ptr()) };
-    assert!(!out.is_null(), "crypt() failed");
-    let s = unsafe { std::ffi::CStr::from_ptr(out) }.to_string_lossy().into_owned();
-    assert!(s.starts_with("$2b$"), "libcrypt has no bcrypt: {s}");
-    s
-}
-
-/// A throwaway docker-registry; killed (by its pid) on drop.
-struct Registry {
-    addr: String,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn start(htpasswd: Option<(&str, &str)>) -> Registry {
-        Registry::start_with(htpasswd, false, false)
-    }
-
-    /// With `tls`, a self-signed certificate for 127.0.0.1 (made with openssl).
-    fn start_with(htpasswd: Option<(&str, &str)>, tls: bool, readonly: bool) -> Registry {
-        let dir = tempfile::tempdir().unwrap();
-        let addr = format!("127.0.0.1:{}", free_port());
-        let mut cfg = format!(
-            "version: 0.1\nlog: {{level: error}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp: {{addr: {addr}}}\n",
-            dir.path().join("data").display()
-        );
-        if let Some((u, p)) = htpasswd {
-            let f = dir.path().join("htpasswd");
-            std::fs::write(&f, format!("{u}:{}\n", bcrypt(p))).unwrap();
-            cfg.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
-                f.display()
-            ));
-        }
-        if readonly {
-            cfg = cfg.replace("storage:\n", "storage:\n  maintenance: {readonly: {enabled: true}}\n");
-        }
-        if tls {
-            let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-            let st = Command::new("openssl")
-                .args([
-                    "req",
-                    "-x509",
-                    "-newkey",
-                    "rsa:2048",
-                    "-nodes",
-                    "-subj",
-                    "/CN=localhost",
-                    "-days",
-                    "2",
-                ])
-                .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout"])
-                .arg(&key)
-                .arg("-out")
-                .arg(&cert)
-                .stderr(Stdio::null())
-                .status()
-                .unwrap();
-            assert!(st.success(), "openssl req failed");
-            cfg = cfg.replace(
-                &format!("http: {{addr: {addr}}}\n"),
-                &format!(
-                    "http:\n  addr: {addr}\n  tls:\n    certificate: {}\n    key: {}\n",
-                    cert.display(),
-                    key.display()
-                ),
-            );
-        }
-        let cfg_path = dir.path().join("config.yml");
-        std::fs::write(&cfg_path, cfg).unwrap();
-        let child = Command::new(REGISTRY_BIN)
-            .arg("serve")
-            .arg(&cfg_path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_port(&addr);
-        Registry { addr, child, _dir: dir }
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // A fault-injecting TCP proxy.
@@ -504,9 +381,6 @@ fn stores(s: &Scratch) -> (PathBuf, PathBuf) {
 
 #[test]
 fn push_then_pull_round_trip_with_all_compressions() {
-    if !have_registry() {
-        return;
-    }
     let reg = Registry::start(None);
     let s = Scratch::new("reg-roundtrip");
     let (src, dst) = stores(&s);
@@ -576,9 +450,6 @@ fn push_then_pull_round_trip_with_all_compressions() {
 
 #[test]
 fn push_format_docker_converts_media_types() {
-    if !have_registry() {
-        return;
-    }
     let reg = Registry::start(None);
     let s = Scratch::new("reg-format");
     let (src, dst) = stores(&s);
@@ -614,9 +485,6 @@ fn push_format_docker_converts_media_types() {
 
 #[test]
 fn big_layer_chunked_push_survives_a_cut_connection() {
-    if !have_registry() {
-        return;
-    }
     let reg = Registry::start(None);
     // Cut the first connection after 12 MiB went upstream: inside the first 16 MiB PATCH.
     let proxy = start_proxy(&reg.addr, Fault::CutUploadOnce(12 << 20));
@@ -646,9 +514,6 @@ fn big_layer_chunked_push_survives_a_cut_connection() {
 
 #[test]
 fn retries_after_500s() {
-    if !have_registry() {
-        return;
-    }
     let reg = Registry::start(None);
     let s = Scratch::new("reg-500");
     let (src, dst) = stores(&s);
@@ -682,9 +547,6 @@ fn retries_after_500s() {
 
 #[test]
 fn clear_errors_for_unknown_tags_and_unreachable_registries() {
-    if !have_registry() {
-        return;
-    }
     let reg = Registry::start(None);
     let s = Scratch::new("reg-errors");
     let root = s.join("store");
@@ -719,9 +581,6 @@ fn clear_errors_for_unknown_tags_and_unreachable_registries() {
 
 #[test]
 fn basic_auth_with_htpasswd() {
-    if !have_registry() {
-        return;
-    }
     let reg = Registry::start(Some(("alice", "s3cret")));
     let s = Scratch::new("reg-basic");
     let (src, dst) = stores(&s);
@@ -773,9 +632,6 @@ fn basic_auth_with_htpasswd() {
 
 #[test]
 fn bearer_tokens_are_fetched_and_refreshed() {
-    if !have_registry() {
-        return;
-    }
     let reg = Registry::start(None);
     // Each token is good for 3 requests, so a push and a pull must refresh it several times.
     let proxy = start_proxy(
@@ -843,9 +699,6 @@ fn process_tree(pid: u32) -> Vec<u32> {
 
 #[test]
 fn kill_9_during_pull_then_pull_again() {
-    if !have_registry() {
-        return;
-    }
     let reg = Registry::start(None);
     let s = Scratch::new("reg-kill");
     let (src, dst) = stores(&s);
@@ -880,9 +733,6 @@ fn kill_9_during_pull_then_pull_again() {
 
 #[test]
 fn pull_picks_the_platform_from_an_index() {
-    if !have_registry() {
-        return;
-    }
     let Some(sk) = skopeo() else {
         eprintln!("SKIPPED: skopeo is missing (scripts/setup.sh installs it)");
         return;
@@ -969,9 +819,6 @@ fn pull_picks_the_platform_from_an_index() {
 
 #[test]
 fn tls_registry_with_self_signed_certificate() {
-    if !have_registry() {
-        return;
-    }
     if Command::new("openssl").arg("version").output().is_err() {
         eprintln!("SKIPPED: openssl is missing (needed to make a certificate)");
         return;
@@ -998,9 +845,6 @@ fn tls_registry_with_self_signed_certificate() {
 
 #[test]
 fn credential_helper_supplies_credentials() {
-    if !have_registry() {
-        return;
-    }
     let reg = Registry::start(Some(("carol", "helper-pw")));
     let s = Scratch::new("reg-helper");
     let (src, _) = stores(&s);
@@ -1038,9 +882,6 @@ fn credential_helper_supplies_credentials() {
 
 #[test]
 fn push_to_a_read_only_registry_is_refused_clearly() {
-    if !have_registry() {
-        return;
-    }
     let reg = Registry::start_with(None, false, true);
     let s = Scratch::new("reg-readonly");
     let (src, _) = stores(&s);

@@ -76,7 +76,7 @@ fn build(root: &Path, ctx: &Path, cache: &str, iid: &Path) -> String {
 
 #[test]
 fn a_second_machine_runs_no_run_step() {
-    let reg = Registry::start();
+    let reg = Registry::start(None);
     let s = Scratch::new("remote-cache");
     // The base image comes from the registry, so both stores see the same image id.
     let seed = store_with_busybox(&s);

@@ -142,7 +142,7 @@ fn big_image(s: &Scratch) -> (PathBuf, Registry, String) {
         .args(["build", "-t", "big:1"])
         .arg(s.join("big"))
         .ok();
-    let reg = Registry::start();
+    let reg = Registry::start(None);
     let dest = format!("{}/robust/big:1", reg.addr);
     Kiln::with_root(&root).args(["push", "big:1", &dest]).ok();
     (root, reg, dest)

@@ -3,10 +3,12 @@
 //! starts throwaway registries and base images.
 #![allow(dead_code)]
 
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 /// The unprivileged user tests run kiln as when the runner is root (created by scripts/setup.sh).
 pub const TEST_USER: &str = "tester";
@@ -252,48 +254,114 @@ pub fn store_with_busybox(scratch: &Scratch) -> PathBuf {
     root
 }
 
-/// A throwaway docker-registry on a free loopback port; stopped on drop.
+const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn wait_port(addr: &str) {
+    for _ in 0..200 {
+        if TcpStream::connect(addr).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("nothing listens on {addr}");
+}
+
+/// bcrypt via libcrypt (libxcrypt supports `$2b$`), for an htpasswd file.
+pub fn bcrypt(password: &str) -> String {
+    #[link(name = "crypt")]
+    unsafe extern "C" {
+        fn crypt(key: *const libc::c_char, salt: *const libc::c_char) -> *mut libc::c_char;
+    }
+    let key = std::ffi::CString::new(password).unwrap();
+    let salt = std::ffi::CString::new("$2b$05$abcdefghijklmnopqrstuu").unwrap();
+    // SAFETY: both arguments are NUL-terminated; the result is a static buffer copied at once.
+    let out = unsafe { crypt(key.as_ptr(), salt.as_ptr()) };
+    assert!(!out.is_null(), "crypt() failed");
+    let s = unsafe { std::ffi::CStr::from_ptr(out) }.to_string_lossy().into_owned();
+    assert!(s.starts_with("$2b$"), "libcrypt has no bcrypt: {s}");
+    s
+}
+
+/// A throwaway docker-registry; killed (by its pid) on drop.
 pub struct Registry {
     pub addr: String,
-    child: std::process::Child,
+    child: Child,
     _dir: tempfile::TempDir,
 }
 
 impl Registry {
-    pub fn start() -> Registry {
+    pub fn start(htpasswd: Option<(&str, &str)>) -> Registry {
+        Registry::start_with(htpasswd, false, false)
+    }
+
+    /// With `tls`, a self-signed certificate for 127.0.0.1 (made with openssl).
+    pub fn start_with(htpasswd: Option<(&str, &str)>, tls: bool, readonly: bool) -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut cfg = format!(
+            "version: 0.1\nlog: {{level: error}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp: {{addr: {addr}}}\n",
+            dir.path().join("data").display()
+        );
+        if let Some((u, p)) = htpasswd {
+            let f = dir.path().join("htpasswd");
+            std::fs::write(&f, format!("{u}:{}\n", bcrypt(p))).unwrap();
+            cfg.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
+                f.display()
+            ));
+        }
+        if readonly {
+            cfg = cfg.replace("storage:\n", "storage:\n  maintenance: {readonly: {enabled: true}}\n");
+        }
+        if tls {
+            let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+            let st = Command::new("openssl")
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-subj",
+                    "/CN=localhost",
+                    "-days",
+                    "2",
+                ])
+                .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout"])
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .stderr(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(st.success(), "openssl req failed");
+            cfg = cfg.replace(
+                &format!("http: {{addr: {addr}}}\n"),
+                &format!(
+                    "http:\n  addr: {addr}\n  tls:\n    certificate: {}\n    key: {}\n",
+                    cert.display(),
+                    key.display()
+                ),
+            );
+        }
+        let cfg_path = dir.path().join("config.yml");
+        std::fs::write(&cfg_path, cfg).unwrap();
         assert!(
-            Path::new("/usr/bin/docker-registry").exists(),
+            Path::new(REGISTRY_BIN).exists(),
             "docker-registry is not installed: run scripts/setup.sh"
         );
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let cfg = dir.path().join("config.yml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "version: 0.1\nlog: {{level: error}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp: {{addr: {addr}}}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("/usr/bin/docker-registry")
+        let child = Command::new(REGISTRY_BIN)
             .arg("serve")
-            .arg(&cfg)
+            .arg(&cfg_path)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(&addr).is_ok() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        wait_port(&addr);
         Registry { addr, child, _dir: dir }
     }
 }
