@@ -8,7 +8,8 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 user=${KILN_TEST_USER:-tester}
 need=(uidmap docker-registry busybox-static mmdebstrap fuse3 fuse-overlayfs skopeo umoci buildah
-      libseccomp-dev pkg-config gcc curl python3 ca-certificates git xz-utils bzip2 zstd)
+      libseccomp-dev pkg-config gcc g++ curl python3 ca-certificates openssl git xz-utils bzip2 zstd
+      time util-linux libcap2-bin)
 missing=()
 for p in "${need[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then
