@@ -206,3 +206,49 @@ fn run_step_is_confined() {
     let list = read(&out.join("rootlist"));
     assert!(!list.contains("store"), "{list}");
 }
+
+#[test]
+fn run_mounts_cache_bind_tmpfs_secret() {
+    let s = Scratch::new("build-mounts");
+    let root = store_with_busybox(&s);
+    s.write("ctx/input.txt", "from the context\n");
+    let secret = s.write("secret.txt", "hunter2");
+    s.write(
+        "ctx/Dockerfile",
+        "FROM busybox:latest\n\
+         ARG N\n\
+         RUN --mount=type=cache,target=/cache,id=c1 echo $N >> /cache/runs && cat /cache/runs > /runs\n\
+         RUN --mount=type=bind,source=input.txt,target=/in cat /in > /bound\n\
+         RUN --mount=type=tmpfs,target=/scratch touch /scratch/x && mount | grep -q ' /scratch ' && echo tmpfs > /tmpfs\n\
+         RUN --mount=type=secret,id=tok cat /run/secrets/tok | wc -c > /secret-len\n",
+    );
+    let out = s.join("out");
+    let run = |n: &str| {
+        build(
+            &root,
+            &s.join("ctx"),
+            &[
+                "--build-arg",
+                &format!("N={n}"),
+                "--secret",
+                &format!("id=tok,src={}", secret.display()),
+                "-o",
+                &format!("type=local,dest={}", out.display()),
+            ],
+        )
+    };
+    run("1");
+    run("2");
+    // The cache mount persisted between the two builds; nothing of it is in the image.
+    assert_eq!(read(&out.join("runs")), "1\n2\n");
+    assert!(!out.join("cache").join("runs").exists());
+    assert_eq!(read(&out.join("bound")), "from the context\n");
+    assert!(!out.join("in").exists(), "bind mount points stay out of the layer");
+    assert_eq!(read(&out.join("tmpfs")), "tmpfs\n");
+    assert!(!out.join("scratch").join("x").exists());
+    assert_eq!(read(&out.join("secret-len")).trim(), "7");
+    assert!(
+        !out.join("run/secrets/tok").exists(),
+        "the secret must not land in a layer"
+    );
+}

@@ -3,100 +3,15 @@
 
 use super::step::{ReadOnlyRoot, fs_step};
 use super::{Builder, StageState, shell_of};
+use crate::dockerfile::mount::{MountKind, RunMount, Sharing, parse_mount};
 use crate::dockerfile::{Instruction, ShellOrExec};
 use crate::sandbox::{MountSpec, Network, RunSpec};
 use anyhow::{Context, Result, bail};
-use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// Build args that every RUN sees without declaring them (both spellings), as BuildKit does.
 const PROXY_ARGS: &[&str] = &["HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY", "ALL_PROXY"];
-
-/// One parsed `--mount=...` of a RUN instruction.
-#[derive(Clone, Debug, Default)]
-struct RunMount {
-    kind: String,
-    target: String,
-    source: Option<String>,
-    from: Option<String>,
-    id: Option<String>,
-    readonly: Option<bool>,
-    sharing: Option<String>,
-    uid: Option<u32>,
-    gid: Option<u32>,
-    mode: Option<u32>,
-    size: Option<u64>,
-    required: bool,
-    env: Option<String>,
-}
-
-fn parse_mount(spec: &str) -> Result<RunMount> {
-    let mut m = RunMount {
-        kind: "bind".to_string(),
-        ..Default::default()
-    };
-    for field in spec.split(',') {
-        let (k, v) = match field.split_once('=') {
-            Some((k, v)) => (k.trim().to_ascii_lowercase(), Some(v.trim().to_string())),
-            None => (field.trim().to_ascii_lowercase(), None),
-        };
-        let bool_v = || -> Result<bool> {
-            match v.as_deref() {
-                None | Some("true") | Some("1") => Ok(true),
-                Some("false") | Some("0") => Ok(false),
-                Some(x) => bail!("--mount {spec}: {k}={x}: expected true or false"),
-            }
-        };
-        let num = |base: u32| -> Result<u32> {
-            let s = v.as_deref().unwrap_or("");
-            u32::from_str_radix(s, base).with_context(|| format!("--mount {spec}: {k}={s}: expected a number"))
-        };
-        match k.as_str() {
-            "type" => m.kind = v.unwrap_or_default(),
-            "target" | "dst" | "destination" => m.target = v.unwrap_or_default(),
-            "source" | "src" => m.source = v,
-            "from" => m.from = v,
-            "id" => m.id = v,
-            "ro" | "readonly" => m.readonly = Some(bool_v()?),
-            "rw" | "readwrite" => m.readonly = Some(!bool_v()?),
-            "sharing" => m.sharing = v,
-            "uid" => m.uid = Some(num(10)?),
-            "gid" => m.gid = Some(num(10)?),
-            "mode" => m.mode = Some(num(8)?),
-            "size" => m.size = Some(parse_size(v.as_deref().unwrap_or("")).with_context(|| format!("--mount {spec}"))?),
-            "required" => m.required = bool_v()?,
-            "env" => m.env = v,
-            "" => {}
-            other => bail!("--mount {spec}: unknown option {other:?}"),
-        }
-    }
-    if !matches!(m.kind.as_str(), "bind" | "cache" | "tmpfs" | "secret" | "ssh") {
-        bail!(
-            "--mount {spec}: unknown mount type {:?} (expected bind, cache, tmpfs, secret or ssh)",
-            m.kind
-        );
-    }
-    if m.target.is_empty() {
-        match m.kind.as_str() {
-            "secret" => m.target = format!("/run/secrets/{}", m.id.clone().or(m.source.clone()).unwrap_or_default()),
-            "ssh" => m.target = "/run/buildkit/ssh_agent.0".to_string(),
-            _ if m.env.is_some() => {}
-            _ => bail!("--mount {spec}: target= is required"),
-        }
-    }
-    Ok(m)
-}
-
-fn parse_size(s: &str) -> Result<u64> {
-    let (num, mult) = match s.to_ascii_lowercase().trim_end_matches('b') {
-        x if x.ends_with('k') => (x[..x.len() - 1].to_string(), 1u64 << 10),
-        x if x.ends_with('m') => (x[..x.len() - 1].to_string(), 1 << 20),
-        x if x.ends_with('g') => (x[..x.len() - 1].to_string(), 1 << 30),
-        x => (x.to_string(), 1),
-    };
-    Ok(num.parse::<u64>().with_context(|| format!("invalid size {s:?}"))? * mult)
-}
 
 /// The argv of a RUN: shell/exec form, and heredocs as BuildKit runs them — a lone heredoc
 /// is the script (a file when it has a shebang); otherwise the heredocs go to the shell.
@@ -247,13 +162,13 @@ pub fn run_step(
     let heredocs: Vec<_> = ins.heredocs.iter().map(|h| (&h.name, &h.content)).collect();
     let mount_key: Vec<String> = mount_specs
         .iter()
-        .map(|m| format!("{}:{}:{:?}:{:?}:{:?}", m.kind, m.target, m.source, m.from, m.readonly))
+        .map(|m| format!("{:?}:{}:{:?}:{:?}:{:?}", m.kind, m.target, m.source, m.from, m.readonly))
         .collect();
     // Bind mounts from the context or a stage are inputs: their content is part of the key.
     let mut source_digest = None;
     let mut sources = Vec::new();
     for m in &mount_specs {
-        if m.kind == "bind" {
+        if m.kind == MountKind::Bind {
             let (root, is_context) = match &m.from {
                 Some(f) => {
                     let st = b.source_state(f, &ins.loc)?;
@@ -364,7 +279,7 @@ pub fn run_step(
             let mut locks = Vec::new();
             for m in &mount_specs {
                 add_mount(b, m, &bind_roots, scratch.path(), &mut mounts, &mut env, &mut locks)
-                    .with_context(|| format!("{}: --mount type={},target={}", ins_owned.loc, m.kind, m.target))?;
+                    .with_context(|| format!("{}: --mount type={:?},target={}", ins_owned.loc, m.kind, m.target))?;
             }
             let spec = RunSpec {
                 rootfs: root.to_path_buf(),
@@ -419,14 +334,14 @@ fn add_mount(
     env: &mut Vec<String>,
     locks: &mut Vec<std::fs::File>,
 ) -> Result<()> {
-    match m.kind.as_str() {
-        "bind" => {
+    match m.kind {
+        MountKind::Bind => {
             let src = bind_roots
                 .iter()
                 .find(|(bm, _)| bm.target == m.target && bm.source == m.source && bm.from == m.from)
                 .map(|(_, p)| p.clone())
                 .context("bind source was not prepared")?;
-            let readonly = m.readonly.unwrap_or(true);
+            let readonly = m.readonly;
             let src = if readonly {
                 src
             } else {
@@ -449,7 +364,7 @@ fn add_mount(
                 readonly,
             });
         }
-        "cache" => {
+        MountKind::Cache => {
             let id = m.id.clone().unwrap_or_else(|| m.target.clone());
             let dir = b
                 .store
@@ -462,13 +377,12 @@ fn add_mount(
                 nix::unistd::chown(&dir, Some(m.uid.unwrap_or(0).into()), Some(m.gid.unwrap_or(0).into()))
                     .with_context(|| format!("chown of cache mount {}", dir.display()))?;
             }
-            let sharing = m.sharing.as_deref().unwrap_or("shared");
             let mut src = dir.clone();
-            if sharing == "locked" || sharing == "private" {
+            if m.sharing != Sharing::Shared {
                 let lock = std::fs::File::create(dir.with_extension("lock"))?;
                 let got = nix::fcntl::Flock::lock(
                     lock,
-                    if sharing == "locked" {
+                    if m.sharing == Sharing::Locked {
                         nix::fcntl::FlockArg::LockExclusive
                     } else {
                         nix::fcntl::FlockArg::LockExclusiveNonblock
@@ -476,28 +390,26 @@ fn add_mount(
                 );
                 match got {
                     Ok(l) => locks.push(l.unlock().map_err(|(_, e)| e)?),
-                    Err(_) if sharing == "private" => {
+                    Err(_) if m.sharing == Sharing::Private => {
                         // In use by another build: a private mount gets a fresh directory.
                         src = scratch.join(format!("cache-{}", mounts.len()));
                         std::fs::create_dir(&src)?;
                     }
                     Err((_, e)) => return Err(e).context("locking the cache mount"),
                 }
-            } else if !matches!(sharing, "shared") {
-                bail!("sharing={sharing}: expected shared, private or locked");
             }
             mounts.push(MountSpec::Bind {
                 src,
                 dest: m.target.clone(),
-                readonly: m.readonly.unwrap_or(false),
+                readonly: m.readonly,
             });
         }
-        "tmpfs" => mounts.push(MountSpec::Tmpfs {
+        MountKind::Tmpfs => mounts.push(MountSpec::Tmpfs {
             dest: m.target.clone(),
             size: m.size,
             mode: m.mode,
         }),
-        "secret" => {
+        MountKind::Secret => {
             let id = m.id.clone().or(m.source.clone()).unwrap_or_default();
             let Some(secret) = b.req.secrets.iter().find(|s| s.id == id) else {
                 if m.required {
@@ -522,7 +434,7 @@ fn add_mount(
                 readonly: true,
             });
         }
-        "ssh" => {
+        MountKind::Ssh => {
             let id = m.id.clone().unwrap_or_else(|| "default".to_string());
             let Some(sock) = b.req.ssh.get(&id) else {
                 if m.required {
@@ -537,7 +449,6 @@ fn add_mount(
             });
             env.push(format!("SSH_AUTH_SOCK={}", m.target));
         }
-        _ => unreachable!("checked in parse_mount"),
     }
     Ok(())
 }
@@ -573,35 +484,9 @@ pub fn make_workdir(root: &Path, path: &str, user: Option<&str>) -> Result<Vec<P
     Ok(Vec::new())
 }
 
-/// Parses `KEY=VALUE` pairs into a map (for `--mount` tests and options).
-#[allow(dead_code)]
-fn kv_map(s: &str) -> BTreeMap<String, String> {
-    s.split(',')
-        .filter_map(|p| p.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mount_specs() {
-        let m = parse_mount("type=cache,target=/root/.cache,id=pip,sharing=locked,uid=1000,mode=0700").unwrap();
-        assert_eq!(
-            (m.kind.as_str(), m.target.as_str(), m.id.as_deref()),
-            ("cache", "/root/.cache", Some("pip"))
-        );
-        assert_eq!((m.uid, m.mode), (Some(1000), Some(0o700)));
-        let s = parse_mount("type=secret,id=tok").unwrap();
-        assert_eq!(s.target, "/run/secrets/tok");
-        assert!(parse_mount("type=nfs,target=/x").is_err());
-        assert!(parse_mount("type=bind").is_err());
-        assert_eq!(
-            parse_mount("type=tmpfs,target=/t,size=64m").unwrap().size,
-            Some(64 << 20)
-        );
-    }
 
     #[test]
     fn lone_heredoc() {

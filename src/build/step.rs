@@ -126,7 +126,7 @@ pub fn execute(b: &Builder, state: &mut StageState, ins: &Instruction, stage_ind
             meta(b, state, ins, true)
         }
         Command::Healthcheck(spec) => {
-            state.config.config.healthcheck = Some(healthcheck(ins, spec.as_ref(), &shell_of(&state.config))?);
+            state.config.config.healthcheck = Some(healthcheck(spec.as_ref()));
             meta(b, state, ins, true)
         }
         Command::Onbuild(inner) => {
@@ -544,106 +544,24 @@ pub fn clean_path(p: &str) -> String {
     format!("/{}", out.join("/"))
 }
 
-fn healthcheck(
-    ins: &Instruction,
-    spec: Option<&crate::dockerfile::HealthcheckSpec>,
-    shell: &[String],
-) -> Result<HealthConfig> {
+/// HEALTHCHECK as Docker writes it: the parser already validated the flags; zero durations
+/// and retries mean "default" and are left out.
+fn healthcheck(spec: Option<&crate::dockerfile::HealthcheckSpec>) -> HealthConfig {
     let Some(spec) = spec else {
-        return Ok(HealthConfig {
+        return HealthConfig {
             test: Some(vec!["NONE".to_string()]),
             ..Default::default()
-        });
-    };
-    let test = match &spec.test {
-        ShellOrExec::Exec(v) => {
-            let mut t = vec!["CMD".to_string()];
-            t.extend(v.iter().cloned());
-            t
-        }
-        ShellOrExec::Shell(s) => {
-            let _ = shell;
-            vec!["CMD-SHELL".to_string(), s.clone()]
-        }
-    };
-    let mut hc = HealthConfig {
-        test: Some(test),
-        ..Default::default()
-    };
-    for f in &ins.flags {
-        let v = f.value.as_deref().unwrap_or("");
-        match f.name.as_str() {
-            "interval" => hc.interval = Some(parse_duration(v).with_context(|| format!("{}: --interval", f.loc))?),
-            "timeout" => hc.timeout = Some(parse_duration(v).with_context(|| format!("{}: --timeout", f.loc))?),
-            "start-period" => {
-                hc.start_period = Some(parse_duration(v).with_context(|| format!("{}: --start-period", f.loc))?)
-            }
-            "start-interval" => {
-                hc.start_interval = Some(parse_duration(v).with_context(|| format!("{}: --start-interval", f.loc))?)
-            }
-            "retries" => {
-                hc.retries = Some(
-                    v.parse()
-                        .with_context(|| format!("{}: --retries {v:?}: expected a number", f.loc))?,
-                )
-            }
-            other => bail!("{}: unknown flag --{other} for HEALTHCHECK", f.loc),
-        }
-    }
-    // Docker writes zero durations as absent.
-    for d in [
-        &mut hc.interval,
-        &mut hc.timeout,
-        &mut hc.start_period,
-        &mut hc.start_interval,
-    ] {
-        if *d == Some(0) {
-            *d = None;
-        }
-    }
-    if hc.retries == Some(0) {
-        hc.retries = None;
-    }
-    Ok(hc)
-}
-
-/// Parses a Go duration (`30s`, `1m30s`, `500ms`, `1h`) into nanoseconds.
-pub fn parse_duration(s: &str) -> Result<i64> {
-    if s == "0" {
-        return Ok(0);
-    }
-    let mut total: f64 = 0.0;
-    let mut rest = s;
-    if rest.is_empty() {
-        bail!("invalid duration {s:?}");
-    }
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        if num_len == 0 {
-            bail!("invalid duration {s:?}: expected a number like 30s");
-        }
-        let n: f64 = rest[..num_len]
-            .parse()
-            .with_context(|| format!("invalid duration {s:?}"))?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let mult = match &rest[..unit_len] {
-            "ns" => 1.0,
-            "us" | "µs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            u => bail!("invalid duration {s:?}: unknown unit {u:?} (expected ns, us, ms, s, m or h)"),
         };
-        total += n * mult;
-        rest = &rest[unit_len..];
+    };
+    let nanos = |d: Option<std::time::Duration>| d.map(|d| d.as_nanos() as i64).filter(|&n| n != 0);
+    HealthConfig {
+        test: Some(spec.test_vector()),
+        interval: nanos(spec.interval),
+        timeout: nanos(spec.timeout),
+        start_period: nanos(spec.start_period),
+        start_interval: nanos(spec.start_interval),
+        retries: spec.retries.map(i64::from).filter(|&r| r != 0),
     }
-    Ok(total as i64)
 }
 
 #[cfg(test)]
@@ -658,15 +576,6 @@ mod tests {
         assert!(expand_port("80/foo").is_err());
         assert!(expand_port("x").is_err());
         assert!(expand_port("9-1").is_err());
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30s").unwrap(), 30_000_000_000);
-        assert_eq!(parse_duration("1m30s").unwrap(), 90_000_000_000);
-        assert_eq!(parse_duration("500ms").unwrap(), 500_000_000);
-        assert!(parse_duration("5 parsecs").is_err());
-        assert!(parse_duration("").is_err());
     }
 
     #[test]
