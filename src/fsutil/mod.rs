@@ -1,5 +1,8 @@
-//! Filesystem helpers shared by every stage: path resolution confined to a root directory
-//! and atomic file writes.
+//! Filesystem helpers shared by every stage: the root handle (every path inside a root goes
+//! through it, see [`root`]) and atomic file writes.
+
+pub mod root;
+pub use root::{Follow, Root};
 
 use anyhow::{Context, Result, bail};
 use std::ffi::OsStr;

@@ -1,0 +1,972 @@
+//! The root handle: the one way kiln touches a path inside a root (a step's rootfs, an upper
+//! dir, an unpacked layer, a build-context copy).
+//!
+//! A [`Root`] is a directory fd. Every path given to it is resolved *by the kernel, relative
+//! to that fd*, as if the directory were `/`: `..` stops at it, absolute symlink targets restart
+//! at it, and procfs magic links (`/proc/self/root`, `/proc/*/cwd`, `/proc/*/fd/*`) are refused.
+//! Resolution uses `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)` where the kernel has it
+//! (Linux ≥ 5.6, and not blocked by a seccomp profile), else a component-by-component walk with
+//! `O_PATH | O_NOFOLLOW` that keeps an fd per level (so `..` never goes through a directory
+//! that was moved away) and has the same semantics (see [`walk`]).
+//!
+//! Operations resolve the *parent* and act on the last component with `*at` calls that never
+//! follow it, unless the operation says otherwise (`open` and `touch` follow a final symlink,
+//! inside the root). Nothing here hands a host path string to a call that follows links:
+//! between a check and a use the tree may change (a RUN step, another process), and an fd
+//! keeps pointing at what was checked.
+
+use std::ffi::{CStr, CString, OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// Maximum symlinks followed while resolving one path (Linux's MAXSYMLINKS).
+const MAX_SYMLINKS: usize = 40;
+const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+
+/// How symlinks on the way are treated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Follow {
+    /// Follow every symlink, final component included, inside the root.
+    All,
+    /// Follow symlinks in the parent components; the final component is used as it is.
+    Parents,
+    /// Follow none: a symlink among the parent components is an error (ELOOP); the final
+    /// component is used as it is. Cleanup uses this, so that a step that replaced a
+    /// directory with a symlink never makes kiln act elsewhere.
+    Never,
+}
+
+/// Where a path resolved to: the directory holding the final component, and its name
+/// (`None` when the path is the root itself or ends in `..`: then `dir` is the object).
+pub struct Located {
+    pub dir: OwnedFd,
+    pub name: Option<CString>,
+}
+
+impl Located {
+    fn name_ptr(&self) -> *const libc::c_char {
+        self.name.as_deref().unwrap_or(c".").as_ptr()
+    }
+}
+
+/// A directory fd through which every path inside it is reached.
+#[derive(Debug)]
+pub struct Root {
+    fd: OwnedFd,
+    /// Whether to try openat2 (false: the walk only, as on kernels without it).
+    openat2: bool,
+    /// For messages only; never used to reach a file.
+    path: PathBuf,
+}
+
+/// What [`Root::mkdir_all`] and [`Root::touch`] created, as paths relative to the root
+/// (symlinks resolved), parents first.
+pub type Created = Vec<PathBuf>;
+
+pub(crate) fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
+}
+
+fn cstr(b: &[u8]) -> io::Result<CString> {
+    CString::new(b).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+fn openat_raw(dir: RawFd, name: &CStr, flags: libc::c_int, mode: libc::mode_t) -> io::Result<OwnedFd> {
+    // SAFETY: `name` is NUL-terminated; the returned fd is fresh and owned by nobody else.
+    let fd = cvt(unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint) })?;
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn fstatat_raw(dir: RawFd, name: &CStr, flags: libc::c_int) -> io::Result<libc::stat> {
+    // SAFETY: `st` is a plain C struct the kernel fills in.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    cvt(unsafe { libc::fstatat(dir, name.as_ptr(), &mut st, flags) })?;
+    Ok(st)
+}
+
+fn readlinkat_raw(dir: RawFd, name: &CStr) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    // SAFETY: the buffer is valid for `buf.len()` bytes.
+    let n = unsafe { libc::readlinkat(dir, name.as_ptr(), buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+fn is_procfs(fd: RawFd) -> bool {
+    // SAFETY: `st` is a plain C struct the kernel fills in.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::fstatfs(fd, &mut st) == 0 && st.f_type as i64 == PROC_SUPER_MAGIC }
+}
+
+/// A symlink in procfs whose target is absolute or names an object (`net:[…]`, `pipe:[…]`)
+/// is a magic link (root, cwd, exe, fd/N, ns/*, map_files/*): following it jumps to an object
+/// outside any root. Plain procfs symlinks (`self`, `thread-self`, `mounts`, `net`) are relative.
+fn is_magic(target: &[u8]) -> bool {
+    target.starts_with(b"/") || target.contains(&b':')
+}
+
+fn magic_error() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        "the path goes through a procfs magic link (such as /proc/self/root), which could leave the root",
+    )
+}
+
+/// The `/proc/self/fd/N` path of an fd: the kernel resolves it to exactly that object.
+pub fn fd_path(fd: BorrowedFd<'_>) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// Path components as the walk sees them: `..` kept, `.` and `/` dropped.
+fn components(path: &Path) -> Vec<OsString> {
+    path.components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s.to_os_string()),
+            Component::ParentDir => Some(OsString::from("..")),
+            _ => None,
+        })
+        .collect()
+}
+
+// openat2 availability: 0 unknown, 1 works, 2 missing (ENOSYS, or EPERM from a seccomp profile).
+static OPENAT2: AtomicU8 = AtomicU8::new(0);
+
+fn force_walk() -> bool {
+    static FORCE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FORCE.get_or_init(|| std::env::var_os("KILN_NO_OPENAT2").is_some_and(|v| v == "1"))
+}
+
+/// `openat2(dir, path, flags, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS [| RESOLVE_NO_SYMLINKS])`.
+/// `None`: the kernel cannot do it here (use the walk).
+fn openat2_in_root(root: &Root, path: &CStr, flags: libc::c_int, no_symlinks: bool) -> Option<io::Result<OwnedFd>> {
+    let dir = root.fd.as_raw_fd();
+    if !root.openat2 || OPENAT2.load(Ordering::Relaxed) == 2 {
+        return None;
+    }
+    let mut resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    if no_symlinks {
+        resolve |= libc::RESOLVE_NO_SYMLINKS;
+    }
+    // SAFETY: open_how is a plain C struct; zeroed is its valid default.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.resolve = resolve;
+    for _ in 0..16 {
+        // SAFETY: `path` is NUL-terminated and `how` lives across the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dir,
+                path.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if r >= 0 {
+            OPENAT2.store(1, Ordering::Relaxed);
+            // SAFETY: a fresh fd from the kernel.
+            return Some(Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) }));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            // A rename raced with `..` resolution: the kernel asks to retry.
+            Some(libc::EAGAIN) => continue,
+            Some(libc::ENOSYS) | Some(libc::EPERM) if OPENAT2.load(Ordering::Relaxed) == 0 => {
+                OPENAT2.store(2, Ordering::Relaxed);
+                return None;
+            }
+            // RESOLVE_NO_MAGICLINKS refuses with ELOOP; say why.
+            Some(libc::ELOOP) if !no_symlinks => return None, // the walk tells a loop from a magic link
+            Some(libc::EXDEV) => return Some(Err(magic_error())),
+            _ => return Some(Err(e)),
+        }
+    }
+    None
+}
+
+/// The resolving walk: a stack of directory fds below the root (one per level, so `..` pops
+/// to the fd that was really walked through, never re-resolving a moved directory).
+struct Walk<'a> {
+    root: &'a Root,
+    stack: Vec<(OsString, OwnedFd)>,
+    links: usize,
+}
+
+impl<'a> Walk<'a> {
+    fn new(root: &'a Root) -> Walk<'a> {
+        Walk {
+            root,
+            stack: Vec::new(),
+            links: 0,
+        }
+    }
+
+    fn top(&self) -> RawFd {
+        self.stack
+            .last()
+            .map(|(_, f)| f.as_raw_fd())
+            .unwrap_or(self.root.fd.as_raw_fd())
+    }
+
+    fn top_owned(&self) -> io::Result<OwnedFd> {
+        match self.stack.last() {
+            Some((_, f)) => f.try_clone(),
+            None => self.root.fd.try_clone(),
+        }
+    }
+
+    fn rel(&self) -> PathBuf {
+        self.stack.iter().map(|(n, _)| n.as_os_str()).collect()
+    }
+
+    /// Handles a symlink met at `name` in the current directory: pushes its target.
+    fn symlink(&mut self, name: &CStr, pending: &mut Vec<OsString>) -> io::Result<()> {
+        self.links += 1;
+        if self.links > MAX_SYMLINKS {
+            return Err(io::Error::from_raw_os_error(libc::ELOOP));
+        }
+        let target = readlinkat_raw(self.top(), name)?;
+        if is_procfs(self.top()) && is_magic(&target) {
+            return Err(magic_error());
+        }
+        if target.starts_with(b"/") {
+            self.stack.clear();
+        }
+        let mut t = components(Path::new(OsStr::from_bytes(&target)));
+        t.reverse();
+        pending.extend(t);
+        Ok(())
+    }
+
+    /// Resolves `path`. With `create`, missing directories on the way (and the final one when
+    /// `create_last_dir`) are made with `mode`, and recorded in `created`.
+    fn run(
+        &mut self,
+        path: &Path,
+        follow: Follow,
+        create: Option<(libc::mode_t, bool)>,
+        created: &mut Created,
+    ) -> io::Result<Located> {
+        let mut pending = components(path);
+        pending.reverse();
+        loop {
+            let Some(c) = pending.pop() else {
+                return Ok(Located {
+                    dir: self.top_owned()?,
+                    name: None,
+                });
+            };
+            if c == ".." {
+                self.stack.pop();
+                continue;
+            }
+            let is_last = pending.is_empty();
+            let name = cstr(c.as_bytes())?;
+            if is_last && follow != Follow::All && create.is_none_or(|(_, last_dir)| !last_dir) {
+                return Ok(Located {
+                    dir: self.top_owned()?,
+                    name: Some(name),
+                });
+            }
+            let st = match fstatat_raw(self.top(), &name, libc::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    let want_dir = match create {
+                        Some((_, last_dir)) => !is_last || last_dir,
+                        None => false,
+                    };
+                    if !want_dir {
+                        if is_last {
+                            return Ok(Located {
+                                dir: self.top_owned()?,
+                                name: Some(name),
+                            });
+                        }
+                        return Err(e);
+                    }
+                    let mode = create.map(|(m, _)| m).unwrap_or(0o755);
+                    // SAFETY: `name` is NUL-terminated.
+                    match cvt(unsafe { libc::mkdirat(self.top(), name.as_ptr(), mode) }) {
+                        Ok(_) => created.push(self.rel().join(&c)),
+                        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                        Err(e) => return Err(e),
+                    }
+                    pending.push(c);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            match st.st_mode & libc::S_IFMT {
+                libc::S_IFLNK => {
+                    if follow == Follow::Never {
+                        return Err(io::Error::from_raw_os_error(libc::ELOOP));
+                    }
+                    self.symlink(&name, &mut pending)?;
+                }
+                libc::S_IFDIR => {
+                    if is_last && create.is_none() {
+                        return Ok(Located {
+                            dir: self.top_owned()?,
+                            name: Some(name),
+                        });
+                    }
+                    match openat_raw(
+                        self.top(),
+                        &name,
+                        libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                        0,
+                    ) {
+                        Ok(fd) => self.stack.push((c, fd)),
+                        // Swapped for a symlink or a file since the stat: look again.
+                        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => {
+                            pending.push(c);
+                            self.links += 1;
+                            if self.links > MAX_SYMLINKS {
+                                return Err(e);
+                            }
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                _ if is_last && create.is_none_or(|(_, last_dir)| !last_dir) => {
+                    return Ok(Located {
+                        dir: self.top_owned()?,
+                        name: Some(name),
+                    });
+                }
+                _ => return Err(io::Error::from_raw_os_error(libc::ENOTDIR)),
+            }
+        }
+    }
+}
+
+impl Root {
+    /// Opens `path` (a trusted host path: kiln's own directory) as a root.
+    pub fn open(path: &Path) -> io::Result<Root> {
+        let c = cstr(path.as_os_str().as_bytes())?;
+        let fd = openat_raw(libc::AT_FDCWD, &c, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        Ok(Root {
+            fd,
+            openat2: !force_walk(),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Like [`Root::open`], resolving with the walk only (tests of the fallback).
+    pub fn open_walk_only(path: &Path) -> io::Result<Root> {
+        let mut r = Root::open(path)?;
+        r.openat2 = false;
+        Ok(r)
+    }
+
+    /// The host path the root was opened at (for messages).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `root/inside` for messages.
+    pub fn show(&self, inside: impl AsRef<Path>) -> String {
+        let p = inside.as_ref();
+        let p = p.strip_prefix("/").unwrap_or(p);
+        self.path.join(p).display().to_string()
+    }
+
+    /// Where `path` resolves to: the parent directory's fd and the final name.
+    pub fn locate(&self, path: impl AsRef<Path>, follow: Follow) -> io::Result<Located> {
+        let mut path = path.as_ref().to_path_buf();
+        let mut links = 0;
+        loop {
+            let Some((parent, last)) = split_last(&path) else {
+                return Walk::new(self).run(&path, follow, None, &mut Vec::new());
+            };
+            let parent_c = cstr(parent.as_os_str().as_bytes())?;
+            let Some(dir) = openat2_in_root(
+                self,
+                &parent_c,
+                libc::O_PATH | libc::O_DIRECTORY,
+                follow == Follow::Never,
+            ) else {
+                return Walk::new(self).run(&path, follow, None, &mut Vec::new());
+            };
+            let dir = dir?;
+            let name = cstr(last.as_bytes())?;
+            let is_link = fstatat_raw(dir.as_raw_fd(), &name, libc::AT_SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFLNK);
+            if !is_link || follow != Follow::All {
+                return Ok(Located { dir, name: Some(name) });
+            }
+            links += 1;
+            if links > MAX_SYMLINKS {
+                return Err(io::Error::from_raw_os_error(libc::ELOOP));
+            }
+            let target = readlinkat_raw(dir.as_raw_fd(), &name)?;
+            if is_procfs(dir.as_raw_fd()) && is_magic(&target) {
+                return Err(magic_error());
+            }
+            let target = PathBuf::from(OsString::from_vec(target));
+            // openat2 walks `parent/../x` through the real parent, not lexically.
+            path = if target.is_absolute() {
+                target
+            } else {
+                parent.join(target)
+            };
+        }
+    }
+
+    /// An `O_PATH` fd of the object at `path` (it must exist).
+    pub fn resolve(&self, path: impl AsRef<Path>, follow: Follow) -> io::Result<OwnedFd> {
+        let l = self.locate(path, follow)?;
+        match &l.name {
+            None => Ok(l.dir),
+            Some(n) => openat_raw(l.dir.as_raw_fd(), n, libc::O_PATH | libc::O_NOFOLLOW, 0),
+        }
+    }
+
+    /// Opens `path` with `flags` (`libc::O_*`; `O_CREAT` uses `mode`). The final component is
+    /// followed inside the root unless `flags` has `O_NOFOLLOW`.
+    pub fn open_with(&self, path: impl AsRef<Path>, flags: libc::c_int, mode: libc::mode_t) -> io::Result<File> {
+        let path = path.as_ref();
+        let follow = if flags & libc::O_NOFOLLOW != 0 {
+            Follow::Parents
+        } else {
+            Follow::All
+        };
+        if follow == Follow::All
+            && flags & libc::O_CREAT == 0
+            && let Some(r) = openat2_in_root(self, &cstr(path.as_os_str().as_bytes())?, flags, false)
+        {
+            return r.map(File::from);
+        }
+        let l = self.locate(path, follow)?;
+        let fd = match &l.name {
+            None => openat_raw(l.dir.as_raw_fd(), c".", flags, mode)?,
+            Some(n) => openat_raw(l.dir.as_raw_fd(), n, flags | libc::O_NOFOLLOW, mode)?,
+        };
+        Ok(File::from(fd))
+    }
+
+    /// Opens an existing file for reading.
+    pub fn open_file(&self, path: impl AsRef<Path>) -> io::Result<File> {
+        self.open_with(path, libc::O_RDONLY, 0)
+    }
+
+    /// Reads a configuration file of the image (/etc/passwd, …): a regular file only, opened
+    /// without blocking (a FIFO cannot hang kiln), at most `max` bytes (larger is an error).
+    /// `Ok(None)`: there is no such file.
+    pub fn read_regular(&self, path: impl AsRef<Path>, max: u64) -> io::Result<Option<Vec<u8>>> {
+        use std::io::Read;
+        let path = path.as_ref();
+        let f = match self.open_with(path, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY, 0) {
+            Ok(f) => f,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let md = f.metadata()?;
+        if !md.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a regular file", path.display()),
+            ));
+        }
+        if md.len() > max {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is larger than {} bytes", path.display(), max),
+            ));
+        }
+        let mut out = Vec::with_capacity(md.len() as usize);
+        f.take(max + 1).read_to_end(&mut out)?;
+        if out.len() as u64 > max {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is larger than {} bytes", path.display(), max),
+            ));
+        }
+        Ok(Some(out))
+    }
+
+    /// `lstat` (Follow::Parents) or `stat` (Follow::All) of `path`.
+    pub fn stat(&self, path: impl AsRef<Path>, follow: Follow) -> io::Result<libc::stat> {
+        let l = self.locate(path, follow)?;
+        fstatat_raw(
+            l.dir.as_raw_fd(),
+            l.name.as_deref().unwrap_or(c"."),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    }
+
+    /// Whether something (anything, a dangling symlink included) is at `path`.
+    pub fn exists(&self, path: impl AsRef<Path>) -> bool {
+        self.stat(path, Follow::Parents).is_ok()
+    }
+
+    /// Makes the directory `path` and its missing parents (symlinks followed inside the root);
+    /// returns an `O_PATH` fd of it and what was created.
+    pub fn mkdir_all(&self, path: impl AsRef<Path>, mode: libc::mode_t) -> io::Result<(OwnedFd, Created)> {
+        let path = path.as_ref();
+        if let Some(Ok(fd)) = openat2_in_root(
+            self,
+            &cstr(path.as_os_str().as_bytes())?,
+            libc::O_PATH | libc::O_DIRECTORY,
+            false,
+        ) {
+            return Ok((fd, Vec::new()));
+        }
+        let mut created = Vec::new();
+        let l = Walk::new(self).run(path, Follow::All, Some((mode, true)), &mut created)?;
+        let fd = match &l.name {
+            None => l.dir,
+            Some(n) => openat_raw(
+                l.dir.as_raw_fd(),
+                n,
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                0,
+            )?,
+        };
+        Ok((fd, created))
+    }
+
+    /// Makes sure something exists at `path` (a final symlink is followed inside the root);
+    /// when nothing does, creates an empty file (and missing parent directories).
+    /// Returns an `O_PATH` fd of what is there and what was created.
+    pub fn touch(&self, path: impl AsRef<Path>, mode: libc::mode_t) -> io::Result<(OwnedFd, Created)> {
+        let path = path.as_ref();
+        if let Some(Ok(fd)) = openat2_in_root(self, &cstr(path.as_os_str().as_bytes())?, libc::O_PATH, false) {
+            return Ok((fd, Vec::new()));
+        }
+        let mut created = Vec::new();
+        let mut walk = Walk::new(self);
+        let l = walk.run(path, Follow::All, Some((0o755, false)), &mut created)?;
+        let Some(name) = &l.name else {
+            return Ok((l.dir, created));
+        };
+        match openat_raw(
+            l.dir.as_raw_fd(),
+            name,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+            mode,
+        ) {
+            Ok(_) => created.push(walk.rel().join(OsStr::from_bytes(name.to_bytes()))),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(e),
+        }
+        Ok((
+            openat_raw(l.dir.as_raw_fd(), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?,
+            created,
+        ))
+    }
+
+    /// Removes the entry at `path` (a file, symlink, or empty directory), never following a
+    /// symlink anywhere on the way (`Follow::Never`): what moved is left alone.
+    pub fn remove(&self, path: impl AsRef<Path>) -> io::Result<()> {
+        let l = self.locate(path, Follow::Never)?;
+        let Some(name) = &l.name else {
+            return Err(io::Error::from_raw_os_error(libc::EBUSY));
+        };
+        let st = fstatat_raw(l.dir.as_raw_fd(), name, libc::AT_SYMLINK_NOFOLLOW)?;
+        let flag = if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            libc::AT_REMOVEDIR
+        } else {
+            0
+        };
+        // SAFETY: `name` is NUL-terminated.
+        cvt(unsafe { libc::unlinkat(l.dir.as_raw_fd(), name.as_ptr(), flag) }).map(|_| ())
+    }
+
+    /// Removes `path` and everything below it, one directory fd at a time (no recursion on
+    /// the stack, no symlink followed). A missing path is not an error.
+    pub fn remove_all(&self, path: impl AsRef<Path>) -> io::Result<()> {
+        let l = match self.locate(path, Follow::Never) {
+            Ok(l) => l,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let Some(name) = l.name else {
+            return Err(io::Error::from_raw_os_error(libc::EBUSY));
+        };
+        remove_tree_at(l.dir.as_fd(), &name)
+    }
+
+    /// Renames `from` to `to` (neither final component followed).
+    pub fn rename(&self, from: impl AsRef<Path>, to: impl AsRef<Path>) -> io::Result<()> {
+        let a = self.locate(from, Follow::Parents)?;
+        let b = self.locate(to, Follow::Parents)?;
+        // SAFETY: both names are NUL-terminated.
+        cvt(unsafe { libc::renameat(a.dir.as_raw_fd(), a.name_ptr(), b.dir.as_raw_fd(), b.name_ptr()) }).map(|_| ())
+    }
+
+    /// Creates the symlink `link` → `target` (the target is stored as given).
+    pub fn symlink(&self, target: impl AsRef<OsStr>, link: impl AsRef<Path>) -> io::Result<()> {
+        let l = self.locate(link, Follow::Parents)?;
+        let t = cstr(target.as_ref().as_bytes())?;
+        // SAFETY: both strings are NUL-terminated.
+        cvt(unsafe { libc::symlinkat(t.as_ptr(), l.dir.as_raw_fd(), l.name_ptr()) }).map(|_| ())
+    }
+
+    /// Reads the symlink at `path`.
+    pub fn readlink(&self, path: impl AsRef<Path>) -> io::Result<PathBuf> {
+        let l = self.locate(path, Follow::Parents)?;
+        readlinkat_raw(l.dir.as_raw_fd(), l.name.as_deref().unwrap_or(c"."))
+            .map(|b| PathBuf::from(OsString::from_vec(b)))
+    }
+
+    /// Creates a hard link `new` to `existing` (neither followed).
+    pub fn hardlink(&self, existing: impl AsRef<Path>, new: impl AsRef<Path>) -> io::Result<()> {
+        let a = self.locate(existing, Follow::Parents)?;
+        let b = self.locate(new, Follow::Parents)?;
+        // SAFETY: both names are NUL-terminated.
+        cvt(unsafe { libc::linkat(a.dir.as_raw_fd(), a.name_ptr(), b.dir.as_raw_fd(), b.name_ptr(), 0) }).map(|_| ())
+    }
+
+    /// Changes the owner of `path` (the final component is never followed).
+    pub fn chown(&self, path: impl AsRef<Path>, uid: u32, gid: u32) -> io::Result<()> {
+        let l = self.locate(path, Follow::Parents)?;
+        // SAFETY: the name is NUL-terminated.
+        cvt(unsafe { libc::fchownat(l.dir.as_raw_fd(), l.name_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW) }).map(|_| ())
+    }
+
+    /// Changes the mode of `path`; a symlink there is an error (modes of links do not exist,
+    /// and chmod(2) would follow it).
+    pub fn chmod(&self, path: impl AsRef<Path>, mode: libc::mode_t) -> io::Result<()> {
+        let fd = self.resolve(path, Follow::Parents)?;
+        chmod_fd(fd.as_fd(), mode)
+    }
+
+    /// Sets access and modification times of `path` (never following it).
+    pub fn utimens(&self, path: impl AsRef<Path>, atime: libc::timespec, mtime: libc::timespec) -> io::Result<()> {
+        let l = self.locate(path, Follow::Parents)?;
+        let ts = [atime, mtime];
+        // SAFETY: `ts` holds two timespecs as utimensat expects.
+        cvt(unsafe { libc::utimensat(l.dir.as_raw_fd(), l.name_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })
+            .map(|_| ())
+    }
+
+    /// Makes a device node, FIFO or socket at `path`.
+    pub fn mknod(&self, path: impl AsRef<Path>, mode: libc::mode_t, dev: libc::dev_t) -> io::Result<()> {
+        let l = self.locate(path, Follow::Parents)?;
+        // SAFETY: the name is NUL-terminated.
+        cvt(unsafe { libc::mknodat(l.dir.as_raw_fd(), l.name_ptr(), mode, dev) }).map(|_| ())
+    }
+
+    /// An `O_PATH` fd of `path` (not followed) that is not a symlink: xattr calls go through
+    /// `/proc/self/fd/N`, which must not lead on to a link's target.
+    fn not_a_link(&self, path: impl AsRef<Path>) -> io::Result<OwnedFd> {
+        let fd = self.resolve(path, Follow::Parents)?;
+        if fstat_fd(fd.as_raw_fd())?.st_mode & libc::S_IFMT == libc::S_IFLNK {
+            return Err(io::Error::from_raw_os_error(libc::ELOOP));
+        }
+        Ok(fd)
+    }
+
+    /// The value of xattr `name` of `path` (not followed); `None` when it has none.
+    pub fn get_xattr(&self, path: impl AsRef<Path>, name: &str) -> io::Result<Option<Vec<u8>>> {
+        let fd = self.not_a_link(path)?;
+        match xattr::get(fd_path(fd.as_fd()), name) {
+            Ok(v) => Ok(v),
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sets xattr `name` of `path` (not followed).
+    pub fn set_xattr(&self, path: impl AsRef<Path>, name: &str, value: &[u8]) -> io::Result<()> {
+        let fd = self.not_a_link(path)?;
+        xattr::set(fd_path(fd.as_fd()), name, value)
+    }
+
+    /// Names of the xattrs of `path` (not followed).
+    pub fn list_xattrs(&self, path: impl AsRef<Path>) -> io::Result<Vec<OsString>> {
+        let fd = self.not_a_link(path)?;
+        Ok(xattr::list(fd_path(fd.as_fd()))?.collect())
+    }
+
+    /// Entries of the directory `path` (symlinks followed inside the root): (name, `d_type`).
+    pub fn read_dir(&self, path: impl AsRef<Path>, follow: Follow) -> io::Result<Vec<(OsString, u8)>> {
+        let fd = self.resolve(path, follow)?;
+        let dir = openat_raw(fd.as_raw_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        read_dir_fd(dir)
+    }
+
+    /// The directory at `path` as a root of its own (symlinks followed inside this root).
+    pub fn sub(&self, path: impl AsRef<Path>) -> io::Result<Root> {
+        let path = path.as_ref();
+        let fd = self.resolve(path, Follow::All)?;
+        let st = fstat_fd(fd.as_raw_fd())?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+        }
+        Ok(Root {
+            fd,
+            openat2: self.openat2,
+            path: PathBuf::from(self.show(path)),
+        })
+    }
+}
+
+impl AsFd for Root {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+fn fstat_fd(fd: RawFd) -> io::Result<libc::stat> {
+    // SAFETY: `st` is a plain C struct the kernel fills in.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    cvt(unsafe { libc::fstat(fd, &mut st) })?;
+    Ok(st)
+}
+
+/// chmod of the object an fd (an `O_PATH` one included) refers to; refuses symlinks.
+pub fn chmod_fd(fd: BorrowedFd<'_>, mode: libc::mode_t) -> io::Result<()> {
+    let st = fstat_fd(fd.as_raw_fd())?;
+    if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+        return Err(io::Error::from_raw_os_error(libc::ELOOP));
+    }
+    let p = cstr(fd_path(fd).as_os_str().as_bytes())?;
+    // SAFETY: `p` is NUL-terminated; /proc/self/fd/N resolves to exactly the fd's object.
+    match cvt(unsafe { libc::fchmodat(libc::AT_FDCWD, p.as_ptr(), mode, 0) }) {
+        Ok(_) => Ok(()),
+        // No /proc (chroot rung before anything is mounted): a regular fd can fchmod.
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            let f = openat_raw(fd.as_raw_fd(), c".", libc::O_RDONLY | libc::O_NONBLOCK, 0).or_else(|_| Err(e))?;
+            // SAFETY: a valid fd.
+            cvt(unsafe { libc::fchmod(f.as_raw_fd(), mode) }).map(|_| ())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn read_dir_fd(dir: OwnedFd) -> io::Result<Vec<(OsString, u8)>> {
+    let mut d = nix::dir::Dir::from_fd(dir).map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+    let mut out = Vec::new();
+    for e in d.iter() {
+        let e = e.map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+        let n = e.file_name().to_bytes();
+        if n == b"." || n == b".." {
+            continue;
+        }
+        let t = match e.file_type() {
+            Some(nix::dir::Type::Directory) => libc::DT_DIR,
+            Some(nix::dir::Type::Symlink) => libc::DT_LNK,
+            Some(nix::dir::Type::File) => libc::DT_REG,
+            Some(_) => libc::DT_UNKNOWN + 1, // another kind of file: not a directory
+            None => libc::DT_UNKNOWN,
+        };
+        out.push((OsString::from_vec(n.to_vec()), t));
+    }
+    Ok(out)
+}
+
+/// Removes `name` in `dir` and, when it is a directory, everything below it. Iterative: a stack
+/// of directory fds, one level at a time, never following a symlink.
+pub fn remove_tree_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    let st = match fstatat_raw(dir.as_raw_fd(), name, libc::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+        // SAFETY: the name is NUL-terminated.
+        return cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) }).map(|_| ());
+    }
+    // (parent fd, name of this dir in it, this dir's fd)
+    let open =
+        |parent: RawFd, n: &CStr| openat_raw(parent, n, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0);
+    let mut stack: Vec<(OwnedFd, CString)> = vec![(open(dir.as_raw_fd(), name)?, name.to_owned())];
+    while let Some((fd, _)) = stack.last() {
+        let fd_raw = fd.as_raw_fd();
+        let entries = read_dir_fd(fd.try_clone()?)?;
+        let mut descended = false;
+        for (n, t) in entries {
+            let c = cstr(n.as_bytes())?;
+            let is_dir = match t {
+                libc::DT_DIR => true,
+                libc::DT_UNKNOWN => fstatat_raw(fd_raw, &c, libc::AT_SYMLINK_NOFOLLOW)
+                    .map(|s| s.st_mode & libc::S_IFMT == libc::S_IFDIR)
+                    .unwrap_or(false),
+                _ => false,
+            };
+            if is_dir {
+                // SAFETY: the name is NUL-terminated.
+                match cvt(unsafe { libc::unlinkat(fd_raw, c.as_ptr(), libc::AT_REMOVEDIR) }) {
+                    Ok(_) => continue,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                    Err(_) => {
+                        let child = open(fd_raw, &c)?;
+                        stack.push((child, c));
+                        descended = true;
+                        break;
+                    }
+                }
+            }
+            // SAFETY: the name is NUL-terminated.
+            match cvt(unsafe { libc::unlinkat(fd_raw, c.as_ptr(), 0) }) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if descended {
+            continue;
+        }
+        let (_, n) = stack.pop().expect("non-empty");
+        let parent = stack.last().map(|(f, _)| f.as_raw_fd()).unwrap_or(dir.as_raw_fd());
+        // SAFETY: the name is NUL-terminated.
+        match cvt(unsafe { libc::unlinkat(parent, n.as_ptr(), libc::AT_REMOVEDIR) }) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// `(parent, last)` of a path with a final normal component; `None` for `/`, `.` or a path
+/// ending in `..` (resolved as a whole).
+fn split_last(path: &Path) -> Option<(PathBuf, OsString)> {
+    match path.components().next_back()? {
+        Component::Normal(n) => {
+            let parent = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            Some((parent.to_path_buf(), n.to_os_string()))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    /// Runs a test with openat2 and with the walk (as on kernels without openat2).
+    fn both(f: impl Fn(fn(&Path) -> io::Result<Root>)) {
+        f(Root::open);
+        f(Root::open_walk_only);
+    }
+
+    fn real(fd: &OwnedFd) -> PathBuf {
+        std::fs::read_link(fd_path(fd.as_fd())).unwrap()
+    }
+
+    #[test]
+    fn resolves_inside_the_root() {
+        both(|open| {
+            let t = tempfile::tempdir().unwrap();
+            let root = t.path().join("r");
+            std::fs::create_dir_all(root.join("a/b")).unwrap();
+            symlink("/", root.join("a/up")).unwrap();
+            symlink("../../../../etc", root.join("a/b/esc")).unwrap();
+            symlink("b", root.join("a/rel")).unwrap();
+            std::fs::create_dir_all(root.join("etc")).unwrap();
+            std::fs::write(root.join("etc/passwd"), "mine").unwrap();
+            let r = open(&root).unwrap();
+            assert_eq!(real(&r.resolve("/a/up/a/b", Follow::All).unwrap()), root.join("a/b"));
+            let text = std::io::read_to_string(r.open_file("a/b/esc/passwd").unwrap()).unwrap();
+            assert_eq!(text, "mine");
+            assert_eq!(real(&r.resolve("../../a", Follow::All).unwrap()), root.join("a"));
+            assert_eq!(real(&r.resolve("/a/rel", Follow::All).unwrap()), root.join("a/b"));
+            // not following the last component: the link itself
+            let st = r.stat("/a/rel", Follow::Parents).unwrap();
+            assert_eq!(st.st_mode & libc::S_IFMT, libc::S_IFLNK);
+            // Follow::Never refuses any link among the parents
+            assert_eq!(
+                r.locate("/a/rel/x", Follow::Never).err().unwrap().raw_os_error(),
+                Some(libc::ELOOP)
+            );
+            assert!(r.locate("/a/rel", Follow::Never).is_ok());
+        });
+    }
+
+    #[test]
+    fn loops_and_magic_links_are_refused() {
+        both(|open| {
+            let t = tempfile::tempdir().unwrap();
+            symlink("l2", t.path().join("l1")).unwrap();
+            symlink("l1", t.path().join("l2")).unwrap();
+            let r = open(t.path()).unwrap();
+            assert!(r.resolve("/l1/x", Follow::All).is_err());
+            // a root that contains procfs (as a step's rootfs does once /proc is mounted)
+            let h = open(Path::new("/")).unwrap();
+            let e = h.mkdir_all("/proc/self/root/tmp/kiln-magic-test", 0o755).unwrap_err();
+            assert!(
+                e.to_string().contains("magic link") || e.raw_os_error() == Some(libc::ELOOP),
+                "{e}"
+            );
+            assert!(!Path::new("/tmp/kiln-magic-test").exists());
+            // plain procfs links are fine
+            assert!(h.resolve("/proc/self/status", Follow::All).is_ok());
+        });
+    }
+
+    #[test]
+    fn mkdir_all_and_touch_follow_links_inside_and_report_what_they_made() {
+        both(|open| {
+            let t = tempfile::tempdir().unwrap();
+            let root = t.path().join("r");
+            let outside = t.path().join("outside");
+            std::fs::create_dir_all(root.join("etc")).unwrap();
+            std::fs::create_dir_all(&outside).unwrap();
+            symlink(&outside, root.join("sys")).unwrap();
+            symlink("../run/resolv.conf", root.join("etc/resolv.conf")).unwrap();
+            let r = open(&root).unwrap();
+            let (_, made) = r.mkdir_all("/sys/x/y", 0o755).unwrap();
+            assert!(root.join(outside.strip_prefix("/").unwrap()).join("x/y").is_dir());
+            assert!(
+                std::fs::read_dir(&outside).unwrap().next().is_none(),
+                "nothing made outside"
+            );
+            assert_eq!(made.len(), made.iter().filter(|p| !p.is_absolute()).count());
+            let (_, made) = r.touch("/etc/resolv.conf", 0o644).unwrap();
+            assert_eq!(made, [PathBuf::from("run"), PathBuf::from("run/resolv.conf")]);
+            assert!(root.join("run/resolv.conf").is_file());
+            let (_, made) = r.touch("/etc/resolv.conf", 0o644).unwrap();
+            assert!(made.is_empty());
+        });
+    }
+
+    #[test]
+    fn remove_never_follows() {
+        both(|open| {
+            let t = tempfile::tempdir().unwrap();
+            let root = t.path().join("r");
+            let outside = t.path().join("outside");
+            std::fs::create_dir_all(root.join("d/e")).unwrap();
+            std::fs::create_dir_all(&outside).unwrap();
+            std::fs::write(outside.join("keep"), "x").unwrap();
+            symlink(&outside, root.join("link")).unwrap();
+            let r = open(&root).unwrap();
+            assert!(r.remove("/link/keep").is_err());
+            r.remove_all("/link").unwrap(); // removes the link only
+            assert!(outside.join("keep").exists() && !root.join("link").exists());
+            std::fs::write(root.join("d/e/f"), "x").unwrap();
+            symlink(&outside, root.join("d/e/out")).unwrap();
+            r.remove_all("/d").unwrap();
+            assert!(!root.join("d").exists() && outside.join("keep").exists());
+            r.remove_all("/nothing").unwrap();
+        });
+    }
+
+    #[test]
+    fn read_regular_refuses_fifos_and_big_files() {
+        both(|open| {
+            let t = tempfile::tempdir().unwrap();
+            let r = open(t.path()).unwrap();
+            nix::unistd::mkfifo(&t.path().join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+            assert!(r.read_regular("/fifo", 100).is_err());
+            std::fs::write(t.path().join("big"), vec![b'x'; 200]).unwrap();
+            assert!(r.read_regular("/big", 100).is_err());
+            assert_eq!(r.read_regular("/big", 200).unwrap().unwrap().len(), 200);
+            assert!(r.read_regular("/none", 100).unwrap().is_none());
+        });
+    }
+}
