@@ -731,16 +731,7 @@ pub fn chmod_fd(fd: BorrowedFd<'_>, mode: libc::mode_t) -> io::Result<()> {
     }
     let p = cstr(fd_path(fd).as_os_str().as_bytes())?;
     // SAFETY: `p` is NUL-terminated; /proc/self/fd/N resolves to exactly the fd's object.
-    match cvt(unsafe { libc::fchmodat(libc::AT_FDCWD, p.as_ptr(), mode, 0) }) {
-        Ok(_) => Ok(()),
-        // No /proc (chroot rung before anything is mounted): a regular fd can fchmod.
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-            let f = openat_raw(fd.as_raw_fd(), c".", libc::O_RDONLY | libc::O_NONBLOCK, 0).or_else(|_| Err(e))?;
-            // SAFETY: a valid fd.
-            cvt(unsafe { libc::fchmod(f.as_raw_fd(), mode) }).map(|_| ())
-        }
-        Err(e) => Err(e),
-    }
+    cvt(unsafe { libc::fchmodat(libc::AT_FDCWD, p.as_ptr(), mode, 0) }).map(|_| ())
 }
 
 fn read_dir_fd(dir: OwnedFd) -> io::Result<Vec<(OsString, u8)>> {
