@@ -16,6 +16,7 @@ pub use copy::{CopySnapshot, materialise, remove_tree};
 pub use fuse::FuseOverlay;
 pub use overlay::{KernelOverlay, mount_overlay_readonly};
 
+use crate::fsutil::{Follow, Root};
 use crate::store::Store;
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -254,19 +255,14 @@ pub(crate) fn empty_sibling(p: &Path) -> Result<PathBuf> {
 /// owner as in the lowers, no xattrs of their own), so the layer holds exactly the step's
 /// changes. `placeholders` are relative paths, as in `RunOutcome::placeholders`.
 pub fn clean_upper(upper: &Path, lowers: &[PathBuf], placeholders: &[PathBuf]) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
+    // Through root handles, following no symlink: the step may have renamed a placeholder's
+    // parent away and put a link to a host directory (or the store) in its place.
+    let up = Root::open(upper).with_context(|| format!("cannot open the upper dir {}", upper.display()))?;
+    let lowers: Vec<Root> = lowers.iter().filter_map(|l| Root::open(l).ok()).collect();
     let mut parents: Vec<PathBuf> = Vec::new();
     for p in placeholders.iter().rev() {
-        let path = upper.join(p);
-        match std::fs::symlink_metadata(&path) {
-            Ok(md) if md.is_dir() => {
-                let _ = std::fs::remove_dir(&path);
-            }
-            Ok(_) => {
-                let _ = std::fs::remove_file(&path);
-            }
-            Err(_) => {}
-        }
+        // A directory that is not empty holds the step's files: it stays (rmdir refuses).
+        let _ = up.remove(p);
         let mut cur = p.parent();
         while let Some(c) = cur.filter(|c| !c.as_os_str().is_empty()) {
             if !parents.iter().any(|x| x == c) && !placeholders.iter().any(|x| x == c) {
@@ -278,28 +274,34 @@ pub fn clean_upper(upper: &Path, lowers: &[PathBuf], placeholders: &[PathBuf]) -
     // deepest first
     parents.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     for rel in parents {
-        let u = upper.join(&rel);
-        let Ok(md) = std::fs::symlink_metadata(&u) else {
+        let Ok(st) = up.stat(&rel, Follow::Never) else {
             continue;
         };
-        if !md.is_dir() || std::fs::read_dir(&u).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR
+            || up.read_dir(&rel, Follow::Never).map(|d| !d.is_empty()).unwrap_or(true)
+        {
             continue;
         }
-        let own_xattrs = xattr::list(&u)
+        let own_xattrs = up
+            .list_xattrs(&rel)
             .map(|l| l.into_iter().any(|n| !is_overlay_xattr(n.as_encoded_bytes())))
             .unwrap_or(true);
         let opaque = ["user.overlay.opaque", "trusted.overlay.opaque"]
             .iter()
-            .any(|n| matches!(xattr::get(&u, n), Ok(Some(_))));
+            .any(|n| matches!(up.get_xattr(&rel, n), Ok(Some(_))));
         if own_xattrs || opaque {
             continue;
         }
-        let Some(lower_md) = lowers.iter().find_map(|l| std::fs::symlink_metadata(l.join(&rel)).ok()) else {
+        let Some(lower) = lowers.iter().find_map(|l| l.stat(&rel, Follow::Never).ok()) else {
             continue;
         };
-        if lower_md.is_dir() && lower_md.mode() == md.mode() && lower_md.uid() == md.uid() && lower_md.gid() == md.gid()
+        if lower.st_mode & libc::S_IFMT == libc::S_IFDIR
+            && lower.st_mode == st.st_mode
+            && lower.st_uid == st.st_uid
+            && lower.st_gid == st.st_gid
         {
-            std::fs::remove_dir(&u).with_context(|| format!("cannot remove {}", u.display()))?;
+            up.remove(&rel)
+                .with_context(|| format!("cannot remove {}", up.show(&rel)))?;
         }
     }
     Ok(())
@@ -325,5 +327,24 @@ mod tests {
         clean_upper(&u, &[l], &ph).unwrap();
         assert!(!u.join("etc").exists() && !u.join("proc").exists());
         assert!(u.join("var/lib/real").exists() && !u.join("var/lib/x").exists());
+    }
+
+    /// A step renamed a placeholder's parent away and put a symlink to a host directory in its
+    /// place: cleanup must not delete anything there.
+    #[test]
+    fn clean_upper_never_follows_a_swapped_in_symlink() {
+        let t = tempfile::tempdir().unwrap();
+        let (l, u, host) = (t.path().join("l"), t.path().join("u"), t.path().join("host"));
+        std::fs::create_dir_all(l.join("mnt")).unwrap();
+        std::fs::create_dir_all(host.join("target")).unwrap();
+        std::fs::write(host.join("precious"), "x").unwrap();
+        std::fs::create_dir_all(&u).unwrap();
+        std::os::unix::fs::symlink(&host, u.join("mnt")).unwrap();
+        let ph: Vec<PathBuf> = ["mnt/precious", "mnt/target", "mnt"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        clean_upper(&u, &[l], &ph).unwrap();
+        assert!(host.join("precious").exists() && host.join("target").is_dir());
     }
 }

@@ -4,7 +4,6 @@
 use super::mounts::{self, Generated};
 use super::syscall::{RealSyscall, Syscall};
 use super::{Network, RunSpec, SeccompChoice, caps, seccomp};
-use crate::fsutil::resolve_in_root;
 use anyhow::{Context, Result, bail};
 use nix::sched::CloneFlags;
 use serde::{Deserialize, Serialize};
@@ -191,10 +190,9 @@ pub fn helper_main(input: HelperInput) -> Result<i32> {
     } else {
         spec.cwd.clone()
     };
-    let host_cwd = resolve_in_root(&rootfs, Path::new(&cwd), true)?;
-    if !host_cwd.is_dir() {
-        std::fs::create_dir_all(&host_cwd).with_context(|| format!("cannot create the working directory {cwd}"))?;
-    }
+    crate::fsutil::Root::open(&rootfs)
+        .and_then(|r| r.mkdir_all(&cwd, 0o755))
+        .with_context(|| format!("cannot create the working directory {cwd} in the rootfs"))?;
 
     let mut env = spec.env.clone();
     if !env_has(&env, "PATH") {
@@ -470,7 +468,7 @@ fn child(p: &Prepared) -> (i32, String) {
         return (125, format!("cannot create the step's mount namespace: {e}"));
     }
     let sys = RealSyscall;
-    if let Err(e) = mounts::apply(&sys, &p.plan) {
+    if let Err(e) = mounts::apply(&sys, &p.rootfs, &p.plan) {
         return (125, format!("setting up the step's mounts: {e:#}"));
     }
     if let Err(e) = sys.pivot_root(&p.rootfs) {

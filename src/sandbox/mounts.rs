@@ -2,11 +2,12 @@
 //! resolv.conf/hosts/hostname, the user's bind and tmpfs mounts, Docker's masked paths), the
 //! mount-point placeholders created for it, and its execution through [`Syscall`].
 
-use super::syscall::Syscall;
+use super::syscall::{Syscall, Target};
 use super::{MountSpec, Network, RunSpec};
-use crate::fsutil::resolve_in_root;
-use anyhow::{Context, Result, bail};
+use crate::fsutil::{Follow, Root};
+use anyhow::{Context, Result};
 use nix::mount::MsFlags;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 /// Devices bound from the host into the step's /dev.
@@ -36,7 +37,7 @@ pub struct Generated {
     pub hostname: PathBuf,
 }
 
-/// One operation of the plan.
+/// One operation of the plan. Paths are inside the rootfs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
     Mkdir(PathBuf),
@@ -89,57 +90,44 @@ pub fn mount_points(spec: &RunSpec) -> Vec<(String, Kind)> {
 }
 
 /// Creates what is missing of the mount points in the rootfs (on the host side, before the
-/// step runs) and returns every path it created, relative to the rootfs, parents first.
+/// step runs, through the root handle: an image symlink is followed inside the rootfs only)
+/// and returns every path it created, relative to the rootfs (symlinks resolved), parents
+/// first.
 pub fn create_placeholders(spec: &RunSpec) -> Result<Vec<PathBuf>> {
-    let root = &spec.rootfs;
+    let root = Root::open(&spec.rootfs).with_context(|| format!("cannot open the rootfs {}", spec.rootfs.display()))?;
     let mut created = Vec::new();
     for (p, kind) in mount_points(spec) {
-        let host = resolve_in_root(root, Path::new(&p), true)?;
-        if std::fs::symlink_metadata(&host).is_ok() {
-            continue;
-        }
-        let rel = host
-            .strip_prefix(root)
-            .with_context(|| format!("{} escapes the rootfs", p))?
-            .to_path_buf();
-        let mut cur = root.clone();
-        let comps: Vec<_> = rel.components().collect();
-        for (i, c) in comps.iter().enumerate() {
-            cur.push(c);
-            if std::fs::symlink_metadata(&cur).is_ok() {
-                continue;
-            }
-            let last = i + 1 == comps.len();
-            let r = if last && kind == Kind::File {
-                std::fs::File::create(&cur).map(|_| ())
+        let made = match kind {
+            Kind::Dir => root.mkdir_all(&p, 0o755).map(|(_, m)| m),
+            Kind::File => root.touch(&p, 0o644).map(|(_, m)| m),
+        };
+        let made = made.map_err(|e| {
+            let hint = if e.raw_os_error() == Some(libc::EOVERFLOW) {
+                " (the rootfs holds files owned by ids that are not mapped in kiln's user namespace)"
             } else {
-                std::fs::create_dir(&cur)
+                ""
             };
-            r.map_err(|e| {
-                let hint = if e.raw_os_error() == Some(libc::EOVERFLOW) {
-                    " (the rootfs holds files owned by ids that are not mapped in kiln's user namespace)"
-                } else {
-                    ""
-                };
-                anyhow::anyhow!("cannot create the mount point {}: {e}{hint}", cur.display())
-            })?;
-            created.push(cur.strip_prefix(root).unwrap().to_path_buf());
-        }
+            anyhow::anyhow!("cannot create the mount point {p}: {e}{hint}")
+        })?;
+        created.extend(made);
     }
     Ok(created)
 }
 
 /// After the step: keeps the created leaves, and created directories only while they hold
-/// nothing but other placeholders (a RUN may have written real files into them).
-pub fn prune_placeholders(root: &Path, created: &[PathBuf]) -> Vec<PathBuf> {
+/// nothing but other placeholders (a RUN may have written real files into them). Paths are
+/// looked at without following any symlink (a step may have put one in a placeholder's place).
+pub fn prune_placeholders(rootfs: &Path, created: &[PathBuf]) -> Vec<PathBuf> {
+    let Ok(root) = Root::open(rootfs) else {
+        return Vec::new();
+    };
     let mut keep: Vec<PathBuf> = Vec::new();
     for (i, rel) in created.iter().enumerate().rev() {
         let is_parent_of_next = created.get(i + 1).is_some_and(|n| n.parent() == Some(rel.as_path()));
-        let p = root.join(rel);
-        let md = std::fs::symlink_metadata(&p);
-        let keep_it = match md {
-            Ok(md) if md.is_dir() && is_parent_of_next => std::fs::read_dir(&p)
-                .map(|rd| rd.flatten().all(|e| keep.iter().any(|k| *k == rel.join(e.file_name()))))
+        let keep_it = match root.stat(rel, Follow::Never) {
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR && is_parent_of_next => root
+                .read_dir(rel, Follow::Never)
+                .map(|entries| entries.iter().all(|(n, _)| keep.iter().any(|k| *k == rel.join(n))))
                 .unwrap_or(false),
             Ok(_) => true,
             Err(_) => false,
@@ -156,114 +144,81 @@ fn s(p: &str) -> Option<String> {
     Some(p.to_string())
 }
 
-/// Builds the mount plan for `spec` (targets are host paths under `spec.rootfs`).
-pub fn plan(spec: &RunSpec, generated: &Generated, new_netns: bool) -> Result<Vec<Step>> {
-    let root = &spec.rootfs;
-    let at = |p: &str| resolve_in_root(root, Path::new(p), true);
-    let rootstr = root.to_string_lossy().to_string();
-    let mut v = Vec::new();
-    // The rootfs becomes a mount point of its own (pivot_root needs one).
-    v.push(Step::Mount {
-        source: Some(rootstr),
-        target: root.clone(),
+fn bind(source: &str, target: &str, flags: MsFlags) -> Step {
+    Step::Mount {
+        source: s(source),
+        target: target.into(),
         fstype: None,
-        flags: MsFlags::MS_BIND | MsFlags::MS_REC,
+        flags,
         data: None,
         fallback: vec![],
-    });
+    }
+}
+
+/// Builds the mount plan for `spec`. Targets are paths inside the rootfs; they are resolved
+/// through the root handle only when each step runs (see [`apply`]), so a target that goes
+/// through an earlier mount is resolved in that mount.
+pub fn plan(spec: &RunSpec, generated: &Generated, new_netns: bool) -> Result<Vec<Step>> {
+    let mut v = Vec::new();
     // /proc: fresh for our PID namespace; the host's (recursive bind) if that is refused.
-    let proc_ = at("/proc")?;
-    v.push(Step::Mkdir(proc_.clone()));
+    v.push(Step::Mkdir("/proc".into()));
     v.push(Step::Mount {
         source: s("proc"),
-        target: proc_.clone(),
+        target: "/proc".into(),
         fstype: s("proc"),
         flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         data: None,
-        fallback: vec![Step::Mount {
-            source: s("/proc"),
-            target: proc_,
-            fstype: None,
-            flags: MsFlags::MS_BIND | MsFlags::MS_REC,
-            data: None,
-            fallback: vec![],
-        }],
+        fallback: vec![bind("/proc", "/proc", MsFlags::MS_BIND | MsFlags::MS_REC)],
     });
     // /dev
-    let dev = at("/dev")?;
-    v.push(Step::Mkdir(dev.clone()));
+    v.push(Step::Mkdir("/dev".into()));
     v.push(Step::Mount {
         source: s("tmpfs"),
-        target: dev.clone(),
+        target: "/dev".into(),
         fstype: s("tmpfs"),
         flags: MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
         data: s("mode=755,size=65536k"),
         fallback: vec![],
     });
     for d in DEVICES {
-        let t = dev.join(d);
-        v.push(Step::Touch(t.clone()));
-        v.push(Step::Mount {
-            source: Some(format!("/dev/{d}")),
-            target: t,
-            fstype: None,
-            flags: MsFlags::MS_BIND,
-            data: None,
+        let t = format!("/dev/{d}");
+        v.push(Step::Touch(t.clone().into()));
+        let mut m = bind(&t, &t, MsFlags::MS_BIND);
+        if d == "tty"
+            && let Step::Mount { fallback, .. } = &mut m
+        {
             // Without a usable host /dev/tty, the step gets a null device there.
-            fallback: if d == "tty" {
-                vec![Step::Mount {
-                    source: s("/dev/null"),
-                    target: dev.join(d),
-                    fstype: None,
-                    flags: MsFlags::MS_BIND,
-                    data: None,
-                    fallback: vec![],
-                }]
-            } else {
-                vec![]
-            },
-        });
+            fallback.push(bind("/dev/null", &t, MsFlags::MS_BIND));
+        }
+        v.push(m);
     }
-    let pts = dev.join("pts");
-    v.push(Step::Mkdir(pts.clone()));
+    v.push(Step::Mkdir("/dev/pts".into()));
     let pts_flags = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
-    let host_pts = Step::Mount {
-        source: s("/dev/pts"),
-        target: pts.clone(),
-        fstype: None,
-        flags: MsFlags::MS_BIND | MsFlags::MS_REC,
-        data: None,
-        fallback: vec![],
-    };
+    let host_pts = bind("/dev/pts", "/dev/pts", MsFlags::MS_BIND | MsFlags::MS_REC);
     if spec.tty {
         // The step uses kiln's own terminal: its pty must be resolvable under /dev/pts.
         v.push(host_pts);
     } else {
-        v.push(Step::Mount {
+        let devpts = |data: &str| Step::Mount {
             source: s("devpts"),
-            target: pts.clone(),
+            target: "/dev/pts".into(),
             fstype: s("devpts"),
             flags: pts_flags,
-            data: s("newinstance,ptmxmode=0666,mode=0620,gid=5"),
-            fallback: vec![
-                Step::Mount {
-                    source: s("devpts"),
-                    target: pts.clone(),
-                    fstype: s("devpts"),
-                    flags: pts_flags,
-                    data: s("newinstance,ptmxmode=0666,mode=0620"),
-                    fallback: vec![],
-                },
-                host_pts,
-            ],
-        });
+            data: s(data),
+            fallback: vec![],
+        };
+        let mut m = devpts("newinstance,ptmxmode=0666,mode=0620,gid=5");
+        if let Step::Mount { fallback, .. } = &mut m {
+            fallback.push(devpts("newinstance,ptmxmode=0666,mode=0620"));
+            fallback.push(host_pts);
+        }
+        v.push(m);
     }
-    v.push(Step::Symlink("pts/ptmx".into(), dev.join("ptmx")));
-    let shm = dev.join("shm");
-    v.push(Step::Mkdir(shm.clone()));
+    v.push(Step::Symlink("pts/ptmx".into(), "/dev/ptmx".into()));
+    v.push(Step::Mkdir("/dev/shm".into()));
     v.push(Step::Mount {
         source: s("shm"),
-        target: shm,
+        target: "/dev/shm".into(),
         fstype: s("tmpfs"),
         flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         data: s("mode=1777,size=65536k"),
@@ -276,23 +231,15 @@ pub fn plan(spec: &RunSpec, generated: &Generated, new_netns: bool) -> Result<Ve
         ("stderr", "/proc/self/fd/2"),
         ("core", "/proc/kcore"),
     ] {
-        v.push(Step::Symlink(target.into(), dev.join(name)));
+        v.push(Step::Symlink(target.into(), format!("/dev/{name}").into()));
     }
     // /sys, read-only.
-    let sys = at("/sys")?;
-    v.push(Step::Mkdir(sys.clone()));
-    let rbind_sys = Step::Mount {
-        source: s("/sys"),
-        target: sys.clone(),
-        fstype: None,
-        flags: MsFlags::MS_BIND | MsFlags::MS_REC,
-        data: None,
-        fallback: vec![],
-    };
+    v.push(Step::Mkdir("/sys".into()));
+    let rbind_sys = bind("/sys", "/sys", MsFlags::MS_BIND | MsFlags::MS_REC);
     if new_netns {
         v.push(Step::Mount {
             source: s("sysfs"),
-            target: sys.clone(),
+            target: "/sys".into(),
             fstype: s("sysfs"),
             flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
             data: None,
@@ -301,12 +248,12 @@ pub fn plan(spec: &RunSpec, generated: &Generated, new_netns: bool) -> Result<Ve
     } else {
         v.push(rbind_sys);
     }
-    v.push(Step::RemountRoRecursive(sys));
+    v.push(Step::RemountRoRecursive("/sys".into()));
     for p in MASKED {
-        v.push(Step::Mask(at(p)?));
+        v.push(Step::Mask(p.into()));
     }
     for p in READONLY {
-        v.push(Step::ReadOnly(at(p)?));
+        v.push(Step::ReadOnly(p.into()));
     }
     // /etc files.
     for (p, src) in [
@@ -314,52 +261,45 @@ pub fn plan(spec: &RunSpec, generated: &Generated, new_netns: bool) -> Result<Ve
         ("/etc/hosts", &generated.hosts),
         ("/etc/hostname", &generated.hostname),
     ] {
-        let t = at(p)?;
-        v.push(Step::Touch(t.clone()));
-        v.push(Step::Mount {
-            source: Some(src.to_string_lossy().to_string()),
-            target: t,
-            fstype: None,
-            flags: MsFlags::MS_BIND,
-            data: None,
-            fallback: vec![],
-        });
+        v.push(Step::Touch(p.into()));
+        v.push(bind(&src.to_string_lossy(), p, MsFlags::MS_BIND));
     }
-    // The caller's mounts.
-    for m in &spec.mounts {
+    // The caller's mounts, shallowest first: a mount inside another one's target is resolved
+    // (and created) inside that mount, after it exists.
+    let mut user: Vec<&MountSpec> = spec.mounts.iter().collect();
+    let dest = |m: &MountSpec| match m {
+        MountSpec::Bind { dest, .. } | MountSpec::Tmpfs { dest, .. } => dest.clone(),
+    };
+    user.sort_by_key(|m| {
+        Path::new(&dest(m))
+            .components()
+            .filter(|c| matches!(c, std::path::Component::Normal(_)))
+            .count()
+    });
+    for m in user {
         match m {
             MountSpec::Bind { src, dest, readonly } => {
-                let t = at(dest)?;
-                if !src.exists() {
-                    bail!("bind mount source {} does not exist", src.display());
-                }
-                v.push(if src.is_dir() {
-                    Step::Mkdir(t.clone())
+                let md = std::fs::metadata(src)
+                    .with_context(|| format!("bind mount source {} does not exist", src.display()))?;
+                v.push(if md.is_dir() {
+                    Step::Mkdir(dest.into())
                 } else {
-                    Step::Touch(t.clone())
+                    Step::Touch(dest.into())
                 });
-                v.push(Step::Mount {
-                    source: Some(src.to_string_lossy().to_string()),
-                    target: t.clone(),
-                    fstype: None,
-                    flags: MsFlags::MS_BIND | MsFlags::MS_REC,
-                    data: None,
-                    fallback: vec![],
-                });
+                v.push(bind(&src.to_string_lossy(), dest, MsFlags::MS_BIND | MsFlags::MS_REC));
                 if *readonly {
-                    v.push(Step::RemountRoRecursive(t));
+                    v.push(Step::RemountRoRecursive(dest.into()));
                 }
             }
             MountSpec::Tmpfs { dest, size, mode } => {
-                let t = at(dest)?;
                 let mut data = format!("mode={:o}", mode.unwrap_or(0o755));
                 if let Some(sz) = size {
                     data.push_str(&format!(",size={sz}"));
                 }
-                v.push(Step::Mkdir(t.clone()));
+                v.push(Step::Mkdir(dest.into()));
                 v.push(Step::Mount {
                     source: s("tmpfs"),
-                    target: t,
+                    target: dest.into(),
                     fstype: s("tmpfs"),
                     flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
                     data: Some(data),
@@ -371,7 +311,13 @@ pub fn plan(spec: &RunSpec, generated: &Generated, new_netns: bool) -> Result<Ve
     Ok(v)
 }
 
-fn mount_step(sys: &dyn Syscall, step: &Step) -> std::io::Result<()> {
+/// The target of a step, resolved inside the rootfs now (after the mounts before it).
+fn resolve(root: &Root, p: &Path) -> Result<OwnedFd> {
+    root.resolve(p, Follow::All)
+        .with_context(|| format!("cannot resolve the mount target {} inside the rootfs", p.display()))
+}
+
+fn mount_step(sys: &dyn Syscall, root: &Root, step: &Step) -> Result<()> {
     if let Step::Mount {
         source,
         target,
@@ -381,34 +327,57 @@ fn mount_step(sys: &dyn Syscall, step: &Step) -> std::io::Result<()> {
         ..
     } = step
     {
-        sys.mount(source.as_deref(), target, fstype.as_deref(), *flags, data.as_deref())
-    } else {
-        Ok(())
-    }
-}
-
-fn remount_ro(sys: &dyn Syscall, t: &Path) -> std::io::Result<()> {
-    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | sys.locked_flags(t);
-    sys.mount(None, t, None, flags, None)
-}
-
-/// Executes a plan. Errors name the step.
-pub fn apply(sys: &dyn Syscall, steps: &[Step]) -> Result<()> {
-    for step in steps {
-        apply_one(sys, step)?;
+        let fd = resolve(root, target)?;
+        let t = Target {
+            fd: Some(fd.as_fd()),
+            path: target,
+        };
+        sys.mount(source.as_deref(), t, fstype.as_deref(), *flags, data.as_deref())?;
     }
     Ok(())
 }
 
-fn apply_one(sys: &dyn Syscall, step: &Step) -> Result<()> {
+fn remount_ro(sys: &dyn Syscall, t: Target<'_>) -> std::io::Result<()> {
+    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | sys.locked_flags(t);
+    sys.mount(None, t, None, flags, None)
+}
+
+/// Executes a plan on `rootfs` (a host path of kiln's own): binds the rootfs onto itself
+/// (pivot_root needs a mount point), opens the root handle on that mount, then runs each step,
+/// resolving its target through the handle at that moment. Errors name the step.
+pub fn apply(sys: &dyn Syscall, rootfs: &Path, steps: &[Step]) -> Result<()> {
+    let host = rootfs.to_string_lossy();
+    sys.mount(
+        Some(&host),
+        Target { fd: None, path: rootfs },
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )
+    .with_context(|| format!("cannot bind the rootfs {host} onto itself"))?;
+    let root = Root::open(rootfs).with_context(|| format!("cannot open the rootfs {host}"))?;
+    for step in steps {
+        apply_one(sys, &root, step)?;
+    }
+    Ok(())
+}
+
+fn apply_one(sys: &dyn Syscall, root: &Root, step: &Step) -> Result<()> {
     match step {
-        Step::Mkdir(p) => sys
-            .mkdir_all(p)
-            .with_context(|| format!("cannot create {}", p.display())),
-        Step::Touch(p) => sys.touch(p).with_context(|| format!("cannot create {}", p.display())),
-        Step::Symlink(t, l) => sys
-            .symlink(t, l)
-            .with_context(|| format!("cannot create the symlink {}", l.display())),
+        Step::Mkdir(p) => root
+            .mkdir_all(p, 0o755)
+            .map(|_| ())
+            .with_context(|| format!("cannot create {} in the rootfs", p.display())),
+        Step::Touch(p) => root
+            .touch(p, 0o644)
+            .map(|_| ())
+            .with_context(|| format!("cannot create {} in the rootfs", p.display())),
+        Step::Symlink(t, l) => match root.symlink(t, l) {
+            Err(e) if e.raw_os_error() != Some(libc::EEXIST) => {
+                Err(e).with_context(|| format!("cannot create the symlink {}", l.display()))
+            }
+            _ => Ok(()),
+        },
         Step::Mount {
             target,
             fallback,
@@ -416,11 +385,11 @@ fn apply_one(sys: &dyn Syscall, step: &Step) -> Result<()> {
             fstype,
             ..
         } => {
-            let Err(first) = mount_step(sys, step) else {
+            let Err(first) = mount_step(sys, root, step) else {
                 return Ok(());
             };
             for f in fallback {
-                if mount_step(sys, f).is_ok() {
+                if mount_step(sys, root, f).is_ok() {
                     return Ok(());
                 }
             }
@@ -433,30 +402,64 @@ fn apply_one(sys: &dyn Syscall, step: &Step) -> Result<()> {
                 )
             })
         }
-        Step::RemountRo(t) => remount_ro(sys, t).with_context(|| format!("cannot make {} read-only", t.display())),
-        Step::RemountRoRecursive(t) => sys
-            .readonly_recursive(t)
-            .or_else(|_| remount_ro(sys, t))
-            .with_context(|| format!("cannot make {} read-only", t.display())),
+        Step::RemountRo(p) => {
+            let fd = resolve(root, p)?;
+            let t = Target {
+                fd: Some(fd.as_fd()),
+                path: p,
+            };
+            remount_ro(sys, t).with_context(|| format!("cannot make {} read-only", p.display()))
+        }
+        Step::RemountRoRecursive(p) => {
+            let fd = resolve(root, p)?;
+            let t = Target {
+                fd: Some(fd.as_fd()),
+                path: p,
+            };
+            sys.readonly_recursive(t)
+                .or_else(|_| remount_ro(sys, t))
+                .with_context(|| format!("cannot make {} read-only", p.display()))
+        }
         Step::Mask(p) => {
-            if !sys.exists(p) {
-                return Ok(());
-            }
-            let r = if std::fs::metadata(p).map(|m| m.is_dir()).unwrap_or(false) {
-                sys.mount(Some("tmpfs"), p, Some("tmpfs"), MsFlags::MS_RDONLY, Some("size=0"))
+            let fd = match root.resolve(p, Follow::All) {
+                Ok(fd) => fd,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+                Err(e) => return Err(e).with_context(|| format!("cannot resolve {} to mask it", p.display())),
+            };
+            let is_dir = nix::sys::stat::fstat(&fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
+            let t = Target {
+                fd: Some(fd.as_fd()),
+                path: p,
+            };
+            let r = if is_dir {
+                sys.mount(Some("tmpfs"), t, Some("tmpfs"), MsFlags::MS_RDONLY, Some("size=0"))
             } else {
-                sys.mount(Some("/dev/null"), p, None, MsFlags::MS_BIND, None)
+                sys.mount(Some("/dev/null"), t, None, MsFlags::MS_BIND, None)
             };
             r.with_context(|| format!("cannot mask {}", p.display()))
         }
         Step::ReadOnly(p) => {
-            if !sys.exists(p) {
-                return Ok(());
-            }
-            let ps = p.to_string_lossy();
-            sys.mount(Some(&ps), p, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)
-                .and_then(|_| remount_ro(sys, p))
-                .with_context(|| format!("cannot make {} read-only", p.display()))
+            let fd = match root.resolve(p, Follow::All) {
+                Ok(fd) => fd,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot resolve {} to make it read-only", p.display()));
+                }
+            };
+            let t = Target {
+                fd: Some(fd.as_fd()),
+                path: p,
+            };
+            let src = t.kernel_path().to_string_lossy().to_string();
+            sys.mount(Some(&src), t, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)
+                .with_context(|| format!("cannot make {} read-only", p.display()))?;
+            // The fd still names the mount point below the new mount: resolve again.
+            let fd = resolve(root, p)?;
+            let t = Target {
+                fd: Some(fd.as_fd()),
+                path: p,
+            };
+            remount_ro(sys, t).with_context(|| format!("cannot make {} read-only", p.display()))
         }
     }
 }
@@ -562,6 +565,8 @@ mod tests {
     fn plan_mounts_everything_and_falls_back() {
         let t = tempfile::tempdir().unwrap();
         let root = t.path().to_path_buf();
+        std::fs::create_dir_all(root.join("proc/sys")).unwrap();
+        std::fs::write(root.join("proc/kcore"), "").unwrap();
         let generated = Generated {
             resolv_conf: "/g/resolv".into(),
             hosts: "/g/hosts".into(),
@@ -573,43 +578,45 @@ mod tests {
             fail_fstypes: vec!["proc".into(), "devpts".into()],
             ..Default::default()
         };
-        apply(&sys, &steps).unwrap();
+        apply(&sys, &root, &steps).unwrap();
         let calls = sys.calls.borrow();
         let mounts: Vec<(Option<String>, String, Option<String>)> = calls
             .iter()
             .filter_map(|c| match c {
                 Call::Mount {
                     source, target, fstype, ..
-                } => Some((
-                    source.clone(),
-                    target.strip_prefix(&root).unwrap().to_string_lossy().to_string(),
-                    fstype.clone(),
-                )),
+                } => Some((source.clone(), target.to_string_lossy().to_string(), fstype.clone())),
                 _ => None,
             })
             .collect();
         let has = |src: &str, tgt: &str| mounts.iter().any(|(s, t, _)| s.as_deref() == Some(src) && t == tgt);
         assert!(
-            has("/proc", "proc"),
+            has("/proc", "/proc"),
             "proc falls back to a bind of the host's: {mounts:?}"
         );
-        assert!(has("tmpfs", "dev"));
-        assert!(has("/dev/null", "dev/null") && has("/dev/urandom", "dev/urandom"));
-        assert!(has("/dev/pts", "dev/pts"), "devpts falls back to the host's");
-        assert!(has("shm", "dev/shm"));
-        assert!(has("/sys", "sys"));
+        assert!(has("tmpfs", "/dev"));
+        assert!(has("/dev/null", "/dev/null") && has("/dev/urandom", "/dev/urandom"));
+        assert!(has("/dev/pts", "/dev/pts"), "devpts falls back to the host's");
+        assert!(has("shm", "/dev/shm"));
+        assert!(has("/sys", "/sys"));
         assert!(
-            has("/g/resolv", "etc/resolv.conf") && has("/g/hosts", "etc/hosts") && has("/g/hostname", "etc/hostname")
+            has("/g/resolv", "/etc/resolv.conf")
+                && has("/g/hosts", "/etc/hosts")
+                && has("/g/hostname", "/etc/hostname")
         );
-        assert!(has("tmpfs", "tmp/t") && has("/etc", "mnt/etc"));
-        assert!(has("/dev/null", "proc/kcore"), "kcore is masked");
+        assert!(has("tmpfs", "/tmp/t") && has("/etc", "/mnt/etc"));
+        assert!(has("/dev/null", "/proc/kcore"), "kcore is masked");
         // read-only bind mounts are made read-only recursively
-        assert!(calls.contains(&Call::ReadonlyRecursive(root.join("mnt/etc"))));
-        assert!(calls.contains(&Call::ReadonlyRecursive(root.join("sys"))));
+        assert!(calls.contains(&Call::ReadonlyRecursive("/mnt/etc".into())));
+        assert!(calls.contains(&Call::ReadonlyRecursive("/sys".into())));
         // plain read-only remounts keep the locked flags
         assert!(calls.iter().any(|c| matches!(c, Call::Mount { target, flags, .. }
             if target.ends_with("proc/sys") && flags.contains(MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_REMOUNT))));
-        assert!(calls.contains(&Call::Symlink("pts/ptmx".into(), root.join("dev/ptmx"))));
+        assert_eq!(
+            std::fs::read_link(root.join("dev/ptmx")).unwrap(),
+            Path::new("pts/ptmx")
+        );
+        assert!(root.join("dev/null").is_file() && root.join("etc/hosts").is_file() && root.join("mnt/etc").is_dir());
         // tmpfs options
         assert!(
             calls
@@ -620,6 +627,40 @@ mod tests {
         assert!(
             matches!(&calls[0], Call::Mount { source: Some(s), target, .. } if Path::new(s) == root && *target == root)
         );
+    }
+
+    /// An image whose /sys, /dev or /etc/hosts is a symlink out of the rootfs: the targets
+    /// are resolved inside it, nothing outside is made (magic links: tests/escape.rs and
+    /// fsutil::root, which need a real procfs inside the root).
+    #[test]
+    fn hostile_symlinks_in_the_image_stay_inside() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("r");
+        let outside = t.path().join("outside");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("sys")).unwrap();
+        std::os::unix::fs::symlink(outside.join("dev"), root.join("dev")).unwrap();
+        std::os::unix::fs::symlink(
+            "../../../../../..".to_string() + &outside.to_string_lossy() + "/hosts",
+            root.join("etc/hosts"),
+        )
+        .unwrap();
+        let generated = Generated {
+            resolv_conf: "/g/resolv".into(),
+            hosts: "/g/hosts".into(),
+            hostname: "/g/hostname".into(),
+        };
+        let sp = spec(&root);
+        create_placeholders(&sp).unwrap();
+        let steps = plan(&sp, &generated, false).unwrap();
+        apply(&RecordingSyscall::default(), &root, &steps).unwrap();
+        assert!(
+            std::fs::read_dir(&outside).unwrap().next().is_none(),
+            "nothing made outside the rootfs"
+        );
+        let inside = root.join(outside.strip_prefix("/").unwrap());
+        assert!(inside.join("dev/null").is_file() && inside.join("hosts").is_file());
     }
 
     #[test]

@@ -4,28 +4,44 @@
 
 use nix::mount::{MntFlags, MsFlags};
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
+
+/// A mount point. Inside a rootfs it is an fd of the target, resolved through the root handle
+/// at the moment of mounting, and the kernel mounts onto exactly that object (through
+/// `/proc/self/fd/N`, runc's answer to CVE-2021-30465); `path` is then the path inside the
+/// rootfs, for messages and tests. Without an fd, `path` is a host path of kiln's own.
+#[derive(Clone, Copy, Debug)]
+pub struct Target<'a> {
+    pub fd: Option<BorrowedFd<'a>>,
+    pub path: &'a Path,
+}
+
+impl Target<'_> {
+    /// The path to hand to the kernel.
+    pub fn kernel_path(&self) -> PathBuf {
+        match self.fd {
+            Some(fd) => crate::fsutil::root::fd_path(fd),
+            None => self.path.to_path_buf(),
+        }
+    }
+}
 
 /// Privileged operations used while building a step's root.
 pub trait Syscall {
     fn mount(
         &self,
         source: Option<&str>,
-        target: &Path,
+        target: Target<'_>,
         fstype: Option<&str>,
         flags: MsFlags,
         data: Option<&str>,
     ) -> io::Result<()>;
     fn umount(&self, target: &Path, flags: MntFlags) -> io::Result<()>;
-    fn mkdir_all(&self, path: &Path) -> io::Result<()>;
-    /// Creates an empty file (a bind-mount target) if nothing exists at `path`.
-    fn touch(&self, path: &Path) -> io::Result<()>;
-    fn symlink(&self, target: &str, link: &Path) -> io::Result<()>;
-    fn exists(&self, path: &Path) -> bool;
-    /// Mount flags of the filesystem at `path` that a bind remount must keep (locked flags).
-    fn locked_flags(&self, path: &Path) -> MsFlags;
-    /// Makes the mount at `path` and every mount below it read-only (mount_setattr(2)).
-    fn readonly_recursive(&self, path: &Path) -> io::Result<()>;
+    /// Mount flags of the filesystem at `target` that a bind remount must keep (locked flags).
+    fn locked_flags(&self, target: Target<'_>) -> MsFlags;
+    /// Makes the mount at `target` and every mount below it read-only (mount_setattr(2)).
+    fn readonly_recursive(&self, target: Target<'_>) -> io::Result<()>;
     fn pivot_root(&self, new_root: &Path) -> io::Result<()>;
     fn chroot(&self, path: &Path) -> io::Result<()>;
     fn sethostname(&self, name: &str) -> io::Result<()>;
@@ -42,45 +58,23 @@ impl Syscall for RealSyscall {
     fn mount(
         &self,
         source: Option<&str>,
-        target: &Path,
+        target: Target<'_>,
         fstype: Option<&str>,
         flags: MsFlags,
         data: Option<&str>,
     ) -> io::Result<()> {
-        nix::mount::mount(source, target, fstype, flags, data).map_err(nix_io)
+        nix::mount::mount(source, &target.kernel_path(), fstype, flags, data).map_err(nix_io)
     }
     fn umount(&self, target: &Path, flags: MntFlags) -> io::Result<()> {
         nix::mount::umount2(target, flags).map_err(nix_io)
     }
-    fn mkdir_all(&self, path: &Path) -> io::Result<()> {
-        std::fs::create_dir_all(path)
-    }
-    fn touch(&self, path: &Path) -> io::Result<()> {
-        if std::fs::symlink_metadata(path).is_ok() {
-            return Ok(());
-        }
-        if let Some(p) = path.parent() {
-            std::fs::create_dir_all(p)?;
-        }
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map(|_| ())
-    }
-    fn symlink(&self, target: &str, link: &Path) -> io::Result<()> {
-        match std::os::unix::fs::symlink(target, link) {
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-            r => r,
-        }
-    }
-    fn exists(&self, path: &Path) -> bool {
-        std::fs::symlink_metadata(path).is_ok()
-    }
-    fn locked_flags(&self, path: &Path) -> MsFlags {
+    fn locked_flags(&self, target: Target<'_>) -> MsFlags {
         use nix::sys::statvfs::FsFlags;
-        let Ok(s) = nix::sys::statvfs::statvfs(path) else {
+        let st = match target.fd {
+            Some(fd) => nix::sys::statvfs::fstatvfs(fd),
+            None => nix::sys::statvfs::statvfs(target.path),
+        };
+        let Ok(s) = st else {
             return MsFlags::empty();
         };
         let f = s.flags();
@@ -99,7 +93,7 @@ impl Syscall for RealSyscall {
         }
         m
     }
-    fn readonly_recursive(&self, path: &Path) -> io::Result<()> {
+    fn readonly_recursive(&self, target: Target<'_>) -> io::Result<()> {
         #[repr(C)]
         struct MountAttr {
             attr_set: u64,
@@ -108,7 +102,14 @@ impl Syscall for RealSyscall {
             userns_fd: u64,
         }
         const MOUNT_ATTR_RDONLY: u64 = 1;
-        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+        let (dirfd, c, flags) = match target.fd {
+            Some(fd) => (fd.as_raw_fd(), c"".to_owned(), libc::AT_EMPTY_PATH),
+            None => (
+                libc::AT_FDCWD,
+                std::ffi::CString::new(target.path.as_os_str().as_encoded_bytes())?,
+                libc::AT_SYMLINK_NOFOLLOW,
+            ),
+        };
         let attr = MountAttr {
             attr_set: MOUNT_ATTR_RDONLY,
             attr_clr: 0,
@@ -118,9 +119,9 @@ impl Syscall for RealSyscall {
         let r = unsafe {
             libc::syscall(
                 libc::SYS_mount_setattr,
-                libc::AT_FDCWD,
+                dirfd,
                 c.as_ptr(),
-                libc::AT_RECURSIVE | libc::AT_SYMLINK_NOFOLLOW,
+                libc::AT_RECURSIVE | flags,
                 &attr as *const MountAttr,
                 std::mem::size_of::<MountAttr>(),
             )
@@ -158,9 +159,6 @@ pub enum Call {
     },
     Umount(PathBuf),
     ReadonlyRecursive(PathBuf),
-    MkdirAll(PathBuf),
-    Touch(PathBuf),
-    Symlink(String, PathBuf),
     PivotRoot(PathBuf),
     Chroot(PathBuf),
     Sethostname(String),
@@ -177,7 +175,7 @@ impl Syscall for RecordingSyscall {
     fn mount(
         &self,
         source: Option<&str>,
-        target: &Path,
+        target: Target<'_>,
         fstype: Option<&str>,
         flags: MsFlags,
         data: Option<&str>,
@@ -187,7 +185,7 @@ impl Syscall for RecordingSyscall {
         }
         self.calls.borrow_mut().push(Call::Mount {
             source: source.map(str::to_string),
-            target: target.to_path_buf(),
+            target: target.path.to_path_buf(),
             fstype: fstype.map(str::to_string),
             flags,
             data: data.map(str::to_string),
@@ -198,30 +196,13 @@ impl Syscall for RecordingSyscall {
         self.calls.borrow_mut().push(Call::Umount(target.to_path_buf()));
         Ok(())
     }
-    fn mkdir_all(&self, path: &Path) -> io::Result<()> {
-        self.calls.borrow_mut().push(Call::MkdirAll(path.to_path_buf()));
-        Ok(())
-    }
-    fn touch(&self, path: &Path) -> io::Result<()> {
-        self.calls.borrow_mut().push(Call::Touch(path.to_path_buf()));
-        Ok(())
-    }
-    fn symlink(&self, target: &str, link: &Path) -> io::Result<()> {
-        self.calls
-            .borrow_mut()
-            .push(Call::Symlink(target.to_string(), link.to_path_buf()));
-        Ok(())
-    }
-    fn exists(&self, _path: &Path) -> bool {
-        true
-    }
-    fn locked_flags(&self, _path: &Path) -> MsFlags {
+    fn locked_flags(&self, _target: Target<'_>) -> MsFlags {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV
     }
-    fn readonly_recursive(&self, path: &Path) -> io::Result<()> {
+    fn readonly_recursive(&self, target: Target<'_>) -> io::Result<()> {
         self.calls
             .borrow_mut()
-            .push(Call::ReadonlyRecursive(path.to_path_buf()));
+            .push(Call::ReadonlyRecursive(target.path.to_path_buf()));
         Ok(())
     }
     fn pivot_root(&self, new_root: &Path) -> io::Result<()> {
