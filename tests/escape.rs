@@ -19,7 +19,10 @@ fn host_dir(s: &Scratch) -> PathBuf {
 }
 
 fn listing(d: &Path) -> Vec<String> {
-    let mut v: Vec<String> = walk(d).into_iter().map(|p| p.strip_prefix(d).unwrap().display().to_string()).collect();
+    let mut v: Vec<String> = walk(d)
+        .into_iter()
+        .map(|p| p.strip_prefix(d).unwrap().display().to_string())
+        .collect();
     v.sort();
     v
 }
@@ -41,13 +44,22 @@ fn walk(d: &Path) -> Vec<PathBuf> {
 fn hostile_base(s: &Scratch, root: &Path, name: &str, tweak: impl FnOnce(&Path)) {
     let r = busybox_rootfs(s);
     let copy = s.join(&format!("base-{name}"));
-    let st = std::process::Command::new("cp").arg("-a").arg(&r).arg(&copy).status().unwrap();
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&r)
+        .arg(&copy)
+        .status()
+        .unwrap();
     assert!(st.success());
     tweak(&copy);
     if is_root() {
         chown_to_test_user(&copy);
     }
-    Kiln::with_root(root).arg("import").arg(&copy).arg(format!("{name}:1")).ok();
+    Kiln::with_root(root)
+        .arg("import")
+        .arg(&copy)
+        .arg(format!("{name}:1"))
+        .ok();
 }
 
 /// Builds `dockerfile` with every driver and rung; returns (label, succeeded, output) per run.
@@ -65,7 +77,11 @@ fn build_all(s: &Scratch, root: &Path, dockerfile: &str, files: &[(&str, &str)])
                 .args(["build", "--no-cache", "--storage-driver", d, "--isolation", r])
                 .arg(&ctx)
                 .output();
-            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
             v.push((format!("{d}/{r}"), out.status.success(), text));
         }
     }
@@ -78,7 +94,10 @@ fn assert_untouched(host: &Path, before: &[String], runs: &[(String, bool, Strin
         before,
         after.as_slice(),
         "{what}: the host directory changed; runs:\n{}",
-        runs.iter().map(|(l, ok, t)| format!("--- {l} ok={ok}\n{t}")).collect::<Vec<_>>().join("\n")
+        runs.iter()
+            .map(|(l, ok, t)| format!("--- {l} ok={ok}\n{t}"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert_eq!(std::fs::read_to_string(host.join("precious")).unwrap(), "keep me\n");
 }
@@ -106,7 +125,10 @@ fn mount_targets_never_leave_the_rootfs() {
     );
     assert_untouched(&host, &before, &runs, "tmpfs target through /proc/self/root");
     for (l, ok, t) in &runs {
-        assert!(!ok && t.contains("magic link"), "{l}: expected a magic-link refusal:\n{t}");
+        assert!(
+            !ok && t.contains("magic link"),
+            "{l}: expected a magic-link refusal:\n{t}"
+        );
     }
 
     // An image whose /sys, /dev and /etc/hosts are symlinks to the host through /proc.
@@ -128,10 +150,18 @@ fn mount_targets_never_leave_the_rootfs() {
         let runs = build_all(&s, &root, &format!("FROM {base}:1\nRUN true\n"), &[]);
         assert_untouched(&host, &before, &runs, base);
         for (l, ok, t) in &runs {
-            assert!(!ok && t.contains("magic link"), "{base} {l}: expected a magic-link refusal:\n{t}");
+            assert!(
+                !ok && t.contains("magic link"),
+                "{base} {l}: expected a magic-link refusal:\n{t}"
+            );
         }
     }
-    let runs = build_all(&s, &root, "FROM abssys:1\nRUN grep -q localhost /etc/hosts && test -d /sys\n", &[]);
+    let runs = build_all(
+        &s,
+        &root,
+        "FROM abssys:1\nRUN grep -q localhost /etc/hosts && test -d /sys\n",
+        &[],
+    );
     assert_untouched(&host, &before, &runs, "absolute symlinks");
     for (l, ok, t) in &runs {
         assert!(ok, "abssys {l}: symlinks resolved inside the rootfs should work:\n{t}");

@@ -15,9 +15,11 @@
 //! snapshot comparison sees no change there.
 
 use super::{MountSpec, Network, RunSpec};
-use crate::fsutil::resolve_in_root;
+use crate::fsutil::root::{fd_path, remove_tree_at};
+use crate::fsutil::{Follow, Root};
 use anyhow::{Context, Result, bail};
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -31,113 +33,209 @@ pub const DEVICES: [(&str, u32, u32); 6] = [
     ("tty", 5, 0),
 ];
 
+/// Everything is held as (directory fd, name): the step may rename or replace paths of the
+/// rootfs while it runs, and undoing must act on what kiln made, never on a path a symlink the
+/// step planted now leads to.
 enum Undo {
-    /// Remove a path kiln created (a tree when it is a directory).
-    Remove(PathBuf),
+    /// Remove an entry kiln created (a tree when it is a directory).
+    Remove { dir: OwnedFd, name: CString },
     /// Copy a read-write bind's content back to its source, then remove it.
-    CopyBack { placed: PathBuf, src: PathBuf },
-    /// Put back what was at a bind target (moved to `aside`).
-    Restore { aside: PathBuf, orig: PathBuf },
+    CopyBack { dir: OwnedFd, name: CString, src: PathBuf },
+    /// Put back what was at a bind target (moved aside in the same directory).
+    Restore {
+        dir: OwnedFd,
+        aside: CString,
+        orig: CString,
+    },
 }
 
 /// What [`prepare`] put into a rootfs; [`Prepared::undo`] takes it away again.
 pub struct Prepared {
     undo: Vec<Undo>,
     /// (dir, atime, mtime) of every directory touched, in the order first seen.
-    times: Vec<(PathBuf, filetime::FileTime, filetime::FileTime)>,
+    times: Vec<(OwnedFd, (u64, u64), libc::timespec, libc::timespec)>,
 }
 
-fn remember_dir(times: &mut Vec<(PathBuf, filetime::FileTime, filetime::FileTime)>, dir: &Path) {
-    if times.iter().any(|(d, _, _)| d == dir) {
-        return;
-    }
-    if let Ok(md) = std::fs::symlink_metadata(dir) {
-        times.push((
-            dir.to_path_buf(),
-            filetime::FileTime::from_last_access_time(&md),
-            filetime::FileTime::from_last_modification_time(&md),
-        ));
+fn cvt(r: libc::c_int) -> std::io::Result<()> {
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }
 
-fn mknod(p: &Path, mode: u32, dev: libc::dev_t) -> std::io::Result<()> {
-    let c = CString::new(p.as_os_str().as_bytes()).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    if unsafe { libc::mknod(c.as_ptr(), mode, dev) } != 0 {
+fn fstat(fd: BorrowedFd<'_>) -> std::io::Result<libc::stat> {
+    // SAFETY: `st` is a plain C struct the kernel fills in.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    Ok(st)
+}
+
+fn lstat_at(dir: BorrowedFd<'_>, name: &CStr) -> std::io::Result<libc::stat> {
+    // SAFETY: as above; `name` is NUL-terminated.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    cvt(unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) })?;
+    Ok(st)
+}
+
+fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: libc::c_int, mode: libc::mode_t) -> std::io::Result<OwnedFd> {
+    // SAFETY: `name` is NUL-terminated; the fd is fresh.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
+    };
+    if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(())
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn remove_any(p: &Path) -> std::io::Result<()> {
-    match std::fs::symlink_metadata(p) {
-        Ok(md) if md.is_dir() => std::fs::remove_dir_all(p),
-        Ok(_) => std::fs::remove_file(p),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
+fn remember_dir(p: &mut Prepared, dir: OwnedFd) {
+    let Ok(st) = fstat(dir.as_fd()) else { return };
+    let id = (st.st_dev, st.st_ino);
+    if p.times.iter().any(|(_, i, _, _)| *i == id) {
+        return;
     }
+    let at = libc::timespec {
+        tv_sec: st.st_atime,
+        tv_nsec: st.st_atime_nsec,
+    };
+    let mt = libc::timespec {
+        tv_sec: st.st_mtime,
+        tv_nsec: st.st_mtime_nsec,
+    };
+    p.times.push((dir, id, at, mt));
 }
 
-/// Copies a file or a tree (owners, modes, symlinks; devices are skipped).
-fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let md = std::fs::symlink_metadata(src).with_context(|| format!("cannot read {}", src.display()))?;
-    let ft = md.file_type();
-    if ft.is_dir() {
-        std::fs::create_dir(dst).with_context(|| format!("cannot create {}", dst.display()))?;
-        for e in std::fs::read_dir(src).with_context(|| format!("cannot read {}", src.display()))? {
-            let e = e?;
-            copy_tree(&e.path(), &dst.join(e.file_name()))?;
-        }
-    } else if ft.is_symlink() {
-        std::os::unix::fs::symlink(std::fs::read_link(src)?, dst)
-            .with_context(|| format!("cannot create {}", dst.display()))?;
-    } else if ft.is_file() {
-        std::fs::copy(src, dst).with_context(|| format!("cannot copy {} to {}", src.display(), dst.display()))?;
-    } else {
-        return Ok(());
-    }
-    let _ = std::os::unix::fs::lchown(dst, Some(md.uid()), Some(md.gid()));
-    if !ft.is_symlink() {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(dst, std::fs::Permissions::from_mode(md.mode() & 0o7777));
-    }
-    Ok(())
+fn set_times(dir: BorrowedFd<'_>, at: libc::timespec, mt: libc::timespec) -> std::io::Result<()> {
+    let path = CString::new(fd_path(dir).as_os_str().as_bytes()).expect("no NUL");
+    let ts = [at, mt];
+    // SAFETY: /proc/self/fd/N names exactly the directory of the fd.
+    cvt(unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), ts.as_ptr(), 0) })
 }
 
-/// Creates `host` (a path under `root`) and its missing parents; records what to undo.
-fn create_with_parents(root: &Path, host: &Path, dir: bool, p: &mut Prepared) -> Result<bool> {
-    if std::fs::symlink_metadata(host).is_ok() {
-        return Ok(false);
+/// Copies a file or a tree (owners, modes, symlinks; devices and FIFOs are skipped) from
+/// `(sdir, sname)` to `(ddir, dname)`, by fds on both sides: no symlink is ever followed.
+fn copy_tree_at(sdir: BorrowedFd<'_>, sname: &CStr, ddir: BorrowedFd<'_>, dname: &CStr, depth: usize) -> Result<()> {
+    let show = || String::from_utf8_lossy(sname.to_bytes()).to_string();
+    if depth > 4096 {
+        bail!("{} is nested too deeply to copy", show());
     }
-    let rel = host.strip_prefix(root).context("a mount point escapes the rootfs")?;
-    let mut cur = root.to_path_buf();
-    let comps: Vec<_> = rel.components().collect();
-    for (i, c) in comps.iter().enumerate() {
-        let parent = cur.clone();
-        cur.push(c);
-        if std::fs::symlink_metadata(&cur).is_ok() {
-            continue;
-        }
-        remember_dir(&mut p.times, &parent);
-        let last = i + 1 == comps.len();
-        if last && !dir {
-            std::fs::File::create(&cur).with_context(|| format!("cannot create {}", cur.display()))?;
-        } else {
-            std::fs::create_dir(&cur).with_context(|| format!("cannot create {}", cur.display()))?;
-        }
-        p.undo.push(Undo::Remove(cur.clone()));
-        if !last {
-            // Everything below goes with this directory.
-            std::fs::create_dir_all(host.parent().unwrap_or(host)).ok();
-            if !dir {
-                std::fs::File::create(host).with_context(|| format!("cannot create {}", host.display()))?;
-            } else {
-                std::fs::create_dir_all(host).with_context(|| format!("cannot create {}", host.display()))?;
+    let st = lstat_at(sdir, sname).with_context(|| format!("cannot read {}", show()))?;
+    let (mode, kind) = (st.st_mode & 0o7777, st.st_mode & libc::S_IFMT);
+    match kind {
+        libc::S_IFDIR => {
+            // SAFETY: `dname` is NUL-terminated.
+            cvt(unsafe { libc::mkdirat(ddir.as_raw_fd(), dname.as_ptr(), 0o700) })
+                .with_context(|| format!("cannot create the directory {}", show()))?;
+            let src = openat(sdir, sname, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)?;
+            let dst = openat(ddir, dname, libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0)?;
+            let mut d = nix::dir::Dir::from_fd(src.try_clone()?).context("cannot read a directory")?;
+            let names: Vec<CString> = d
+                .iter()
+                .flatten()
+                .map(|e| e.file_name().to_owned())
+                .filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..")
+                .collect();
+            for n in names {
+                copy_tree_at(src.as_fd(), &n, dst.as_fd(), &n, depth + 1)?;
             }
-            return Ok(true);
         }
+        libc::S_IFLNK => {
+            let mut buf = vec![0u8; libc::PATH_MAX as usize];
+            // SAFETY: the buffer is valid for its length.
+            let n = unsafe { libc::readlinkat(sdir.as_raw_fd(), sname.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n < 0 {
+                return Err(std::io::Error::last_os_error())
+                    .with_context(|| format!("cannot read the link {}", show()));
+            }
+            buf.truncate(n as usize);
+            let t = CString::new(buf).context("a link target with a NUL byte")?;
+            // SAFETY: both strings are NUL-terminated.
+            cvt(unsafe { libc::symlinkat(t.as_ptr(), ddir.as_raw_fd(), dname.as_ptr()) })
+                .with_context(|| format!("cannot create the link {}", show()))?;
+        }
+        libc::S_IFREG => {
+            let src = openat(sdir, sname, libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK, 0)
+                .with_context(|| format!("cannot open {}", show()))?;
+            let dst = openat(
+                ddir,
+                dname,
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                0o600,
+            )
+            .with_context(|| format!("cannot create {}", show()))?;
+            std::io::copy(&mut std::fs::File::from(src), &mut std::fs::File::from(dst))
+                .with_context(|| format!("cannot copy {}", show()))?;
+        }
+        _ => return Ok(()),
     }
-    Ok(true)
+    // SAFETY: `dname` is NUL-terminated; AT_SYMLINK_NOFOLLOW acts on the entry itself.
+    let _ = unsafe {
+        libc::fchownat(
+            ddir.as_raw_fd(),
+            dname.as_ptr(),
+            st.st_uid,
+            st.st_gid,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if kind != libc::S_IFLNK
+        && let Ok(fd) = openat(ddir, dname, libc::O_PATH | libc::O_NOFOLLOW, 0)
+    {
+        let _ = crate::fsutil::root::chmod_fd(fd.as_fd(), mode);
+    }
+    Ok(())
+}
+
+/// (parent fd, name) of a host path of kiln's own (a cache or context dir).
+fn host_parent(p: &Path) -> Result<(OwnedFd, CString)> {
+    let parent = p.parent().unwrap_or(Path::new("/"));
+    let name = p.file_name().context("a mount source has no name")?;
+    let dir = Root::open(parent).with_context(|| format!("cannot open {}", parent.display()))?;
+    Ok((dir.as_fd().try_clone_to_owned()?, CString::new(name.as_bytes())?))
+}
+
+impl Prepared {
+    /// Makes `path` (inside the rootfs, symlinks followed inside it) and its missing parents,
+    /// recording the directory whose time changes and what to remove afterwards. Returns the
+    /// (parent, name) of the object and whether it was created.
+    fn create(&mut self, root: &Root, path: &str, dir: bool) -> Result<(OwnedFd, CString, bool)> {
+        // The first missing component's directory is the one whose mtime changes.
+        let mut prefix = PathBuf::from("/");
+        for c in Path::new(path).components().skip(1) {
+            prefix.push(c);
+            // A link to a missing directory: mkdir_all below makes its target's parents.
+            let Ok(l) = root.locate(&prefix, Follow::All) else {
+                break;
+            };
+            if let Some(n) = &l.name
+                && lstat_at(l.dir.as_fd(), n).is_err()
+            {
+                remember_dir(self, l.dir);
+                break;
+            }
+        }
+        let made = if dir {
+            root.mkdir_all(path, 0o755).map(|(_, m)| m)
+        } else {
+            root.touch(path, 0o644).map(|(_, m)| m)
+        }
+        .with_context(|| format!("cannot create {path} in the rootfs"))?;
+        // Removing the topmost created entry takes everything below with it.
+        if let Some(top) = made.first() {
+            let l = root.locate(top, Follow::Never)?;
+            let name = l.name.context("created the root?")?;
+            self.undo.push(Undo::Remove { dir: l.dir, name });
+        }
+        let l = root.locate(path, Follow::All)?;
+        let name = l.name.context("a mount target is the rootfs itself")?;
+        Ok((l.dir, name, !made.is_empty()))
+    }
 }
 
 /// Puts /dev nodes, /etc files and the step's mounts into `spec.rootfs` (see the module doc).
@@ -149,31 +247,31 @@ pub fn prepare(spec: &RunSpec, hostname: &str) -> Result<Prepared> {
              (--security-opt seccomp=unconfined)"
         );
     }
-    let root = &spec.rootfs;
+    let root = Root::open(&spec.rootfs).with_context(|| format!("cannot open the rootfs {}", spec.rootfs.display()))?;
     let mut p = Prepared {
         undo: Vec::new(),
         times: Vec::new(),
     };
     let r = (|| -> Result<()> {
-        let dev = resolve_in_root(root, Path::new("/dev"), true)?;
-        create_with_parents(root, &dev, true, &mut p)?;
-        remember_dir(&mut p.times, &dev);
+        let (_, _, _) = p.create(&root, "/dev", true)?;
+        let dev = root.sub("/dev").context("cannot open /dev in the rootfs")?;
+        remember_dir(&mut p, dev.as_fd().try_clone_to_owned()?);
         for (name, major, minor) in DEVICES {
-            let n = dev.join(name);
-            if std::fs::symlink_metadata(&n).is_ok() {
+            if dev.exists(name) {
                 continue;
             }
-            mknod(&n, libc::S_IFCHR | 0o666, libc::makedev(major, minor))
+            dev.mknod(name, libc::S_IFCHR | 0o666, libc::makedev(major, minor))
                 .with_context(|| format!("cannot create the device node /dev/{name} (needs CAP_MKNOD)"))?;
             // mknod applies the umask
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&n, std::fs::Permissions::from_mode(0o666));
-            p.undo.push(Undo::Remove(n));
+            let _ = dev.chmod(name, 0o666);
+            p.undo.push(Undo::Remove {
+                dir: dev.as_fd().try_clone_to_owned()?,
+                name: CString::new(name)?,
+            });
         }
-        let shm = dev.join("shm");
-        if create_with_parents(root, &shm, true, &mut p)? {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&shm, std::fs::Permissions::from_mode(0o1777));
+        let (shm_dir, shm, made) = p.create(&root, "/dev/shm", true)?;
+        if made && let Ok(fd) = openat(shm_dir.as_fd(), &shm, libc::O_PATH | libc::O_NOFOLLOW, 0) {
+            let _ = crate::fsutil::root::chmod_fd(fd.as_fd(), 0o1777);
         }
         let etc_files = [
             (
@@ -184,11 +282,17 @@ pub fn prepare(spec: &RunSpec, hostname: &str) -> Result<Prepared> {
             ("/etc/hostname", format!("{hostname}\n")),
         ];
         for (path, content) in etc_files {
-            let host = resolve_in_root(root, Path::new(path), true)?;
-            if create_with_parents(root, &host, false, &mut p)? {
-                std::fs::write(&host, content).with_context(|| format!("cannot write {}", host.display()))?;
-                use std::os::unix::fs::PermissionsExt;
-                let _ = std::fs::set_permissions(&host, std::fs::Permissions::from_mode(0o644));
+            let (dir, name, made) = p.create(&root, path, false)?;
+            if made {
+                use std::io::Write;
+                let f = openat(dir.as_fd(), &name, libc::O_WRONLY | libc::O_TRUNC | libc::O_NOFOLLOW, 0)
+                    .with_context(|| format!("cannot write {path}"))?;
+                std::fs::File::from(f)
+                    .write_all(content.as_bytes())
+                    .with_context(|| format!("cannot write {path}"))?;
+                if let Ok(fd) = openat(dir.as_fd(), &name, libc::O_PATH | libc::O_NOFOLLOW, 0) {
+                    let _ = crate::fsutil::root::chmod_fd(fd.as_fd(), 0o644);
+                }
             }
         }
         for m in &spec.mounts {
@@ -196,40 +300,58 @@ pub fn prepare(spec: &RunSpec, hostname: &str) -> Result<Prepared> {
                 MountSpec::Bind { src, dest, readonly } => (dest, Some(src), *readonly),
                 MountSpec::Tmpfs { dest, .. } => (dest, None, true),
             };
-            let host = resolve_in_root(root, Path::new(dest), true)?;
-            if std::fs::symlink_metadata(&host).is_ok() {
-                let parent = host.parent().unwrap_or(root);
-                remember_dir(&mut p.times, parent);
-                let aside = parent.join(format!(
-                    ".kiln-aside-{}-{}",
-                    std::process::id(),
-                    host.file_name()
-                        .map(|n| n.to_string_lossy().to_string())
-                        .unwrap_or_default()
-                ));
-                std::fs::rename(&host, &aside).with_context(|| format!("cannot move {} aside", host.display()))?;
+            let parent = Path::new(dest)
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .to_string_lossy()
+                .to_string();
+            let dir = if Path::new(&parent) == Path::new("/") {
+                root.as_fd().try_clone_to_owned()?
+            } else {
+                let (pdir, pname, _) = p.create(&root, &parent, true)?;
+                openat(
+                    pdir.as_fd(),
+                    &pname,
+                    libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                    0,
+                )
+                .with_context(|| format!("cannot open {parent} in the rootfs"))?
+            };
+            let name = CString::new(
+                Path::new(dest)
+                    .file_name()
+                    .with_context(|| format!("invalid mount target {dest}"))?
+                    .as_bytes(),
+            )?;
+            remember_dir(&mut p, dir.try_clone()?);
+            if lstat_at(dir.as_fd(), &name).is_ok() {
+                let aside = CString::new(format!(".kiln-aside-{}-{}", std::process::id(), name.to_string_lossy()))?;
+                // SAFETY: both names are NUL-terminated.
+                cvt(unsafe { libc::renameat(dir.as_raw_fd(), name.as_ptr(), dir.as_raw_fd(), aside.as_ptr()) })
+                    .with_context(|| format!("cannot move {dest} aside"))?;
                 p.undo.push(Undo::Restore {
+                    dir: dir.try_clone()?,
                     aside,
-                    orig: host.clone(),
+                    orig: name.clone(),
                 });
             }
-            if let Some(parent) = host.parent() {
-                if std::fs::symlink_metadata(parent).is_err() {
-                    create_with_parents(root, parent, true, &mut p)?;
-                }
-                remember_dir(&mut p.times, parent);
-            }
             match src {
-                Some(src) => copy_tree(src, &host)
-                    .with_context(|| format!("cannot place the mount {} (chroot isolation copies it in)", dest))?,
-                None => std::fs::create_dir(&host).with_context(|| format!("cannot create {}", host.display()))?,
+                Some(src) => {
+                    let (sdir, sname) = host_parent(src)?;
+                    copy_tree_at(sdir.as_fd(), &sname, dir.as_fd(), &name, 0)
+                        .with_context(|| format!("cannot place the mount {dest} (chroot isolation copies it in)"))?
+                }
+                // SAFETY: `name` is NUL-terminated.
+                None => cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o755) })
+                    .with_context(|| format!("cannot create {dest}"))?,
             }
             match (src, readonly) {
                 (Some(src), false) if src.is_dir() => p.undo.push(Undo::CopyBack {
-                    placed: host,
+                    dir,
+                    name,
                     src: src.clone(),
                 }),
-                _ => p.undo.push(Undo::Remove(host)),
+                _ => p.undo.push(Undo::Remove { dir, name }),
             }
         }
         Ok(())
@@ -251,44 +373,53 @@ impl Prepared {
                 first = Some(e);
             }
         };
+        let shown = |n: &CStr| n.to_string_lossy().to_string();
         for u in std::mem::take(&mut self.undo).into_iter().rev() {
             match u {
-                Undo::Remove(p) => {
-                    if let Err(e) = remove_any(&p) {
-                        note(format!("cannot remove {}: {e}", p.display()));
+                Undo::Remove { dir, name } => {
+                    if let Err(e) = remove_tree_at(dir.as_fd(), &name) {
+                        note(format!("cannot remove {}: {e}", shown(&name)));
                     }
                 }
-                Undo::CopyBack { placed, src } => {
+                Undo::CopyBack { dir, name, src } => {
                     let tmp = src.with_file_name(format!(
                         ".{}.kiln-new",
                         src.file_name()
                             .map(|n| n.to_string_lossy().to_string())
                             .unwrap_or_default()
                     ));
-                    let _ = remove_any(&tmp);
-                    match copy_tree(&placed, &tmp) {
+                    let r = host_parent(&tmp).and_then(|(tdir, tname)| {
+                        let _ = remove_tree_at(tdir.as_fd(), &tname);
+                        copy_tree_at(dir.as_fd(), &name, tdir.as_fd(), &tname, 0)
+                    });
+                    match r {
                         Ok(()) => {
-                            let _ = remove_any(&src);
+                            if let Ok((sdir, sname)) = host_parent(&src) {
+                                let _ = remove_tree_at(sdir.as_fd(), &sname);
+                            }
                             if let Err(e) = std::fs::rename(&tmp, &src) {
                                 note(format!("cannot update the cache {}: {e}", src.display()));
                             }
                         }
                         Err(e) => note(format!("cannot copy the cache back to {}: {e:#}", src.display())),
                     }
-                    if let Err(e) = remove_any(&placed) {
-                        note(format!("cannot remove {}: {e}", placed.display()));
+                    if let Err(e) = remove_tree_at(dir.as_fd(), &name) {
+                        note(format!("cannot remove {}: {e}", shown(&name)));
                     }
                 }
-                Undo::Restore { aside, orig } => {
-                    let _ = remove_any(&orig);
-                    if let Err(e) = std::fs::rename(&aside, &orig) {
-                        note(format!("cannot put {} back: {e}", orig.display()));
+                Undo::Restore { dir, aside, orig } => {
+                    let _ = remove_tree_at(dir.as_fd(), &orig);
+                    // SAFETY: both names are NUL-terminated.
+                    if let Err(e) =
+                        cvt(unsafe { libc::renameat(dir.as_raw_fd(), aside.as_ptr(), dir.as_raw_fd(), orig.as_ptr()) })
+                    {
+                        note(format!("cannot put {} back: {e}", shown(&orig)));
                     }
                 }
             }
         }
-        for (d, at, mt) in std::mem::take(&mut self.times).into_iter().rev() {
-            let _ = filetime::set_symlink_file_times(&d, at, mt);
+        for (d, _, at, mt) in std::mem::take(&mut self.times).into_iter().rev() {
+            let _ = set_times(d.as_fd(), at, mt);
         }
         first
     }
@@ -369,5 +500,51 @@ mod tests {
         for d in [&root, &root.join("etc"), &root.join("cache")] {
             assert_eq!(std::fs::metadata(d).unwrap().mtime(), 1_000_000, "{}", d.display());
         }
+    }
+
+    /// Hostile image symlinks (/dev, /etc/hosts to a host dir) are followed inside the rootfs;
+    /// a step that swaps a placed mount's parent for a symlink to a host dir makes undo delete
+    /// nothing there.
+    #[test]
+    fn hostile_symlinks_and_swaps_stay_inside() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // mknod needs CAP_MKNOD
+        }
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let host = t.path().join("host");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::create_dir_all(host.join("m")).unwrap();
+        std::fs::write(host.join("m/t"), "precious").unwrap();
+        std::os::unix::fs::symlink(&host, root.join("dev")).unwrap();
+        std::os::unix::fs::symlink(host.join("hosts"), root.join("etc/hosts")).unwrap();
+        let src = t.path().join("f");
+        std::fs::write(&src, "ctx").unwrap();
+        let spec = RunSpec {
+            rootfs: root.clone(),
+            args: vec!["true".into()],
+            mounts: vec![MountSpec::Bind {
+                src,
+                dest: "/mnt/t".into(),
+                readonly: true,
+            }],
+            ..Default::default()
+        };
+        let mut p = prepare(&spec, "kiln").unwrap();
+        assert!(
+            !host.join("null").exists() && !host.join("hosts").exists(),
+            "nothing made outside"
+        );
+        let inside = root.join(host.strip_prefix("/").unwrap());
+        assert!(inside.join("null").exists() && inside.join("hosts").exists());
+        // the step: mv /mnt /mnt.old && ln -s HOST/m /mnt
+        std::fs::rename(root.join("mnt"), root.join("mnt.old")).unwrap();
+        std::os::unix::fs::symlink(host.join("m"), root.join("mnt")).unwrap();
+        assert_eq!(p.undo(), None);
+        assert_eq!(std::fs::read_to_string(host.join("m/t")).unwrap(), "precious");
+        assert!(
+            !root.join("mnt.old/t").exists(),
+            "kiln's own placement was removed where it went"
+        );
     }
 }
