@@ -594,9 +594,11 @@ impl Unpacker {
     /// Removes `name` in `dirfd` (recursively for a directory, never following symlinks).
     fn remove(&mut self, dirfd: RawFd, name: &[u8], is_dir: bool) -> Result<()> {
         if is_dir {
-            let p = proc_path(dirfd, name);
             self.res.invalidate();
-            std::fs::remove_dir_all(&p).with_context(|| format!("removing directory {}", show(name)))?;
+            // SAFETY: `dirfd` is open for the duration of the call.
+            let dir = unsafe { std::os::fd::BorrowedFd::borrow_raw(dirfd) };
+            crate::fsutil::root::remove_tree_at(dir, &cstring(name)?)
+                .with_context(|| format!("removing directory {}", show(name)))?;
         } else {
             let c = cstring(name)?;
             cvt(unsafe { libc::unlinkat(dirfd, c.as_ptr(), 0) }).with_context(|| format!("removing {}", show(name)))?;
