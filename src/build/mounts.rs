@@ -276,21 +276,11 @@ pub fn run_step(
             let mut mounts = Vec::new();
             let argv = run_argv(&cmd, &ins_owned, &shell, scratch.path(), &mut mounts)?;
             let mut env = env.clone();
-            let mut locks = Vec::new();
-            // Declared after `scratch`, so unmounted before `scratch` is removed.
-            let mut secrets = None;
+            // Declared after `scratch`, so released (unmounted) before `scratch` is removed.
+            let mut held = Held::default();
             for m in &mount_specs {
-                add_mount(
-                    b,
-                    m,
-                    &bind_roots,
-                    scratch.path(),
-                    &mut mounts,
-                    &mut env,
-                    &mut locks,
-                    &mut secrets,
-                )
-                .with_context(|| format!("{}: --mount type={:?},target={}", ins_owned.loc, m.kind, m.target))?;
+                add_mount(b, m, &bind_roots, scratch.path(), &mut mounts, &mut env, &mut held)
+                    .with_context(|| format!("{}: --mount type={:?},target={}", ins_owned.loc, m.kind, m.target))?;
             }
             let spec = RunSpec {
                 rootfs: root.to_path_buf(),
@@ -313,8 +303,7 @@ pub fn run_step(
                 tty: false,
             };
             let outcome = crate::sandbox::run(&spec)?;
-            drop(locks);
-            drop(secrets);
+            drop(held);
             if outcome.status != 0 {
                 bail!(
                     "process \"{}\" did not complete successfully: exit code: {}",
@@ -336,6 +325,14 @@ fn cmd_text(cmd: &ShellOrExec) -> String {
     }
 }
 
+/// What the mounts of one RUN step hold while it runs: cache-mount locks and the secrets'
+/// tmpfs.
+#[derive(Default)]
+struct Held {
+    locks: Vec<std::fs::File>,
+    secrets: Option<SecretFs>,
+}
+
 /// Turns one `--mount` into sandbox mounts (and env for secrets/ssh).
 fn add_mount(
     b: &Builder,
@@ -344,8 +341,7 @@ fn add_mount(
     scratch: &Path,
     mounts: &mut Vec<MountSpec>,
     env: &mut Vec<String>,
-    locks: &mut Vec<std::fs::File>,
-    secrets: &mut Option<SecretFs>,
+    held: &mut Held,
 ) -> Result<()> {
     match m.kind {
         MountKind::Bind => {
@@ -402,7 +398,7 @@ fn add_mount(
                     },
                 );
                 match got {
-                    Ok(l) => locks.push(l.unlock().map_err(|(_, e)| e)?),
+                    Ok(l) => held.locks.push(l.unlock().map_err(|(_, e)| e)?),
                     Err(_) if m.sharing == Sharing::Private => {
                         // In use by another build: a private mount gets a fresh directory.
                         src = scratch.join(format!("cache-{}", mounts.len()));
@@ -439,10 +435,10 @@ fn add_mount(
             }
             // The content goes to a tmpfs only (never to the store's disk): BuildKit's
             // secret files are on a tmpfs as well.
-            if secrets.is_none() {
-                *secrets = Some(SecretFs::new(scratch)?);
+            if held.secrets.is_none() {
+                held.secrets = Some(SecretFs::new(scratch)?);
             }
-            let fs = secrets.as_ref().expect("just set");
+            let fs = held.secrets.as_ref().expect("just set");
             let path = fs.dir.join(format!("secret-{}", mounts.len()));
             fs.write(
                 &path,
@@ -604,17 +600,16 @@ fn link_or_copy(src: &crate::fsutil::Root, dst: &crate::fsutil::Root, rel: &Path
 
 /// The secrets of one RUN step: a small tmpfs mounted (in kiln's private mount namespace,
 /// so it vanishes with kiln even on `kill -9`) on a directory of the step's scratch dir.
-/// Without the privilege to mount (isolation without namespaces), a private directory in
-/// /dev/shm (a tmpfs) instead; never a directory on a disk.
+/// Without a mount namespace (chroot isolation), a private directory in /dev/shm (a tmpfs)
+/// instead; never a directory on a disk. (Chroot isolation then copies the file into the
+/// rootfs for the step: see `sandbox::chroot`.)
 struct SecretFs {
     dir: PathBuf,
     mounted: bool,
 }
 
-const TMPFS_MAGIC: i64 = 0x0102_1994;
-
 fn is_tmpfs(p: &Path) -> bool {
-    nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 as i64 == TMPFS_MAGIC)
+    nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
 }
 
 impl SecretFs {
@@ -624,14 +619,18 @@ impl SecretFs {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("chmod of {}", dir.display()))?;
         use nix::mount::MsFlags;
-        let mounted = nix::mount::mount(
-            Some("tmpfs"),
-            &dir,
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            Some("mode=0700,size=64m"),
-        )
-        .is_ok();
+        // Chroot isolation has no mount namespace of its own: no mount there (it would
+        // outlive a killed kiln in the host's namespace).
+        let own_ns = crate::sandbox::probe::current() != crate::sandbox::probe::Isolation::Chroot;
+        let mounted = own_ns
+            && nix::mount::mount(
+                Some("tmpfs"),
+                &dir,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some("mode=0700,size=64m"),
+            )
+            .is_ok();
         if mounted {
             return Ok(SecretFs { dir, mounted });
         }
@@ -714,6 +713,46 @@ pub fn make_workdir(root: &Path, path: &str, user: Option<&str>) -> Result<Vec<P
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filtered_context_leaves_out_what_dockerignore_excludes() {
+        let ctx = tempfile::tempdir().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        for (p, c) in [
+            ("keep.txt", "k"),
+            ("secret.txt", "s"),
+            ("sub/keep2.txt", "k2"),
+            ("sub/hidden.txt", "h"),
+            ("nope/gone.txt", "g"),
+            ("nope/back.txt", "b"),
+            ("all/x", "x"),
+        ] {
+            let f = ctx.path().join(p);
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(f, c).unwrap();
+        }
+        std::os::unix::fs::symlink("secret.txt", ctx.path().join("link")).unwrap();
+        let ignore =
+            crate::dockerfile::ignore::IgnoreMatcher::new("secret.txt\nsub/hidden.txt\nnope\n!nope/back.txt\nall\n")
+                .unwrap();
+        let src = crate::fsutil::Root::open(ctx.path()).unwrap();
+        let dst = crate::fsutil::Root::open(out.path()).unwrap();
+        copy_filtered(&src, &dst, Path::new(""), &ignore).unwrap();
+        let o = out.path();
+        assert_eq!(std::fs::read_to_string(o.join("keep.txt")).unwrap(), "k");
+        assert_eq!(std::fs::read_to_string(o.join("sub/keep2.txt")).unwrap(), "k2");
+        assert_eq!(std::fs::read_to_string(o.join("nope/back.txt")).unwrap(), "b");
+        assert!(!o.join("secret.txt").exists());
+        assert!(!o.join("sub/hidden.txt").exists());
+        assert!(!o.join("nope/gone.txt").exists());
+        assert!(
+            std::fs::symlink_metadata(o.join("all")).is_err(),
+            "an ignored dir with nothing kept"
+        );
+        // The symlink is kept as a link (to an ignored file: dangling, as in BuildKit).
+        assert_eq!(std::fs::read_link(o.join("link")).unwrap(), Path::new("secret.txt"));
+        assert!(!o.join("link").exists());
+    }
 
     #[test]
     fn lone_heredoc() {

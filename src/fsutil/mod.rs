@@ -99,59 +99,6 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("syncing directory {}", dir.display()))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::symlink;
-
-    #[test]
-    fn resolve_stays_in_root() {
-        let t = tempfile::tempdir().unwrap();
-        let root = t.path();
-        fs::create_dir_all(root.join("a/b")).unwrap();
-        symlink("/", root.join("a/up")).unwrap();
-        symlink("../../../../etc", root.join("a/b/esc")).unwrap();
-        symlink("b", root.join("a/rel")).unwrap();
-        assert_eq!(
-            resolve_in_root(root, Path::new("/a/up/a/b"), true).unwrap(),
-            root.join("a/b")
-        );
-        assert_eq!(
-            resolve_in_root(root, Path::new("a/b/esc/passwd"), true).unwrap(),
-            root.join("etc/passwd")
-        );
-        assert_eq!(
-            resolve_in_root(root, Path::new("../../x"), true).unwrap(),
-            root.join("x")
-        );
-        assert_eq!(
-            resolve_in_root(root, Path::new("/a/rel"), true).unwrap(),
-            root.join("a/b")
-        );
-        assert_eq!(
-            resolve_in_root(root, Path::new("/a/rel"), false).unwrap(),
-            root.join("a/rel")
-        );
-    }
-
-    #[test]
-    fn symlink_loop_is_an_error() {
-        let t = tempfile::tempdir().unwrap();
-        symlink("l2", t.path().join("l1")).unwrap();
-        symlink("l1", t.path().join("l2")).unwrap();
-        assert!(resolve_in_root(t.path(), Path::new("/l1/x"), true).is_err());
-    }
-
-    #[test]
-    fn atomic_write_replaces() {
-        let t = tempfile::tempdir().unwrap();
-        let p = t.path().join("f");
-        write_atomic(&p, b"one").unwrap();
-        write_atomic(&p, b"two").unwrap();
-        assert_eq!(fs::read(&p).unwrap(), b"two");
-    }
-}
-
 /// Marks every file descriptor from `first` up close-on-exec, so that nothing kiln inherited
 /// or opened reaches a program it executes. `close_range(first, ~0, CLOSE_RANGE_CLOEXEC)`
 /// (Linux ≥ 5.11); where that is missing or refused (seccomp), every fd listed in
@@ -210,4 +157,85 @@ pub fn sealed_memfd(name: &str, data: &[u8]) -> Result<std::os::fd::OwnedFd> {
         return Err(std::io::Error::last_os_error()).with_context(|| format!("sealing memfd {name}"));
     }
     Ok(f.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn resolve_stays_in_root() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        fs::create_dir_all(root.join("a/b")).unwrap();
+        symlink("/", root.join("a/up")).unwrap();
+        symlink("../../../../etc", root.join("a/b/esc")).unwrap();
+        symlink("b", root.join("a/rel")).unwrap();
+        assert_eq!(
+            resolve_in_root(root, Path::new("/a/up/a/b"), true).unwrap(),
+            root.join("a/b")
+        );
+        assert_eq!(
+            resolve_in_root(root, Path::new("a/b/esc/passwd"), true).unwrap(),
+            root.join("etc/passwd")
+        );
+        assert_eq!(
+            resolve_in_root(root, Path::new("../../x"), true).unwrap(),
+            root.join("x")
+        );
+        assert_eq!(
+            resolve_in_root(root, Path::new("/a/rel"), true).unwrap(),
+            root.join("a/b")
+        );
+        assert_eq!(
+            resolve_in_root(root, Path::new("/a/rel"), false).unwrap(),
+            root.join("a/rel")
+        );
+    }
+
+    #[test]
+    fn symlink_loop_is_an_error() {
+        let t = tempfile::tempdir().unwrap();
+        symlink("l2", t.path().join("l1")).unwrap();
+        symlink("l1", t.path().join("l2")).unwrap();
+        assert!(resolve_in_root(t.path(), Path::new("/l1/x"), true).is_err());
+    }
+
+    #[test]
+    fn cloexec_from_marks_every_fd() {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let f = fs::File::open("/dev/null").unwrap();
+        // SAFETY: dup returns a fresh fd (without FD_CLOEXEC), owned here.
+        let dup = unsafe { OwnedFd::from_raw_fd(libc::dup(f.as_raw_fd())) };
+        let flags = |fd| unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        assert_eq!(flags(dup.as_raw_fd()) & libc::FD_CLOEXEC, 0);
+        cloexec_from(3).unwrap();
+        assert_ne!(flags(dup.as_raw_fd()) & libc::FD_CLOEXEC, 0);
+        assert_eq!(flags(0) & libc::FD_CLOEXEC, 0, "stdin is left alone");
+    }
+
+    #[test]
+    fn sealed_memfd_reads_back_and_cannot_change() {
+        use std::os::fd::AsRawFd;
+        let fd = sealed_memfd("t", b"data").unwrap();
+        let p = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        assert_eq!(fs::read(&p).unwrap(), b"data");
+        let mut w = fs::OpenOptions::new().write(true).open(&p).unwrap();
+        assert!(w.write_all(b"x").is_err(), "sealed against writes");
+        assert!(w.set_len(0).is_err(), "sealed against shrinking");
+        assert_ne!(
+            unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) } & libc::FD_CLOEXEC,
+            0
+        );
+    }
+
+    #[test]
+    fn atomic_write_replaces() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("f");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+    }
 }
