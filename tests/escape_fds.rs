@@ -269,7 +269,9 @@ fn run_bind_mount_of_the_context_honours_dockerignore() {
          RUN --mount=type=bind,target=/ctx ls -a /ctx /ctx/nope > /out\n\
          RUN --mount=type=bind,source=sub,target=/sub ls -a /sub > /out-sub\n\
          RUN --mount=type=bind,target=/ctx,rw ls -a /ctx > /out-rw && cat /ctx/keep.txt >> /out-rw\n\
-         RUN --mount=type=bind,target=/ctx (cat /ctx/secret.txt || echo unreadable) > /cat 2>/dev/null\n",
+         RUN --mount=type=bind,target=/ctx (cat /ctx/secret.txt || echo unreadable) > /cat 2>/dev/null\n\
+         USER 65534\n\
+         RUN --mount=type=bind,target=/ctx cat /ctx/keep.txt /ctx/sub/keep2.txt > /tmp/as-nobody\n",
     );
     let out = s.join("out");
     let res = Kiln::with_root(&root)
@@ -292,6 +294,20 @@ fn run_bind_mount_of_the_context_honours_dockerignore() {
     assert!(rw.contains("keep.txt") && rw.contains("keep\n"), "{rw}");
     assert!(!rw.contains("secret.txt"), "an ignored file is visible: {rw}");
     assert_eq!(read(&out.join("cat")), "unreadable\n");
+    assert_eq!(read(&out.join("tmp/as-nobody")), "keep\nkeep2\n", "readable as another user");
+    // An ignored file is not in the context a bind mount can name either.
+    s.write(
+        "ctx/bad.Dockerfile",
+        "FROM busybox:latest\nRUN --mount=type=bind,source=secret.txt,target=/s cat /s\n",
+    );
+    let res = Kiln::with_root(&root)
+        .arg("build")
+        .arg("-f")
+        .arg(s.join("ctx/bad.Dockerfile"))
+        .arg(s.join("ctx"))
+        .output();
+    assert!(!res.status.success(), "an ignored file was bound:\n{}", text(&res));
+    assert!(!text(&res).contains("do not show"), "{}", text(&res));
     // Nothing of the filtered context is left once the build is over.
     let tmp: Vec<_> = std::fs::read_dir(root.join("tmp"))
         .map(|d| d.flatten().map(|e| e.file_name()).collect())

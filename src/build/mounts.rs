@@ -180,7 +180,9 @@ pub fn run_step(
         }
     }
     let mut ro_roots = Vec::new();
-    let mut bind_roots: Vec<(RunMount, PathBuf)> = Vec::new();
+    // The source of each bind; None: the build context, filtered by .dockerignore when the
+    // step actually runs (see `filtered_context`).
+    let mut bind_roots: Vec<(RunMount, Option<PathBuf>)> = Vec::new();
     for (m, st, is_context) in sources {
         let root = match st {
             Some(st) => {
@@ -189,7 +191,7 @@ pub fn run_step(
                 ro_roots.push(r);
                 p
             }
-            None => filtered_context(b)?,
+            None => b.req.context.clone(),
         };
         let src_rel = m.source.clone().unwrap_or_else(|| "/".to_string());
         let src = crate::fsutil::resolve_in_root(&root, Path::new(&src_rel), true)?;
@@ -227,7 +229,7 @@ pub fn run_step(
             )
             .as_bytes(),
         ));
-        bind_roots.push((m, src));
+        bind_roots.push((m, (!is_context).then_some(src)));
     }
     let key_text = format!(
         "RUN {:?} heredocs {:?} env {:?} mounts {:?} network {:?} user {:?} workdir {:?}",
@@ -337,7 +339,7 @@ struct Held {
 fn add_mount(
     b: &Builder,
     m: &RunMount,
-    bind_roots: &[(RunMount, PathBuf)],
+    bind_roots: &[(RunMount, Option<PathBuf>)],
     scratch: &Path,
     mounts: &mut Vec<MountSpec>,
     env: &mut Vec<String>,
@@ -350,6 +352,18 @@ fn add_mount(
                 .find(|(bm, _)| bm.target == m.target && bm.source == m.source && bm.from == m.from)
                 .map(|(_, p)| p.clone())
                 .context("bind source was not prepared")?;
+            let src = match src {
+                Some(p) => p,
+                None => {
+                    let root = filtered_context(b)?;
+                    let rel = m.source.clone().unwrap_or_else(|| "/".to_string());
+                    let p = crate::fsutil::resolve_in_root(&root, Path::new(&rel), true)?;
+                    if std::fs::symlink_metadata(&p).is_err() {
+                        bail!("--mount source {rel}: not found in the build context (is it in .dockerignore?)");
+                    }
+                    p
+                }
+            };
             let readonly = m.readonly;
             let src = if readonly {
                 src
@@ -489,6 +503,12 @@ fn filtered_context(b: &Builder) -> Result<PathBuf> {
     let src = crate::fsutil::Root::open(&b.req.context)
         .with_context(|| format!("opening the build context {}", b.req.context.display()))?;
     let dst = crate::fsutil::Root::open(dir.path()).with_context(|| format!("opening {}", dir.path().display()))?;
+    let mode = src
+        .stat("", crate::fsutil::Follow::All)
+        .with_context(|| format!("reading {}", b.req.context.display()))?
+        .st_mode;
+    dst.chmod("", mode & 0o7777)
+        .with_context(|| format!("chmod of {}", dir.path().display()))?;
     copy_filtered(&src, &dst, Path::new(""), &b.ignore).with_context(|| {
         format!(
             "preparing the build context for RUN bind mounts in {}",
