@@ -294,7 +294,11 @@ fn run_bind_mount_of_the_context_honours_dockerignore() {
     assert!(rw.contains("keep.txt") && rw.contains("keep\n"), "{rw}");
     assert!(!rw.contains("secret.txt"), "an ignored file is visible: {rw}");
     assert_eq!(read(&out.join("cat")), "unreadable\n");
-    assert_eq!(read(&out.join("tmp/as-nobody")), "keep\nkeep2\n", "readable as another user");
+    assert_eq!(
+        read(&out.join("tmp/as-nobody")),
+        "keep\nkeep2\n",
+        "readable as another user"
+    );
     // An ignored file is not in the context a bind mount can name either.
     s.write(
         "ctx/bad.Dockerfile",
