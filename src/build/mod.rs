@@ -164,6 +164,10 @@ pub struct Builder<'a> {
     created: String,
     /// `--cache-from` / `--cache-to` repositories.
     pub remote: Option<remote_cache::RemoteCache>,
+    /// The build context as RUN bind mounts see it (.dockerignore applied), made at the first
+    /// such mount and removed with the build (a killed build's copy is the store's tmp data
+    /// of a dead process, collected by fsck/prune).
+    bind_context: Mutex<Option<Arc<tempfile::TempDir>>>,
 }
 
 /// Builds the image described by `req`. Returns None for `--dry-run`.
@@ -212,6 +216,7 @@ pub fn build(store: &Store, req: &BuildRequest) -> Result<Option<Image>> {
         images: Mutex::new(HashMap::new()),
         created,
         remote: remote_cache::RemoteCache::new(&req.cache_from, &req.cache_to, req.tls_verify),
+        bind_context: Mutex::new(None),
     };
     for unused in &b.plan.unused_build_args {
         b.progress

@@ -180,7 +180,9 @@ pub fn run_step(
         }
     }
     let mut ro_roots = Vec::new();
-    let mut bind_roots: Vec<(RunMount, PathBuf)> = Vec::new();
+    // The source of each bind; None: the build context, filtered by .dockerignore when the
+    // step actually runs (see `filtered_context`).
+    let mut bind_roots: Vec<(RunMount, Option<PathBuf>)> = Vec::new();
     for (m, st, is_context) in sources {
         let root = match st {
             Some(st) => {
@@ -227,7 +229,7 @@ pub fn run_step(
             )
             .as_bytes(),
         ));
-        bind_roots.push((m, src));
+        bind_roots.push((m, (!is_context).then_some(src)));
     }
     let key_text = format!(
         "RUN {:?} heredocs {:?} env {:?} mounts {:?} network {:?} user {:?} workdir {:?}",
@@ -276,9 +278,10 @@ pub fn run_step(
             let mut mounts = Vec::new();
             let argv = run_argv(&cmd, &ins_owned, &shell, scratch.path(), &mut mounts)?;
             let mut env = env.clone();
-            let mut locks = Vec::new();
+            // Declared after `scratch`, so released (unmounted) before `scratch` is removed.
+            let mut held = Held::default();
             for m in &mount_specs {
-                add_mount(b, m, &bind_roots, scratch.path(), &mut mounts, &mut env, &mut locks)
+                add_mount(b, m, &bind_roots, scratch.path(), &mut mounts, &mut env, &mut held)
                     .with_context(|| format!("{}: --mount type={:?},target={}", ins_owned.loc, m.kind, m.target))?;
             }
             let spec = RunSpec {
@@ -302,7 +305,7 @@ pub fn run_step(
                 tty: false,
             };
             let outcome = crate::sandbox::run(&spec)?;
-            drop(locks);
+            drop(held);
             if outcome.status != 0 {
                 bail!(
                     "process \"{}\" did not complete successfully: exit code: {}",
@@ -324,15 +327,23 @@ fn cmd_text(cmd: &ShellOrExec) -> String {
     }
 }
 
+/// What the mounts of one RUN step hold while it runs: cache-mount locks and the secrets'
+/// tmpfs.
+#[derive(Default)]
+struct Held {
+    locks: Vec<std::fs::File>,
+    secrets: Option<SecretFs>,
+}
+
 /// Turns one `--mount` into sandbox mounts (and env for secrets/ssh).
 fn add_mount(
     b: &Builder,
     m: &RunMount,
-    bind_roots: &[(RunMount, PathBuf)],
+    bind_roots: &[(RunMount, Option<PathBuf>)],
     scratch: &Path,
     mounts: &mut Vec<MountSpec>,
     env: &mut Vec<String>,
-    locks: &mut Vec<std::fs::File>,
+    held: &mut Held,
 ) -> Result<()> {
     match m.kind {
         MountKind::Bind => {
@@ -341,6 +352,18 @@ fn add_mount(
                 .find(|(bm, _)| bm.target == m.target && bm.source == m.source && bm.from == m.from)
                 .map(|(_, p)| p.clone())
                 .context("bind source was not prepared")?;
+            let src = match src {
+                Some(p) => p,
+                None => {
+                    let root = filtered_context(b)?;
+                    let rel = m.source.clone().unwrap_or_else(|| "/".to_string());
+                    let p = crate::fsutil::resolve_in_root(&root, Path::new(&rel), true)?;
+                    if std::fs::symlink_metadata(&p).is_err() {
+                        bail!("--mount source {rel}: not found in the build context (is it in .dockerignore?)");
+                    }
+                    p
+                }
+            };
             let readonly = m.readonly;
             let src = if readonly {
                 src
@@ -389,7 +412,7 @@ fn add_mount(
                     },
                 );
                 match got {
-                    Ok(l) => locks.push(l.unlock().map_err(|(_, e)| e)?),
+                    Ok(l) => held.locks.push(l.unlock().map_err(|(_, e)| e)?),
                     Err(_) if m.sharing == Sharing::Private => {
                         // In use by another build: a private mount gets a fresh directory.
                         src = scratch.join(format!("cache-{}", mounts.len()));
@@ -424,10 +447,21 @@ fn add_mount(
                     return Ok(());
                 }
             }
-            let path = scratch.join(format!("secret-{}", mounts.len()));
-            std::fs::write(&path, &data).with_context(|| format!("writing secret {id}"))?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(m.mode.unwrap_or(0o400)))?;
-            nix::unistd::chown(&path, Some(m.uid.unwrap_or(0).into()), Some(m.gid.unwrap_or(0).into()))?;
+            // The content goes to a tmpfs only (never to the store's disk): BuildKit's
+            // secret files are on a tmpfs as well.
+            if held.secrets.is_none() {
+                held.secrets = Some(SecretFs::new(scratch)?);
+            }
+            let fs = held.secrets.as_ref().expect("just set");
+            let path = fs.dir.join(format!("secret-{}", mounts.len()));
+            fs.write(
+                &path,
+                &data,
+                m.mode.unwrap_or(0o400),
+                m.uid.unwrap_or(0),
+                m.gid.unwrap_or(0),
+            )
+            .with_context(|| format!("writing secret {id} to {}", path.display()))?;
             mounts.push(MountSpec::Bind {
                 src: path,
                 dest: m.target.clone(),
@@ -451,6 +485,218 @@ fn add_mount(
         }
     }
     Ok(())
+}
+
+/// The build context for `RUN --mount=type=bind` (no `from`): what COPY sees, i.e. without
+/// what .dockerignore excludes, as BuildKit mounts it. Without ignore patterns that is the
+/// context itself; otherwise a filtered copy in the store's tmp (hard links where possible),
+/// made once per build and shared by all its RUN steps.
+fn filtered_context(b: &Builder) -> Result<PathBuf> {
+    if b.ignore.is_empty() {
+        return Ok(b.req.context.clone());
+    }
+    let mut slot = b.bind_context.lock().unwrap();
+    if let Some(d) = slot.as_ref() {
+        return Ok(d.path().to_path_buf());
+    }
+    let dir = b.store.tmp_dir("bindctx-")?;
+    let src = crate::fsutil::Root::open(&b.req.context)
+        .with_context(|| format!("opening the build context {}", b.req.context.display()))?;
+    let dst = crate::fsutil::Root::open(dir.path()).with_context(|| format!("opening {}", dir.path().display()))?;
+    let mode = src
+        .stat("", crate::fsutil::Follow::All)
+        .with_context(|| format!("reading {}", b.req.context.display()))?
+        .st_mode;
+    dst.chmod("", mode & 0o7777)
+        .with_context(|| format!("chmod of {}", dir.path().display()))?;
+    copy_filtered(&src, &dst, Path::new(""), &b.ignore).with_context(|| {
+        format!(
+            "preparing the build context for RUN bind mounts in {}",
+            dir.path().display()
+        )
+    })?;
+    let path = dir.path().to_path_buf();
+    *slot = Some(std::sync::Arc::new(dir));
+    Ok(path)
+}
+
+/// Copies the directory `rel` of `src` into `dst` (which has it already), leaving out what
+/// `ignore` excludes (an excluded directory is still entered when an exception may
+/// re-include something below it, and kept only when something was). Returns whether
+/// anything was placed.
+fn copy_filtered(
+    src: &crate::fsutil::Root,
+    dst: &crate::fsutil::Root,
+    rel: &Path,
+    ignore: &crate::dockerfile::ignore::IgnoreMatcher,
+) -> Result<bool> {
+    use crate::fsutil::Follow;
+    let mut names = src
+        .read_dir(rel, Follow::Parents)
+        .with_context(|| format!("reading {}", src.show(rel)))?;
+    names.sort();
+    let mut placed = false;
+    for (name, _) in names {
+        let child = rel.join(&name);
+        let ctx_rel = child.to_string_lossy().into_owned();
+        let st = src
+            .stat(&child, Follow::Parents)
+            .with_context(|| format!("reading {}", src.show(&child)))?;
+        let fmt = st.st_mode & libc::S_IFMT;
+        let excluded = ignore.is_excluded(&ctx_rel);
+        if fmt == libc::S_IFDIR {
+            if excluded && !ignore.may_include_below(&ctx_rel) {
+                continue;
+            }
+            dst.mkdir_all(&child, 0o700)
+                .with_context(|| format!("creating {}", dst.show(&child)))?;
+            let below = copy_filtered(src, dst, &child, ignore)?;
+            if excluded && !below {
+                dst.remove(&child)
+                    .with_context(|| format!("removing {}", dst.show(&child)))?;
+                continue;
+            }
+            dst.chmod(&child, st.st_mode & 0o7777)
+                .with_context(|| format!("chmod of {}", dst.show(&child)))?;
+            placed = true;
+            continue;
+        }
+        if excluded {
+            continue;
+        }
+        match fmt {
+            libc::S_IFLNK => {
+                let target = src
+                    .readlink(&child)
+                    .with_context(|| format!("reading the symlink {}", src.show(&child)))?;
+                dst.symlink(&target, &child)
+                    .with_context(|| format!("creating the symlink {}", dst.show(&child)))?;
+            }
+            libc::S_IFREG => link_or_copy(src, dst, &child, st.st_mode & 0o7777)?,
+            libc::S_IFIFO => dst
+                .mknod(&child, libc::S_IFIFO | (st.st_mode & 0o7777), 0)
+                .with_context(|| format!("creating the fifo {}", dst.show(&child)))?,
+            // Sockets and devices are not part of a build context.
+            _ => continue,
+        }
+        placed = true;
+    }
+    Ok(placed)
+}
+
+/// Hard-links the regular file `rel` of `src` into `dst`, or copies it (content and mode)
+/// where a link is not possible (another file system, a file kiln does not own).
+fn link_or_copy(src: &crate::fsutil::Root, dst: &crate::fsutil::Root, rel: &Path, mode: u32) -> Result<()> {
+    use crate::fsutil::Follow;
+    use std::os::fd::AsRawFd;
+    let a = src
+        .locate(rel, Follow::Parents)
+        .with_context(|| format!("reading {}", src.show(rel)))?;
+    let b = dst
+        .locate(rel, Follow::Parents)
+        .with_context(|| format!("reading {}", dst.show(rel)))?;
+    if let (Some(an), Some(bn)) = (&a.name, &b.name) {
+        // SAFETY: both names are NUL-terminated; flags 0: a symlink is never followed.
+        let r = unsafe { libc::linkat(a.dir.as_raw_fd(), an.as_ptr(), b.dir.as_raw_fd(), bn.as_ptr(), 0) };
+        if r == 0 {
+            return Ok(());
+        }
+    }
+    let mut from = src
+        .open_with(rel, libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK, 0)
+        .with_context(|| format!("opening {}", src.show(rel)))?;
+    let mut to = dst
+        .open_with(
+            rel,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+            0o600,
+        )
+        .with_context(|| format!("creating {}", dst.show(rel)))?;
+    std::io::copy(&mut from, &mut to).with_context(|| format!("copying {} to {}", src.show(rel), dst.show(rel)))?;
+    to.set_permissions(std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod of {}", dst.show(rel)))?;
+    Ok(())
+}
+
+/// The secrets of one RUN step: a small tmpfs mounted (in kiln's private mount namespace,
+/// so it vanishes with kiln even on `kill -9`) on a directory of the step's scratch dir.
+/// Without a mount namespace (chroot isolation), a private directory in /dev/shm (a tmpfs)
+/// instead; never a directory on a disk. (Chroot isolation then copies the file into the
+/// rootfs for the step: see `sandbox::chroot`.)
+struct SecretFs {
+    dir: PathBuf,
+    mounted: bool,
+}
+
+fn is_tmpfs(p: &Path) -> bool {
+    nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+}
+
+impl SecretFs {
+    fn new(scratch: &Path) -> Result<SecretFs> {
+        let dir = scratch.join("secrets");
+        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("chmod of {}", dir.display()))?;
+        use nix::mount::MsFlags;
+        // Chroot isolation has no mount namespace of its own: no mount there (it would
+        // outlive a killed kiln in the host's namespace).
+        let own_ns = crate::sandbox::probe::current() != crate::sandbox::probe::Isolation::Chroot;
+        let mounted = own_ns
+            && nix::mount::mount(
+                Some("tmpfs"),
+                &dir,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some("mode=0700,size=64m"),
+            )
+            .is_ok();
+        if mounted {
+            return Ok(SecretFs { dir, mounted });
+        }
+        let _ = std::fs::remove_dir(&dir);
+        let shm = Path::new("/dev/shm");
+        if !is_tmpfs(shm) {
+            bail!(
+                "secret mounts need a tmpfs (secrets are never written to disk): cannot mount one \
+                 here and /dev/shm is not a tmpfs"
+            );
+        }
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("kiln-secrets-{}.", std::process::id()))
+            .tempdir_in(shm)
+            .context("creating a secrets directory in /dev/shm")?
+            .keep();
+        Ok(SecretFs { dir, mounted: false })
+    }
+
+    fn write(&self, path: &Path, data: &[u8], mode: u32, uid: u32, gid: u32) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .context("creating the secret file")?;
+        f.write_all(data).context("writing the secret")?;
+        f.set_permissions(std::fs::Permissions::from_mode(mode))
+            .context("chmod of the secret file")?;
+        nix::unistd::fchown(&f, Some(uid.into()), Some(gid.into())).context("chown of the secret file")?;
+        Ok(())
+    }
+}
+
+impl Drop for SecretFs {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH);
+            let _ = std::fs::remove_dir(&self.dir);
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
 }
 
 /// WORKDIR: creates the directory (and missing parents) inside the rootfs, owned by the
@@ -487,6 +733,46 @@ pub fn make_workdir(root: &Path, path: &str, user: Option<&str>) -> Result<Vec<P
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filtered_context_leaves_out_what_dockerignore_excludes() {
+        let ctx = tempfile::tempdir().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        for (p, c) in [
+            ("keep.txt", "k"),
+            ("secret.txt", "s"),
+            ("sub/keep2.txt", "k2"),
+            ("sub/hidden.txt", "h"),
+            ("nope/gone.txt", "g"),
+            ("nope/back.txt", "b"),
+            ("all/x", "x"),
+        ] {
+            let f = ctx.path().join(p);
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(f, c).unwrap();
+        }
+        std::os::unix::fs::symlink("secret.txt", ctx.path().join("link")).unwrap();
+        let ignore =
+            crate::dockerfile::ignore::IgnoreMatcher::new("secret.txt\nsub/hidden.txt\nnope\n!nope/back.txt\nall\n")
+                .unwrap();
+        let src = crate::fsutil::Root::open(ctx.path()).unwrap();
+        let dst = crate::fsutil::Root::open(out.path()).unwrap();
+        copy_filtered(&src, &dst, Path::new(""), &ignore).unwrap();
+        let o = out.path();
+        assert_eq!(std::fs::read_to_string(o.join("keep.txt")).unwrap(), "k");
+        assert_eq!(std::fs::read_to_string(o.join("sub/keep2.txt")).unwrap(), "k2");
+        assert_eq!(std::fs::read_to_string(o.join("nope/back.txt")).unwrap(), "b");
+        assert!(!o.join("secret.txt").exists());
+        assert!(!o.join("sub/hidden.txt").exists());
+        assert!(!o.join("nope/gone.txt").exists());
+        assert!(
+            std::fs::symlink_metadata(o.join("all")).is_err(),
+            "an ignored dir with nothing kept"
+        );
+        // The symlink is kept as a link (to an ignored file: dangling, as in BuildKit).
+        assert_eq!(std::fs::read_link(o.join("link")).unwrap(), Path::new("secret.txt"));
+        assert!(!o.join("link").exists());
+    }
 
     #[test]
     fn lone_heredoc() {

@@ -133,6 +133,12 @@ impl Command {
 
 /// Entry point of the binary: parse, enter the namespace if needed, dispatch, report.
 pub fn main() -> i32 {
+    // Nothing kiln inherited beyond stdin/stdout/stderr reaches what it executes (a RUN step,
+    // `kiln run`'s process, a helper program): done first, before anything else opens a fd.
+    if let Err(e) = crate::fsutil::cloexec_from(3) {
+        eprintln!("kiln: {e:#}");
+        return 125;
+    }
     let cli = Cli::parse();
     if cli.command.needs_userns()
         && let Err(e) = cli

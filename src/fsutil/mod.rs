@@ -99,6 +99,66 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("syncing directory {}", dir.display()))
 }
 
+/// Marks every file descriptor from `first` up close-on-exec, so that nothing kiln inherited
+/// or opened reaches a program it executes. `close_range(first, ~0, CLOSE_RANGE_CLOEXEC)`
+/// (Linux ≥ 5.11); where that is missing or refused (seccomp), every fd listed in
+/// /proc/self/fd gets `FD_CLOEXEC` with fcntl. CLOEXEC rather than close: a descriptor kiln
+/// still needs until the exec (the sandbox's error-report pipe) stays usable. The fallback
+/// allocates: after a fork, call it only in a single-threaded process (the sandbox helper).
+pub fn cloexec_from(first: std::os::fd::RawFd) -> Result<()> {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range only changes fd flags here.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let fds: Vec<libc::c_int> = fs::read_dir("/proc/self/fd")
+        .context("listing /proc/self/fd to mark inherited descriptors close-on-exec")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd >= first)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_GETFD/F_SETFD only read and change descriptor flags; a fd that was the
+        // directory listing (now closed) fails with EBADF, which is fine.
+        unsafe {
+            let fl = libc::fcntl(fd, libc::F_GETFD);
+            if fl >= 0 && fl & libc::FD_CLOEXEC == 0 {
+                libc::fcntl(fd, libc::F_SETFD, fl | libc::FD_CLOEXEC);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An anonymous in-memory file (`memfd_create`, close-on-exec) holding `data`, sealed
+/// against any change: for data that must never be written to a disk (a sandbox spec with
+/// secret environment variables). Readable through `/proc/self/fd/N` by whoever holds the fd.
+pub fn sealed_memfd(name: &str, data: &[u8]) -> Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let cname = std::ffi::CString::new(name).context("memfd name contains a NUL byte")?;
+    // SAFETY: `cname` is NUL-terminated; the fd returned is fresh.
+    let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("memfd_create({name})"));
+    }
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    let mut f = fs::File::from(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+    f.write_all(data).with_context(|| format!("writing memfd {name}"))?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: F_ADD_SEALS only changes the memfd's seals.
+    if unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("sealing memfd {name}"));
+    }
+    Ok(f.into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +200,34 @@ mod tests {
         symlink("l2", t.path().join("l1")).unwrap();
         symlink("l1", t.path().join("l2")).unwrap();
         assert!(resolve_in_root(t.path(), Path::new("/l1/x"), true).is_err());
+    }
+
+    #[test]
+    fn cloexec_from_marks_every_fd() {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let f = fs::File::open("/dev/null").unwrap();
+        // SAFETY: dup returns a fresh fd (without FD_CLOEXEC), owned here.
+        let dup = unsafe { OwnedFd::from_raw_fd(libc::dup(f.as_raw_fd())) };
+        let flags = |fd| unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        assert_eq!(flags(dup.as_raw_fd()) & libc::FD_CLOEXEC, 0);
+        cloexec_from(3).unwrap();
+        assert_ne!(flags(dup.as_raw_fd()) & libc::FD_CLOEXEC, 0);
+        assert_eq!(flags(0) & libc::FD_CLOEXEC, 0, "stdin is left alone");
+    }
+
+    #[test]
+    fn sealed_memfd_reads_back_and_cannot_change() {
+        use std::os::fd::AsRawFd;
+        let fd = sealed_memfd("t", b"data").unwrap();
+        let p = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        assert_eq!(fs::read(&p).unwrap(), b"data");
+        let mut w = fs::OpenOptions::new().write(true).open(&p).unwrap();
+        assert!(w.write_all(b"x").is_err(), "sealed against writes");
+        assert!(w.set_len(0).is_err(), "sealed against shrinking");
+        assert_ne!(
+            unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) } & libc::FD_CLOEXEC,
+            0
+        );
     }
 
     #[test]

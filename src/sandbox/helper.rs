@@ -545,6 +545,10 @@ fn exec(p: &Prepared) -> (i32, String) {
         };
         (code, format!("exec {what}: {}", e.desc().to_lowercase()))
     };
+    // Only 0, 1 and 2 reach the step; the error-report pipe is closed by the exec itself.
+    if let Err(e) = crate::fsutil::cloexec_from(3) {
+        return (125, format!("{e:#}"));
+    }
     if name.contains(&b'/') {
         let e = nix::unistd::execve(&p.argv[0], &p.argv, &p.envp).unwrap_err();
         return fail(e, &shown);

@@ -273,26 +273,22 @@ pub fn run(spec: &RunSpec) -> Result<RunOutcome> {
             .with_context(|| format!("cannot prepare mount points in {}", spec.rootfs.display()))?;
         (c, None)
     };
-    let mut file = tempfile::Builder::new()
-        .prefix("kiln-run-")
-        .suffix(".json")
-        .tempfile()
-        .context("cannot create the sandbox spec file")?;
     let bpf = helper::compiled_filter(spec)?.map(|b| {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD.encode(b.as_slice())
     });
-    serde_json::to_writer(
-        &mut file,
-        &HelperInput {
-            spec: spec.clone(),
-            bpf,
-            chroot: use_chroot,
-        },
-    )?;
-    file.flush()?;
+    // The spec (with the step's environment, secrets included) lives in a memfd, never on
+    // disk; the helper inherits it (and only it) and reads it through /proc/self/fd.
+    let input = serde_json::to_vec(&HelperInput {
+        spec: spec.clone(),
+        bpf,
+        chroot: use_chroot,
+    })
+    .context("serialising the sandbox spec")?;
+    let spec_fd = crate::fsutil::sealed_memfd("kiln-run-spec", &input)?;
+    let spec_raw = std::os::fd::AsRawFd::as_raw_fd(&spec_fd);
     let mut cmd = Command::new("/proc/self/exe");
-    cmd.arg("__sandbox").arg(file.path());
+    cmd.arg("__sandbox").arg(format!("/proc/self/fd/{spec_raw}"));
     let prefixed = !spec.tty && (!spec.output_prefix.is_empty() || spec.quiet || spec.log_to_stderr || spec.live);
     if prefixed {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -304,11 +300,16 @@ pub fn run(spec: &RunSpec) -> Result<RunOutcome> {
     } else {
         Stdio::null()
     });
-    // SAFETY: prctl is async-signal-safe.
+    // SAFETY: prctl and fcntl are async-signal-safe.
     unsafe {
         use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            // Only in this child: the spec memfd survives the exec (the helper's main marks it
+            // close-on-exec again before the step runs).
+            if libc::fcntl(spec_raw, libc::F_SETFD, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
     }
@@ -317,6 +318,7 @@ pub fn run(spec: &RunSpec) -> Result<RunOutcome> {
         .spawn()
         .context("cannot start the sandbox helper (/proc/self/exe __sandbox)")?;
     let _slot = HelperSlot::new(child.id());
+    drop(spec_fd);
     let tail = (spec.quiet).then(|| std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new())));
     let mut threads = Vec::new();
     if let (Some(data), Some(mut w)) = (spec.stdin.clone(), child.stdin.take()) {

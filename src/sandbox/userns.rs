@@ -452,8 +452,10 @@ pub fn ensure_with(debug: bool, forced: Option<Isolation>) -> Result<()> {
 fn enter_userns(debug: bool, single: bool) -> Result<probe::Trial> {
     let uid = nix::unistd::getuid().as_raw();
     let gid = nix::unistd::getgid().as_raw();
-    let (c2p_r, c2p_w) = nix::unistd::pipe().context("cannot create a pipe")?;
-    let (p2c_r, p2c_w) = nix::unistd::pipe().context("cannot create a pipe")?;
+    // CLOEXEC: the re-executed kiln (and so every RUN step) must not inherit them.
+    let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
+    let (c2p_r, c2p_w) = nix::unistd::pipe2(cloexec).context("cannot create a pipe")?;
+    let (p2c_r, p2c_w) = nix::unistd::pipe2(cloexec).context("cannot create a pipe")?;
     // Prepare everything the child needs before forking (no allocation decisions after).
     let exe = CString::new("/proc/self/exe").unwrap();
     let args: Vec<CString> = std::env::args_os()
