@@ -159,27 +159,28 @@ fn bind(source: &str, target: &str, flags: MsFlags) -> Step {
 /// through the root handle only when each step runs (see [`apply`]), so a target that goes
 /// through an earlier mount is resolved in that mount.
 pub fn plan(spec: &RunSpec, generated: &Generated, new_netns: bool) -> Result<Vec<Step>> {
-    let mut v = Vec::new();
-    // /proc: fresh for our PID namespace; the host's (recursive bind) if that is refused.
-    v.push(Step::Mkdir("/proc".into()));
-    v.push(Step::Mount {
-        source: s("proc"),
-        target: "/proc".into(),
-        fstype: s("proc"),
-        flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        data: None,
-        fallback: vec![bind("/proc", "/proc", MsFlags::MS_BIND | MsFlags::MS_REC)],
-    });
-    // /dev
-    v.push(Step::Mkdir("/dev".into()));
-    v.push(Step::Mount {
-        source: s("tmpfs"),
-        target: "/dev".into(),
-        fstype: s("tmpfs"),
-        flags: MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
-        data: s("mode=755,size=65536k"),
-        fallback: vec![],
-    });
+    let mut v = vec![
+        // /proc: fresh for our PID namespace; the host's (recursive bind) if that is refused.
+        Step::Mkdir("/proc".into()),
+        Step::Mount {
+            source: s("proc"),
+            target: "/proc".into(),
+            fstype: s("proc"),
+            flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            data: None,
+            fallback: vec![bind("/proc", "/proc", MsFlags::MS_BIND | MsFlags::MS_REC)],
+        },
+        // /dev
+        Step::Mkdir("/dev".into()),
+        Step::Mount {
+            source: s("tmpfs"),
+            target: "/dev".into(),
+            fstype: s("tmpfs"),
+            flags: MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+            data: s("mode=755,size=65536k"),
+            fallback: vec![],
+        },
+    ];
     for d in DEVICES {
         let t = format!("/dev/{d}");
         v.push(Step::Touch(t.clone().into()));
