@@ -218,6 +218,65 @@ mod tests {
     }
 
     #[test]
+    fn a_fifo_passwd_is_an_error_not_a_hang() {
+        let r = rootfs();
+        let p = r.path().join("etc/passwd");
+        fs::remove_file(&p).unwrap();
+        nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let path = r.path().to_path_buf();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(format!("{:#}", resolve_user(&path, "app").unwrap_err()));
+            let _ = tx.send(format!("{:#}", resolve_chown(&path, "app").unwrap_err()));
+        });
+        for _ in 0..2 {
+            let e = rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .expect("reading a FIFO /etc/passwd hung");
+            assert!(e.contains("/etc/passwd") && e.contains("not a regular file"), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_oversized_passwd_is_an_error_naming_the_limit() {
+        let r = rootfs();
+        let mut big = "app:x:1000:1000::/home/app:/bin/sh\n".to_string();
+        big.push_str(&"#".repeat(MAX_DB_SIZE as usize));
+        fs::write(r.path().join("etc/passwd"), big).unwrap();
+        let e = format!("{:#}", resolve_user(r.path(), "app").unwrap_err());
+        assert!(e.contains("/etc/passwd") && e.contains(&MAX_DB_SIZE.to_string()), "{e}");
+        // A directory there is not a database either.
+        fs::remove_file(r.path().join("etc/passwd")).unwrap();
+        fs::create_dir(r.path().join("etc/passwd")).unwrap();
+        assert!(format!("{:#}", resolve_chown(r.path(), "app").unwrap_err()).contains("not a regular file"));
+    }
+
+    #[test]
+    fn passwd_symlinks_resolve_inside_the_image() {
+        let r = rootfs();
+        let host = tempfile::tempdir().unwrap();
+        let evil = host.path().join("passwd");
+        fs::write(&evil, "evil:x:4242:4242::/:/bin/sh\n").unwrap();
+        fs::write(host.path().join("group"), "evil:x:4242:\n").unwrap();
+        fs::remove_file(r.path().join("etc/passwd")).unwrap();
+        fs::remove_file(r.path().join("etc/group")).unwrap();
+        std::os::unix::fs::symlink(&evil, r.path().join("etc/passwd")).unwrap();
+        std::os::unix::fs::symlink(
+            "/proc/self/root".to_string() + host.path().join("group").to_str().unwrap(),
+            r.path().join("etc/group"),
+        )
+        .unwrap();
+        let e = format!("{:#}", resolve_user(r.path(), "evil").unwrap_err());
+        assert!(e.contains("unable to find user evil"), "{e}");
+        assert!(resolve_chown(r.path(), "0:evil").is_err());
+        // The same file inside the image is found.
+        let inside = r.path().join(evil.strip_prefix("/").unwrap());
+        fs::create_dir_all(inside.parent().unwrap()).unwrap();
+        fs::write(&inside, "evil:x:7:7::/:/bin/sh\n").unwrap();
+        assert_eq!(resolve_user(r.path(), "evil").unwrap().uid, 7);
+    }
+
+    #[test]
     fn chown_forms() {
         let r = rootfs();
         assert_eq!(resolve_chown(r.path(), "daemon").unwrap(), (1, 1));

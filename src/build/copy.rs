@@ -1970,6 +1970,92 @@ mod tests {
         assert!(r.join(outside.path().strip_prefix("/").unwrap()).join("y").exists());
     }
 
+    #[test]
+    fn links_in_the_source_and_the_destination_never_reach_the_host() {
+        // A relative link that climbs out of both roots lands on different host files from the
+        // source and from the copy: nothing may be read from the first or written to the second.
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        let dst = t.path().join("dst/deep/root");
+        fs::create_dir_all(src.join("dir")).unwrap();
+        fs::create_dir_all(&dst).unwrap();
+        let host_a = t.path().join("A");
+        let host_b = t.path().join("dst/deep/A");
+        fs::write(&host_a, "host secret").unwrap();
+        fs::write(&host_b, "host file").unwrap();
+        let can_xattr = xattr::set(&host_a, "user.leak", b"1").is_ok();
+        symlink("../A", src.join("link")).unwrap();
+        symlink(&host_a, src.join("dir/abs")).unwrap();
+        symlink(&host_a, src.join("top")).unwrap();
+        // In the destination: a magic link and a host path as destinations.
+        let outside = t.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        symlink(format!("/proc/self/root{}", outside.display()), dst.join("app")).unwrap();
+        symlink(&outside, dst.join("abs")).unwrap();
+        let source = CopySource {
+            root: &src,
+            ignore: None,
+            is_context: false,
+        };
+        copy_into(&dst, &source, &req(&["/"], "/")).unwrap();
+        assert_eq!(fs::read_link(dst.join("link")).unwrap(), Path::new("../A"));
+        assert_eq!(fs::read_link(dst.join("dir/abs")).unwrap(), host_a);
+        if can_xattr {
+            assert!(
+                xattr::get(&host_b, "user.leak").unwrap().is_none(),
+                "host xattr copied onto a host file"
+            );
+        }
+        assert_eq!(fs::read_to_string(&host_b).unwrap(), "host file");
+        // A symlink named as the source is followed inside the source root: not found there.
+        let e = format!(
+            "{:#}",
+            copy_into(&dst, &source, &req(&["/top"], "/top-copy")).unwrap_err()
+        );
+        assert!(e.contains("not found"), "{e}");
+        // Destinations through a magic link or a host path stay in the rootfs.
+        fs::write(src.join("f"), "data").unwrap();
+        for d in ["/app/f", "/app/", "/abs/f"] {
+            let _ = copy_into(&dst, &source, &req(&["/f"], d));
+        }
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "nothing written outside");
+        let inside = dst.join(outside.strip_prefix("/").unwrap());
+        assert_eq!(fs::read_to_string(inside.join("f")).unwrap(), "data");
+    }
+
+    #[test]
+    fn a_source_dir_swapped_for_a_symlink_is_not_followed_to_the_host() {
+        // Entries are walked first and copied after: a directory replaced in between by a link
+        // to a host directory must not bring that directory's files.
+        let f = fx();
+        let host = tempfile::tempdir().unwrap();
+        fs::write(host.path().join("a"), "host secret").unwrap();
+        put(f.ctx.path(), "d/sub/a", "a");
+        let root = Arc::new(Root::open(f.ctx.path()).unwrap());
+        let filter = Filter {
+            ignore: None,
+            exclude: None,
+        };
+        let mut entries = Vec::new();
+        walk(&root, Path::new("d"), &filter, Path::new(""), "", &mut entries).unwrap();
+        fs::rename(f.ctx.path().join("d/sub"), f.ctx.path().join("moved")).unwrap();
+        symlink(host.path(), f.ctx.path().join("d/sub")).unwrap();
+        let mut cx = Copier {
+            root: Root::open(f.root.path()).unwrap(),
+            chown: None,
+            chmod: None,
+            links: HashMap::new(),
+            dir_fixups: Vec::new(),
+        };
+        let e = cx.copy_tree(&root, Path::new(""), &entries, false).unwrap_err();
+        assert!(format!("{e:#}").contains("d/sub/a"), "{e:#}");
+        assert!(
+            fs::read_to_string(f.root.path().join("sub/a"))
+                .unwrap_or_default()
+                .is_empty()
+        );
+    }
+
     fn passwd_root(f: &Fx) {
         put(
             f.root.path(),
