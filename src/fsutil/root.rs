@@ -713,14 +713,20 @@ impl Root {
     /// `lstat`), of what it points to inside the root with `Follow::All`. Taken with `fstat` on
     /// an `O_PATH` fd, so it describes exactly the object that was resolved.
     /// A path that is one plain name is taken in the root's own directory without any
-    /// resolution (one `statx` of `/proc/self/fd/N/name`, never following `name`): walking a
-    /// directory opened with [`Root::sub`] costs one call per entry.
+    /// resolution (`openat(O_PATH | O_NOFOLLOW)` of the name, then `fstat`): walking a
+    /// directory opened with [`Root::sub`] costs no path walk per entry.
     pub fn metadata(&self, path: impl AsRef<Path>, follow: Follow) -> io::Result<std::fs::Metadata> {
         let path = path.as_ref();
         if follow != Follow::All
             && let Some(name) = Root::single_name(path)
         {
-            return std::fs::symlink_metadata(fd_path(self.fd.as_fd()).join(name));
+            let fd = openat_raw(
+                self.fd.as_raw_fd(),
+                &cstr(name.as_bytes())?,
+                libc::O_PATH | libc::O_NOFOLLOW,
+                0,
+            )?;
+            return File::from(fd).metadata();
         }
         File::from(self.resolve(path, follow)?).metadata()
     }
