@@ -1,8 +1,15 @@
 //! Resolving `USER`/`--chown` specs against an image's /etc/passwd and /etc/group.
+//!
+//! The files are read through the rootfs' [`Root`]: symlinks resolve inside the image (never
+//! to a host file), only a regular file is read (a FIFO cannot hang the build), and a file
+//! larger than [`MAX_DB_SIZE`] is an error rather than a silently empty database.
 
-use crate::fsutil::resolve_in_root;
-use anyhow::{Result, bail};
+use crate::fsutil::Root;
+use anyhow::{Context, Result, bail};
 use std::path::Path;
+
+/// The largest /etc/passwd or /etc/group kiln reads.
+pub const MAX_DB_SIZE: u64 = 4 << 20;
 
 /// A resolved user: ids and supplementary groups.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -13,17 +20,27 @@ pub struct ResolvedUser {
     pub home: String,
 }
 
-fn read_db(rootfs: &Path, file: &str) -> Vec<Vec<String>> {
-    let Ok(path) = resolve_in_root(rootfs, Path::new(file), true) else {
-        return Vec::new();
+fn open_root(rootfs: &Path) -> Result<Root> {
+    Root::open(rootfs).with_context(|| format!("opening the rootfs {}", rootfs.display()))
+}
+
+/// The entries of `file` (/etc/passwd, /etc/group) of the image; none when it does not exist.
+fn read_db(root: &Root, file: &str) -> Result<Vec<Vec<String>>> {
+    let bytes = match root.read_regular(file, MAX_DB_SIZE) {
+        Ok(Some(b)) => b,
+        Ok(None) => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+            // read_regular's own message names the file: not a regular file, or too large.
+            bail!("cannot read the image's {file}: {e} (the limit is {MAX_DB_SIZE} bytes, regular files only)")
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read the image's {file}")),
     };
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Vec::new();
-    };
-    text.lines()
+    let text = String::from_utf8_lossy(&bytes);
+    Ok(text
+        .lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
         .map(|l| l.split(':').map(str::to_string).collect())
-        .collect()
+        .collect())
 }
 
 fn lookup_user(passwd: &[Vec<String>], name: &str) -> Option<(u32, u32, String, String)> {
@@ -47,6 +64,11 @@ fn lookup_group(group: &[Vec<String>], name: &str) -> Option<u32> {
 /// Resolves `user[:group]` (names or numeric ids) as Docker does for USER: a numeric uid
 /// that has no passwd entry is allowed (gid 0); a name must exist.
 pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<ResolvedUser> {
+    resolve_user_in(&open_root(rootfs)?, spec)
+}
+
+/// [`resolve_user`] in a rootfs already opened as a [`Root`].
+pub fn resolve_user_in(root: &Root, spec: &str) -> Result<ResolvedUser> {
     let (user, group) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
@@ -54,8 +76,8 @@ pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<ResolvedUser> {
     if user.is_empty() {
         bail!("invalid user {spec:?}: empty user name");
     }
-    let passwd = read_db(rootfs, "/etc/passwd");
-    let groups_db = read_db(rootfs, "/etc/group");
+    let passwd = read_db(root, "/etc/passwd")?;
+    let groups_db = read_db(root, "/etc/group")?;
     let (uid, mut gid, name, home) = match user.parse::<u32>() {
         Ok(uid) => match passwd.iter().find(|f| f.len() >= 4 && f[2] == user) {
             Some(f) => (
@@ -109,11 +131,16 @@ pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<ResolvedUser> {
 /// user's primary group only when the user is given by name; a numeric user without group
 /// gets gid = uid, as BuildKit does.
 pub fn resolve_chown(rootfs: &Path, spec: &str) -> Result<(u32, u32)> {
+    resolve_chown_in(&open_root(rootfs)?, spec)
+}
+
+/// [`resolve_chown`] in a rootfs already opened as a [`Root`].
+pub fn resolve_chown_in(root: &Root, spec: &str) -> Result<(u32, u32)> {
     let (user, group) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
-    let passwd = read_db(rootfs, "/etc/passwd");
+    let passwd = read_db(root, "/etc/passwd")?;
     let uid_and_primary = match user.parse::<u32>() {
         Ok(uid) => (uid, uid),
         Err(_) => match lookup_user(&passwd, user) {
@@ -127,7 +154,7 @@ pub fn resolve_chown(rootfs: &Path, spec: &str) -> Result<(u32, u32)> {
         None => uid_and_primary.1,
         Some(g) => match g.parse::<u32>() {
             Ok(n) => n,
-            Err(_) => match lookup_group(&read_db(rootfs, "/etc/group"), g) {
+            Err(_) => match lookup_group(&read_db(root, "/etc/group")?, g) {
                 Some(n) => n,
                 None => bail!(
                     "unable to convert uid/gid chown string to host mapping: can't find gid for group {g}: no such group: {g}"
@@ -188,6 +215,65 @@ mod tests {
                 .to_string()
                 .contains("unable to find user ghost")
         );
+    }
+
+    #[test]
+    fn a_fifo_passwd_is_an_error_not_a_hang() {
+        let r = rootfs();
+        let p = r.path().join("etc/passwd");
+        fs::remove_file(&p).unwrap();
+        nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let path = r.path().to_path_buf();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(format!("{:#}", resolve_user(&path, "app").unwrap_err()));
+            let _ = tx.send(format!("{:#}", resolve_chown(&path, "app").unwrap_err()));
+        });
+        for _ in 0..2 {
+            let e = rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .expect("reading a FIFO /etc/passwd hung");
+            assert!(e.contains("/etc/passwd") && e.contains("not a regular file"), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_oversized_passwd_is_an_error_naming_the_limit() {
+        let r = rootfs();
+        let mut big = "app:x:1000:1000::/home/app:/bin/sh\n".to_string();
+        big.push_str(&"#".repeat(MAX_DB_SIZE as usize));
+        fs::write(r.path().join("etc/passwd"), big).unwrap();
+        let e = format!("{:#}", resolve_user(r.path(), "app").unwrap_err());
+        assert!(e.contains("/etc/passwd") && e.contains(&MAX_DB_SIZE.to_string()), "{e}");
+        // A directory there is not a database either.
+        fs::remove_file(r.path().join("etc/passwd")).unwrap();
+        fs::create_dir(r.path().join("etc/passwd")).unwrap();
+        assert!(format!("{:#}", resolve_chown(r.path(), "app").unwrap_err()).contains("not a regular file"));
+    }
+
+    #[test]
+    fn passwd_symlinks_resolve_inside_the_image() {
+        let r = rootfs();
+        let host = tempfile::tempdir().unwrap();
+        let evil = host.path().join("passwd");
+        fs::write(&evil, "evil:x:4242:4242::/:/bin/sh\n").unwrap();
+        fs::write(host.path().join("group"), "evil:x:4242:\n").unwrap();
+        fs::remove_file(r.path().join("etc/passwd")).unwrap();
+        fs::remove_file(r.path().join("etc/group")).unwrap();
+        std::os::unix::fs::symlink(&evil, r.path().join("etc/passwd")).unwrap();
+        std::os::unix::fs::symlink(
+            "/proc/self/root".to_string() + host.path().join("group").to_str().unwrap(),
+            r.path().join("etc/group"),
+        )
+        .unwrap();
+        let e = format!("{:#}", resolve_user(r.path(), "evil").unwrap_err());
+        assert!(e.contains("unable to find user evil"), "{e}");
+        assert!(resolve_chown(r.path(), "0:evil").is_err());
+        // The same file inside the image is found.
+        let inside = r.path().join(evil.strip_prefix("/").unwrap());
+        fs::create_dir_all(inside.parent().unwrap()).unwrap();
+        fs::write(&inside, "evil:x:7:7::/:/bin/sh\n").unwrap();
+        assert_eq!(resolve_user(r.path(), "evil").unwrap().uid, 7);
     }
 
     #[test]

@@ -21,7 +21,8 @@
 
 use crate::digest::Digest;
 use crate::dockerfile::ignore::{IgnoreMatcher, go_match};
-use crate::fsutil::resolve_in_root;
+use crate::fsutil::root::fd_path;
+use crate::fsutil::{Follow, Root};
 use anyhow::{Context, Result, anyhow, bail};
 use filetime::FileTime;
 use rayon::prelude::*;
@@ -29,9 +30,11 @@ use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
 use std::fs::{self, File, Metadata};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
+use xattr::FileExt as _;
 
 /// Where COPY/ADD reads from.
 pub struct CopySource<'a> {
@@ -74,11 +77,14 @@ pub struct CopyRequest {
 // ---------------------------------------------------------------------------------------------
 
 /// Performs the COPY/ADD described by `req` from `src` into the mounted rootfs `rootfs`.
+/// Every path inside the rootfs and inside the source is reached through a [`Root`] (opened
+/// once here): symlinks resolve inside their root, never on the host.
 pub fn copy_into(rootfs: &Path, src: &CopySource, req: &CopyRequest) -> Result<()> {
+    let root = Root::open(rootfs).with_context(|| format!("opening the rootfs {}", rootfs.display()))?;
     let chmod = req.chmod.as_deref().map(parse_chmod).transpose()?;
     let chown = match req.chown.as_deref() {
         Some(spec) => {
-            Some(crate::users::resolve_chown(rootfs, spec).with_context(|| format!("resolving --chown={spec}"))?)
+            Some(crate::users::resolve_chown_in(&root, spec).with_context(|| format!("resolving --chown={spec}"))?)
         }
         None => None,
     };
@@ -86,7 +92,7 @@ pub fn copy_into(rootfs: &Path, src: &CopySource, req: &CopyRequest) -> Result<(
     let dest = Dest::of(req);
     let dest_is_dir = dest.dir_hint || req.parents || items.len() > 1 || req.srcs.len() > 1;
     let mut cx = Copier {
-        rootfs,
+        root,
         chown,
         chmod,
         links: HashMap::new(),
@@ -154,32 +160,40 @@ pub fn source_digest_cached(
     put(&mut h, if src.is_context { b"context" } else { b"root" });
 
     // Regular files to hash, in a stable order; hashed in parallel.
-    let mut files: Vec<(&Path, &Metadata)> = Vec::new();
+    let mut files: Vec<(&Root, &Path, &Metadata, bool)> = Vec::new();
     for item in &items {
-        if let Kind::Local { abs, md, entries, .. } = &item.kind {
+        if let Kind::Local {
+            root,
+            inside,
+            md,
+            entries,
+            ..
+        } = &item.kind
+        {
+            // Only the build context's own files have a stat cache entry (not a git checkout).
+            let in_context = src.is_context && item._keep.is_none();
             if md.is_file() {
-                files.push((abs, md));
+                files.push((root, inside, md, in_context));
             }
             files.extend(
                 entries
                     .iter()
                     .filter(|e| e.md.is_file())
-                    .map(|e| (e.abs.as_path(), &e.md)),
+                    .map(|e| (&**root, e.inside.as_path(), &e.md, in_context)),
             );
         }
     }
     let stat = stat.filter(|_| src.is_context);
-    let hash = |(p, md): &(&Path, &Metadata)| -> Result<[u8; 32]> {
-        let rel = p.strip_prefix(src.root).ok().and_then(|r| r.to_str());
-        if let (Some(c), Some(rel)) = (stat, rel) {
+    let hash = |(root, p, md, in_context): &(&Root, &Path, &Metadata, bool)| -> Result<[u8; 32]> {
+        if let (Some(c), Some(rel), true) = (stat, p.to_str(), *in_context) {
             if let Some(sum) = c.get(rel, md) {
                 return Ok(sum);
             }
-            let sum = hash_file(p)?;
+            let sum = hash_file(root, p, md)?;
             c.put(rel, md, &sum, started);
             return Ok(sum);
         }
-        hash_file(p)
+        hash_file(root, p, md)
     };
     let sums: Vec<[u8; 32]> = files.par_iter().map(hash).collect::<Result<_>>()?;
     let mut sums = sums.into_iter();
@@ -194,7 +208,8 @@ pub fn source_digest_cached(
             Kind::Heredoc { content } => put(&mut h, content.as_bytes()),
             Kind::Remote(d) => put(&mut h, format!("url {} {}", d.url, d.digest).as_bytes()),
             Kind::Local {
-                abs,
+                root,
+                inside,
                 md,
                 entries,
                 keep_owner,
@@ -206,7 +221,9 @@ pub fn source_digest_cached(
                         s.push_str(&format!(" {}:{}", md.uid(), md.gid()));
                     }
                     if ft.is_symlink() {
-                        let t = fs::read_link(path).with_context(|| format!("reading symlink {}", path.display()))?;
+                        let t = root
+                            .readlink(path)
+                            .with_context(|| format!("reading symlink {}", root.show(path)))?;
                         s.push_str(&format!(" -> {t:?}"));
                     } else if ft.is_block_device() || ft.is_char_device() {
                         s.push_str(&format!(" dev {}", md.rdev()));
@@ -222,9 +239,9 @@ pub fn source_digest_cached(
                     put(h, s.as_bytes());
                     Ok(())
                 };
-                line(&mut h, Path::new(""), abs, md)?;
+                line(&mut h, Path::new(""), inside, md)?;
                 for e in entries {
-                    line(&mut h, &e.rel, &e.abs, &e.md)?;
+                    line(&mut h, &e.rel, &e.inside, &e.md)?;
                 }
             }
         }
@@ -232,12 +249,12 @@ pub fn source_digest_cached(
     Digest::parse(&format!("sha256:{}", hex::encode(h.finalize())))
 }
 
-fn hash_file(p: &Path) -> Result<[u8; 32]> {
-    let mut f = File::open(p).with_context(|| format!("opening {}", p.display()))?;
+fn hash_file(root: &Root, p: &Path, md: &Metadata) -> Result<[u8; 32]> {
+    let mut f = open_source(root, p, md)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     loop {
-        let n = f.read(&mut buf).with_context(|| format!("reading {}", p.display()))?;
+        let n = f.read(&mut buf).with_context(|| format!("reading {}", root.show(p)))?;
         if n == 0 {
             break;
         }
@@ -300,7 +317,8 @@ fn parent_of(abs: &str) -> String {
 struct Entry {
     /// Path relative to the copied directory.
     rel: PathBuf,
-    abs: PathBuf,
+    /// Path inside the source root (symlink-free when walked).
+    inside: PathBuf,
     md: Metadata,
 }
 
@@ -311,8 +329,10 @@ enum Kind {
     },
     Remote(Arc<Downloaded>),
     Local {
-        /// The source with symlinks followed (inside the root).
-        abs: PathBuf,
+        /// The root the source is read through (the context, a stage, a git checkout).
+        root: Arc<Root>,
+        /// The source inside `root`, with symlinks followed (inside the root).
+        inside: PathBuf,
         md: Metadata,
         /// For a directory: its visible descendants, parents before children.
         entries: Vec<Entry>,
@@ -326,7 +346,7 @@ struct Item {
     /// The name a file gets inside a destination directory.
     name: String,
     /// `--parents`: the source's path (after the `/./` pivot) kept under the destination,
-    /// with the source directory of each component.
+    /// with the source directory (inside the source root) of each component.
     parents_rel: Option<Vec<(String, PathBuf)>>,
     /// `_git` clones keep a handle on their checkout.
     _keep: Option<Arc<tempfile::TempDir>>,
@@ -364,10 +384,38 @@ fn join_rel(a: &str, b: &str) -> String {
     }
 }
 
-fn rel_str(root: &Path, p: &Path) -> String {
-    p.strip_prefix(root)
-        .map(|r| r.to_string_lossy().into_owned())
-        .unwrap_or_default()
+/// A path inside a root as the ignore matcher sees it (relative, `/`-separated).
+fn rel_str(inside: &Path) -> String {
+    inside.to_string_lossy().into_owned()
+}
+
+fn is_missing(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR))
+}
+
+/// Where `path` resolves inside `root` (symlinks followed inside it); `None` when it does not
+/// exist.
+fn canon(root: &Root, path: &str) -> Result<Option<PathBuf>> {
+    match root.canonical(path, Follow::All) {
+        Ok(p) => Ok(Some(p)),
+        Err(e) if is_missing(&e) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("resolving {}", root.show(path))),
+    }
+}
+
+/// Opens the source file `inside` (a regular file, as `md` says) for reading; the file opened
+/// must be the one that was walked.
+fn open_source(root: &Root, inside: &Path, md: &Metadata) -> Result<File> {
+    let f = root
+        .open_with(inside, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY, 0)
+        .with_context(|| format!("opening {}", root.show(inside)))?;
+    let now = f
+        .metadata()
+        .with_context(|| format!("inspecting {}", root.show(inside)))?;
+    if !now.is_file() || now.ino() != md.ino() || now.dev() != md.dev() {
+        bail!("{} changed while it was being copied", root.show(inside));
+    }
+    Ok(f)
 }
 
 /// Resolves every source of the request into items (wildcards expanded, symlinks followed,
@@ -384,6 +432,7 @@ fn resolve_items(src: &CopySource, req: &CopyRequest) -> Result<Vec<Item>> {
     let word = if req.is_add { "ADD" } else { "COPY" };
     let mut items = Vec::new();
     let mut local_patterns = 0usize;
+    let mut root: Option<Arc<Root>> = None;
     for s in &req.srcs {
         if let Some((name, content)) = heredoc_for(s, req) {
             items.push(Item {
@@ -401,23 +450,26 @@ fn resolve_items(src: &CopySource, req: &CopyRequest) -> Result<Vec<Item>> {
                 bail!("{word} does not support git sources ({s}): use ADD");
             }
             let (dir, sub) = git_checkout(s, req.keep_git_dir)?;
-            let abs = resolve_in_root(dir.path(), Path::new(&sub), true)?;
-            let md = fs::metadata(&abs).with_context(|| format!("{s}: no directory {sub:?} in the repository"))?;
+            let groot = Arc::new(Root::open(dir.path()).with_context(|| format!("opening the checkout of {s}"))?);
+            let missing = || format!("{s}: no directory {sub:?} in the repository");
+            let inside = canon(&groot, &sub)?.with_context(missing)?;
+            let md = groot.metadata(&inside, Follow::All).with_context(missing)?;
             let f = Filter {
                 ignore: None,
                 exclude: exclude.as_ref(),
             };
             let mut entries = Vec::new();
             if md.is_dir() {
-                walk(&abs, dir.path(), &f, Path::new(""), "", &mut entries)?;
+                walk(&groot, &inside, &f, Path::new(""), "", &mut entries)?;
             }
-            let name = abs
+            let name = inside
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
             items.push(Item {
                 kind: Kind::Local {
-                    abs,
+                    root: groot,
+                    inside,
                     md,
                     entries,
                     keep_owner: false,
@@ -445,7 +497,21 @@ fn resolve_items(src: &CopySource, req: &CopyRequest) -> Result<Vec<Item>> {
             bail!("ADD --checksum is only supported for HTTP(S) sources, not {s:?}");
         }
         local_patterns += 1;
-        items.extend(resolve_local(src, req, s, &filter)?);
+        let r = match &root {
+            Some(r) => r.clone(),
+            None => {
+                let what = if src.is_context {
+                    "the build context"
+                } else {
+                    "the source stage"
+                };
+                let r =
+                    Arc::new(Root::open(src.root).with_context(|| format!("opening {what} {}", src.root.display()))?);
+                root = Some(r.clone());
+                r
+            }
+        };
+        items.extend(resolve_local(&r, src, req, s, &filter)?);
     }
     if items.is_empty() && (local_patterns > 0 || req.srcs.is_empty()) {
         bail!(
@@ -468,8 +534,7 @@ fn heredoc_for<'a>(s: &str, req: &'a CopyRequest) -> Option<&'a (String, String)
 }
 
 /// A local source path or pattern → its items.
-fn resolve_local(src: &CopySource, req: &CopyRequest, s: &str, filter: &Filter) -> Result<Vec<Item>> {
-    let root = src.root;
+fn resolve_local(root: &Arc<Root>, src: &CopySource, req: &CopyRequest, s: &str, filter: &Filter) -> Result<Vec<Item>> {
     let comps = clean_components(s);
     // --parents: an inner "/./" marks the pivot; what follows it is kept under dest.
     let pivot = match (req.parents, s.find("/./")) {
@@ -481,12 +546,13 @@ fn resolve_local(src: &CopySource, req: &CopyRequest, s: &str, filter: &Filter) 
     match wild {
         None => {
             let rel = comps.join("/");
-            let abs = resolve_in_root(root, Path::new(&rel), true)?;
-            let ctx_rel = rel_str(root, &abs);
-            let md = fs::symlink_metadata(&abs).ok();
-            let visible = match &md {
-                None => false,
-                Some(md) => !filter.ignored(&ctx_rel) || (md.is_dir() && dir_has_visible(&abs, root, filter)?),
+            let inside = canon(root, &rel)?;
+            let md = inside.as_ref().and_then(|p| root.metadata(p, Follow::Parents).ok());
+            let visible = match (&md, &inside) {
+                (Some(md), Some(inside)) => {
+                    !filter.ignored(&rel_str(inside)) || (md.is_dir() && dir_has_visible(root, inside, filter)?)
+                }
+                _ => false,
             };
             if !visible {
                 bail!("\"/{rel}\": not found");
@@ -495,15 +561,20 @@ fn resolve_local(src: &CopySource, req: &CopyRequest, s: &str, filter: &Filter) 
         }
         Some(w) => {
             let base = comps[..w].join("/");
-            let base_abs = resolve_in_root(root, Path::new(&base), true)?;
-            if fs::metadata(&base_abs).is_ok_and(|m| m.is_dir()) {
+            if let Some(base_in) = canon(root, &base)?
+                && root.metadata(&base_in, Follow::Parents).is_ok_and(|m| m.is_dir())
+            {
                 let mut matches = Vec::new();
-                match_wildcards(&base_abs, &comps[w..], String::new(), &mut matches)?;
+                match_wildcards(root, &base_in, &comps[w..], String::new(), &mut matches)?;
                 for m in matches {
-                    let abs = resolve_in_root(root, Path::new(&rel_str(root, &base_abs)).join(&m).as_path(), true)?;
-                    let Ok(md) = fs::symlink_metadata(&abs) else { continue };
-                    let ctx_rel = rel_str(root, &base_abs.join(&m));
-                    let visible = !filter.ignored(&ctx_rel) || (md.is_dir() && dir_has_visible(&abs, root, filter)?);
+                    let Some(inside) = canon(root, &base_in.join(&m).to_string_lossy())? else {
+                        continue;
+                    };
+                    let Ok(md) = root.metadata(&inside, Follow::Parents) else {
+                        continue;
+                    };
+                    let ctx_rel = rel_str(&base_in.join(&m));
+                    let visible = !filter.ignored(&ctx_rel) || (md.is_dir() && dir_has_visible(root, &inside, filter)?);
                     if !visible {
                         continue;
                     }
@@ -517,18 +588,20 @@ fn resolve_local(src: &CopySource, req: &CopyRequest, s: &str, filter: &Filter) 
     }
     let mut items = Vec::new();
     for rel in found {
-        let abs = resolve_in_root(root, Path::new(&rel), true)?;
-        let md = fs::symlink_metadata(&abs).with_context(|| format!("\"/{rel}\": not found"))?;
+        let not_found = || format!("\"/{rel}\": not found");
+        let inside = canon(root, &rel)?.with_context(not_found)?;
+        let md = root.metadata(&inside, Follow::Parents).with_context(not_found)?;
         let mut entries = Vec::new();
         if md.is_dir() {
-            walk(&abs, root, filter, Path::new(""), "", &mut entries)?;
+            walk(root, &inside, filter, Path::new(""), "", &mut entries)?;
         }
         let rcomps = clean_components(&rel);
         let name = rcomps.last().cloned().unwrap_or_else(|| "/".to_string());
         let parents_rel = if req.parents {
             let mut v = Vec::new();
             for i in pivot..rcomps.len() {
-                let p = resolve_in_root(root, Path::new(&rcomps[..=i].join("/")), true)?;
+                let sub = rcomps[..=i].join("/");
+                let p = canon(root, &sub)?.with_context(|| format!("\"/{sub}\": not found"))?;
                 v.push((rcomps[i].clone(), p));
             }
             Some(v)
@@ -537,7 +610,8 @@ fn resolve_local(src: &CopySource, req: &CopyRequest, s: &str, filter: &Filter) 
         };
         items.push(Item {
             kind: Kind::Local {
-                abs,
+                root: root.clone(),
+                inside,
                 md,
                 entries,
                 keep_owner: !src.is_context,
@@ -565,20 +639,26 @@ fn contains_wildcards(s: &str) -> bool {
     false
 }
 
-fn sorted_names(dir: &Path) -> Result<Vec<std::ffi::OsString>> {
-    let mut names: Vec<_> = fs::read_dir(dir)
-        .with_context(|| format!("reading directory {}", dir.display()))?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<io::Result<_>>()
-        .with_context(|| format!("reading directory {}", dir.display()))?;
+/// The directory `dir` (inside `root`) as a root of its own, and its entry names, sorted.
+fn open_dir(root: &Root, dir: &Path) -> Result<(Root, Vec<std::ffi::OsString>)> {
+    let d = root
+        .sub(dir)
+        .with_context(|| format!("opening directory {}", root.show(dir)))?;
+    let mut names: Vec<_> = d
+        .read_dir(".", Follow::Parents)
+        .with_context(|| format!("reading directory {}", root.show(dir)))?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     names.sort();
-    Ok(names)
+    Ok((d, names))
 }
 
 /// Matches pattern components below `dir` (not following symlinks on the way, as Go's
 /// filepath.Walk does); results are relative to the pattern's base, in lexical order.
-fn match_wildcards(dir: &Path, pats: &[String], prefix: String, out: &mut Vec<String>) -> Result<()> {
-    for name in sorted_names(dir)? {
+fn match_wildcards(root: &Root, dir: &Path, pats: &[String], prefix: String, out: &mut Vec<String>) -> Result<()> {
+    let (d, names) = open_dir(root, dir)?;
+    for name in names {
         let n = name.to_string_lossy();
         if !go_match(&pats[0], &n).with_context(|| format!("invalid source pattern {:?}", pats.join("/")))? {
             continue;
@@ -586,36 +666,36 @@ fn match_wildcards(dir: &Path, pats: &[String], prefix: String, out: &mut Vec<St
         let rel = join_rel(&prefix, &n);
         if pats.len() == 1 {
             out.push(rel);
-        } else {
-            let p = dir.join(&name);
-            if fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
-                match_wildcards(&p, &pats[1..], rel, out)?;
-            }
+        } else if d.metadata(&name, Follow::Parents).is_ok_and(|m| m.is_dir()) {
+            match_wildcards(root, &dir.join(&name), &pats[1..], rel, out)?;
         }
     }
     Ok(())
 }
 
 /// Whether a (possibly ignored) directory has any visible descendant.
-fn dir_has_visible(dir: &Path, root: &Path, filter: &Filter) -> Result<bool> {
+fn dir_has_visible(root: &Root, dir: &Path, filter: &Filter) -> Result<bool> {
     let mut v = Vec::new();
-    walk(dir, root, filter, Path::new(""), "", &mut v)?;
+    walk(root, dir, filter, Path::new(""), "", &mut v)?;
     Ok(!v.is_empty())
 }
 
-/// Walks `dir` (pre-order, sorted) into `out`. `ex_rel` is the exclude-relative path of `dir`.
-/// Ignored/excluded directories are entered only when an exception pattern may re-include
-/// something below them, and kept only when something was.
-fn walk(dir: &Path, root: &Path, filter: &Filter, rel: &Path, ex_rel: &str, out: &mut Vec<Entry>) -> Result<()> {
-    for name in sorted_names(dir)? {
-        let abs = dir.join(&name);
-        let md = fs::symlink_metadata(&abs).with_context(|| format!("reading {}", abs.display()))?;
+/// Walks `dir` (inside `root`; pre-order, sorted) into `out`. `ex_rel` is the exclude-relative
+/// path of `dir`. Ignored/excluded directories are entered only when an exception pattern may
+/// re-include something below them, and kept only when something was.
+fn walk(root: &Root, dir: &Path, filter: &Filter, rel: &Path, ex_rel: &str, out: &mut Vec<Entry>) -> Result<()> {
+    let (d, names) = open_dir(root, dir)?;
+    for name in names {
+        let inside = dir.join(&name);
+        let md = d
+            .metadata(&name, Follow::Parents)
+            .with_context(|| format!("reading {}", root.show(&inside)))?;
         if md.file_type().is_socket() {
             continue;
         }
         let n = name.to_string_lossy();
         let e_rel = join_rel(ex_rel, &n);
-        let ctx_rel = rel_str(root, &abs);
+        let ctx_rel = rel_str(&inside);
         let ignored = filter.ignored(&ctx_rel);
         let excluded = filter.excluded(&e_rel);
         let child_rel = rel.join(&name);
@@ -623,20 +703,20 @@ fn walk(dir: &Path, root: &Path, filter: &Filter, rel: &Path, ex_rel: &str, out:
             let is_dir = md.is_dir();
             out.push(Entry {
                 rel: child_rel.clone(),
-                abs: abs.clone(),
+                inside: inside.clone(),
                 md,
             });
             if is_dir {
-                walk(&abs, root, filter, &child_rel, &e_rel, out)?;
+                walk(root, &inside, filter, &child_rel, &e_rel, out)?;
             }
         } else if md.is_dir() && filter.may_include_below(ignored, &ctx_rel, excluded, &e_rel) {
             // Exceptions (`!dir/keep`) may re-include paths below an ignored/excluded dir.
             let mut sub = Vec::new();
-            walk(&abs, root, filter, &child_rel, &e_rel, &mut sub)?;
+            walk(root, &inside, filter, &child_rel, &e_rel, &mut sub)?;
             if !sub.is_empty() {
                 out.push(Entry {
                     rel: child_rel,
-                    abs,
+                    inside,
                     md,
                 });
                 out.append(&mut sub);
@@ -650,17 +730,40 @@ fn walk(dir: &Path, root: &Path, filter: &Filter, rel: &Path, ex_rel: &str, out:
 // Copying
 // ---------------------------------------------------------------------------------------------
 
-struct Copier<'a> {
-    rootfs: &'a Path,
+/// Every destination path below is a path inside `root` (the mounted rootfs), reached only
+/// through it: symlinks resolve inside the rootfs, whatever the tree holds or comes to hold.
+struct Copier {
+    root: Root,
     chown: Option<(u32, u32)>,
     chmod: Option<Chmod>,
     /// (dev, ino) of multiply-linked source files → their first copy.
     links: HashMap<(u64, u64), PathBuf>,
-    /// Directories whose metadata is set last (children first, so mtimes stick).
-    dir_fixups: Vec<(PathBuf, PathBuf, Metadata, bool)>,
+    /// Directories whose metadata is set last (children first, so mtimes stick):
+    /// (destination, source root, source, source metadata, keep owner).
+    dir_fixups: Vec<(PathBuf, Arc<Root>, PathBuf, Metadata, bool)>,
 }
 
-impl Copier<'_> {
+/// Plain files copied in parallel are handed out in batches of at most this many files of one
+/// destination directory (one directory handle per batch).
+const BATCH: usize = 64;
+
+fn ts(secs: i64, nsec: i64) -> libc::timespec {
+    libc::timespec {
+        tv_sec: secs as libc::time_t,
+        tv_nsec: nsec as _,
+    }
+}
+
+/// Xattrs that are kiln's or the storage driver's own, never copied.
+fn private_xattr(s: &str) -> bool {
+    s.starts_with("user.overlay.")
+        || s.starts_with("user.kiln.")
+        || s.starts_with("trusted.")
+        || s.starts_with("user.fuseoverlayfs.")
+        || s == "security.selinux"
+}
+
+impl Copier {
     /// Owner of directories kiln creates on the way: the --chown user, else root.
     fn created_owner(&self) -> (u32, u32) {
         self.chown.unwrap_or((0, 0))
@@ -674,37 +777,42 @@ impl Copier<'_> {
         }
     }
 
-    /// Resolves a container path and creates the missing directories (0755, created owner).
-    fn mkdir_all(&self, container_path: &str) -> Result<PathBuf> {
-        let resolved = resolve_in_root(self.rootfs, Path::new(container_path), true)?;
-        let rel = resolved
-            .strip_prefix(self.rootfs)
-            .map_err(|_| anyhow!("destination {container_path} resolves outside the root"))?
-            .to_path_buf();
-        let mut cur = self.rootfs.to_path_buf();
-        for comp in rel.components() {
-            cur.push(comp);
-            match fs::symlink_metadata(&cur) {
-                Ok(md) if md.is_dir() => {}
-                Ok(_) => bail!(
-                    "cannot create directory {container_path}: {} is not a directory",
-                    cur.display()
-                ),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    fs::create_dir(&cur).with_context(|| format!("creating directory {}", cur.display()))?;
-                    set_mode(&cur, 0o755)?;
-                    let (u, g) = self.created_owner();
-                    chown(&cur, u, g)?;
-                }
-                Err(e) => return Err(e).with_context(|| format!("inspecting {}", cur.display())),
+    /// The owner a copy of a source entry gets. Without privilege the source's owner is its
+    /// recorded one (see layer::OWNER_XATTR), read through an fd of the source (`fd`: `None`
+    /// for a symlink, which carries no such record).
+    fn owner_of_source(&self, fd: Option<BorrowedFd<'_>>, md: &Metadata, keep_owner: bool) -> (u32, u32) {
+        match self.chown {
+            None if keep_owner && crate::layer::owner_emulation() => {
+                // An empty path has no xattr: the on-disk owner (mapped) is used.
+                let p = fd.map(fd_path).unwrap_or_default();
+                crate::layer::effective_owner(&p, md)
             }
+            _ => self.owner(md, keep_owner),
         }
-        Ok(resolved)
+    }
+
+    /// Resolves a container path and creates the missing directories (0755, created owner);
+    /// returns the directory's path inside the root (symlinks resolved).
+    fn mkdir_all(&self, container_path: &str) -> Result<PathBuf> {
+        let (_, created) = self
+            .root
+            .mkdir_all(container_path, 0o755)
+            .with_context(|| format!("creating directory {container_path} in the rootfs"))?;
+        let (u, g) = self.created_owner();
+        for c in &created {
+            self.root
+                .chmod(c, 0o755)
+                .with_context(|| format!("setting mode 755 on {}", self.root.show(c)))?;
+            self.chown_path(c, u, g, false)?;
+        }
+        self.root
+            .canonical(container_path, Follow::All)
+            .with_context(|| format!("resolving {container_path} in the rootfs"))
     }
 
     /// Where a non-directory source named `name` goes: into `target` when it is a directory.
     fn file_target(&self, target: &Path, name: &str) -> PathBuf {
-        if fs::symlink_metadata(target).is_ok_and(|m| m.is_dir()) {
+        if self.root.metadata(target, Follow::Parents).is_ok_and(|m| m.is_dir()) {
             target.join(name)
         } else {
             target.to_path_buf()
@@ -712,29 +820,26 @@ impl Copier<'_> {
     }
 
     fn copy_item(&mut self, req: &CopyRequest, item: &Item, dest: &Dest) -> Result<()> {
-        let target = resolve_in_root(self.rootfs, Path::new(&dest.abs), true)?;
+        let target = self
+            .root
+            .canonical(&dest.abs, Follow::All)
+            .with_context(|| format!("resolving the destination {} in the rootfs", dest.abs))?;
         match &item.kind {
             Kind::Heredoc { content } => {
                 let path = self.file_target(&target, &item.name);
                 let mode = self.chmod.as_ref().map_or(0o644, |c| c.apply(0o644, false));
-                let (u, g) = self.created_owner();
-                write_new_file(&path, &mut content.as_bytes(), mode, u, g)
+                self.write_new_file(&path, &mut content.as_bytes(), mode, None)
             }
             Kind::Remote(d) => {
                 let path = self.file_target(&target, &item.name);
                 let mode = self.chmod.as_ref().map_or(0o600, |c| c.apply(0o600, false));
-                let (u, g) = self.created_owner();
                 let mut f =
                     File::open(d.file.path()).with_context(|| format!("reopening the download of {}", d.url))?;
-                write_new_file(&path, &mut f, mode, u, g)?;
-                if let Some(t) = d.mtime {
-                    filetime::set_symlink_file_times(&path, t, t)
-                        .with_context(|| format!("setting times of {}", path.display()))?;
-                }
-                Ok(())
+                self.write_new_file(&path, &mut f, mode, d.mtime)
             }
             Kind::Local {
-                abs,
+                root,
+                inside,
                 md,
                 entries,
                 keep_owner,
@@ -749,16 +854,18 @@ impl Copier<'_> {
                             cur = cur.join(comp);
                             break;
                         }
-                        let smd = fs::metadata(src_dir).with_context(|| format!("reading {}", src_dir.display()))?;
-                        cur = self.ensure_dir(src_dir, &cur.join(comp), &smd, keep_owner)?;
+                        let smd = root
+                            .metadata(src_dir, Follow::All)
+                            .with_context(|| format!("reading {}", root.show(src_dir)))?;
+                        cur = self.ensure_dir(root, src_dir, &cur.join(comp), &smd, keep_owner)?;
                     }
                     if md.is_dir() {
-                        return self.copy_tree(&cur, entries, keep_owner);
+                        return self.copy_tree(root, &cur, entries, keep_owner);
                     }
-                    return self.copy_entry(abs, md, &cur, keep_owner);
+                    return self.copy_entry(root, inside, md, &cur, keep_owner);
                 }
                 if md.is_dir() {
-                    let tdir = match fs::symlink_metadata(&target) {
+                    let tdir = match self.root.metadata(&target, Follow::Parents) {
                         Ok(m) if m.is_dir() => target,
                         Ok(_) => bail!(
                             "cannot copy directory {} to {}: it is not a directory",
@@ -767,33 +874,39 @@ impl Copier<'_> {
                         ),
                         Err(_) => self.mkdir_all(&dest.abs)?,
                     };
-                    return self.copy_tree(&tdir, entries, keep_owner);
+                    return self.copy_tree(root, &tdir, entries, keep_owner);
                 }
-                if req.is_add && md.is_file() && self.try_extract(abs, &dest.abs)? {
+                if req.is_add && md.is_file() && self.try_extract(root, inside, md, &dest.abs)? {
                     return Ok(());
                 }
                 let path = self.file_target(&target, &item.name);
-                self.copy_entry(abs, md, &path, keep_owner)
+                self.copy_entry(root, inside, md, &path, keep_owner)
             }
         }
     }
 
     /// ADD of a local archive: extract into dest. Returns false when the file is no archive.
-    fn try_extract(&mut self, abs: &Path, dest_abs: &str) -> Result<bool> {
-        let f = File::open(abs).with_context(|| format!("opening {}", abs.display()))?;
+    fn try_extract(&mut self, src: &Root, inside: &Path, md: &Metadata, dest_abs: &str) -> Result<bool> {
+        let f = open_source(src, inside, md)?;
         let Some(reader) = crate::layer::open_archive(io::BufReader::with_capacity(1 << 20, f))
-            .with_context(|| format!("reading {}", abs.display()))?
+            .with_context(|| format!("reading {}", src.show(inside)))?
         else {
             return Ok(false);
         };
         let dir = self.mkdir_all(dest_abs)?;
+        // The archive goes into the directory that was resolved (its fd), not a host path.
+        let dir_fd = self
+            .root
+            .resolve(&dir, Follow::Parents)
+            .with_context(|| format!("opening {dest_abs} in the rootfs"))?;
         let opts = crate::layer::ApplyOptions {
             chown: self.chown,
             keep_whiteouts_as_files: true,
         };
-        let name = abs.file_name().unwrap_or_default().display().to_string();
+        let name = inside.file_name().unwrap_or_default().display().to_string();
         let mut counted = CountingReader { inner: reader, n: 0 };
-        crate::layer::apply(&mut counted, &dir, &opts).with_context(|| format!("extracting {name} into {dest_abs}"))?;
+        crate::layer::apply(&mut counted, &fd_path(dir_fd.as_fd()), &opts)
+            .with_context(|| format!("extracting {name} into {dest_abs}"))?;
         // Like Go's archive/tar (Docker), an archive that ends inside a 512-byte block is
         // broken even when every entry could be read.
         io::copy(&mut counted, &mut io::sink()).with_context(|| format!("reading the end of {name}"))?;
@@ -808,47 +921,61 @@ impl Copier<'_> {
 
     /// A directory for a copied source directory: created, or an existing one (followed when
     /// it is a symlink to a directory inside the root). Its metadata is set at the end.
-    fn ensure_dir(&mut self, src: &Path, path: &Path, md: &Metadata, keep_owner: bool) -> Result<PathBuf> {
-        match fs::symlink_metadata(path) {
+    fn ensure_dir(
+        &mut self,
+        src_root: &Arc<Root>,
+        src: &Path,
+        path: &Path,
+        md: &Metadata,
+        keep_owner: bool,
+    ) -> Result<PathBuf> {
+        let fixup = (
+            path.to_path_buf(),
+            src_root.clone(),
+            src.to_path_buf(),
+            md.clone(),
+            keep_owner,
+        );
+        match self.root.metadata(path, Follow::Parents) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir(path).with_context(|| format!("creating directory {}", path.display()))?;
-                self.dir_fixups
-                    .push((path.to_path_buf(), src.to_path_buf(), md.clone(), keep_owner));
+                self.root
+                    .mkdir_all(path, 0o755)
+                    .with_context(|| format!("creating directory {}", self.root.show(path)))?;
+                self.dir_fixups.push(fixup);
                 Ok(path.to_path_buf())
             }
-            Err(e) => Err(e).with_context(|| format!("inspecting {}", path.display())),
+            Err(e) => Err(e).with_context(|| format!("inspecting {}", self.root.show(path))),
             Ok(m) if m.is_dir() => {
-                self.dir_fixups
-                    .push((path.to_path_buf(), src.to_path_buf(), md.clone(), keep_owner));
+                self.dir_fixups.push(fixup);
                 Ok(path.to_path_buf())
             }
             Ok(m) if m.file_type().is_symlink() => {
-                let inside = path.strip_prefix(self.rootfs).unwrap_or(path);
-                let resolved = resolve_in_root(self.rootfs, &Path::new("/").join(inside), true)?;
-                if fs::symlink_metadata(&resolved).is_ok_and(|m| m.is_dir()) {
-                    Ok(resolved)
-                } else {
-                    bail!(
+                let resolved = self.root.canonical(path, Follow::All).ok();
+                match resolved {
+                    Some(r) if self.root.metadata(&r, Follow::Parents).is_ok_and(|m| m.is_dir()) => Ok(r),
+                    _ => bail!(
                         "cannot copy a directory to {}: it is a symlink to a non-directory",
-                        path.display()
-                    )
+                        self.root.show(path)
+                    ),
                 }
             }
             Ok(_) => bail!(
                 "cannot copy a directory to {}: it exists and is not a directory",
-                path.display()
+                self.root.show(path)
             ),
         }
     }
 
-    /// Copies walked entries below the target directory `tdir`.
-    fn copy_tree(&mut self, tdir: &Path, entries: &[Entry], keep_owner: bool) -> Result<()> {
+    /// Copies walked entries (of `src_root`) below the target directory `tdir`.
+    fn copy_tree(&mut self, src_root: &Arc<Root>, tdir: &Path, entries: &[Entry], keep_owner: bool) -> Result<()> {
         // Actual target of each copied directory (symlinked target dirs are followed safely).
         let mut dirs: HashMap<&Path, PathBuf> = HashMap::new();
         // Plain files (one link) are copied last, in parallel: for a big context the copy is
         // bound by per-file system calls, and both cores help (copy-big: ~1.9x faster). Every
-        // directory exists by then; nothing else depends on the order of the files.
-        let mut plain: Vec<(&Entry, PathBuf)> = Vec::new();
+        // directory exists by then; nothing else depends on the order of the files. They are
+        // grouped by destination directory, which is opened once per batch.
+        let mut groups: Vec<(PathBuf, Vec<&Entry>)> = Vec::new();
+        let mut group_of: HashMap<PathBuf, usize> = HashMap::new();
         for e in entries {
             let parent = e.rel.parent().unwrap_or(Path::new(""));
             let pdir = if parent.as_os_str().is_empty() {
@@ -858,113 +985,284 @@ impl Copier<'_> {
                     .cloned()
                     .with_context(|| format!("internal error: no target for {}", parent.display()))?
             };
-            let dst = pdir.join(e.rel.file_name().unwrap_or_default());
+            let name = e.rel.file_name().unwrap_or_default();
             if e.md.is_dir() {
-                let real = self.ensure_dir(&e.abs, &dst, &e.md, keep_owner)?;
+                let real = self.ensure_dir(src_root, &e.inside, &pdir.join(name), &e.md, keep_owner)?;
                 dirs.insert(&e.rel, real);
             } else if e.md.is_file() && e.md.nlink() == 1 {
-                plain.push((e, dst));
+                let i = *group_of.entry(pdir.clone()).or_insert_with(|| {
+                    groups.push((pdir, Vec::new()));
+                    groups.len() - 1
+                });
+                groups[i].1.push(e);
             } else {
-                self.copy_entry(&e.abs, &e.md, &dst, keep_owner)?;
+                self.copy_entry(src_root, &e.inside, &e.md, &pdir.join(name), keep_owner)?;
             }
         }
+        let batches: Vec<(&Path, &[&Entry])> = groups
+            .iter()
+            .flat_map(|(d, files)| files.chunks(BATCH).map(move |c| (d.as_path(), c)))
+            .collect();
+        let total: usize = groups.iter().map(|(_, f)| f.len()).sum();
         let this = &*self;
-        if plain.len() < 64 {
-            plain
-                .iter()
-                .try_for_each(|(e, dst)| this.copy_plain_file(&e.abs, &e.md, dst, keep_owner))
+        let run = |(dir, files): &(&Path, &[&Entry])| -> Result<()> {
+            let d = this
+                .root
+                .sub(dir)
+                .with_context(|| format!("opening directory {}", this.root.show(dir)))?;
+            for e in files.iter() {
+                let name = e.rel.file_name().unwrap_or_default();
+                this.copy_plain_file(src_root, e, &d, dir, name, keep_owner)?;
+            }
+            Ok(())
+        };
+        if total < BATCH {
+            batches.iter().try_for_each(run)
         } else {
-            plain
-                .par_iter()
-                .with_min_len(16)
-                .try_for_each(|(e, dst)| this.copy_plain_file(&e.abs, &e.md, dst, keep_owner))
+            batches.par_iter().try_for_each(run)
         }
     }
 
-    /// Copies a regular file with a single link (no shared state: safe to run in parallel).
-    fn copy_plain_file(&self, src: &Path, md: &Metadata, dst: &Path, keep_owner: bool) -> Result<()> {
-        match fs::symlink_metadata(dst) {
-            Ok(m) if m.is_dir() => bail!("cannot replace directory {} with a file", dst.display()),
-            Ok(_) => fs::remove_file(dst).with_context(|| format!("replacing {}", dst.display()))?,
-            Err(_) => {}
+    /// Creates the new regular file `name` in the directory `d` (`dir` inside the rootfs),
+    /// replacing a non-directory that is there.
+    fn create_in(&self, d: &Root, dir: &Path, name: &std::ffi::OsStr) -> Result<File> {
+        let show = || self.root.show(dir.join(name));
+        match d.create_new(name, 0o600) {
+            Ok(f) => return Ok(f),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(e).with_context(|| format!("creating {}", show())),
         }
-        copy_file_data(src, dst)?;
-        self.set_meta(src, dst, md, keep_owner)
+        if d.metadata(name, Follow::Parents).is_ok_and(|m| m.is_dir()) {
+            bail!("cannot replace directory {} with a file", show());
+        }
+        d.remove(name).with_context(|| format!("replacing {}", show()))?;
+        d.create_new(name, 0o600)
+            .with_context(|| format!("creating {}", show()))
     }
 
-    /// Copies one non-directory entry (file, symlink, fifo, device) to `dst`.
-    fn copy_entry(&mut self, src: &Path, md: &Metadata, dst: &Path, keep_owner: bool) -> Result<()> {
+    /// Copies a regular file with a single link into the directory `d` (no shared state: safe
+    /// to run in parallel). Its metadata is set through the new file's fd.
+    fn copy_plain_file(
+        &self,
+        src: &Root,
+        e: &Entry,
+        d: &Root,
+        dir: &Path,
+        name: &std::ffi::OsStr,
+        keep_owner: bool,
+    ) -> Result<()> {
+        let mut input = open_source(src, &e.inside, &e.md)?;
+        let mut out = self.create_in(d, dir, name)?;
+        let show = || self.root.show(dir.join(name));
+        io::copy(&mut input, &mut out).with_context(|| format!("copying {} to {}", src.show(&e.inside), show()))?;
+        self.set_file_meta(&input, &e.md, &out, &show(), keep_owner)
+    }
+
+    /// Owner, mode, xattrs and times of a copied regular file, through the fds of the source
+    /// and of the copy (in that order: chown clears setuid).
+    fn set_file_meta(&self, input: &File, md: &Metadata, out: &File, show: &str, keep_owner: bool) -> Result<()> {
+        let (u, g) = self.owner_of_source(Some(input.as_fd()), md, keep_owner);
+        self.chown_file(out, show, u, g)?;
+        let mut mode = md.mode() & 0o7777;
+        if let Some(c) = &self.chmod {
+            mode = c.apply(mode, false);
+        }
+        out.set_permissions(fs::Permissions::from_mode(mode))
+            .with_context(|| format!("setting mode {mode:o} on {show}"))?;
+        if let Ok(names) = input.list_xattr() {
+            for n in names {
+                if private_xattr(&n.to_string_lossy()) {
+                    continue;
+                }
+                if let Ok(Some(v)) = input.get_xattr(&n) {
+                    let _ = out.set_xattr(&n, &v);
+                }
+            }
+        }
+        filetime::set_file_handle_times(
+            out,
+            Some(FileTime::from_last_access_time(md)),
+            Some(FileTime::from_last_modification_time(md)),
+        )
+        .with_context(|| format!("setting times of {show}"))
+    }
+
+    /// Removes a non-directory at `dst` (a directory there is an error).
+    fn clear(&self, dst: &Path) -> Result<()> {
+        match self.root.metadata(dst, Follow::Parents) {
+            Ok(m) if m.is_dir() => bail!("cannot replace directory {} with a file", self.root.show(dst)),
+            Ok(_) => self
+                .root
+                .remove(dst)
+                .with_context(|| format!("replacing {}", self.root.show(dst))),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Copies one non-directory entry (file, symlink, fifo, device) `inside` of `src` to `dst`.
+    fn copy_entry(&mut self, src: &Root, inside: &Path, md: &Metadata, dst: &Path, keep_owner: bool) -> Result<()> {
         let ft = md.file_type();
         if ft.is_dir() {
-            bail!("internal error: copy_entry called for directory {}", src.display());
+            bail!("internal error: copy_entry called for directory {}", src.show(inside));
         }
         if ft.is_socket() {
             return Ok(());
         }
-        match fs::symlink_metadata(dst) {
-            Ok(m) if m.is_dir() => bail!("cannot replace directory {} with a file", dst.display()),
-            Ok(_) => fs::remove_file(dst).with_context(|| format!("replacing {}", dst.display()))?,
-            Err(_) => {}
-        }
+        self.clear(dst)?;
+        let show = self.root.show(dst);
         if ft.is_file() {
             if md.nlink() > 1 {
                 if let Some(first) = self.links.get(&(md.dev(), md.ino()))
-                    && fs::hard_link(first, dst).is_ok()
+                    && self.root.hardlink(first, dst).is_ok()
                 {
                     return Ok(());
                 }
                 self.links.insert((md.dev(), md.ino()), dst.to_path_buf());
             }
-            copy_file_data(src, dst)?;
+            let mut input = open_source(src, inside, md)?;
+            let mut out = self
+                .root
+                .create_new(dst, 0o600)
+                .with_context(|| format!("creating {show}"))?;
+            io::copy(&mut input, &mut out).with_context(|| format!("copying {} to {show}", src.show(inside)))?;
+            return self.set_file_meta(&input, md, &out, &show, keep_owner);
         } else if ft.is_symlink() {
-            let t = fs::read_link(src).with_context(|| format!("reading symlink {}", src.display()))?;
-            std::os::unix::fs::symlink(&t, dst).with_context(|| format!("creating symlink {}", dst.display()))?;
+            let t = src
+                .readlink(inside)
+                .with_context(|| format!("reading symlink {}", src.show(inside)))?;
+            self.root
+                .symlink(&t, dst)
+                .with_context(|| format!("creating symlink {show}"))?;
         } else if ft.is_fifo() {
-            nix::unistd::mkfifo(dst, nix::sys::stat::Mode::from_bits_truncate(0o600))
-                .with_context(|| format!("creating fifo {}", dst.display()))?;
+            self.root
+                .mknod(dst, libc::S_IFIFO | 0o600, 0)
+                .with_context(|| format!("creating fifo {show}"))?;
         } else if ft.is_char_device() || ft.is_block_device() {
             let kind = if ft.is_char_device() {
-                nix::sys::stat::SFlag::S_IFCHR
+                libc::S_IFCHR
             } else {
-                nix::sys::stat::SFlag::S_IFBLK
+                libc::S_IFBLK
             };
-            nix::sys::stat::mknod(dst, kind, nix::sys::stat::Mode::from_bits_truncate(0o600), md.rdev())
-                .with_context(|| format!("creating device node {}", dst.display()))?;
+            self.root
+                .mknod(dst, kind | 0o600, md.rdev() as libc::dev_t)
+                .with_context(|| format!("creating device node {show}"))?;
         } else {
-            bail!("{}: unsupported file type", src.display());
+            bail!("{}: unsupported file type", src.show(inside));
         }
-        self.set_meta(src, dst, md, keep_owner)
+        self.set_meta(src, inside, dst, md, keep_owner)
     }
 
-    /// Owner, mode, xattrs and times of a copied entry (in that order: chown clears setuid).
-    fn set_meta(&self, src: &Path, dst: &Path, md: &Metadata, keep_owner: bool) -> Result<()> {
-        let (u, g) = match self.chown {
-            // Without privilege the source's owner is its recorded one (see layer::OWNER_XATTR).
-            None if keep_owner && crate::layer::owner_emulation() => crate::layer::effective_owner(src, md),
-            _ => self.owner(md, keep_owner),
-        };
-        chown(dst, u, g)?;
+    /// Owner, mode, xattrs and times of a copied entry that is not a regular file, by path
+    /// inside the roots, never following the entry (in that order: chown clears setuid).
+    fn set_meta(&self, src: &Root, inside: &Path, dst: &Path, md: &Metadata, keep_owner: bool) -> Result<()> {
         let is_link = md.file_type().is_symlink();
+        let show = self.root.show(dst);
+        let src_fd = match is_link {
+            true => None,
+            false => Some(
+                src.resolve(inside, Follow::Parents)
+                    .with_context(|| format!("opening {}", src.show(inside)))?,
+            ),
+        };
+        let (u, g) = self.owner_of_source(src_fd.as_ref().map(|f| f.as_fd()), md, keep_owner);
+        self.chown_path(dst, u, g, is_link)?;
         if !is_link {
             let mut mode = md.mode() & 0o7777;
             if let Some(c) = &self.chmod {
                 mode = c.apply(mode, md.is_dir());
             }
-            set_mode(dst, mode)?;
+            self.root
+                .chmod(dst, mode)
+                .with_context(|| format!("setting mode {mode:o} on {show}"))?;
+            // Symlinks carry no xattrs worth copying (and reading one through its path would
+            // follow it).
+            if let Ok(names) = src.list_xattrs(inside) {
+                for n in names {
+                    let Some(n) = n.to_str() else { continue };
+                    if private_xattr(n) {
+                        continue;
+                    }
+                    if let Ok(Some(v)) = src.get_xattr(inside, n) {
+                        let _ = self.root.set_xattr(dst, n, &v);
+                    }
+                }
+            }
         }
-        copy_xattrs(src, dst);
-        filetime::set_symlink_file_times(
-            dst,
-            FileTime::from_last_access_time(md),
-            FileTime::from_last_modification_time(md),
-        )
-        .with_context(|| format!("setting times of {}", dst.display()))
+        self.root
+            .utimens(dst, ts(md.atime(), md.atime_nsec()), ts(md.mtime(), md.mtime_nsec()))
+            .with_context(|| format!("setting times of {show}"))
     }
 
     fn finish(&mut self) -> Result<()> {
         let fixups = std::mem::take(&mut self.dir_fixups);
-        for (path, src, md, keep_owner) in fixups.iter().rev() {
-            self.set_meta(src, path, md, *keep_owner)?;
+        for (path, src_root, src, md, keep_owner) in fixups.iter().rev() {
+            self.set_meta(src_root, src, path, md, *keep_owner)?;
+        }
+        Ok(())
+    }
+
+    /// Sets the owner of the new file `out` (`show` names it).
+    fn chown_file(&self, out: &File, show: &str, uid: u32, gid: u32) -> Result<()> {
+        if crate::layer::owner_emulation() {
+            // kiln without privilege: the layer carries the owner (see layer::OWNER_XATTR).
+            return crate::layer::record_owner(&fd_path(out.as_fd()), uid, gid)
+                .with_context(|| format!("recording the owner {uid}:{gid} of {show}"));
+        }
+        if let Err(e) = std::os::unix::fs::fchown(out, Some(uid), Some(gid)) {
+            if out.metadata().is_ok_and(|m| m.uid() == uid && m.gid() == gid) {
+                return Ok(());
+            }
+            return Err(e).with_context(|| format!("changing the owner of {show} to {uid}:{gid}"));
+        }
+        Ok(())
+    }
+
+    /// Sets the owner of `p` inside the rootfs, never following it.
+    fn chown_path(&self, p: &Path, uid: u32, gid: u32, is_link: bool) -> Result<()> {
+        let show = || self.root.show(p);
+        if crate::layer::owner_emulation() {
+            // Symlinks cannot carry the record: their owner is root in the layer.
+            if is_link {
+                return Ok(());
+            }
+            let fd = self
+                .root
+                .resolve(p, Follow::Parents)
+                .with_context(|| format!("opening {}", show()))?;
+            return crate::layer::record_owner(&fd_path(fd.as_fd()), uid, gid)
+                .with_context(|| format!("recording the owner {uid}:{gid} of {}", show()));
+        }
+        if let Err(e) = self.root.chown(p, uid, gid) {
+            if self
+                .root
+                .metadata(p, Follow::Parents)
+                .is_ok_and(|m| m.uid() == uid && m.gid() == gid)
+            {
+                return Ok(());
+            }
+            return Err(e).with_context(|| format!("changing the owner of {} to {uid}:{gid}", show()));
+        }
+        Ok(())
+    }
+
+    /// Creates a new regular file (replacing a non-directory) at `path` with content, mode,
+    /// the created owner and, when given, the modification time.
+    fn write_new_file(&self, path: &Path, content: &mut dyn Read, mode: u32, mtime: Option<FileTime>) -> Result<()> {
+        self.clear(path)?;
+        let show = self.root.show(path);
+        let mut f = self
+            .root
+            .create_new(path, 0o600)
+            .with_context(|| format!("creating {show}"))?;
+        io::copy(content, &mut f).with_context(|| format!("writing {show}"))?;
+        f.flush().ok();
+        let (u, g) = self.created_owner();
+        self.chown_file(&f, &show, u, g)?;
+        f.set_permissions(fs::Permissions::from_mode(mode))
+            .with_context(|| format!("setting mode {mode:o} on {show}"))?;
+        if let Some(t) = mtime {
+            filetime::set_file_handle_times(&f, Some(t), Some(t))
+                .with_context(|| format!("setting times of {show}"))?;
         }
         Ok(())
     }
@@ -981,83 +1279,6 @@ impl<R: Read> Read for CountingReader<R> {
         self.n += k as u64;
         Ok(k)
     }
-}
-
-/// Creates `dst` (mode 0600 until set_meta) with the content of `src`; io::copy uses
-/// copy_file_range, so the data does not pass through user space.
-fn copy_file_data(src: &Path, dst: &Path) -> Result<()> {
-    let mut f = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(src)
-        .with_context(|| format!("opening {}", src.display()))?;
-    let mut out = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(dst)
-        .with_context(|| format!("creating {}", dst.display()))?;
-    io::copy(&mut f, &mut out).with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
-    Ok(())
-}
-
-fn set_mode(p: &Path, mode: u32) -> Result<()> {
-    fs::set_permissions(p, fs::Permissions::from_mode(mode))
-        .with_context(|| format!("setting mode {mode:o} on {}", p.display()))
-}
-
-fn chown(p: &Path, uid: u32, gid: u32) -> Result<()> {
-    if crate::layer::owner_emulation() {
-        // kiln without privilege: the layer carries the owner (see layer::OWNER_XATTR).
-        return crate::layer::record_owner(p, uid, gid)
-            .with_context(|| format!("recording the owner {uid}:{gid} of {}", p.display()));
-    }
-    if let Err(e) = std::os::unix::fs::lchown(p, Some(uid), Some(gid)) {
-        if fs::symlink_metadata(p).is_ok_and(|m| m.uid() == uid && m.gid() == gid) {
-            return Ok(());
-        }
-        return Err(e).with_context(|| format!("changing the owner of {} to {uid}:{gid}", p.display()));
-    }
-    Ok(())
-}
-
-fn copy_xattrs(src: &Path, dst: &Path) {
-    let Ok(names) = xattr::list(src) else { return };
-    for n in names {
-        let s = n.to_string_lossy();
-        if s.starts_with("user.overlay.")
-            || s.starts_with("user.kiln.")
-            || s.starts_with("trusted.")
-            || s.starts_with("user.fuseoverlayfs.")
-            || s == "security.selinux"
-        {
-            continue;
-        }
-        if let Ok(Some(v)) = xattr::get(src, &n) {
-            let _ = xattr::set(dst, &n, &v);
-        }
-    }
-}
-
-/// Creates a new regular file (replacing a non-directory) with content, mode and owner.
-fn write_new_file(path: &Path, content: &mut dyn Read, mode: u32, uid: u32, gid: u32) -> Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => bail!("cannot replace directory {} with a file", path.display()),
-        Ok(_) => fs::remove_file(path).with_context(|| format!("replacing {}", path.display()))?,
-        Err(_) => {}
-    }
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    io::copy(content, &mut f).with_context(|| format!("writing {}", path.display()))?;
-    f.flush().ok();
-    chown(path, uid, gid)?;
-    set_mode(path, mode)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1747,6 +1968,92 @@ mod tests {
         );
         assert!(r.join(outside.path().strip_prefix("/").unwrap()).join("pwned").exists());
         assert!(r.join(outside.path().strip_prefix("/").unwrap()).join("y").exists());
+    }
+
+    #[test]
+    fn links_in_the_source_and_the_destination_never_reach_the_host() {
+        // A relative link that climbs out of both roots lands on different host files from the
+        // source and from the copy: nothing may be read from the first or written to the second.
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        let dst = t.path().join("dst/deep/root");
+        fs::create_dir_all(src.join("dir")).unwrap();
+        fs::create_dir_all(&dst).unwrap();
+        let host_a = t.path().join("A");
+        let host_b = t.path().join("dst/deep/A");
+        fs::write(&host_a, "host secret").unwrap();
+        fs::write(&host_b, "host file").unwrap();
+        let can_xattr = xattr::set(&host_a, "user.leak", b"1").is_ok();
+        symlink("../A", src.join("link")).unwrap();
+        symlink(&host_a, src.join("dir/abs")).unwrap();
+        symlink(&host_a, src.join("top")).unwrap();
+        // In the destination: a magic link and a host path as destinations.
+        let outside = t.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        symlink(format!("/proc/self/root{}", outside.display()), dst.join("app")).unwrap();
+        symlink(&outside, dst.join("abs")).unwrap();
+        let source = CopySource {
+            root: &src,
+            ignore: None,
+            is_context: false,
+        };
+        copy_into(&dst, &source, &req(&["/"], "/")).unwrap();
+        assert_eq!(fs::read_link(dst.join("link")).unwrap(), Path::new("../A"));
+        assert_eq!(fs::read_link(dst.join("dir/abs")).unwrap(), host_a);
+        if can_xattr {
+            assert!(
+                xattr::get(&host_b, "user.leak").unwrap().is_none(),
+                "host xattr copied onto a host file"
+            );
+        }
+        assert_eq!(fs::read_to_string(&host_b).unwrap(), "host file");
+        // A symlink named as the source is followed inside the source root: not found there.
+        let e = format!(
+            "{:#}",
+            copy_into(&dst, &source, &req(&["/top"], "/top-copy")).unwrap_err()
+        );
+        assert!(e.contains("not found"), "{e}");
+        // Destinations through a magic link or a host path stay in the rootfs.
+        fs::write(src.join("f"), "data").unwrap();
+        for d in ["/app/f", "/app/", "/abs/f"] {
+            let _ = copy_into(&dst, &source, &req(&["/f"], d));
+        }
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "nothing written outside");
+        let inside = dst.join(outside.strip_prefix("/").unwrap());
+        assert_eq!(fs::read_to_string(inside.join("f")).unwrap(), "data");
+    }
+
+    #[test]
+    fn a_source_dir_swapped_for_a_symlink_is_not_followed_to_the_host() {
+        // Entries are walked first and copied after: a directory replaced in between by a link
+        // to a host directory must not bring that directory's files.
+        let f = fx();
+        let host = tempfile::tempdir().unwrap();
+        fs::write(host.path().join("a"), "host secret").unwrap();
+        put(f.ctx.path(), "d/sub/a", "a");
+        let root = Arc::new(Root::open(f.ctx.path()).unwrap());
+        let filter = Filter {
+            ignore: None,
+            exclude: None,
+        };
+        let mut entries = Vec::new();
+        walk(&root, Path::new("d"), &filter, Path::new(""), "", &mut entries).unwrap();
+        fs::rename(f.ctx.path().join("d/sub"), f.ctx.path().join("moved")).unwrap();
+        symlink(host.path(), f.ctx.path().join("d/sub")).unwrap();
+        let mut cx = Copier {
+            root: Root::open(f.root.path()).unwrap(),
+            chown: None,
+            chmod: None,
+            links: HashMap::new(),
+            dir_fixups: Vec::new(),
+        };
+        let e = cx.copy_tree(&root, Path::new(""), &entries, false).unwrap_err();
+        assert!(format!("{e:#}").contains("d/sub/a"), "{e:#}");
+        assert!(
+            fs::read_to_string(f.root.path().join("sub/a"))
+                .unwrap_or_default()
+                .is_empty()
+        );
     }
 
     fn passwd_root(f: &Fx) {

@@ -233,10 +233,20 @@ pub fn build(store: &Store, req: &BuildRequest) -> Result<Option<Image>> {
     Ok(Some(image))
 }
 
+/// The largest Dockerfile kiln reads.
+pub const MAX_DOCKERFILE_SIZE: u64 = 32 << 20;
+
 fn read_dockerfile(req: &BuildRequest) -> Result<(String, String)> {
     if req.dockerfile.as_os_str() == "-" {
         let mut s = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("reading the Dockerfile from stdin")?;
+        std::io::Read::read_to_string(
+            &mut std::io::Read::take(std::io::stdin(), MAX_DOCKERFILE_SIZE + 1),
+            &mut s,
+        )
+        .context("reading the Dockerfile from stdin")?;
+        if s.len() as u64 > MAX_DOCKERFILE_SIZE {
+            bail!("the Dockerfile on stdin is larger than {MAX_DOCKERFILE_SIZE} bytes");
+        }
         return Ok((s, "Dockerfile".to_string()));
     }
     let name = req
@@ -244,8 +254,9 @@ fn read_dockerfile(req: &BuildRequest) -> Result<(String, String)> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let bytes =
-        std::fs::read(&req.dockerfile).with_context(|| format!("reading Dockerfile {}", req.dockerfile.display()))?;
+    // A regular file only (a FIFO cannot hang the build), of a bounded size.
+    let bytes = crate::fsutil::Root::read_host_regular(&req.dockerfile, MAX_DOCKERFILE_SIZE)
+        .with_context(|| format!("reading Dockerfile {}", req.dockerfile.display()))?;
     let text = String::from_utf8(bytes).map_err(|e| {
         anyhow::anyhow!(
             "{name}: the file is not UTF-8 text (invalid byte at offset {}): is it a Dockerfile?",

@@ -277,6 +277,9 @@ pub struct IgnorePattern {
     toks: Vec<Tok>,
 }
 
+/// The largest `.dockerignore` kiln reads.
+pub const MAX_IGNORE_SIZE: u64 = 32 << 20;
+
 /// A compiled `.dockerignore`.
 #[derive(Clone, Debug, Default)]
 pub struct IgnoreMatcher {
@@ -345,23 +348,36 @@ impl IgnoreMatcher {
     }
 
     /// Load the ignore file for a build: `<dockerfile>.dockerignore` next to the Dockerfile wins
-    /// over `<context>/.dockerignore`; neither present = nothing ignored.
+    /// over `<context>/.dockerignore`; neither present = nothing ignored. Either must be a
+    /// regular file of at most [`MAX_IGNORE_SIZE`] bytes (a FIFO cannot hang the build); the
+    /// context's one is read inside the context (a symlink there does not lead out of it).
     pub fn load(context_dir: &Path, dockerfile_path: &Path) -> Result<Self> {
+        use crate::fsutil::Root;
         let mut specific = dockerfile_path.as_os_str().to_owned();
         specific.push(".dockerignore");
         let specific = std::path::PathBuf::from(specific);
         let general = context_dir.join(".dockerignore");
-        for candidate in [specific, general] {
-            match std::fs::read(&candidate) {
-                Ok(bytes) => {
-                    let text = String::from_utf8_lossy(&bytes);
-                    return Self::new(&text).with_context(|| format!("reading {}", candidate.display()));
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e).with_context(|| format!("cannot read {}", candidate.display())),
+        let missing =
+            |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR);
+        let found = match Root::read_host_regular(&specific, MAX_IGNORE_SIZE) {
+            Ok(b) => Some((b, &specific)),
+            Err(e) if missing(&e) => None,
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", specific.display())),
+        };
+        let found = match found {
+            Some(f) => Some(f),
+            None => Root::open(context_dir)
+                .and_then(|r| r.read_regular(".dockerignore", MAX_IGNORE_SIZE))
+                .with_context(|| format!("cannot read {}", general.display()))?
+                .map(|b| (b, &general)),
+        };
+        match found {
+            Some((bytes, path)) => {
+                let text = String::from_utf8_lossy(&bytes);
+                Self::new(&text).with_context(|| format!("reading {}", path.display()))
             }
+            None => Ok(IgnoreMatcher::default()),
         }
-        Ok(IgnoreMatcher::default())
     }
 
     pub fn patterns(&self) -> &[IgnorePattern] {
@@ -580,6 +596,35 @@ mod tests {
         let im = m("a/**/b\n");
         assert!(im.is_excluded("a/b") && im.is_excluded("a/x/y/b"));
         assert!(!im.is_excluded("a/xb"));
+    }
+
+    #[test]
+    fn load_refuses_fifos_and_stays_in_the_context() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = dir.path().join("ctx");
+        std::fs::create_dir(&ctx).unwrap();
+        std::fs::write(dir.path().join("host-ignore"), "secret\n").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("host-ignore"), ctx.join(".dockerignore")).unwrap();
+        let im = IgnoreMatcher::load(&ctx, &ctx.join("Dockerfile")).unwrap();
+        assert!(!im.is_excluded("secret"), "a link out of the context is not followed");
+        std::fs::remove_file(ctx.join(".dockerignore")).unwrap();
+        nix::unistd::mkfifo(
+            &ctx.join(".dockerignore"),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        let e = format!("{:#}", IgnoreMatcher::load(&ctx, &ctx.join("Dockerfile")).unwrap_err());
+        assert!(e.contains(".dockerignore") && e.contains("not a regular file"), "{e}");
+        nix::unistd::mkfifo(
+            &ctx.join("Dockerfile.dockerignore"),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        let e = format!("{:#}", IgnoreMatcher::load(&ctx, &ctx.join("Dockerfile")).unwrap_err());
+        assert!(
+            e.contains("Dockerfile.dockerignore") && e.contains("not a regular file"),
+            "{e}"
+        );
     }
 
     #[test]

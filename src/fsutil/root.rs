@@ -708,6 +708,104 @@ impl Root {
             path: PathBuf::from(self.show(path)),
         })
     }
+
+    /// `std::fs::Metadata` of `path`: of a final symlink itself with `Follow::Parents` (like
+    /// `lstat`), of what it points to inside the root with `Follow::All`. Taken with `fstat` on
+    /// an `O_PATH` fd, so it describes exactly the object that was resolved.
+    /// A path that is one plain name is taken in the root's own directory without any
+    /// resolution (`openat(O_PATH | O_NOFOLLOW)` of the name, then `fstat`): walking a
+    /// directory opened with [`Root::sub`] costs no path walk per entry.
+    pub fn metadata(&self, path: impl AsRef<Path>, follow: Follow) -> io::Result<std::fs::Metadata> {
+        let path = path.as_ref();
+        if follow != Follow::All
+            && let Some(name) = Root::single_name(path)
+        {
+            let fd = openat_raw(
+                self.fd.as_raw_fd(),
+                &cstr(name.as_bytes())?,
+                libc::O_PATH | libc::O_NOFOLLOW,
+                0,
+            )?;
+            return File::from(fd).metadata();
+        }
+        File::from(self.resolve(path, follow)?).metadata()
+    }
+
+    /// Creates a new regular file at `path`, open for writing, with `mode` (before the umask):
+    /// `O_CREAT | O_EXCL | O_NOFOLLOW`, so anything already there (a symlink included) is
+    /// `EEXIST` and never followed; symlinks among the parents are followed inside the root.
+    /// A path that is one plain name is created in the root's own directory directly.
+    pub fn create_new(&self, path: impl AsRef<Path>, mode: libc::mode_t) -> io::Result<File> {
+        let path = path.as_ref();
+        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
+        if let Some(name) = Root::single_name(path) {
+            return openat_raw(self.fd.as_raw_fd(), &cstr(name.as_bytes())?, flags, mode).map(File::from);
+        }
+        self.open_with(path, flags, mode)
+    }
+
+    /// `Some(name)` when `path` is exactly one normal component (`a`, not `/a`, `a/b`, `..`).
+    fn single_name(path: &Path) -> Option<&OsStr> {
+        let mut c = path.components();
+        match (c.next(), c.next()) {
+            (Some(Component::Normal(n)), None) if !path.as_os_str().as_bytes().contains(&b'/') => Some(n),
+            _ => None,
+        }
+    }
+
+    /// The path `path` resolves to, relative to the root (no leading `/`, no `.` or `..`, no
+    /// symlink left among its components; the final one is followed with `Follow::All`), like
+    /// `realpath` inside the root. A missing final component is kept as it is (a dangling final
+    /// symlink gives its target); a missing directory on the way is an error (ENOENT).
+    /// The result is a name (for matching, messages, bookkeeping), not a capability: the tree
+    /// may change afterwards, so reach the object through the other methods, which resolve
+    /// again inside the root.
+    pub fn canonical(&self, path: impl AsRef<Path>, follow: Follow) -> io::Result<PathBuf> {
+        let mut walk = Walk::new(self);
+        let l = walk.run(path.as_ref(), follow, None, &mut Vec::new())?;
+        let mut p = walk.rel();
+        if let Some(n) = &l.name {
+            p.push(OsStr::from_bytes(n.to_bytes()));
+        }
+        Ok(p)
+    }
+
+    /// Reads a file at a host path the user named (a Dockerfile given with `-f`, which may be
+    /// anywhere): like [`Root::read_regular`], a regular file only, opened without blocking
+    /// (a FIFO cannot hang kiln), at most `max` bytes (larger is an error); symlinks are
+    /// followed as the host does, since the path is the user's own. Errors name the path.
+    pub fn read_host_regular(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+        use std::io::Read;
+        let c = cstr(path.as_os_str().as_bytes())?;
+        let f = File::from(openat_raw(
+            libc::AT_FDCWD,
+            &c,
+            libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
+            0,
+        )?);
+        let md = f.metadata()?;
+        let too_big = || {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is larger than {} bytes", path.display(), max),
+            )
+        };
+        if !md.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a regular file", path.display()),
+            ));
+        }
+        if md.len() > max {
+            return Err(too_big());
+        }
+        let mut out = Vec::with_capacity(md.len() as usize);
+        f.take(max + 1).read_to_end(&mut out)?;
+        if out.len() as u64 > max {
+            return Err(too_big());
+        }
+        Ok(out)
+    }
 }
 
 impl AsFd for Root {
@@ -959,5 +1057,104 @@ mod tests {
             assert_eq!(r.read_regular("/big", 200).unwrap().unwrap().len(), 200);
             assert!(r.read_regular("/none", 100).unwrap().is_none());
         });
+    }
+
+    #[test]
+    fn metadata_and_canonical_stay_inside() {
+        both(|open| {
+            let t = tempfile::tempdir().unwrap();
+            let root = t.path().join("r");
+            std::fs::create_dir_all(root.join("a/b")).unwrap();
+            std::fs::write(root.join("a/b/f"), "12345").unwrap();
+            symlink("/a/b", root.join("ab")).unwrap();
+            symlink("../../../../a/b/f", root.join("a/up")).unwrap();
+            symlink(t.path(), root.join("host")).unwrap();
+            symlink("/nowhere/x", root.join("dangling")).unwrap();
+            let r = open(&root).unwrap();
+            assert!(r.metadata("ab", Follow::Parents).unwrap().file_type().is_symlink());
+            assert!(r.metadata("ab", Follow::All).unwrap().is_dir());
+            assert_eq!(r.metadata("/a/up", Follow::All).unwrap().len(), 5);
+            assert!(
+                r.metadata("/host/r", Follow::All).is_err(),
+                "the host path is not inside"
+            );
+            assert_eq!(r.canonical("/ab/f", Follow::All).unwrap(), PathBuf::from("a/b/f"));
+            assert_eq!(r.canonical("a/up", Follow::All).unwrap(), PathBuf::from("a/b/f"));
+            assert_eq!(r.canonical("a/up", Follow::Parents).unwrap(), PathBuf::from("a/up"));
+            assert_eq!(r.canonical("/ab/../x", Follow::All).unwrap(), PathBuf::from("a/x"));
+            assert_eq!(r.canonical("/ab/../../../x", Follow::All).unwrap(), PathBuf::from("x"));
+            assert_eq!(r.canonical("/", Follow::All).unwrap(), PathBuf::new());
+            assert_eq!(
+                r.canonical("dangling", Follow::All).unwrap_err().raw_os_error(),
+                Some(libc::ENOENT)
+            );
+            std::fs::create_dir(root.join("nowhere")).unwrap();
+            assert_eq!(
+                r.canonical("dangling", Follow::All).unwrap(),
+                PathBuf::from("nowhere/x")
+            );
+            let h = t.path();
+            std::fs::create_dir_all(root.join(h.strip_prefix("/").unwrap())).unwrap();
+            assert_eq!(r.canonical("/host", Follow::All).unwrap(), h.strip_prefix("/").unwrap());
+        });
+    }
+
+    #[test]
+    fn create_new_never_follows_and_single_names_stay_in_the_directory() {
+        both(|open| {
+            let t = tempfile::tempdir().unwrap();
+            let root = t.path().join("r");
+            let outside = t.path().join("outside");
+            std::fs::create_dir_all(root.join("d")).unwrap();
+            std::fs::write(&outside, "keep").unwrap();
+            symlink(&outside, root.join("d/link")).unwrap();
+            symlink("/d", root.join("dl")).unwrap();
+            let r = open(&root).unwrap();
+            use std::io::Write;
+            r.create_new("/dl/new", 0o644).unwrap().write_all(b"n").unwrap();
+            assert_eq!(std::fs::read_to_string(root.join("d/new")).unwrap(), "n");
+            let d = r.sub("d").unwrap();
+            assert_eq!(
+                d.create_new("link", 0o644).unwrap_err().raw_os_error(),
+                Some(libc::EEXIST)
+            );
+            assert_eq!(
+                r.create_new("/dl/link", 0o644).unwrap_err().raw_os_error(),
+                Some(libc::EEXIST)
+            );
+            assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep");
+            d.create_new("f", 0o600).unwrap();
+            assert!(root.join("d/f").is_file());
+            assert!(d.metadata("link", Follow::Parents).unwrap().file_type().is_symlink());
+            assert!(d.metadata("f", Follow::Parents).unwrap().is_file());
+            assert!(d.metadata("none", Follow::Parents).is_err());
+            assert_eq!(Root::single_name(Path::new("a")), Some(OsStr::new("a")));
+            for p in ["/a", "a/b", "..", ".", "a/", ""] {
+                assert_eq!(Root::single_name(Path::new(p)), None, "{p}");
+            }
+        });
+    }
+
+    #[test]
+    fn read_host_regular_refuses_fifos_and_big_files() {
+        let t = tempfile::tempdir().unwrap();
+        let fifo = t.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let e = Root::read_host_regular(&fifo, 100).unwrap_err();
+        assert!(e.to_string().contains("is not a regular file"), "{e}");
+        let big = t.path().join("big");
+        std::fs::write(&big, vec![b'x'; 200]).unwrap();
+        assert!(
+            Root::read_host_regular(&big, 100)
+                .unwrap_err()
+                .to_string()
+                .contains("larger than 100")
+        );
+        symlink(&big, t.path().join("link")).unwrap();
+        assert_eq!(Root::read_host_regular(&t.path().join("link"), 200).unwrap().len(), 200);
+        assert_eq!(
+            Root::read_host_regular(&t.path().join("none"), 1).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
     }
 }
