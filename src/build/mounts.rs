@@ -5,6 +5,7 @@ use super::step::{ReadOnlyRoot, fs_step};
 use super::{Builder, StageState, shell_of};
 use crate::dockerfile::mount::{MountKind, RunMount, Sharing, parse_mount};
 use crate::dockerfile::{Instruction, ShellOrExec};
+use crate::fsutil::{Follow, Root};
 use crate::sandbox::{MountSpec, Network, RunSpec};
 use anyhow::{Context, Result, bail};
 use std::os::unix::fs::PermissionsExt;
@@ -194,10 +195,16 @@ pub fn run_step(
             None => b.req.context.clone(),
         };
         let src_rel = m.source.clone().unwrap_or_else(|| "/".to_string());
-        let src = crate::fsutil::resolve_in_root(&root, Path::new(&src_rel), true)?;
-        if !src.exists() {
+        // The symlink-free path of the source inside its root (the stage's rootfs is mounted
+        // read-only and the context is the user's own: nothing changes it under the build).
+        let src = Root::open(&root)
+            .and_then(|r| r.canonical(&src_rel, Follow::All).map(|rel| (r, rel)))
+            .ok()
+            .filter(|(r, rel)| r.exists(rel))
+            .map(|(_, rel)| root.join(rel));
+        let Some(src) = src else {
             bail!("{}: --mount source {src_rel}: not found", ins.loc);
-        }
+        };
         let req = super::copy::CopyRequest {
             srcs: vec![src_rel.clone()],
             dest: "/".to_string(),
@@ -269,11 +276,11 @@ pub fn run_step(
         |b, root, _st| {
             let scratch = b.store.tmp_dir("run-")?;
             // Declared VOLUMEs exist for the command, as with Docker.
+            let rootfs = Root::open(root).with_context(|| format!("opening the rootfs {}", root.display()))?;
             for v in &volumes {
-                let dir = crate::fsutil::resolve_in_root(root, Path::new(v), true)?;
-                if !dir.exists() {
-                    std::fs::create_dir_all(&dir).with_context(|| format!("creating VOLUME {v}"))?;
-                }
+                rootfs
+                    .mkdir_all(v, 0o755)
+                    .with_context(|| format!("creating VOLUME {v}"))?;
             }
             let mut mounts = Vec::new();
             let argv = run_argv(&cmd, &ins_owned, &shell, scratch.path(), &mut mounts)?;
@@ -357,11 +364,14 @@ fn add_mount(
                 None => {
                     let root = filtered_context(b)?;
                     let rel = m.source.clone().unwrap_or_else(|| "/".to_string());
-                    let p = crate::fsutil::resolve_in_root(&root, Path::new(&rel), true)?;
-                    if std::fs::symlink_metadata(&p).is_err() {
+                    let found = Root::open(&root)
+                        .and_then(|r| r.canonical(&rel, Follow::All).map(|c| (r, c)))
+                        .ok()
+                        .filter(|(r, c)| r.exists(c));
+                    let Some((_, c)) = found else {
                         bail!("--mount source {rel}: not found in the build context (is it in .dockerignore?)");
-                    }
-                    p
+                    };
+                    root.join(c)
                 }
             };
             let readonly = m.readonly;
@@ -707,24 +717,18 @@ pub fn make_workdir(root: &Path, path: &str, user: Option<&str>) -> Result<Vec<P
         Some(u) if !u.is_empty() => crate::users::resolve_user(root, u).ok().map(|r| (r.uid, r.gid)),
         _ => None,
     };
-    let target = crate::fsutil::resolve_in_root(root, Path::new(path), true)?;
-    let mut missing = Vec::new();
-    let mut p = target.as_path();
-    while !p.exists() && p.starts_with(root) && p != root {
-        missing.push(p.to_path_buf());
-        p = match p.parent() {
-            Some(x) => x,
-            None => break,
-        };
-    }
-    for dir in missing.iter().rev() {
-        std::fs::create_dir(dir).with_context(|| format!("creating WORKDIR {}", dir.display()))?;
-        if let Some((uid, gid)) = owner {
-            nix::unistd::chown(dir, Some(uid.into()), Some(gid.into()))
-                .with_context(|| format!("chown of WORKDIR {}", dir.display()))?;
+    let rootfs = Root::open(root).with_context(|| format!("opening the rootfs {}", root.display()))?;
+    let (fd, created) = rootfs
+        .mkdir_all(path, 0o755)
+        .with_context(|| format!("WORKDIR {path}: cannot create it in the rootfs"))?;
+    if let Some((uid, gid)) = owner {
+        for dir in &created {
+            rootfs
+                .chown(dir, uid, gid)
+                .with_context(|| format!("chown of WORKDIR {}", rootfs.show(dir)))?;
         }
     }
-    if !target.is_dir() {
+    if !nix::sys::stat::fstat(&fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR) {
         bail!("WORKDIR {path}: exists and is not a directory");
     }
     Ok(Vec::new())
