@@ -131,6 +131,48 @@ pub fn tmp_owner(name: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
+/// Removes the `tmp/` entries of the kiln process `pid`, which has exited (called by the
+/// original process once its user-namespace child is gone, see
+/// `crate::sandbox::userns::on_child_exit`). Best effort and silent: entries it cannot remove
+/// (files of subordinate ids, seen from outside the namespace) are left for `kiln fsck
+/// --repair` / `kiln prune`. Does nothing when a live process holds `pid`'s lock again.
+pub fn sweep_tmp_of(root: &Path, pid: u32) {
+    if pid == std::process::id() || pid_alive(root, pid) {
+        return;
+    }
+    let Ok(rd) = fs::read_dir(root.join("tmp")) else {
+        return;
+    };
+    for e in rd.flatten() {
+        if tmp_owner(&e.file_name().to_string_lossy()) == Some(pid) {
+            let _ = remove_path(&e.path());
+        }
+    }
+}
+
+/// Names of the storage-driver probes' temp dirs (`<prefix><pid>.<random>`): small, and only
+/// ever useful to the process that made them, so [`sweep_dead_probes`] removes them at once.
+pub const PROBE_PREFIXES: [&str; 2] = ["overlay-probe-", "fuse-probe-"];
+
+/// Removes probe dirs (see [`PROBE_PREFIXES`]) of kiln processes that are gone (run when a
+/// store is opened). Best effort.
+pub fn sweep_dead_probes(root: &Path) {
+    let Ok(rd) = fs::read_dir(root.join("tmp")) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !PROBE_PREFIXES.iter().any(|p| name.starts_with(p)) {
+            continue;
+        }
+        if let Some(pid) = tmp_owner(&name)
+            && !pid_alive(root, pid)
+        {
+            let _ = remove_path(&e.path());
+        }
+    }
+}
+
 /// Is the kiln process `pid` (of any pid namespace sharing this store) still running?
 pub fn pid_alive(root: &Path, pid: u32) -> bool {
     if pid == std::process::id() {
@@ -255,7 +297,7 @@ pub struct TmpEntry {
 /// `cache/context-stat/`: COPY's per-context file hashes (see `crate::build::cache::StatCache`).
 pub const CONTEXT_STAT: &str = "context-stat";
 
-/// Entries without an owner pid (from older kiln versions, the overlay probe, or atomic-write
+/// Entries without an owner pid (from older kiln versions and their overlay probes, or atomic-write
 /// temp files) count as stale after this long, or at once under [`Exclusive`].
 const UNOWNED_STALE_AFTER: Duration = Duration::from_secs(3600);
 
@@ -931,6 +973,9 @@ mod tests {
         assert_eq!(tmp_owner("docker-archive-77.x1"), Some(77));
         assert_eq!(tmp_owner("blob-5.q"), Some(5));
         assert_eq!(tmp_owner("blob-AbC123"), None);
+        // Probe dirs carry their owner too (a killed kiln's probe is recognisably dead).
+        assert_eq!(tmp_owner("overlay-probe-4321.x1Yz"), Some(4321));
+        assert_eq!(tmp_owner("fuse-probe-9.AbC"), Some(9));
         assert_eq!(tmp_owner("overlay-probe-x1Yz"), None);
         assert_eq!(tmp_owner("step-12.a-b"), None);
         assert_eq!(tmp_owner(".tmp-x"), None);
@@ -965,6 +1010,29 @@ mod tests {
         remove_tree(&top).unwrap();
         assert!(!top.exists());
         assert_eq!(fs::read_dir(t.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn dead_probe_dirs_are_swept_live_ones_kept() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::open(t.path()).unwrap();
+        let dead = t.path().join("tmp/overlay-probe-999999997.abc");
+        fs::create_dir_all(dead.join("w/work")).unwrap();
+        let dead_fuse = t.path().join("tmp/fuse-probe-999999997.abc");
+        fs::create_dir_all(dead_fuse.join("u")).unwrap();
+        let mine = t.path().join(format!("tmp/overlay-probe-{}.xyz", std::process::id()));
+        fs::create_dir(&mine).unwrap();
+        let step = t.path().join("tmp/step-999999997.abc");
+        fs::create_dir(&step).unwrap();
+        // Opening the store sweeps dead processes' probes only.
+        Store::open(t.path()).unwrap();
+        assert!(!dead.exists() && !dead_fuse.exists());
+        assert!(mine.exists() && step.exists());
+        // The original process's sweep after its child exited takes everything of that pid.
+        sweep_tmp_of(s.root(), 999_999_997);
+        assert!(!step.exists());
+        sweep_tmp_of(s.root(), std::process::id());
+        assert!(mine.exists(), "never the caller's own entries");
     }
 
     #[test]

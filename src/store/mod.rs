@@ -168,8 +168,10 @@ impl Store {
     }
 
     /// Removes blob temp files a killed kiln left behind (untouched for a day; a live writer
-    /// keeps its file's mtime fresh). Best effort: they are harmless anyway.
+    /// keeps its file's mtime fresh), and the storage-driver probe dirs of kiln processes that
+    /// are gone. Best effort: they are harmless anyway.
     fn clean_stale_tmp(&self) {
+        gc::sweep_dead_probes(&self.root);
         let Ok(rd) = fs::read_dir(self.root.join("tmp")) else {
             return;
         };
