@@ -494,19 +494,45 @@ fn remove_subdir_by_inode(dir: &std::os::fd::OwnedFd, ino: libc::ino_t) -> Resul
     result
 }
 
-/// Removes a layer dir crash-safely: it is first renamed into `tmp/` (so a half-removed
-/// directory is never taken for a complete layer), then deleted.
-pub fn remove_layer_dir(store: &Store, dir: &Path) -> Result<()> {
-    let grave = store.root().join("tmp").join(format!(
+/// Where [`remove_layer_dir`] moves a layer dir before deleting it: `tmp/gc-<pid>.<hex>`
+/// (the part after the dot is the hex diff_id, alphanumeric, so [`tmp_owner`] reads the pid).
+pub fn grave_for(store: &Store, dir: &Path) -> PathBuf {
+    store.root().join("tmp").join(format!(
         "gc-{}.{}",
         std::process::id(),
         dir.file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
-    ));
-    // The name part after the dot is the hex diff_id (alphanumeric), so tmp_owner reads it.
+    ))
+}
+
+/// Removes a layer dir crash-safely: its completion marker goes first (so a half-removed
+/// directory is never trusted), then it is renamed into `tmp/` and deleted.
+pub fn remove_layer_dir(store: &Store, dir: &Path) -> Result<()> {
+    super::layers::remove_marker(&super::layers::marker_of(dir))?;
+    let grave = grave_for(store, dir);
     fs::rename(dir, &grave).with_context(|| format!("moving {} out of layers/", dir.display()))?;
     remove_path(&grave)
+}
+
+/// Completion markers in `layers/` whose directory is gone (see [`super::layers`]).
+pub fn stale_markers(store: &Store) -> Result<Vec<PathBuf>> {
+    let dir = store.root().join("layers");
+    let mut v = Vec::new();
+    for e in fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(hex) = name.strip_suffix(super::layers::MARKER_SUFFIX) else {
+            continue;
+        };
+        if Digest::parse(&format!("sha256:{hex}")).is_ok() && !dir.join(hex).is_dir() {
+            v.push(e.path());
+        }
+    }
+    v.sort();
+    Ok(v)
 }
 
 // ------------------------------------------------------------------------------------------
@@ -840,6 +866,11 @@ pub fn prune(store: &Store, opts: &PruneOptions) -> Result<PruneReport> {
         }
         false
     });
+    for m in stale_markers(store)? {
+        if !dry {
+            super::layers::remove_marker(&m)?;
+        }
+    }
 
     // 5. --keep-storage: least recently used first.
     if let Some(limit) = opts.keep_storage {
@@ -1100,8 +1131,13 @@ mod tests {
         let dangling = image_with_layer(&s, b"layer two", &d2);
         s.add_unnamed(&dangling).unwrap();
         let orphan = s.put_bytes(b"orphan").unwrap();
+        let publish = |d: &Digest| {
+            let src = t.path().join("tmp").join(format!("src-{}", d.hex()));
+            fs::create_dir_all(src.join("etc")).unwrap();
+            s.publish_layer(&src, d).unwrap();
+        };
         for d in [&d1, &d2] {
-            fs::create_dir_all(s.layer_dir(d).join("etc")).unwrap();
+            publish(d);
         }
         // A cache entry whose blob is gone, and a valid one.
         let cached = s.put_bytes(b"cached layer").unwrap();
@@ -1113,7 +1149,11 @@ mod tests {
             .unwrap()
         };
         let d3 = Digest::of(b"diff3");
-        fs::create_dir_all(s.layer_dir(&d3)).unwrap();
+        publish(&d3);
+        // A marker whose directory is gone is swept too.
+        let d4 = Digest::of(b"diff4");
+        publish(&d4);
+        remove_path(&s.layer_dir(&d4)).unwrap();
         fs::write(
             s.cache_dir().join(format!("{}.json", "a".repeat(64))),
             entry(&cached, &d3),
@@ -1155,6 +1195,11 @@ mod tests {
         assert!(s.cache_dir().join(CONTEXT_STAT).is_dir(), "kept without --all");
         assert!(s.layer_dir(&d1).is_dir() && s.layer_dir(&d3).is_dir());
         assert!(!s.layer_dir(&d2).exists());
+        assert!(
+            !s.layer_marker(&d2).exists() && !s.layer_marker(&d4).exists(),
+            "markers go with their dirs"
+        );
+        assert!(s.layer_ready(&d1) && s.layer_ready(&d3));
         assert_eq!(s.load_image("app:1").unwrap().manifest_digest, named.digest);
         assert_eq!(fs::read_dir(t.path().join("tmp")).unwrap().count(), 0);
 
