@@ -383,7 +383,7 @@ mod tests {
         let other = Digest::of(b"other");
         s.publish_layer(&layer_src(&s, "o"), &other).unwrap();
         let m = fs::read(s.layer_marker(&other)).unwrap();
-        let forged = String::from_utf8(m).unwrap().replace(&other.hex(), &d.hex());
+        let forged = String::from_utf8(m).unwrap().replace(other.hex(), d.hex());
         fs::write(s.layer_marker(&d), forged).unwrap();
         let why = s.check_layer(&d).unwrap_err();
         assert!(why.contains("inode"), "{why}");
