@@ -532,7 +532,9 @@ pub fn rootfs_for_image(store: &Store, image: &Image) -> Result<Vec<PathBuf>> {
 
 fn ensure_unpacked(store: &Store, desc: &Descriptor, diff_id: &Digest) -> Result<PathBuf> {
     let dir = store.layer_dir(diff_id);
-    if dir.is_dir() {
+    // Only a directory kiln completed (valid marker) is used; anything else there is replaced
+    // by a fresh unpack of the blob when publishing.
+    if store.layer_ready(diff_id) {
         return Ok(dir);
     }
     let compression = Compression::of_media_type(&desc.media_type)
@@ -554,18 +556,11 @@ fn ensure_unpacked(store: &Store, desc: &Descriptor, diff_id: &Digest) -> Result
     Ok(dir)
 }
 
-/// Moves a finished layer dir into place under `layers/`; another process may have won the
-/// race, in which case ours is simply dropped.
+/// Moves a finished layer dir into place under `layers/` and marks it complete (see
+/// [`crate::store::layers`]); another process may have won the race, in which case ours is
+/// simply dropped.
 pub fn publish_layer_dir(store: &Store, src: &Path, diff_id: &Digest) -> Result<()> {
-    let dir = store.layer_dir(diff_id);
-    if let Some(parent) = dir.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    }
-    match std::fs::rename(src, &dir) {
-        Ok(()) => Ok(()),
-        Err(_) if dir.is_dir() => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("moving unpacked layer into {}", dir.display())),
-    }
+    store.publish_layer(src, diff_id)
 }
 
 /// The argv of a shell- or exec-form command, with the stage's SHELL for shell form.

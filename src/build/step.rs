@@ -278,6 +278,8 @@ pub fn fs_step(
     let layer = crate::layer::commit_dir(b.store, &upper, &placeholders, &b.layer_opts, b.req.format)?;
     let t_commit = t0.elapsed();
     if let Some(l) = &layer {
+        // The upper dir becomes the layer's lower: it must hold exactly what the blob holds.
+        crate::layer::strip_unarchived(&upper, &placeholders)?;
         super::publish_layer_dir(b.store, &upper, &l.diff_id)?;
     }
     if b.req.debug {

@@ -15,6 +15,10 @@ pub struct FsckArgs {
     /// Do not re-hash blob contents (only check that referenced blobs exist).
     #[arg(long)]
     pub quick: bool,
+    /// Also compare every unpacked layer (layers/) with its blob, entry by entry; with
+    /// --repair, layers that differ are removed (unpacked again from the blob when needed).
+    #[arg(long)]
+    pub full: bool,
     /// Print nothing but problems.
     #[arg(long, short)]
     pub quiet: bool,
@@ -46,6 +50,7 @@ pub fn fsck(g: &GlobalOpts, a: FsckArgs) -> Result<i32> {
         &FsckOptions {
             repair: a.repair,
             quick: a.quick,
+            full: a.full,
         },
     )?;
     for p in &rep.problems {

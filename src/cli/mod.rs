@@ -141,6 +141,16 @@ pub fn main() -> i32 {
     }
     let cli = Cli::parse();
     if cli.command.needs_userns()
+        && let Ok(root) = cli.global.store_root()
+    {
+        // A kiln killed before it could clean up (SIGINT/SIGTERM/SIGKILL at any moment, e.g.
+        // while probing the overlay or before a step's signal handling is in place) leaves
+        // its temp entries in tmp/: the original process, which outlives it, removes them.
+        crate::sandbox::userns::on_child_exit(move |pid| {
+            crate::store::gc::sweep_tmp_of(&root, pid as u32);
+        });
+    }
+    if cli.command.needs_userns()
         && let Err(e) = cli
             .global
             .forced_isolation()

@@ -201,6 +201,47 @@ impl DirWalk {
     }
 }
 
+/// Makes `upper` hold exactly what [`write_tar`] writes of `DirWalk::new(upper, exclude)`: removes
+/// the excluded paths with everything under them (mount placeholders, and whatever a step left
+/// under them) and sockets (not archivable). Run after the commit, before the upper dir is
+/// published as the layer's unpacked directory, so that the lower equals the blob. Excluded
+/// paths below a symlink or a non-directory in `upper` are not followed (there is nothing of
+/// them in `upper` then).
+pub fn strip_unarchived(upper: &Path, exclude: &[PathBuf]) -> Result<()> {
+    for p in exclude {
+        let rel = normalise_rel(p);
+        if rel.is_empty() {
+            continue;
+        }
+        let mut cur = upper.to_path_buf();
+        let comps: Vec<&[u8]> = rel.split(|&b| b == b'/').collect();
+        let mut reachable = true;
+        for c in &comps[..comps.len() - 1] {
+            cur.push(OsStr::from_bytes(c));
+            if !fs::symlink_metadata(&cur).is_ok_and(|m| m.is_dir()) {
+                reachable = false;
+                break;
+            }
+        }
+        if !reachable {
+            continue;
+        }
+        cur.push(OsStr::from_bytes(comps[comps.len() - 1]));
+        if fs::symlink_metadata(&cur).is_ok() {
+            crate::store::gc::remove_path(&cur)
+                .with_context(|| format!("removing the mount placeholder {} from the layer", cur.display()))?;
+        }
+    }
+    let mut walk = DirWalk::new(upper, &[])?;
+    while let Some(e) = walk.next_entry()? {
+        if e.md.file_type().is_socket() {
+            let p = walk.abs(&e.rel);
+            fs::remove_file(&p).with_context(|| format!("removing the socket {} from the layer", p.display()))?;
+        }
+    }
+    Ok(())
+}
+
 fn normalise_rel(p: &Path) -> Vec<u8> {
     let mut out = Vec::new();
     for c in p.components() {

@@ -42,7 +42,7 @@ use std::path::{Path, PathBuf};
 
 pub use commit::{
     DEV_XATTR, DirWalk, OWNER_XATTR, effective_owner, owner_emulation, parse_dev, record_owner, set_owner_emulation,
-    write_tar,
+    strip_unarchived, write_tar,
 };
 pub use unpack::UnpackStats;
 

@@ -6,6 +6,9 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+/// Name prefix of the probe's temp dir (followed by `<pid>.<random>`).
+pub const PROBE_PREFIX: &str = "overlay-probe-";
+
 /// Mount data above this length goes through the new mount API (the page limit is 4 KiB).
 const MAX_MOUNT_DATA: usize = 3500;
 
@@ -177,10 +180,13 @@ pub fn umount(target: &Path) -> Result<()> {
 }
 
 /// Mounts a small overlay in a fresh temp dir under `dir`, writes and deletes through it and
-/// checks the upper dir got a whiteout.
+/// checks the upper dir got a whiteout. The dir is named `overlay-probe-<pid>.<random>` so
+/// that a kiln killed meanwhile leaves an entry recognisably owned by a dead process (removed by
+/// the startup sweep in `Store::open`, by the original process after the user-namespace child
+/// exits, and by `kiln fsck --repair` / `kiln prune`; see `crate::store::gc::tmp_owner`).
 pub(super) fn probe_in(dir: &Path) -> Result<()> {
     let t = tempfile::Builder::new()
-        .prefix("overlay-probe-")
+        .prefix(&format!("{PROBE_PREFIX}{}.", std::process::id()))
         .tempdir_in(dir)
         .with_context(|| format!("cannot create a probe dir in {}", dir.display()))?;
     let (l, u, w, m) = (

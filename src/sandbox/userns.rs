@@ -283,6 +283,19 @@ pub fn plan_mapping(uid: u32, gid: u32) -> Result<SubIdPlan, String> {
 
 static CHILD: AtomicI32 = AtomicI32::new(0);
 
+/// Runs in the original process after the re-executed child has exited (see
+/// [`on_child_exit`]).
+static AFTER_CHILD: std::sync::OnceLock<Box<dyn Fn(i32) + Send + Sync>> = std::sync::OnceLock::new();
+
+/// Registers `f(child pid)` to run in the original process once the child that re-executed
+/// kiln in the user namespace has exited, however it ended (killed by a signal included), and
+/// before the original process exits with its status. The CLI uses it to remove the child's
+/// temporary entries in the store (`kiln` killed before it could clean up; see
+/// `crate::store::gc::sweep_tmp_of`). Only the first registration counts.
+pub fn on_child_exit(f: impl Fn(i32) + Send + Sync + 'static) {
+    let _ = AFTER_CHILD.set(Box::new(f));
+}
+
 extern "C" fn forward_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
     let pid = CHILD.load(Ordering::SeqCst);
     // Signals the terminal sends to the whole foreground process group (SI_KERNEL) already
@@ -565,7 +578,11 @@ fn enter_userns(debug: bool, single: bool) -> Result<probe::Trial> {
             };
             write_all(&p2c_w, format!("{}\n", line.replace('\n', " ")).as_bytes());
             drop(p2c_w);
-            std::process::exit(wait_child(child));
+            let code = wait_child(child);
+            if let Some(f) = AFTER_CHILD.get() {
+                f(child.as_raw());
+            }
+            std::process::exit(code);
         }
     }
 }

@@ -3,8 +3,8 @@
 //! Checks, in order: the layout files; every blob's content against its name (sha256); every
 //! index.json entry (manifest or index present and decodable, config and layers present, as
 //! many diff_ids as layers); every build cache entry (decodable, its layer blob present);
-//! `layers/` (only directories named by a diff_id: publishing is a rename, so a directory there
-//! is complete, and partial unpacks live in `tmp/`); `tmp/` and interrupted atomic writes
+//! `layers/` (only directories named by a diff_id, each with a valid completion marker, see
+//! [`super::layers`]; with `--full` each is also compared with a fresh unpack of its blob); `tmp/` and interrupted atomic writes
 //! (partial data of processes that are gone).
 //!
 //! The store is *consistent* when there are no [`Severity::Error`] findings; left-over partial
@@ -40,6 +40,10 @@ pub struct FsckOptions {
     pub repair: bool,
     /// Skip re-hashing blob contents (only check presence and references).
     pub quick: bool,
+    /// Also compare every unpacked layer with its blob (see
+    /// [`super::layers::verify_against_blob`]); `repair` removes the ones that differ, so they
+    /// are unpacked again from the blob when next needed.
+    pub full: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -218,6 +222,34 @@ fn check_ref(store: &Store, label: &str, d: &Descriptor, depth: usize, out: &mut
     }
 }
 
+/// The layer blob of each diff_id the index (host platform) and the build cache know.
+fn layer_blobs(store: &Store) -> std::collections::HashMap<Digest, Descriptor> {
+    let mut m = std::collections::HashMap::new();
+    if let Ok(idx) = store.read_index() {
+        for e in &idx.manifests {
+            if let Ok(img) = store.load_descriptor(e) {
+                for (l, d) in img.manifest.layers.iter().zip(&img.config.rootfs.diff_ids) {
+                    if store.has_blob(&l.digest) {
+                        m.entry(d.clone()).or_insert_with(|| l.clone());
+                    }
+                }
+            }
+        }
+    }
+    if let Ok(rd) = fs::read_dir(store.cache_dir()) {
+        for e in rd.flatten() {
+            let Ok(data) = fs::read(e.path()) else { continue };
+            if let Ok(c) = serde_json::from_slice::<crate::build::cache::Entry>(&data)
+                && let Some((l, d)) = c.layer
+                && store.has_blob(&l.digest)
+            {
+                m.entry(d).or_insert(l);
+            }
+        }
+    }
+    m
+}
+
 /// Verifies the store; see the module docs. With `repair`, removes partial data of processes
 /// that are gone, broken cache entries, corrupt blobs and stray entries (never anything a
 /// running kiln uses: see [`super::gc`]).
@@ -339,8 +371,10 @@ pub fn fsck(store: &Store, opts: &FsckOptions) -> Result<FsckReport> {
         }
     }
 
-    // Unpacked layers.
+    // Unpacked layers: only directories named by a diff_id, each with a valid completion
+    // marker (see super::layers); markers without their directory are stale.
     let layers = root.join("layers");
+    let mut ready = Vec::new();
     for e in fs::read_dir(&layers)
         .with_context(|| format!("reading {}", layers.display()))?
         .flatten()
@@ -350,9 +384,49 @@ pub fn fsck(store: &Store, opts: &FsckOptions) -> Result<FsckReport> {
             continue;
         }
         let p = e.path();
+        if let Some(hex) = name.strip_suffix(super::layers::MARKER_SUFFIX)
+            && Digest::parse(&format!("sha256:{hex}")).is_ok()
+        {
+            if layers.join(hex).is_dir() {
+                continue; // checked with its directory
+            }
+            rep.problems.push(Problem {
+                severity: Severity::Garbage,
+                what: format!(
+                    "{} is a stale completion marker (its layer directory is gone)",
+                    p.display()
+                ),
+                repaired: opts.repair && super::layers::remove_marker(&p).is_ok(),
+            });
+            continue;
+        }
         let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
-        if is_dir && Digest::parse(&format!("sha256:{name}")).is_ok() {
+        if is_dir && let Ok(d) = Digest::parse(&format!("sha256:{name}")) {
             rep.layer_dirs += 1;
+            match store.check_layer(&d) {
+                Ok(()) => ready.push(d),
+                Err(why) => {
+                    let mut prob = Problem {
+                        severity: Severity::Error,
+                        what: format!(
+                            "unpacked layer {} is not trusted: {why}; kiln will not use it",
+                            p.display()
+                        ),
+                        repaired: false,
+                    };
+                    if opts.repair {
+                        match store.discard_layer(&d) {
+                            Ok(()) => {
+                                prob.what
+                                    .push_str(" (removed; it is unpacked again from its blob when needed)");
+                                prob.repaired = true;
+                            }
+                            Err(e) => prob.what.push_str(&format!(": cannot remove it: {e:#}")),
+                        }
+                    }
+                    rep.problems.push(prob);
+                }
+            }
             continue;
         }
         let repaired = opts.repair && gc::remove_path(&p).is_ok();
@@ -361,6 +435,53 @@ pub fn fsck(store: &Store, opts: &FsckOptions) -> Result<FsckReport> {
             what: format!("{} is not an unpacked layer (stray entry in layers/)", p.display()),
             repaired,
         });
+    }
+    if opts.full {
+        let blobs = layer_blobs(store);
+        ready.sort();
+        for d in ready {
+            let p = store.layer_dir(&d);
+            let Some(desc) = blobs.get(&d) else {
+                rep.problems.push(Problem {
+                    severity: Severity::Garbage,
+                    what: format!(
+                        "unpacked layer {} cannot be verified: no image or build cache entry has a blob with diff_id {d}",
+                        p.display()
+                    ),
+                    repaired: opts.repair && exclusive.is_some() && store.discard_layer(&d).is_ok(),
+                });
+                continue;
+            };
+            let diff = match super::layers::verify_against_blob(store, &d, desc) {
+                Ok(None) => continue,
+                Ok(Some(diff)) => diff,
+                Err(e) => format!("cannot compare it with its blob {}: {e:#}", desc.digest),
+            };
+            let mut prob = Problem {
+                severity: Severity::Error,
+                what: format!(
+                    "unpacked layer {d} ({}) differs from its blob {}: {diff}",
+                    p.display(),
+                    desc.digest
+                ),
+                repaired: false,
+            };
+            if opts.repair {
+                if exclusive.is_none() {
+                    prob.what.push_str(" (not removed: other kiln processes use the store)");
+                } else {
+                    match store.discard_layer(&d) {
+                        Ok(()) => {
+                            prob.what
+                                .push_str(" (removed; it is unpacked again from its blob when needed)");
+                            prob.repaired = true;
+                        }
+                        Err(e) => prob.what.push_str(&format!(": cannot remove it: {e:#}")),
+                    }
+                }
+            }
+            rep.problems.push(prob);
+        }
     }
 
     // Partial data.
@@ -494,6 +615,101 @@ mod tests {
             .collect();
         assert_eq!(left, vec![mine.path().to_path_buf()], "only the live entry stays");
         assert!(!t.path().join("layers/notadigest").exists());
+    }
+
+    fn repair() -> FsckOptions {
+        FsckOptions {
+            repair: true,
+            ..Default::default()
+        }
+    }
+
+    /// A store with an image whose one layer (a real blob) is unpacked: (dir, store, diff_id).
+    fn unpacked_image() -> (tempfile::TempDir, Store, Digest) {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::open(t.path()).unwrap();
+        let src = t.path().join("src");
+        fs::create_dir_all(src.join("etc")).unwrap();
+        fs::write(src.join("etc/conf"), b"hello").unwrap();
+        let l = crate::layer::commit_dir(&s, &src, &[], &Default::default(), ManifestFormat::Oci)
+            .unwrap()
+            .unwrap();
+        let mut cfg = ImageConfig::empty();
+        cfg.rootfs.diff_ids.push(l.diff_id.clone());
+        let img = s.write_image(&cfg, vec![l.descriptor], ManifestFormat::Oci).unwrap();
+        let bytes = serde_json::to_vec(&img.manifest).unwrap();
+        s.tag(
+            "app:1",
+            &Descriptor::new(MT_OCI_MANIFEST, img.manifest_digest.clone(), bytes.len() as u64),
+        )
+        .unwrap();
+        crate::build::rootfs_for_image(&s, &img).unwrap();
+        assert!(s.layer_ready(&l.diff_id));
+        (t, s, l.diff_id)
+    }
+
+    #[test]
+    fn unmarked_layer_dirs_and_stale_markers_are_reported_and_repaired() {
+        let (_t, s, _, _) = setup();
+        let planted = Digest::of(b"planted");
+        fs::create_dir_all(s.layer_dir(&planted)).unwrap();
+        fs::write(s.layer_dir(&planted).join("pwned"), b"").unwrap();
+        let stale = s.layer_marker(&Digest::of(b"gone"));
+        fs::write(&stale, b"{}").unwrap();
+        let r = fsck(&s, &FsckOptions::default()).unwrap();
+        let all = format!("{:#?}", r.problems);
+        assert!(!r.is_consistent(), "{all}");
+        assert!(
+            all.contains(&planted.hex().to_string()) && all.contains("no completion marker"),
+            "{all}"
+        );
+        assert!(all.contains("stale completion marker"), "{all}");
+        let r = fsck(&s, &repair()).unwrap();
+        assert!(r.problems.iter().all(|p| p.repaired), "{:#?}", r.problems);
+        assert!(!s.layer_dir(&planted).exists() && !stale.exists());
+        let r = fsck(&s, &FsckOptions::default()).unwrap();
+        assert!(r.problems.is_empty(), "{:#?}", r.problems);
+    }
+
+    #[test]
+    fn full_check_finds_layers_changed_after_unpacking() {
+        let (_t, s, d) = unpacked_image();
+        let full = FsckOptions {
+            full: true,
+            ..Default::default()
+        };
+        let r = fsck(&s, &full).unwrap();
+        assert!(r.problems.is_empty(), "{:#?}", r.problems);
+        fs::write(s.layer_dir(&d).join("etc/conf"), b"jello").unwrap();
+        // The plain check trusts the marker; the full one compares with the blob.
+        assert!(fsck(&s, &FsckOptions::default()).unwrap().is_consistent());
+        let r = fsck(&s, &full).unwrap();
+        let all = format!("{:#?}", r.problems);
+        assert_eq!(r.errors(), 1, "{all}");
+        assert!(
+            all.contains(&d.to_string()) && all.contains("/etc/conf: its content differs"),
+            "{all}"
+        );
+        // An extra file is found too.
+        fs::write(s.layer_dir(&d).join("etc/conf"), b"hello").unwrap();
+        fs::write(s.layer_dir(&d).join("extra"), b"").unwrap();
+        let all = format!("{:#?}", fsck(&s, &full).unwrap().problems);
+        assert!(all.contains("/extra is not in the blob"), "{all}");
+        let r = fsck(
+            &s,
+            &FsckOptions {
+                full: true,
+                repair: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(r.is_consistent(), "{:#?}", r.problems);
+        assert!(!s.layer_dir(&d).exists() && !s.layer_marker(&d).exists());
+        let img = s.load_image("app:1").unwrap();
+        crate::build::rootfs_for_image(&s, &img).unwrap();
+        assert!(fsck(&s, &full).unwrap().problems.is_empty());
+        assert_eq!(fs::read(s.layer_dir(&d).join("etc/conf")).unwrap(), b"hello");
     }
 
     #[test]

@@ -131,6 +131,48 @@ pub fn tmp_owner(name: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
+/// Removes the `tmp/` entries of the kiln process `pid`, which has exited (called by the
+/// original process once its user-namespace child is gone, see
+/// `crate::sandbox::userns::on_child_exit`). Best effort and silent: entries it cannot remove
+/// (files of subordinate ids, seen from outside the namespace) are left for `kiln fsck
+/// --repair` / `kiln prune`. Does nothing when a live process holds `pid`'s lock again.
+pub fn sweep_tmp_of(root: &Path, pid: u32) {
+    if pid == std::process::id() || pid_alive(root, pid) {
+        return;
+    }
+    let Ok(rd) = fs::read_dir(root.join("tmp")) else {
+        return;
+    };
+    for e in rd.flatten() {
+        if tmp_owner(&e.file_name().to_string_lossy()) == Some(pid) {
+            let _ = remove_path(&e.path());
+        }
+    }
+}
+
+/// Names of the storage-driver probes' temp dirs (`<prefix><pid>.<random>`): small, and only
+/// ever useful to the process that made them, so [`sweep_dead_probes`] removes them at once.
+pub const PROBE_PREFIXES: [&str; 2] = ["overlay-probe-", "fuse-probe-"];
+
+/// Removes probe dirs (see [`PROBE_PREFIXES`]) of kiln processes that are gone (run when a
+/// store is opened). Best effort.
+pub fn sweep_dead_probes(root: &Path) {
+    let Ok(rd) = fs::read_dir(root.join("tmp")) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !PROBE_PREFIXES.iter().any(|p| name.starts_with(p)) {
+            continue;
+        }
+        if let Some(pid) = tmp_owner(&name)
+            && !pid_alive(root, pid)
+        {
+            let _ = remove_path(&e.path());
+        }
+    }
+}
+
 /// Is the kiln process `pid` (of any pid namespace sharing this store) still running?
 pub fn pid_alive(root: &Path, pid: u32) -> bool {
     if pid == std::process::id() {
@@ -255,7 +297,7 @@ pub struct TmpEntry {
 /// `cache/context-stat/`: COPY's per-context file hashes (see `crate::build::cache::StatCache`).
 pub const CONTEXT_STAT: &str = "context-stat";
 
-/// Entries without an owner pid (from older kiln versions, the overlay probe, or atomic-write
+/// Entries without an owner pid (from older kiln versions and their overlay probes, or atomic-write
 /// temp files) count as stale after this long, or at once under [`Exclusive`].
 const UNOWNED_STALE_AFTER: Duration = Duration::from_secs(3600);
 
@@ -452,19 +494,45 @@ fn remove_subdir_by_inode(dir: &std::os::fd::OwnedFd, ino: libc::ino_t) -> Resul
     result
 }
 
-/// Removes a layer dir crash-safely: it is first renamed into `tmp/` (so a half-removed
-/// directory is never taken for a complete layer), then deleted.
-pub fn remove_layer_dir(store: &Store, dir: &Path) -> Result<()> {
-    let grave = store.root().join("tmp").join(format!(
+/// Where [`remove_layer_dir`] moves a layer dir before deleting it: `tmp/gc-<pid>.<hex>`
+/// (the part after the dot is the hex diff_id, alphanumeric, so [`tmp_owner`] reads the pid).
+pub fn grave_for(store: &Store, dir: &Path) -> PathBuf {
+    store.root().join("tmp").join(format!(
         "gc-{}.{}",
         std::process::id(),
         dir.file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
-    ));
-    // The name part after the dot is the hex diff_id (alphanumeric), so tmp_owner reads it.
+    ))
+}
+
+/// Removes a layer dir crash-safely: its completion marker goes first (so a half-removed
+/// directory is never trusted), then it is renamed into `tmp/` and deleted.
+pub fn remove_layer_dir(store: &Store, dir: &Path) -> Result<()> {
+    super::layers::remove_marker(&super::layers::marker_of(dir))?;
+    let grave = grave_for(store, dir);
     fs::rename(dir, &grave).with_context(|| format!("moving {} out of layers/", dir.display()))?;
     remove_path(&grave)
+}
+
+/// Completion markers in `layers/` whose directory is gone (see [`super::layers`]).
+pub fn stale_markers(store: &Store) -> Result<Vec<PathBuf>> {
+    let dir = store.root().join("layers");
+    let mut v = Vec::new();
+    for e in fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(hex) = name.strip_suffix(super::layers::MARKER_SUFFIX) else {
+            continue;
+        };
+        if Digest::parse(&format!("sha256:{hex}")).is_ok() && !dir.join(hex).is_dir() {
+            v.push(e.path());
+        }
+    }
+    v.sort();
+    Ok(v)
 }
 
 // ------------------------------------------------------------------------------------------
@@ -798,6 +866,11 @@ pub fn prune(store: &Store, opts: &PruneOptions) -> Result<PruneReport> {
         }
         false
     });
+    for m in stale_markers(store)? {
+        if !dry {
+            super::layers::remove_marker(&m)?;
+        }
+    }
 
     // 5. --keep-storage: least recently used first.
     if let Some(limit) = opts.keep_storage {
@@ -931,6 +1004,9 @@ mod tests {
         assert_eq!(tmp_owner("docker-archive-77.x1"), Some(77));
         assert_eq!(tmp_owner("blob-5.q"), Some(5));
         assert_eq!(tmp_owner("blob-AbC123"), None);
+        // Probe dirs carry their owner too (a killed kiln's probe is recognisably dead).
+        assert_eq!(tmp_owner("overlay-probe-4321.x1Yz"), Some(4321));
+        assert_eq!(tmp_owner("fuse-probe-9.AbC"), Some(9));
         assert_eq!(tmp_owner("overlay-probe-x1Yz"), None);
         assert_eq!(tmp_owner("step-12.a-b"), None);
         assert_eq!(tmp_owner(".tmp-x"), None);
@@ -965,6 +1041,29 @@ mod tests {
         remove_tree(&top).unwrap();
         assert!(!top.exists());
         assert_eq!(fs::read_dir(t.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn dead_probe_dirs_are_swept_live_ones_kept() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::open(t.path()).unwrap();
+        let dead = t.path().join("tmp/overlay-probe-999999997.abc");
+        fs::create_dir_all(dead.join("w/work")).unwrap();
+        let dead_fuse = t.path().join("tmp/fuse-probe-999999997.abc");
+        fs::create_dir_all(dead_fuse.join("u")).unwrap();
+        let mine = t.path().join(format!("tmp/overlay-probe-{}.xyz", std::process::id()));
+        fs::create_dir(&mine).unwrap();
+        let step = t.path().join("tmp/step-999999997.abc");
+        fs::create_dir(&step).unwrap();
+        // Opening the store sweeps dead processes' probes only.
+        Store::open(t.path()).unwrap();
+        assert!(!dead.exists() && !dead_fuse.exists());
+        assert!(mine.exists() && step.exists());
+        // The original process's sweep after its child exited takes everything of that pid.
+        sweep_tmp_of(s.root(), 999_999_997);
+        assert!(!step.exists());
+        sweep_tmp_of(s.root(), std::process::id());
+        assert!(mine.exists(), "never the caller's own entries");
     }
 
     #[test]
@@ -1032,8 +1131,13 @@ mod tests {
         let dangling = image_with_layer(&s, b"layer two", &d2);
         s.add_unnamed(&dangling).unwrap();
         let orphan = s.put_bytes(b"orphan").unwrap();
+        let publish = |d: &Digest| {
+            let src = t.path().join("tmp").join(format!("src-{}", d.hex()));
+            fs::create_dir_all(src.join("etc")).unwrap();
+            s.publish_layer(&src, d).unwrap();
+        };
         for d in [&d1, &d2] {
-            fs::create_dir_all(s.layer_dir(d).join("etc")).unwrap();
+            publish(d);
         }
         // A cache entry whose blob is gone, and a valid one.
         let cached = s.put_bytes(b"cached layer").unwrap();
@@ -1045,7 +1149,11 @@ mod tests {
             .unwrap()
         };
         let d3 = Digest::of(b"diff3");
-        fs::create_dir_all(s.layer_dir(&d3)).unwrap();
+        publish(&d3);
+        // A marker whose directory is gone is swept too.
+        let d4 = Digest::of(b"diff4");
+        publish(&d4);
+        remove_path(&s.layer_dir(&d4)).unwrap();
         fs::write(
             s.cache_dir().join(format!("{}.json", "a".repeat(64))),
             entry(&cached, &d3),
@@ -1087,6 +1195,11 @@ mod tests {
         assert!(s.cache_dir().join(CONTEXT_STAT).is_dir(), "kept without --all");
         assert!(s.layer_dir(&d1).is_dir() && s.layer_dir(&d3).is_dir());
         assert!(!s.layer_dir(&d2).exists());
+        assert!(
+            !s.layer_marker(&d2).exists() && !s.layer_marker(&d4).exists(),
+            "markers go with their dirs"
+        );
+        assert!(s.layer_ready(&d1) && s.layer_ready(&d3));
         assert_eq!(s.load_image("app:1").unwrap().manifest_digest, named.digest);
         assert_eq!(fs::read_dir(t.path().join("tmp")).unwrap().count(), 0);
 

@@ -7,7 +7,8 @@
 //! that carries it); entries without a name are unnamed ("dangling") images,
 //! e.g. an archive loaded without a name. kiln's own directories sit next to the layout:
 //! `tmp/` (blobs being written, scratch dirs), `layers/<diff_id hex>/` (unpacked layers used as
-//! overlay lowers), `cache/` (build cache) and `locks/`.
+//! overlay lowers, each trusted only with its completion marker `layers/<diff_id hex>.complete`,
+//! see [`layers`]), `cache/` (build cache) and `locks/`.
 //!
 //! Crash safety: a blob is written to a temp file under `tmp/` while it is hashed, verified
 //! against the expected digest, fsynced and renamed into `blobs/sha256/`, so a blob at its final
@@ -32,6 +33,7 @@ use std::path::{Path, PathBuf};
 
 pub mod fsck;
 pub mod gc;
+pub mod layers;
 
 /// The content of the `oci-layout` file.
 pub const OCI_LAYOUT_JSON: &str = r#"{"imageLayoutVersion":"1.0.0"}"#;
@@ -168,8 +170,10 @@ impl Store {
     }
 
     /// Removes blob temp files a killed kiln left behind (untouched for a day; a live writer
-    /// keeps its file's mtime fresh). Best effort: they are harmless anyway.
+    /// keeps its file's mtime fresh), and the storage-driver probe dirs of kiln processes that
+    /// are gone. Best effort: they are harmless anyway.
     fn clean_stale_tmp(&self) {
+        gc::sweep_dead_probes(&self.root);
         let Ok(rd) = fs::read_dir(self.root.join("tmp")) else {
             return;
         };

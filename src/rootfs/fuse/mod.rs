@@ -228,8 +228,9 @@ pub fn unmount_readonly(target: &Path) -> Option<Result<()>> {
 /// Mounts a FUSE overlay in a fresh dir under `dir`, writes, deletes and replaces a directory
 /// through it and checks the upper dir (whiteout and opaque marker).
 pub(super) fn probe_in(dir: &Path) -> Result<()> {
+    // `fuse-probe-<pid>.<random>`: see the overlay probe (owner pid for the dead-owner sweeps).
     let t = tempfile::Builder::new()
-        .prefix("fuse-probe-")
+        .prefix(&format!("fuse-probe-{}.", std::process::id()))
         .tempdir_in(dir)
         .with_context(|| format!("cannot create a probe dir in {}", dir.display()))?;
     let (l, u, w, m) = (

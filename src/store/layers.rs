@@ -1,0 +1,426 @@
+//! Unpacked layers (`layers/<diff_id hex>/`, used as overlay lowers): completion markers,
+//! publishing, and verification against the layer blob.
+//!
+//! ## Completion marker
+//! A layer directory is trusted only when kiln itself completed it: after the directory is
+//! renamed into `layers/`, kiln writes `layers/<diff_id hex>.complete` (next to the directory,
+//! never inside it: the directory is an overlay lower, so anything in it would appear in
+//! containers). The marker is JSON `{"diff_id": ..., "ino": ...}`: the diff_id and the inode
+//! number of the directory it completed. It is valid when it is a regular file owned by kiln's
+//! (effective) user, names the same diff_id, records the inode the directory has now, and the
+//! directory is owned by the same user as the marker. A directory without a valid marker (a
+//! crash between rename and marker, an older kiln, or a directory someone else planted, or one
+//! copied with new inodes) is never used: kiln moves it away and unpacks the blob again.
+//!
+//! The marker is written without fsync (temp file + rename): after a power loss a layer may
+//! lose its marker (it is then unpacked again), and `kiln fsck --full` finds layer contents
+//! that did not reach the disk.
+//!
+//! Publishing (rename + marker) and discarding happen under `locks/layers`, so a process never
+//! takes another's freshly renamed, not yet marked directory for a foreign one.
+
+use super::Store;
+use super::gc;
+use crate::digest::Digest;
+use anyhow::{Context, Result, bail};
+use std::fs;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// File name suffix of a completion marker: `layers/<diff_id hex>.complete`.
+pub const MARKER_SUFFIX: &str = ".complete";
+
+#[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+struct Marker {
+    diff_id: Digest,
+    ino: u64,
+}
+
+impl Store {
+    /// The completion marker of `layers/<diff_id hex>` (see the module docs).
+    pub fn layer_marker(&self, diff_id: &Digest) -> PathBuf {
+        self.root()
+            .join("layers")
+            .join(format!("{}{MARKER_SUFFIX}", diff_id.hex()))
+    }
+
+    /// Ok when `layers/<diff_id>` exists and kiln completed it; else why not.
+    pub fn check_layer(&self, diff_id: &Digest) -> std::result::Result<(), String> {
+        let dir = self.layer_dir(diff_id);
+        let dmd = match fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => m,
+            Ok(_) => return Err("it is not a directory".into()),
+            Err(e) => return Err(format!("it cannot be read: {e}")),
+        };
+        let mp = self.layer_marker(diff_id);
+        let mmd = match fs::symlink_metadata(&mp) {
+            Ok(m) if m.is_file() => m,
+            Ok(_) => return Err(format!("its completion marker {} is not a file", mp.display())),
+            Err(_) => return Err("it has no completion marker (kiln did not complete it)".into()),
+        };
+        let euid = nix::unistd::geteuid().as_raw();
+        if mmd.uid() != euid {
+            return Err(format!(
+                "its completion marker is owned by uid {}, not by kiln's uid {euid}",
+                mmd.uid()
+            ));
+        }
+        if dmd.uid() != mmd.uid() {
+            return Err(format!("it is owned by uid {}, not by kiln's uid {euid}", dmd.uid()));
+        }
+        let m: Marker = fs::read(&mp)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| "its completion marker is not valid".to_string())?;
+        if &m.diff_id != diff_id {
+            return Err(format!("its completion marker is for {}", m.diff_id));
+        }
+        if m.ino != dmd.ino() {
+            return Err("its completion marker was written for another directory (inode differs)".into());
+        }
+        Ok(())
+    }
+
+    /// True when `layers/<diff_id>` can be used as a lower (see [`Store::check_layer`]).
+    pub fn layer_ready(&self, diff_id: &Digest) -> bool {
+        self.check_layer(diff_id).is_ok()
+    }
+
+    fn layers_lock(&self) -> Result<super::StoreLock> {
+        super::flock(&self.root().join("locks/layers"))
+    }
+
+    /// Moves the finished layer directory `src` to `layers/<diff_id>` and marks it complete.
+    /// When a valid layer is already there (another process won the race), `src` is left for
+    /// the caller to drop; anything else there (no valid marker) is moved away first.
+    pub fn publish_layer(&self, src: &Path, diff_id: &Digest) -> Result<()> {
+        let dir = self.layer_dir(diff_id);
+        let _g = self.layers_lock()?;
+        if self.layer_ready(diff_id) {
+            return Ok(());
+        }
+        self.discard_layer_locked(diff_id)?;
+        fs::rename(src, &dir).with_context(|| format!("moving unpacked layer into {}", dir.display()))?;
+        let ino = fs::symlink_metadata(&dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .ino();
+        let data = serde_json::to_vec(&Marker {
+            diff_id: diff_id.clone(),
+            ino,
+        })
+        .context("serialising a layer marker")?;
+        let layers = self.root().join("layers");
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .tempfile_in(&layers)
+            .with_context(|| format!("creating a temporary file in {}", layers.display()))?;
+        std::io::Write::write_all(&mut tmp, &data).context("writing a layer marker")?;
+        let mp = self.layer_marker(diff_id);
+        tmp.persist(&mp)
+            .map_err(|e| e.error)
+            .with_context(|| format!("writing {}", mp.display()))?;
+        Ok(())
+    }
+
+    /// Removes `layers/<diff_id>` and its marker (the marker first), whatever state they are in.
+    pub fn discard_layer(&self, diff_id: &Digest) -> Result<()> {
+        let _g = self.layers_lock()?;
+        self.discard_layer_locked(diff_id)
+    }
+
+    fn discard_layer_locked(&self, diff_id: &Digest) -> Result<()> {
+        remove_marker(&self.layer_marker(diff_id))?;
+        let dir = self.layer_dir(diff_id);
+        if fs::symlink_metadata(&dir).is_err() {
+            return Ok(());
+        }
+        let grave = gc::grave_for(self, &dir);
+        fs::rename(&dir, &grave).with_context(|| {
+            format!(
+                "moving the untrusted layer directory {} out of layers/ (is it another user's?)",
+                dir.display()
+            )
+        })?;
+        // layers/ is free now; what cannot be removed is partial data for fsck --repair.
+        if let Err(e) = gc::remove_path(&grave) {
+            eprintln!("kiln: warning: {e:#}");
+        }
+        Ok(())
+    }
+}
+
+/// Removes a completion marker (missing is fine).
+pub fn remove_marker(p: &Path) -> Result<()> {
+    match fs::remove_file(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", p.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The marker path of a layer directory path (`layers/<hex>` → `layers/<hex>.complete`).
+pub fn marker_of(dir: &Path) -> PathBuf {
+    let mut s = dir.as_os_str().to_os_string();
+    s.push(MARKER_SUFFIX);
+    PathBuf::from(s)
+}
+
+/// `kiln fsck --full`: compares `layers/<diff_id>` with a fresh unpack of its blob `desc`.
+/// Returns the first difference, or None when they are equal.
+///
+/// Why not re-tar the directory and hash it against the diff_id: that reproduces the diff_id
+/// only for blobs kiln's own tar writer produced (and only without `--timestamp` clamping);
+/// layers pulled from registries were written by other tar writers (other entry order, `./`
+/// prefixes, PAX records, mtimes of implicit parents), so their re-tar never matches. An unpack
+/// of the blob with kiln's unpacker ([`crate::layer::unpack_to_lower`], which also checks the
+/// blob against the diff_id) is what the directory must equal for any blob, so the two trees
+/// are compared entry by entry: same paths, types, modes, owners (as a layer records them),
+/// sizes, contents, link targets, device numbers and xattrs (overlay bookkeeping other than
+/// opacity left out). mtimes are not compared (they carry no content and the unpacker restores
+/// them anyway).
+pub fn verify_against_blob(store: &Store, diff_id: &Digest, desc: &crate::image::Descriptor) -> Result<Option<String>> {
+    let compression = crate::image::Compression::of_media_type(&desc.media_type)
+        .with_context(|| format!("layer {}: unsupported media type {}", desc.digest, desc.media_type))?;
+    let tmp = store.tmp_dir("fsck-")?;
+    let fresh = tmp.path().join("layer");
+    fs::create_dir(&fresh).with_context(|| format!("creating {}", fresh.display()))?;
+    let blob = store.open_blob(&desc.digest)?;
+    let got = crate::layer::unpack_to_lower(std::io::BufReader::with_capacity(1 << 20, blob), compression, &fresh)
+        .with_context(|| format!("unpacking layer {}", desc.digest))?;
+    if &got != diff_id {
+        bail!("layer blob {} has diff_id {got}, not {diff_id}", desc.digest);
+    }
+    let r = compare_trees(&store.layer_dir(diff_id), &fresh);
+    // The fresh copy may hold read-only directories.
+    let _ = gc::remove_path(&fresh);
+    r
+}
+
+/// Compares two directory trees (see [`verify_against_blob`]); the first difference, named by
+/// its path relative to the roots.
+pub fn compare_trees(have: &Path, want: &Path) -> Result<Option<String>> {
+    use crate::layer::DirWalk;
+    let mut a = DirWalk::new(have, &[])?;
+    let mut b = DirWalk::new(want, &[])?;
+    loop {
+        let (ea, eb) = (a.next_entry()?, b.next_entry()?);
+        let (ea, eb) = match (ea, eb) {
+            (None, None) => return Ok(None),
+            (Some(e), None) => return Ok(Some(format!("/{} is not in the blob", show(&e.rel)))),
+            (None, Some(e)) => return Ok(Some(format!("/{} is missing", show(&e.rel)))),
+            (Some(x), Some(y)) => (x, y),
+        };
+        if ea.rel != eb.rel {
+            return Ok(Some(if ea.rel < eb.rel {
+                format!("/{} is not in the blob", show(&ea.rel))
+            } else {
+                format!("/{} is missing", show(&eb.rel))
+            }));
+        }
+        let pa = have.join(std::ffi::OsStr::from_bytes(&ea.rel));
+        let pb = want.join(std::ffi::OsStr::from_bytes(&eb.rel));
+        if let Some(d) = entry_difference(&pa, &ea.md, &pb, &eb.md)? {
+            return Ok(Some(format!("/{}: {d}", show(&ea.rel))));
+        }
+    }
+}
+
+fn show(rel: &[u8]) -> String {
+    String::from_utf8_lossy(rel).into_owned()
+}
+
+fn kind(md: &fs::Metadata) -> &'static str {
+    let ft = md.file_type();
+    if ft.is_dir() {
+        "directory"
+    } else if ft.is_symlink() {
+        "symlink"
+    } else if ft.is_file() {
+        "file"
+    } else if ft.is_char_device() {
+        "char device"
+    } else if ft.is_block_device() {
+        "block device"
+    } else if ft.is_fifo() {
+        "fifo"
+    } else {
+        "socket"
+    }
+}
+
+/// Xattrs as a layer records them: overlay bookkeeping left out except opacity (normalised),
+/// the owner record left out (compared through the effective owner).
+fn layer_xattrs(p: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut v = Vec::new();
+    let Ok(names) = xattr::list(p) else { return v };
+    for n in names {
+        let nb = n.as_bytes();
+        if nb == crate::layer::OWNER_XATTR.as_bytes() {
+            continue;
+        }
+        let val = xattr::get(p, &n).ok().flatten().unwrap_or_default();
+        if nb.ends_with(b".opaque") && crate::rootfs::is_overlay_xattr(nb) {
+            if val == b"y" {
+                v.push((b"opaque".to_vec(), val));
+            }
+            continue;
+        }
+        if crate::rootfs::is_overlay_xattr(nb) {
+            continue;
+        }
+        v.push((nb.to_vec(), val));
+    }
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn file_digest(p: &Path) -> Result<Digest> {
+    let f = fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
+    let mut r = crate::digest::HashingReader::new(std::io::BufReader::with_capacity(1 << 20, f));
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        let n = r.read(&mut buf).with_context(|| format!("reading {}", p.display()))?;
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(r.finish().1)
+}
+
+fn entry_difference(pa: &Path, a: &fs::Metadata, pb: &Path, b: &fs::Metadata) -> Result<Option<String>> {
+    if kind(a) != kind(b) {
+        return Ok(Some(format!("is a {}, the blob has a {}", kind(a), kind(b))));
+    }
+    if !a.is_symlink() && a.mode() & 0o7777 != b.mode() & 0o7777 {
+        return Ok(Some(format!(
+            "mode {:o}, the blob has {:o}",
+            a.mode() & 0o7777,
+            b.mode() & 0o7777
+        )));
+    }
+    let (oa, ob) = (
+        crate::layer::effective_owner(pa, a),
+        crate::layer::effective_owner(pb, b),
+    );
+    if oa != ob {
+        return Ok(Some(format!("owner {}:{}, the blob has {}:{}", oa.0, oa.1, ob.0, ob.1)));
+    }
+    if a.is_file() {
+        if a.len() != b.len() {
+            return Ok(Some(format!("{} bytes, the blob has {}", a.len(), b.len())));
+        }
+        if file_digest(pa)? != file_digest(pb)? {
+            return Ok(Some("its content differs from the blob's".into()));
+        }
+    }
+    if a.is_symlink() {
+        let (la, lb) = (
+            fs::read_link(pa).with_context(|| format!("reading {}", pa.display()))?,
+            fs::read_link(pb).with_context(|| format!("reading {}", pb.display()))?,
+        );
+        if la != lb {
+            return Ok(Some(format!(
+                "points to {}, the blob to {}",
+                la.display(),
+                lb.display()
+            )));
+        }
+    }
+    if (a.file_type().is_char_device() || a.file_type().is_block_device()) && a.rdev() != b.rdev() {
+        return Ok(Some("device numbers differ from the blob's".into()));
+    }
+    if !a.is_symlink() && layer_xattrs(pa) != layer_xattrs(pb) {
+        return Ok(Some("xattrs differ from the blob's".into()));
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer_src(s: &Store, name: &str) -> PathBuf {
+        let p = s.root().join("tmp").join(name);
+        fs::create_dir_all(p.join("etc")).unwrap();
+        fs::write(p.join("etc/conf"), b"hello").unwrap();
+        p
+    }
+
+    #[test]
+    fn published_layers_carry_a_valid_marker() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::open(t.path()).unwrap();
+        let d = Digest::of(b"diff");
+        assert!(!s.layer_ready(&d));
+        s.publish_layer(&layer_src(&s, "a"), &d).unwrap();
+        assert!(s.layer_ready(&d), "{:?}", s.check_layer(&d));
+        assert!(t.path().join(format!("layers/{}.complete", d.hex())).is_file());
+        assert!(!s.layer_dir(&d).join(".complete").exists(), "nothing inside the lower");
+        // A second publisher loses the race and leaves its directory alone.
+        let b = layer_src(&s, "b");
+        s.publish_layer(&b, &d).unwrap();
+        assert!(b.is_dir() && s.layer_ready(&d));
+        // Discarding removes the marker and the directory.
+        s.discard_layer(&d).unwrap();
+        assert!(!s.layer_dir(&d).exists() && !s.layer_marker(&d).exists());
+    }
+
+    #[test]
+    fn planted_or_unmarked_directories_are_not_trusted_and_get_replaced() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::open(t.path()).unwrap();
+        let d = Digest::of(b"diff");
+        // Planted before first use, with an extra file.
+        fs::create_dir_all(s.layer_dir(&d)).unwrap();
+        fs::write(s.layer_dir(&d).join("pwned"), b"").unwrap();
+        let why = s.check_layer(&d).unwrap_err();
+        assert!(why.contains("no completion marker"), "{why}");
+        // A copied marker does not help: it names another directory (inode).
+        let other = Digest::of(b"other");
+        s.publish_layer(&layer_src(&s, "o"), &other).unwrap();
+        let m = fs::read(s.layer_marker(&other)).unwrap();
+        let forged = String::from_utf8(m).unwrap().replace(other.hex(), d.hex());
+        fs::write(s.layer_marker(&d), forged).unwrap();
+        let why = s.check_layer(&d).unwrap_err();
+        assert!(why.contains("inode"), "{why}");
+        // Publishing replaces it with the real content.
+        s.publish_layer(&layer_src(&s, "a"), &d).unwrap();
+        assert!(s.layer_ready(&d));
+        assert!(!s.layer_dir(&d).join("pwned").exists());
+        assert!(s.layer_dir(&d).join("etc/conf").is_file());
+        // A marker whose directory was swapped for another is invalid too.
+        gc::remove_path(&s.layer_dir(&d)).unwrap();
+        fs::create_dir(s.layer_dir(&d)).unwrap();
+        assert!(!s.layer_ready(&d));
+        assert!(fs::read(s.layer_marker(&d)).is_ok());
+    }
+
+    #[test]
+    fn tree_comparison_finds_extra_missing_and_changed_entries() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        for r in [&a, &b] {
+            fs::create_dir_all(r.join("etc")).unwrap();
+            fs::write(r.join("etc/conf"), b"hello").unwrap();
+            std::os::unix::fs::symlink("conf", r.join("etc/link")).unwrap();
+        }
+        assert_eq!(compare_trees(&a, &b).unwrap(), None);
+        fs::write(a.join("etc/conf"), b"jello").unwrap();
+        assert!(
+            compare_trees(&a, &b)
+                .unwrap()
+                .unwrap()
+                .contains("/etc/conf: its content differs")
+        );
+        fs::write(a.join("etc/conf"), b"hello").unwrap();
+        fs::write(a.join("pwned"), b"").unwrap();
+        assert_eq!(compare_trees(&a, &b).unwrap().unwrap(), "/pwned is not in the blob");
+        fs::remove_file(a.join("pwned")).unwrap();
+        fs::remove_file(a.join("etc/link")).unwrap();
+        assert_eq!(compare_trees(&a, &b).unwrap().unwrap(), "/etc/link is missing");
+    }
+}
