@@ -4,74 +4,10 @@
 pub mod root;
 pub use root::{Follow, Root};
 
-use anyhow::{Context, Result, bail};
-use std::ffi::OsStr;
+use anyhow::{Context, Result};
 use std::fs;
 use std::io::Write;
-use std::path::{Component, Path, PathBuf};
-
-/// Maximum symlinks followed while resolving one path (Linux's MAXSYMLINKS).
-const MAX_SYMLINKS: usize = 40;
-
-/// Resolves `path` (absolute or relative, as seen inside the container) under `root`,
-/// following symlinks component by component as if `root` were `/`: `..` and absolute
-/// symlink targets never leave `root`, as `openat2(RESOLVE_IN_ROOT)` does.
-///
-/// When `follow_last` is false the last component is not followed (for lstat-like use).
-/// Missing components are allowed; the rest of the path is appended literally.
-pub fn resolve_in_root(root: &Path, path: &Path, follow_last: bool) -> Result<PathBuf> {
-    let mut resolved: Vec<std::ffi::OsString> = Vec::new();
-    let mut pending: Vec<std::ffi::OsString> = components_rev(path);
-    let mut links = 0;
-    while let Some(comp) = pending.pop() {
-        if comp == ".." {
-            resolved.pop();
-            continue;
-        }
-        if comp == "." || comp.is_empty() {
-            continue;
-        }
-        let is_last = pending.is_empty();
-        let mut candidate = root.to_path_buf();
-        candidate.extend(resolved.iter());
-        candidate.push(&comp);
-        if is_last && !follow_last {
-            resolved.push(comp);
-            break;
-        }
-        match fs::symlink_metadata(&candidate) {
-            Ok(md) if md.file_type().is_symlink() => {
-                links += 1;
-                if links > MAX_SYMLINKS {
-                    bail!("resolving {}: too many levels of symbolic links", path.display());
-                }
-                let target =
-                    fs::read_link(&candidate).with_context(|| format!("reading symlink {}", candidate.display()))?;
-                if target.is_absolute() {
-                    resolved.clear();
-                }
-                pending.extend(components_rev(&target));
-            }
-            _ => resolved.push(comp),
-        }
-    }
-    let mut out = root.to_path_buf();
-    out.extend(resolved.iter());
-    Ok(out)
-}
-
-fn components_rev(path: &Path) -> Vec<std::ffi::OsString> {
-    let mut v: Vec<std::ffi::OsString> = path
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(s) => Some(s.to_os_string()),
-            Component::ParentDir => Some(OsStr::new("..").to_os_string()),
-            _ => None,
-        })
-        .collect();
-    v.reverse();
-    v
-}
+use std::path::Path;
 
 /// Writes `data` to `path` atomically: a temp file in the same directory, fsync, rename,
 /// then fsync of the directory. Readers see the old or the new content, never a mix.
@@ -163,72 +99,6 @@ pub fn sealed_memfd(name: &str, data: &[u8]) -> Result<std::os::fd::OwnedFd> {
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
-
-    #[test]
-    fn resolve_stays_in_root() {
-        let t = tempfile::tempdir().unwrap();
-        let root = t.path();
-        fs::create_dir_all(root.join("a/b")).unwrap();
-        symlink("/", root.join("a/up")).unwrap();
-        symlink("../../../../etc", root.join("a/b/esc")).unwrap();
-        symlink("b", root.join("a/rel")).unwrap();
-        assert_eq!(
-            resolve_in_root(root, Path::new("/a/up/a/b"), true).unwrap(),
-            root.join("a/b")
-        );
-        assert_eq!(
-            resolve_in_root(root, Path::new("a/b/esc/passwd"), true).unwrap(),
-            root.join("etc/passwd")
-        );
-        assert_eq!(
-            resolve_in_root(root, Path::new("../../x"), true).unwrap(),
-            root.join("x")
-        );
-        assert_eq!(
-            resolve_in_root(root, Path::new("/a/rel"), true).unwrap(),
-            root.join("a/b")
-        );
-        assert_eq!(
-            resolve_in_root(root, Path::new("/a/rel"), false).unwrap(),
-            root.join("a/rel")
-        );
-    }
-
-    #[test]
-    fn symlink_loop_is_an_error() {
-        let t = tempfile::tempdir().unwrap();
-        symlink("l2", t.path().join("l1")).unwrap();
-        symlink("l1", t.path().join("l2")).unwrap();
-        assert!(resolve_in_root(t.path(), Path::new("/l1/x"), true).is_err());
-    }
-
-    #[test]
-    fn cloexec_from_marks_every_fd() {
-        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-        let f = fs::File::open("/dev/null").unwrap();
-        // SAFETY: dup returns a fresh fd (without FD_CLOEXEC), owned here.
-        let dup = unsafe { OwnedFd::from_raw_fd(libc::dup(f.as_raw_fd())) };
-        let flags = |fd| unsafe { libc::fcntl(fd, libc::F_GETFD) };
-        assert_eq!(flags(dup.as_raw_fd()) & libc::FD_CLOEXEC, 0);
-        cloexec_from(3).unwrap();
-        assert_ne!(flags(dup.as_raw_fd()) & libc::FD_CLOEXEC, 0);
-        assert_eq!(flags(0) & libc::FD_CLOEXEC, 0, "stdin is left alone");
-    }
-
-    #[test]
-    fn sealed_memfd_reads_back_and_cannot_change() {
-        use std::os::fd::AsRawFd;
-        let fd = sealed_memfd("t", b"data").unwrap();
-        let p = format!("/proc/self/fd/{}", fd.as_raw_fd());
-        assert_eq!(fs::read(&p).unwrap(), b"data");
-        let mut w = fs::OpenOptions::new().write(true).open(&p).unwrap();
-        assert!(w.write_all(b"x").is_err(), "sealed against writes");
-        assert!(w.set_len(0).is_err(), "sealed against shrinking");
-        assert_ne!(
-            unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) } & libc::FD_CLOEXEC,
-            0
-        );
-    }
 
     #[test]
     fn atomic_write_replaces() {
