@@ -343,6 +343,20 @@ fn kiln_procs_of(marker: &str) -> Vec<i32> {
     v
 }
 
+/// Processes whose whole command line is `cmdline` (NUL-separated, NUL-terminated).
+fn step_procs(cmdline: &str) -> Vec<i32> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == cmdline.as_bytes()) {
+            v.push(pid);
+        }
+    }
+    v
+}
+
 #[test]
 fn ctrl_c_leaves_nothing_behind() {
     let s = Scratch::new("sb-sigint");
@@ -362,7 +376,9 @@ fn ctrl_c_leaves_nothing_behind() {
         c.spawn().unwrap()
     };
     let t = Instant::now();
-    while kiln_procs_of(&format!("sleep\0{marker}")).is_empty() {
+    // The step itself (argv[0] is `sleep`), not kiln, whose own command line holds the same
+    // words: a Ctrl-C before the step runs is a different case (nothing is mounted yet).
+    while step_procs(&format!("sleep\0{marker}\0")).is_empty() {
         assert!(t.elapsed() < Duration::from_secs(20), "the step never started");
         std::thread::sleep(Duration::from_millis(50));
     }
