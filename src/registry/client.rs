@@ -429,7 +429,7 @@ impl Client {
                 Err(SendErr::Other(e)) => return Err(e),
                 Err(SendErr::Http(e)) if !retry || attempt >= tries || !transient(&e) => {
                     if is_timeout(&e) {
-                        return Err(self.stall_error(&format!("answering {method} {url}"), attempt));
+                        return Err(self.stall_error(&format!("kiln waited for its answer to {method} {url}"), attempt));
                     }
                     let msg = describe(&e);
                     if msg.contains("certificate") || matches!(e, ureq::Error::Tls(_) | ureq::Error::Rustls(_)) {
