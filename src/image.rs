@@ -24,6 +24,76 @@ pub const MT_DOCKER_LAYER_FOREIGN: &str = "application/vnd.docker.image.rootfs.f
 /// The annotation that names a manifest in an OCI layout's index.json.
 pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 
+/// The largest manifest or index kiln reads: 4 MiB, the limit Docker and containerd apply.
+/// Real manifests are a few KiB; an index with hundreds of platforms stays far below it.
+pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
+
+/// The largest image config kiln reads: 8 MiB. A config carries the environment, labels and one
+/// `history` entry per build step; configs of images with long histories reach a few MiB, so
+/// the cap is twice the manifest cap, and still bounds what one JSON blob can cost.
+pub const MAX_CONFIG_SIZE: u64 = 8 << 20;
+
+/// How deeply indexes may nest: a manifest is reached through at most this many indexes (an
+/// index named in index.json or by a tag counts as one). Real images use one; the limit is
+/// shared by loading from the store, `kiln pull`, `kiln load` and `kiln fsck`, and keeps every
+/// walk over indexes short (none of them recurses without it).
+pub const MAX_INDEX_DEPTH: usize = 4;
+
+/// The kinds of JSON blob that have a size cap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JsonKind {
+    /// An image manifest or an index ([`MAX_MANIFEST_SIZE`]).
+    Manifest,
+    /// An image config ([`MAX_CONFIG_SIZE`]).
+    Config,
+}
+
+impl JsonKind {
+    /// The size cap in bytes.
+    pub fn cap(self) -> u64 {
+        match self {
+            JsonKind::Manifest => MAX_MANIFEST_SIZE,
+            JsonKind::Config => MAX_CONFIG_SIZE,
+        }
+    }
+
+    /// "the 4 MiB limit for manifests and indexes".
+    pub fn limit_phrase(self) -> String {
+        let what = match self {
+            JsonKind::Manifest => "manifests and indexes",
+            JsonKind::Config => "image configs",
+        };
+        format!("the {} MiB limit for {what}", self.cap() >> 20)
+    }
+
+    /// The error for `what` (e.g. "manifest sha256:…") being `size` bytes (or more), over the cap.
+    pub fn too_big(self, what: &str, size: u64) -> anyhow::Error {
+        anyhow::anyhow!("{what} is {size} bytes, more than {}", self.limit_phrase())
+    }
+
+    /// The error for `what` having more bytes than the cap (found while reading it; reading
+    /// stopped there).
+    pub fn over_cap(self, what: &str) -> anyhow::Error {
+        anyhow::anyhow!("{what} is larger than {} (reading stopped there)", self.limit_phrase())
+    }
+
+    /// An error when a declared `size` is over the cap.
+    pub fn check(self, what: &str, size: u64) -> anyhow::Result<()> {
+        if size > self.cap() {
+            return Err(self.too_big(what, size));
+        }
+        Ok(())
+    }
+}
+
+/// Reads `r` to its end, but at most `cap` bytes: `Ok(None)` when there is more (memory stays
+/// bounded by `cap`, whatever the source claims about its size).
+pub fn read_at_most(r: impl std::io::Read, cap: u64) -> std::io::Result<Option<Vec<u8>>> {
+    let mut buf = Vec::new();
+    std::io::Read::read_to_end(&mut r.take(cap + 1), &mut buf)?;
+    Ok((buf.len() as u64 <= cap).then_some(buf))
+}
+
 /// Layer compression as told by a media type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Compression {
@@ -279,6 +349,25 @@ impl Image {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn caps_and_bounded_reads() {
+        assert_eq!(MAX_MANIFEST_SIZE, 4 * 1024 * 1024);
+        assert!(MAX_CONFIG_SIZE >= MAX_MANIFEST_SIZE);
+        let data = vec![b'x'; 100];
+        assert_eq!(read_at_most(&data[..], 100).unwrap().unwrap().len(), 100);
+        assert_eq!(read_at_most(&data[..], 99).unwrap(), None);
+        // An endless source costs at most cap + 1 bytes.
+        assert_eq!(read_at_most(std::io::repeat(0), 1 << 10).unwrap(), None);
+        let e = JsonKind::Manifest
+            .check("manifest x", MAX_MANIFEST_SIZE + 1)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "manifest x is 4194305 bytes, more than the 4 MiB limit for manifests and indexes"
+        );
+        assert!(JsonKind::Config.check("config x", MAX_CONFIG_SIZE).is_ok());
+    }
 
     #[test]
     fn env_set_replaces_in_place() {

@@ -3,13 +3,16 @@
 
 use super::{Kind, copy_entry, decompress, open_decompressed, sniff_reader};
 use crate::digest::{Digest, HashingWriter};
-use crate::image::{ANNOTATION_REF_NAME, Descriptor, Image, ImageConfig, Index, Manifest, is_index};
+use crate::image::{
+    ANNOTATION_REF_NAME, Descriptor, Image, ImageConfig, Index, JsonKind, MAX_INDEX_DEPTH, Manifest, is_index,
+    read_at_most,
+};
 use crate::reference::Reference;
-use crate::store::{ManifestFormat, Store};
+use crate::store::{ManifestFormat, Store, nesting_error, open_regular};
 use anyhow::{Context, Result, bail};
 use std::collections::HashMap;
-use std::fs::{self, File};
-use std::io::{self, BufReader, Write};
+use std::fs;
+use std::io::{self, BufReader, Read, Write};
 use std::path::{Component, Path};
 
 /// Annotation Docker 25+ and containerd put on index entries: the full image name.
@@ -28,6 +31,7 @@ pub fn import_archive(store: &Store, src: &Path) -> Result<Vec<(Option<String>, 
     let mut ar = Archive::default();
     ar.read(store, src)?;
     if let Some(index) = ar.small.get("index.json") {
+        JsonKind::Manifest.check(&format!("index.json in {}", src.display()), index.len() as u64)?;
         let index: Index = serde_json::from_slice(index)
             .with_context(|| format!("index.json in {} is not a valid OCI image index", src.display()))?;
         return import_index(store, &index, &format!("the archive {}", src.display()));
@@ -98,6 +102,32 @@ impl Archive {
                 Err(e) => return Err(e).with_context(what),
             };
             self.entries += 1;
+            let kind = entry.header().entry_type();
+            if !matches!(kind, tar::EntryType::Regular | tar::EntryType::Continuous)
+                && let Ok(p) = entry.path()
+                && let Some(p) = clean(&p)
+                && let Some(hex) = p.strip_prefix("blobs/sha256/")
+                && !hex.is_empty()
+            {
+                // A blob must be the data itself, never a link (to a file outside or to
+                // another member), a FIFO or a device.
+                let what = match kind {
+                    tar::EntryType::Symlink => match entry.link_name() {
+                        Ok(Some(t)) => format!("a symlink to {}", t.display()),
+                        _ => "a symlink".to_string(),
+                    },
+                    tar::EntryType::Link => "a hard link".to_string(),
+                    tar::EntryType::Fifo => "a FIFO".to_string(),
+                    tar::EntryType::Char => "a character device".to_string(),
+                    tar::EntryType::Block => "a block device".to_string(),
+                    tar::EntryType::Directory => "a directory".to_string(),
+                    _ => format!("a tar entry of type {kind:?}"),
+                };
+                bail!(
+                    "refusing blob sha256:{hex} in the archive {}: it is {what}, not a regular file",
+                    src.display()
+                );
+            }
             if entry.header().entry_type() == tar::EntryType::Symlink
                 && let (Ok(p), Ok(Some(target))) = (entry.path(), entry.link_name())
             {
@@ -128,6 +158,9 @@ impl Archive {
                 && size <= MAX_METADATA
                 && (path.ends_with(".json") || path == "oci-layout" || path == "repositories");
             if is_meta {
+                if path == "index.json" || path == "manifest.json" {
+                    JsonKind::Manifest.check(&what_entry, size)?;
+                }
                 let mut data = Vec::with_capacity(size as usize);
                 copy_entry(&mut entry, &mut data, size, &what_entry)?;
                 self.small.insert(path, data);
@@ -195,6 +228,10 @@ impl Archive {
         let mut out = Vec::new();
         for item in items {
             let config_bytes = self.meta(store, &item.config)?;
+            JsonKind::Config.check(
+                &format!("the config {} in {}", item.config, src.display()),
+                config_bytes.len() as u64,
+            )?;
             let config: ImageConfig = serde_json::from_slice(&config_bytes)
                 .with_context(|| format!("{} in {} is not an image config", item.config, src.display()))?;
             let config_digest = store.put_bytes(&config_bytes)?;
@@ -322,32 +359,54 @@ fn import_index(store: &Store, index: &Index, what: &str) -> Result<Vec<(Option<
     Ok(out)
 }
 
-/// Every blob reachable from `d` must be in the store (recursing through indexes).
+/// Every blob reachable from `d` must be in the store, manifests and configs within their
+/// size caps (declared and actual). Indexes are followed in a loop, at most
+/// [`MAX_INDEX_DEPTH`] deep.
 fn check_complete(store: &Store, d: &Descriptor, what: &str) -> Result<()> {
-    let bytes = store
-        .read_blob(&d.digest)
-        .map_err(|_| anyhow::anyhow!("{what} is incomplete: manifest {} is missing", d.digest))?;
-    if is_index(&d.media_type) {
-        let idx: Index = serde_json::from_slice(&bytes).with_context(|| format!("index {} in {what}", d.digest))?;
-        if let Some(child) = crate::store::pick_platform(&idx.manifests) {
-            check_complete(store, child, what)?;
+    let mut d = d.clone();
+    for depth in 0.. {
+        let name = format!("manifest {} in {what}", d.digest);
+        JsonKind::Manifest.check(&name, d.size)?;
+        if !store.has_blob(&d.digest) {
+            bail!("{what} is incomplete: manifest {} is missing", d.digest);
         }
-        return Ok(());
-    }
-    let m: Manifest = serde_json::from_slice(&bytes).with_context(|| format!("manifest {} in {what}", d.digest))?;
-    for b in std::iter::once(&m.config).chain(&m.layers) {
-        if !store.has_blob(&b.digest) {
-            bail!(
-                "{what} is incomplete: blob {} of manifest {} is missing",
-                b.digest,
-                d.digest
-            );
+        let bytes = store
+            .read_json_blob(&d.digest, JsonKind::Manifest)
+            .with_context(|| format!("reading {name}"))?;
+        if bytes.len() as u64 != d.size {
+            bail!("{name} is {} bytes, but its descriptor says {}", bytes.len(), d.size);
         }
+        if is_index(&d.media_type) {
+            if depth >= MAX_INDEX_DEPTH {
+                bail!("{what}: {}", nesting_error(&d.digest));
+            }
+            let idx: Index = serde_json::from_slice(&bytes).with_context(|| format!("index {} in {what}", d.digest))?;
+            match crate::store::pick_platform(&idx.manifests) {
+                Some(child) => d = child.clone(),
+                None => return Ok(()),
+            }
+            continue;
+        }
+        let m: Manifest = serde_json::from_slice(&bytes).with_context(|| format!("manifest {} in {what}", d.digest))?;
+        JsonKind::Config.check(&format!("config {} in {what}", m.config.digest), m.config.size)?;
+        for b in std::iter::once(&m.config).chain(&m.layers) {
+            if !store.has_blob(&b.digest) {
+                bail!(
+                    "{what} is incomplete: blob {} of manifest {} is missing",
+                    b.digest,
+                    d.digest
+                );
+            }
+        }
+        break;
     }
     Ok(())
 }
 
 /// Copies the blobs an OCI layout directory's images reference into the store (verified).
+/// Every blob is opened with [`open_regular`] (no symlinks, FIFOs or devices), must have the
+/// size its descriptor declares (manifests, indexes and configs within their caps) and is read
+/// no further than that; indexes are followed in a loop, at most [`MAX_INDEX_DEPTH`] deep.
 fn import_layout_dir(store: &Store, dir: &Path) -> Result<Vec<(Option<String>, Image)>> {
     let ipath = dir.join("index.json");
     if !dir.join("oci-layout").is_file() || !ipath.is_file() {
@@ -356,44 +415,80 @@ fn import_layout_dir(store: &Store, dir: &Path) -> Result<Vec<(Option<String>, I
             dir.display()
         );
     }
-    let index: Index =
-        serde_json::from_slice(&fs::read(&ipath).with_context(|| format!("reading {}", ipath.display()))?)
-            .with_context(|| format!("{} is not a valid OCI image index", ipath.display()))?;
-    let copy = |d: &Digest| -> Result<()> {
-        if store.has_blob(d) {
+    let what = format!("the layout {}", dir.display());
+    let index_name = format!("index.json of {what}");
+    let (f, size) = open_regular(&ipath).with_context(|| format!("refusing {index_name}"))?;
+    JsonKind::Manifest.check(&index_name, size)?;
+    let index_bytes = read_at_most(f, JsonKind::Manifest.cap())
+        .with_context(|| format!("reading {}", ipath.display()))?
+        .ok_or_else(|| JsonKind::Manifest.over_cap(&index_name))?;
+    let index: Index = serde_json::from_slice(&index_bytes)
+        .with_context(|| format!("{} is not a valid OCI image index", ipath.display()))?;
+    let blobs = dir.join("blobs/sha256");
+    for d in [dir.join("blobs"), blobs.clone()] {
+        if fs::symlink_metadata(&d).is_ok_and(|m| !m.is_dir()) {
+            bail!("refusing {what}: {} is not a directory (a symlink?)", d.display());
+        }
+    }
+    let copy = |d: &Descriptor, kind: Option<JsonKind>| -> Result<()> {
+        let name = format!("blob {} of {what}", d.digest);
+        if let Some(k) = kind {
+            k.check(&name, d.size)?;
+        }
+        if store.has_blob(&d.digest) {
             return Ok(());
         }
-        let p = dir.join("blobs/sha256").join(d.hex());
-        let mut f = File::open(&p)
-            .with_context(|| format!("the layout {} is incomplete: blob {d} is missing", dir.display()))?;
+        let p = blobs.join(d.digest.hex());
+        let (f, size) = match open_regular(&p) {
+            Ok(x) => x,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                bail!("{what} is incomplete: blob {} is missing", d.digest)
+            }
+            Err(e) => return Err(e).with_context(|| format!("refusing {name} ({})", p.display())),
+        };
+        if size != d.size {
+            bail!("{name} is {size} bytes, but its descriptor says {}", d.size);
+        }
         let mut w = store.blob_writer()?;
-        io::copy(&mut f, &mut w).with_context(|| format!("copying {}", p.display()))?;
-        w.commit(Some(d))
+        let n = io::copy(&mut f.take(d.size), &mut w).with_context(|| format!("copying {}", p.display()))?;
+        if n != d.size {
+            bail!("{name} shrank while it was read ({n} of {} bytes)", d.size);
+        }
+        w.commit(Some(&d.digest))
             .with_context(|| format!("blob {} is corrupt", p.display()))?;
         Ok(())
     };
-    fn walk(store: &Store, d: &Descriptor, copy: &dyn Fn(&Digest) -> Result<()>) -> Result<()> {
-        copy(&d.digest)?;
-        let bytes = store.read_blob(&d.digest)?;
-        if is_index(&d.media_type) {
-            let idx: Index = serde_json::from_slice(&bytes).with_context(|| format!("index {}", d.digest))?;
-            let child = crate::store::pick_platform(&idx.manifests).with_context(|| {
-                format!(
-                    "index {} has no manifest for linux/{}",
-                    d.digest,
-                    crate::image::host_arch()
-                )
-            })?;
-            return walk(store, child, copy);
-        }
-        let m: Manifest = serde_json::from_slice(&bytes).with_context(|| format!("manifest {}", d.digest))?;
-        for b in std::iter::once(&m.config).chain(&m.layers) {
-            copy(&b.digest)?;
-        }
-        Ok(())
-    }
     for e in &index.manifests {
-        walk(store, e, &copy).with_context(|| format!("loading from {}", dir.display()))?;
+        let mut d = e.clone();
+        let mut depth = 0;
+        loop {
+            copy(&d, Some(JsonKind::Manifest))?;
+            let bytes = store.read_json_blob(&d.digest, JsonKind::Manifest)?;
+            if is_index(&d.media_type) {
+                if depth >= MAX_INDEX_DEPTH {
+                    bail!("refusing {what}: {}", nesting_error(&d.digest));
+                }
+                depth += 1;
+                let idx: Index = serde_json::from_slice(&bytes)
+                    .with_context(|| format!("index {} of {what} is not a valid image index", d.digest))?;
+                let child = crate::store::pick_platform(&idx.manifests).with_context(|| {
+                    format!(
+                        "index {} of {what} has no manifest for linux/{}",
+                        d.digest,
+                        crate::image::host_arch()
+                    )
+                })?;
+                d = child.clone();
+                continue;
+            }
+            let m: Manifest = serde_json::from_slice(&bytes)
+                .with_context(|| format!("manifest {} of {what} is not a valid image manifest", d.digest))?;
+            copy(&m.config, Some(JsonKind::Config))?;
+            for l in &m.layers {
+                copy(l, None)?;
+            }
+            break;
+        }
     }
-    import_index(store, &index, &format!("the layout {}", dir.display()))
+    import_index(store, &index, &what)
 }

@@ -15,6 +15,50 @@ use ureq::http;
 /// How many times a request is tried on connection errors, 5xx and 429.
 pub const TRIES: u32 = 3;
 
+/// The default idle timeout: a registry that sends no byte for this long (while kiln waits for
+/// the response headers or reads a body) is given up on, and the request retried.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The idle timeout for registry responses: `KILN_REGISTRY_IDLE_TIMEOUT` (seconds, fractions
+/// allowed, e.g. `1.5`; tests set 1–2 s), else [`DEFAULT_IDLE_TIMEOUT`]. It applies to every
+/// read from the connection (headers and body) and restarts with each byte that arrives, so a
+/// slow but moving download is never cut; a stalled one fails after about
+/// `timeout × TRIES` with "registry … sent no data for … (gave up after 3 tries)".
+pub fn idle_timeout() -> Duration {
+    std::env::var("KILN_REGISTRY_IDLE_TIMEOUT")
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map(Duration::from_secs_f64)
+        .unwrap_or(DEFAULT_IDLE_TIMEOUT)
+}
+
+/// Uploads may wait longer for their answer (a registry finishing a big blob), but not forever.
+const UPLOAD_ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// "2 s", "1.5 s".
+pub fn seconds(d: Duration) -> String {
+    format!("{} s", (d.as_secs_f64() * 100.0).round() / 100.0)
+}
+
+/// Is this a timeout (the registry sent nothing for the idle timeout, or a phase timed out)?
+pub fn is_timeout(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::Timeout(_) => true,
+        ureq::Error::Io(io) => is_timeout_io(io),
+        _ => false,
+    }
+}
+
+/// [`is_timeout`] for an I/O error from a body reader (ureq wraps its errors in io::Error).
+pub fn is_timeout_io(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), TimedOut | WouldBlock)
+        || e.get_ref()
+            .and_then(|i| i.downcast_ref::<ureq::Error>())
+            .is_some_and(is_timeout)
+}
+
 pub type Response = http::Response<ureq::Body>;
 
 /// A request body that can be sent again on a retry.
@@ -165,6 +209,8 @@ impl Client {
             .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
             .timeout_connect(Some(Duration::from_secs(30)))
             .timeout_recv_response(Some(Duration::from_secs(120)))
+            // The idle timeout: no byte for this long on any read fails the read.
+            .timeout_per_read(Some(idle_timeout()))
             .max_idle_connections_per_host(8)
             .build()
             .into();
@@ -213,6 +259,17 @@ impl Client {
             }
         }
         Ok(client)
+    }
+
+    /// The sentence for a registry that stalled: "registry HOST sent no data for 2 s while
+    /// downloading blob sha256:… (gave up after 3 tries)".
+    pub fn stall_error(&self, doing: &str, tries: u32) -> anyhow::Error {
+        anyhow!(
+            "registry {} sent no data for {} while {doing} (gave up after {tries} {})",
+            self.registry,
+            seconds(idle_timeout()),
+            if tries == 1 { "try" } else { "tries" }
+        )
     }
 
     pub fn has_credentials(&self) -> bool {
@@ -371,6 +428,9 @@ impl Client {
                 Ok(resp) => return Ok(resp),
                 Err(SendErr::Other(e)) => return Err(e),
                 Err(SendErr::Http(e)) if !retry || attempt >= tries || !transient(&e) => {
+                    if is_timeout(&e) {
+                        return Err(self.stall_error(&format!("kiln waited for its answer to {method} {url}"), attempt));
+                    }
                     let msg = describe(&e);
                     if msg.contains("certificate") || matches!(e, ureq::Error::Tls(_) | ureq::Error::Rustls(_)) {
                         return Err(anyhow!(
@@ -407,6 +467,7 @@ impl Client {
             }
             Body::Bytes(v) => {
                 let req = b.body(v.as_slice()).map_err(|e| SendErr::Other(e.into()))?;
+                let req = self.upload_config(req);
                 self.agent.run(req)
             }
             Body::File { path, offset, len } => {
@@ -418,10 +479,22 @@ impl Client {
                     .header("content-length", len.to_string())
                     .body(ureq::SendBody::from_owned_reader(f.take(*len)))
                     .map_err(|e| SendErr::Other(e.into()))?;
+                let req = self.upload_config(req);
                 self.agent.run(req)
             }
         };
         res.map_err(SendErr::Http)
+    }
+}
+
+impl Client {
+    /// An upload waits up to [`UPLOAD_ANSWER_TIMEOUT`] (or the idle timeout, if longer) for
+    /// the registry's answer: finishing a big blob can take a while.
+    fn upload_config<S: ureq::AsSendBody>(&self, req: http::Request<S>) -> http::Request<S> {
+        self.agent
+            .configure_request(req)
+            .timeout_per_read(Some(idle_timeout().max(UPLOAD_ANSWER_TIMEOUT)))
+            .build()
     }
 }
 
@@ -511,6 +584,64 @@ mod tests {
         assert_eq!(error_body_message(b).unwrap(), "denied");
         assert_eq!(error_body_message(b"oops\n").unwrap(), "oops");
         assert_eq!(error_body_message(b""), None);
+    }
+
+    #[test]
+    fn idle_timeout_and_stall_errors() {
+        // The variable is read by each call; unit tests do not set it.
+        if std::env::var_os("KILN_REGISTRY_IDLE_TIMEOUT").is_none() {
+            assert_eq!(idle_timeout(), DEFAULT_IDLE_TIMEOUT);
+        }
+        assert_eq!(seconds(Duration::from_secs(2)), "2 s");
+        assert_eq!(seconds(Duration::from_millis(1500)), "1.5 s");
+        let wrapped = std::io::Error::other(ureq::Error::Timeout(ureq::Timeout::PerRead));
+        assert!(is_timeout_io(&wrapped));
+        assert!(is_timeout(&ureq::Error::Io(wrapped)));
+        assert!(!is_timeout_io(&std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset
+        )));
+        assert!(!is_timeout(&ureq::Error::HostNotFound));
+    }
+
+    #[test]
+    fn stalled_answer_fails_with_one_sentence() {
+        // A server that accepts the connection and never answers.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let hold = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            l.set_nonblocking(true).unwrap();
+            let until = std::time::Instant::now() + Duration::from_secs(20);
+            while std::time::Instant::now() < until && held.len() < 8 {
+                if let Ok((c, _)) = l.accept() {
+                    held.push(c);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_per_read(Some(Duration::from_millis(300)))
+            .build()
+            .into();
+        let client = Client {
+            agent,
+            registry: addr.clone(),
+            base: format!("http://{addr}"),
+            creds: None,
+            basic: Mutex::new(false),
+            tokens: Mutex::new(HashMap::new()),
+        };
+        let t0 = std::time::Instant::now();
+        let err = client
+            .send("GET", &client.url("x/manifests/y"), &[], &Body::Empty, &[], false)
+            .unwrap_err()
+            .to_string();
+        assert!(t0.elapsed() < Duration::from_secs(10), "took {:?}", t0.elapsed());
+        assert!(
+            err.starts_with(&format!("registry {addr} sent no data for ")) && err.ends_with("(gave up after 1 try)"),
+            "{err}"
+        );
+        drop(hold);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `kiln pull`: manifest (or index → platform manifest), config and layer blobs streamed into
 //! the store, every digest verified, then the reference tagged.
 
-use super::client::{Body, Client, Response, TRIES, backoff, describe_io, status_error};
+use super::client::{Body, Client, Response, TRIES, backoff, describe_io, is_timeout_io, status_error};
 use super::platform::{PlatformSpec, select};
 use super::{RegistryOptions, parallel};
 use crate::digest::Digest;
@@ -10,9 +10,6 @@ use crate::reference::Reference;
 use crate::store::Store;
 use anyhow::{Context, Result, anyhow, bail};
 use std::io::{Read, Write};
-
-/// Manifests are small; refuse anything bigger than this.
-const MANIFEST_LIMIT: u64 = 4 << 20;
 
 pub(crate) const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
 application/vnd.oci.image.index.v1+json, \
@@ -85,32 +82,52 @@ fn manifest_media_type(content_type: Option<&str>, body: &[u8]) -> Result<String
 /// GETs `/v2/<repo>/manifests/<tag or digest>` and verifies its digest.
 pub(crate) fn fetch_manifest(client: &Client, repo: &str, reference: &str, scopes: &[String]) -> Result<Fetched> {
     let url = client.url(&format!("{repo}/manifests/{reference}"));
-    let mut resp = client
-        .send("GET", &url, &[("accept", MANIFEST_ACCEPT)], &Body::Empty, scopes, true)
-        .with_context(|| format!("fetching manifest {reference}"))?;
-    let status = resp.status().as_u16();
-    if status == 404 {
-        let what = if reference.starts_with("sha256:") {
-            "manifest"
-        } else {
-            "tag"
-        };
-        bail!(
-            "manifest unknown: {what} {reference} not found in {}/{repo}",
-            client.registry
-        );
-    }
-    if !(200..300).contains(&status) {
-        return Err(status_error(client, &mut resp));
-    }
-    let content_type = header(&resp, "content-type");
-    let header_digest = header(&resp, "docker-content-digest");
-    let bytes = resp
-        .body_mut()
-        .with_config()
-        .limit(MANIFEST_LIMIT)
-        .read_to_vec()
-        .map_err(|e| anyhow!(super::client::describe(&e)))?;
+    let kind = JsonKind::Manifest;
+    let name = format!("manifest {reference} from {}/{repo}", client.registry);
+    let mut attempt = 0;
+    let (bytes, content_type, header_digest) = loop {
+        attempt += 1;
+        let mut resp = client
+            .send("GET", &url, &[("accept", MANIFEST_ACCEPT)], &Body::Empty, scopes, true)
+            .with_context(|| format!("fetching manifest {reference}"))?;
+        let status = resp.status().as_u16();
+        if status == 404 {
+            let what = if reference.starts_with("sha256:") {
+                "manifest"
+            } else {
+                "tag"
+            };
+            bail!(
+                "manifest unknown: {what} {reference} not found in {}/{repo}",
+                client.registry
+            );
+        }
+        if !(200..300).contains(&status) {
+            return Err(status_error(client, &mut resp));
+        }
+        // Refused before reading when the registry says so; the read stops at the cap anyway
+        // (Content-Length may be absent or lie).
+        if let Some(len) = header(&resp, "content-length").and_then(|v| v.trim().parse::<u64>().ok()) {
+            kind.check(&format!("{name} (by its Content-Length)"), len)?;
+        }
+        let content_type = header(&resp, "content-type");
+        let header_digest = header(&resp, "docker-content-digest");
+        match read_at_most(resp.body_mut().as_reader(), kind.cap()) {
+            Ok(Some(b)) => break (b, content_type, header_digest),
+            Ok(None) => return Err(kind.over_cap(&name)),
+            Err(e) if attempt < TRIES => {
+                crate::registry::client::tracing_debug(&format!("{url}: {}", describe_io(&e)));
+            }
+            Err(e) if is_timeout_io(&e) => {
+                return Err(client.stall_error(&format!("downloading manifest {reference}"), attempt));
+            }
+            Err(e) => {
+                return Err(anyhow!("{} (gave up after {attempt} tries)", describe_io(&e)))
+                    .with_context(|| format!("downloading manifest {reference}"));
+            }
+        }
+        std::thread::sleep(backoff(attempt));
+    };
     let digest = Digest::of(&bytes);
     if reference.starts_with("sha256:") {
         if digest.as_str() != reference {
@@ -165,6 +182,7 @@ fn pull_inner(store: &Store, reference: &Reference, opts: &RegistryOptions, prog
 
     // The config first (small), so a platform mismatch shows early.
     let config_desc = &manifest.config;
+    JsonKind::Config.check(&format!("image config {}", config_desc.digest), config_desc.size)?;
     if store.has_blob(&config_desc.digest) {
         progress(&format!(
             "Copying config {} skipped: already exists",
@@ -175,7 +193,7 @@ fn pull_inner(store: &Store, reference: &Reference, opts: &RegistryOptions, prog
             .with_context(|| format!("fetching config {}", config_desc.digest))?;
         progress(&format!("Copying config {} done", short(&config_desc.digest)));
     }
-    let config: ImageConfig = serde_json::from_slice(&store.read_blob(&config_desc.digest)?)
+    let config: ImageConfig = serde_json::from_slice(&store.read_json_blob(&config_desc.digest, JsonKind::Config)?)
         .with_context(|| format!("parsing image config {}", config_desc.digest))?;
     if opts.platform.is_some() && (config.os != platform.os || config.architecture != platform.architecture) {
         progress(&format!(
@@ -253,6 +271,14 @@ pub(crate) fn fetch_blob(
         if !(200..300).contains(&status) {
             return Err(status_error(client, &mut resp));
         }
+        if let Some(len) = header(&resp, "content-length").and_then(|v| v.trim().parse::<u64>().ok())
+            && len > desc.size
+        {
+            bail!(
+                "the registry announces {len} bytes (Content-Length), more than the {} bytes the manifest declares",
+                desc.size
+            );
+        }
         let mut writer = store.blob_writer()?;
         let mut reader = resp.into_body().into_reader();
         let mut buf = vec![0u8; 256 * 1024];
@@ -294,6 +320,9 @@ pub(crate) fn fetch_blob(
                 bail!("the registry sent {total} of {} bytes", desc.size);
             }
             Err(CopyErr::Write(e)) => return Err(e).context("writing the blob into the store"),
+            Err(CopyErr::Read(e)) if attempt >= TRIES && is_timeout_io(&e) => {
+                return Err(client.stall_error(&format!("downloading blob {}", desc.digest), attempt));
+            }
             Err(CopyErr::Read(e)) if attempt >= TRIES => bail!("{}", describe_io(&e)),
             _ => {}
         }

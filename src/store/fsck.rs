@@ -13,7 +13,7 @@
 use super::Store;
 use super::gc::{self, CONTEXT_STAT, Exclusive};
 use crate::digest::{Digest, HashingReader};
-use crate::image::{Descriptor, ImageConfig, Index, Manifest, is_index, is_manifest};
+use crate::image::{Descriptor, ImageConfig, Index, JsonKind, MAX_INDEX_DEPTH, Manifest, is_index, is_manifest};
 use anyhow::{Context, Result};
 use rayon::prelude::*;
 use std::fs;
@@ -122,15 +122,16 @@ fn hash_file(p: &Path) -> std::io::Result<(Digest, u64)> {
 
 /// Checks one index.json entry (recursing into indexes); returns problems.
 fn check_ref(store: &Store, label: &str, d: &Descriptor, depth: usize, out: &mut Vec<String>) {
-    if depth > 4 {
-        out.push(format!("{label}: indexes nested too deeply"));
+    // Depth-checked recursion: at most MAX_INDEX_DEPTH indexes above a manifest.
+    if depth > MAX_INDEX_DEPTH {
+        out.push(format!("{label}: {}", super::nesting_error(&d.digest)));
         return;
     }
     if !store.has_blob(&d.digest) {
         out.push(format!("{label}: manifest {} is missing", d.digest));
         return;
     }
-    let bytes = match store.read_blob(&d.digest) {
+    let bytes = match store.read_json_blob(&d.digest, JsonKind::Manifest) {
         Ok(b) => b,
         Err(e) => {
             out.push(format!("{label}: {e:#}"));
@@ -188,7 +189,7 @@ fn check_ref(store: &Store, label: &str, d: &Descriptor, depth: usize, out: &mut
             return;
         }
     };
-    let cfg = match store.read_blob(&m.config.digest) {
+    let cfg = match store.read_json_blob(&m.config.digest, JsonKind::Config) {
         Ok(b) => match serde_json::from_slice::<ImageConfig>(&b) {
             Ok(c) => Some(c),
             Err(e) => {

@@ -20,9 +20,10 @@
 
 use crate::digest::{Digest, HashingWriter};
 use crate::image::{
-    ANNOTATION_REF_NAME, Compression, Descriptor, Image, ImageConfig, Index, MT_DOCKER_CONFIG, MT_DOCKER_LAYER,
-    MT_DOCKER_LAYER_GZIP, MT_DOCKER_MANIFEST, MT_OCI_CONFIG, MT_OCI_INDEX, MT_OCI_LAYER, MT_OCI_LAYER_GZIP,
-    MT_OCI_LAYER_ZSTD, MT_OCI_MANIFEST, Manifest, host_arch, is_index, is_manifest,
+    ANNOTATION_REF_NAME, Compression, Descriptor, Image, ImageConfig, Index, JsonKind, MAX_INDEX_DEPTH,
+    MT_DOCKER_CONFIG, MT_DOCKER_LAYER, MT_DOCKER_LAYER_GZIP, MT_DOCKER_MANIFEST, MT_OCI_CONFIG, MT_OCI_INDEX,
+    MT_OCI_LAYER, MT_OCI_LAYER_GZIP, MT_OCI_LAYER_ZSTD, MT_OCI_MANIFEST, Manifest, host_arch, is_index, is_manifest,
+    read_at_most,
 };
 use crate::reference::Reference;
 use anyhow::{Context, Result, bail};
@@ -106,6 +107,62 @@ pub fn oci_view_of_manifest(bytes: &[u8]) -> Result<Vec<u8>> {
         }
     }
     serde_json::to_vec(&m).context("serialising a manifest")
+}
+
+/// Opens `path` for reading the way kiln opens every blob, whether of its own store or of a
+/// layout or archive given to it: a symlink is refused, not followed (`O_NOFOLLOW`); a FIFO
+/// cannot hang the open (`O_NONBLOCK`); devices are never opened (`lstat` first); and `fstat`
+/// on the open descriptor must show a regular file. Returns the file and its size. The error
+/// says what the path is instead ("it is a symlink to /etc/passwd, not a regular file"); a
+/// missing file is an [`io::ErrorKind::NotFound`] error.
+pub fn open_regular(path: &Path) -> io::Result<(File, u64)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let not_regular = |ft: fs::FileType| -> io::Error {
+        use std::os::unix::fs::FileTypeExt;
+        let what = if ft.is_symlink() {
+            let target = fs::read_link(path)
+                .map(|t| format!(" to {}", t.display()))
+                .unwrap_or_default();
+            format!("a symlink{target}")
+        } else if ft.is_fifo() {
+            "a FIFO".to_string()
+        } else if ft.is_char_device() {
+            "a character device".to_string()
+        } else if ft.is_block_device() {
+            "a block device".to_string()
+        } else if ft.is_dir() {
+            "a directory".to_string()
+        } else if ft.is_socket() {
+            "a socket".to_string()
+        } else {
+            "a special file".to_string()
+        };
+        io::Error::new(io::ErrorKind::InvalidData, format!("it is {what}, not a regular file"))
+    };
+    let md = fs::symlink_metadata(path)?;
+    if !md.file_type().is_file() {
+        return Err(not_regular(md.file_type()));
+    }
+    let f = match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+    {
+        Ok(f) => f,
+        // Replaced by a symlink since the lstat.
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(match fs::symlink_metadata(path) {
+                Ok(md) => not_regular(md.file_type()),
+                Err(_) => e,
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    let md = f.metadata()?;
+    if !md.file_type().is_file() {
+        return Err(not_regular(md.file_type()));
+    }
+    Ok((f, md.len()))
 }
 
 /// An open store (cheap to clone; all state is on disk).
@@ -203,8 +260,9 @@ impl Store {
         self.root.join("blobs/sha256").join(d.hex())
     }
 
+    /// Is the blob present (as a regular file: a symlink in `blobs/sha256` does not count)?
     pub fn has_blob(&self, d: &Digest) -> bool {
-        self.blob_path(d).is_file()
+        fs::symlink_metadata(self.blob_path(d)).is_ok_and(|m| m.file_type().is_file())
     }
 
     /// A writer for a new blob: a temp file under `tmp/`, hashed while written. Call
@@ -232,17 +290,44 @@ impl Store {
         Ok(w.commit(Some(&d))?.0)
     }
 
-    /// Opens a blob for streaming reads.
+    /// Opens a blob for streaming reads (a regular file only, see [`open_regular`]).
     pub fn open_blob(&self, d: &Digest) -> Result<File> {
-        let p = self.blob_path(d);
-        File::open(&p).with_context(|| format!("blob {d} is missing from the store at {}", self.root.display()))
+        Ok(self.open_blob_sized(d)?.0)
     }
 
-    /// Reads a small (JSON) blob whole, verifying its digest.
-    pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>> {
+    /// Opens a blob; returns the file and its size.
+    fn open_blob_sized(&self, d: &Digest) -> Result<(File, u64)> {
         let p = self.blob_path(d);
-        let data =
-            fs::read(&p).with_context(|| format!("blob {d} is missing from the store at {}", self.root.display()))?;
+        match open_regular(&p) {
+            Ok(f) => Ok(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("blob {d} is missing from the store at {}", self.root.display()))
+            }
+            Err(e) => Err(e).with_context(|| {
+                format!(
+                    "refusing blob {d} of the store at {} (`kiln fsck --repair` removes it)",
+                    self.root.display()
+                )
+            }),
+        }
+    }
+
+    /// Reads a small (JSON) blob whole, verifying its digest. At most [`JsonKind::Config`]'s
+    /// cap (the larger one) is read; [`Store::read_json_blob`] applies a specific one.
+    pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>> {
+        self.read_json_blob(d, JsonKind::Config)
+    }
+
+    /// Reads a manifest, index or config blob whole (at most `kind`'s size cap, so memory stays
+    /// bounded), verifying its digest.
+    pub fn read_json_blob(&self, d: &Digest, kind: JsonKind) -> Result<Vec<u8>> {
+        let p = self.blob_path(d);
+        let (f, size) = self.open_blob_sized(d)?;
+        let what = || format!("blob {d} in the store");
+        kind.check(&what(), size)?;
+        let data = read_at_most(f, kind.cap())
+            .with_context(|| format!("reading {}", p.display()))?
+            .ok_or_else(|| kind.over_cap(&what()))?;
         let got = Digest::of(&data);
         if &got != d {
             bail!(
@@ -322,18 +407,31 @@ impl Store {
         }
     }
 
-    /// Loads the image a manifest (or index) descriptor points at.
+    /// Loads the image a manifest (or index) descriptor points at. Indexes are followed (the
+    /// linux/<host arch> entry) at most [`MAX_INDEX_DEPTH`] levels deep, in a loop; the config
+    /// must list as many diff_ids as the manifest has layers.
     pub fn load_descriptor(&self, desc: &Descriptor) -> Result<Image> {
-        let bytes = self.read_blob(&desc.digest)?;
-        let v: serde_json::Value = serde_json::from_slice(&bytes)
-            .with_context(|| format!("manifest {} in the store is not JSON", desc.digest))?;
-        let mt = v
-            .get("mediaType")
-            .and_then(|m| m.as_str())
-            .unwrap_or(&desc.media_type)
-            .to_string();
-        if is_index(&mt) || (!is_manifest(&mt) && v.get("manifests").is_some()) {
-            let index: Index = serde_json::from_slice(&bytes)
+        let mut desc = desc.clone();
+        let mut depth = 0;
+        let manifest = loop {
+            let bytes = self.read_json_blob(&desc.digest, JsonKind::Manifest)?;
+            let v: serde_json::Value = serde_json::from_slice(&bytes)
+                .with_context(|| format!("manifest {} in the store is not JSON", desc.digest))?;
+            let mt = v
+                .get("mediaType")
+                .and_then(|m| m.as_str())
+                .unwrap_or(&desc.media_type)
+                .to_string();
+            if !(is_index(&mt) || (!is_manifest(&mt) && v.get("manifests").is_some())) {
+                let manifest: Manifest = serde_json::from_value(v)
+                    .with_context(|| format!("manifest {} in the store is not a valid image manifest", desc.digest))?;
+                break manifest;
+            }
+            if depth >= MAX_INDEX_DEPTH {
+                bail!("{}", nesting_error(&desc.digest));
+            }
+            depth += 1;
+            let index: Index = serde_json::from_value(v)
                 .with_context(|| format!("index {} in the store is not a valid image index", desc.digest))?;
             let child = pick_platform(&index.manifests).with_context(|| {
                 format!(
@@ -342,17 +440,16 @@ impl Store {
                     host_arch()
                 )
             })?;
-            return self.load_descriptor(child);
-        }
-        let manifest: Manifest = serde_json::from_slice(&bytes)
-            .with_context(|| format!("manifest {} in the store is not a valid image manifest", desc.digest))?;
-        let config_bytes = self.read_blob(&manifest.config.digest)?;
+            desc = child.clone();
+        };
+        let config_bytes = self.read_json_blob(&manifest.config.digest, JsonKind::Config)?;
         let config: ImageConfig = serde_json::from_slice(&config_bytes).with_context(|| {
             format!(
                 "config {} in the store is not a valid image config",
                 manifest.config.digest
             )
         })?;
+        check_diff_ids(&manifest, &config, &desc.digest)?;
         Ok(Image {
             manifest_digest: desc.digest.clone(),
             manifest,
@@ -621,6 +718,27 @@ fn strip_name(d: &Descriptor) -> Descriptor {
     d
 }
 
+/// The error for a blob below more than [`MAX_INDEX_DEPTH`] nested indexes.
+pub fn nesting_error(index: &Digest) -> String {
+    format!(
+        "indexes are nested more than {MAX_INDEX_DEPTH} deep at {index} (indexes inside indexes); kiln refuses deeper nesting"
+    )
+}
+
+/// The config must list one diff_id per manifest layer (each is checked against its layer's
+/// content when the layer is unpacked).
+pub fn check_diff_ids(manifest: &Manifest, config: &ImageConfig, manifest_digest: &Digest) -> Result<()> {
+    if config.rootfs.diff_ids.len() != manifest.layers.len() {
+        bail!(
+            "image config {} lists {} diff_ids but manifest {manifest_digest} has {} layers; they must match one for one",
+            manifest.config.digest,
+            config.rootfs.diff_ids.len(),
+            manifest.layers.len()
+        );
+    }
+    Ok(())
+}
+
 /// Picks linux/<host arch> from an index's manifests (an entry without a platform is taken
 /// when it is the only one).
 pub fn pick_platform(manifests: &[Descriptor]) -> Option<&Descriptor> {
@@ -668,7 +786,7 @@ impl BlobWriter {
             bail!("digest mismatch: expected {exp}, got {digest} ({size} bytes); nothing was stored");
         }
         let dest = self.store.blob_path(&digest);
-        if dest.is_file() {
+        if self.store.has_blob(&digest) {
             return Ok((digest, size));
         }
         tmp.as_file().sync_all().context("syncing a blob")?;
