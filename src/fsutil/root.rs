@@ -655,20 +655,26 @@ impl Root {
         cvt(unsafe { libc::mknodat(l.dir.as_raw_fd(), l.name_ptr(), mode, dev) }).map(|_| ())
     }
 
-    /// An `O_PATH` fd of `path` (not followed) that is not a symlink: xattr calls go through
-    /// `/proc/self/fd/N`, which must not lead on to a link's target.
-    fn not_a_link(&self, path: impl AsRef<Path>) -> io::Result<OwnedFd> {
-        let fd = self.resolve(path, Follow::Parents)?;
-        if fstat_fd(fd.as_raw_fd())?.st_mode & libc::S_IFMT == libc::S_IFLNK {
+    /// The path xattr calls use for `path` (final component not followed):
+    /// `/proc/self/fd/N/name`, N the resolved parent. The l*xattr calls follow the magic link of
+    /// the parent (to exactly the directory that was resolved) and never the final name; a
+    /// symlink there is refused (its target could be anywhere, and links carry no user xattrs).
+    fn xattr_path(&self, path: impl AsRef<Path>) -> io::Result<(Located, PathBuf)> {
+        let l = self.locate(path, Follow::Parents)?;
+        if let Some(n) = &l.name
+            && fstatat_raw(l.dir.as_raw_fd(), n, libc::AT_SYMLINK_NOFOLLOW)?.st_mode & libc::S_IFMT == libc::S_IFLNK
+        {
             return Err(io::Error::from_raw_os_error(libc::ELOOP));
         }
-        Ok(fd)
+        let mut p = fd_path(l.dir.as_fd());
+        p.push(OsStr::from_bytes(l.name.as_deref().unwrap_or(c".").to_bytes()));
+        Ok((l, p))
     }
 
     /// The value of xattr `name` of `path` (not followed); `None` when it has none.
     pub fn get_xattr(&self, path: impl AsRef<Path>, name: &str) -> io::Result<Option<Vec<u8>>> {
-        let fd = self.not_a_link(path)?;
-        match xattr::get(fd_path(fd.as_fd()), name) {
+        let (_l, p) = self.xattr_path(path)?;
+        match xattr::get(p, name) {
             Ok(v) => Ok(v),
             Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(None),
             Err(e) => Err(e),
@@ -677,14 +683,14 @@ impl Root {
 
     /// Sets xattr `name` of `path` (not followed).
     pub fn set_xattr(&self, path: impl AsRef<Path>, name: &str, value: &[u8]) -> io::Result<()> {
-        let fd = self.not_a_link(path)?;
-        xattr::set(fd_path(fd.as_fd()), name, value)
+        let (_l, p) = self.xattr_path(path)?;
+        xattr::set(p, name, value)
     }
 
     /// Names of the xattrs of `path` (not followed).
     pub fn list_xattrs(&self, path: impl AsRef<Path>) -> io::Result<Vec<OsString>> {
-        let fd = self.not_a_link(path)?;
-        Ok(xattr::list(fd_path(fd.as_fd()))?.collect())
+        let (_l, p) = self.xattr_path(path)?;
+        Ok(xattr::list(p)?.collect())
     }
 
     /// Entries of the directory `path` (symlinks followed inside the root): (name, `d_type`).
@@ -1156,5 +1162,30 @@ mod tests {
             Root::read_host_regular(&t.path().join("none"), 1).unwrap_err().kind(),
             io::ErrorKind::NotFound
         );
+    }
+
+    #[test]
+    fn xattrs_land_on_the_object_itself() {
+        both(|open| {
+            let t = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+            std::fs::create_dir_all(t.path().join("d")).unwrap();
+            std::fs::write(t.path().join("f"), "x").unwrap();
+            symlink("f", t.path().join("l")).unwrap();
+            let r = open(t.path()).unwrap();
+            if r.set_xattr("/d", "user.kiln.test", b"1").is_err() {
+                return; // no user xattrs on this filesystem
+            }
+            r.set_xattr("/f", "user.kiln.test", b"2").unwrap();
+            assert_eq!(xattr::get(t.path().join("d"), "user.kiln.test").unwrap().unwrap(), b"1");
+            assert_eq!(r.get_xattr("/d", "user.kiln.test").unwrap().unwrap(), b"1");
+            assert_eq!(r.get_xattr("/f", "user.kiln.test").unwrap().unwrap(), b"2");
+            assert!(r.list_xattrs("/d").unwrap().iter().any(|n| n == "user.kiln.test"));
+            assert_eq!(r.get_xattr("/d", "user.kiln.none").unwrap(), None);
+            assert!(
+                r.set_xattr("/l", "user.kiln.test", b"3").is_err(),
+                "never through a link"
+            );
+            assert_eq!(xattr::get(t.path().join("f"), "user.kiln.test").unwrap().unwrap(), b"2");
+        });
     }
 }
