@@ -427,6 +427,66 @@ fn ctrl_c_leaves_nothing_behind() {
     assert!(!mi.contains(s.path.to_str().unwrap()), "mounts left behind");
 }
 
+/// A kiln killed at any moment of a build (SIGKILL or Ctrl-C to its process group, from the
+/// first milliseconds to the middle of a RUN) leaves no process or mount, and once kiln runs
+/// again on the store nothing of it is left in tmp/ (probe dirs, step scratch dirs, …).
+#[test]
+fn killed_at_any_moment_leaves_nothing_once_kiln_runs_again() {
+    let s = Scratch::new("sb-kill-any");
+    let store = store_with_busybox(&s);
+    s.write(
+        "ctx/Dockerfile",
+        "FROM busybox:latest\nRUN echo one > /one\nRUN sleep 4343\n",
+    );
+    let ctx = s.join("ctx");
+    for (i, delay_ms) in [0u64, 30, 80, 150, 300, 600, 1200].into_iter().enumerate() {
+        let sig = if i % 2 == 0 {
+            nix::sys::signal::SIGKILL
+        } else {
+            nix::sys::signal::SIGINT
+        };
+        let mut child = {
+            use std::os::unix::process::CommandExt;
+            let mut c = as_user(kiln_bin().to_str().unwrap());
+            c.arg("--root").arg(&store).args(["build", "--no-cache"]).arg(&ctx);
+            c.process_group(0)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            c.spawn().unwrap()
+        };
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(child.id() as i32), sig);
+        let _ = child.wait();
+        let t = Instant::now();
+        let store_arg = store.to_string_lossy().to_string();
+        let left = || [kiln_procs_of("4343"), kiln_procs_of(&store_arg)].concat();
+        while !left().is_empty() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "{sig} after {delay_ms} ms: processes left behind: {:?}",
+                left()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !mi.contains(s.path.to_str().unwrap()),
+            "{sig} after {delay_ms} ms: mounts left behind"
+        );
+        // Any kiln command opens the store and sweeps what dead processes left.
+        Kiln::with_root(&store).arg("images").ok();
+        let tmp: Vec<_> = std::fs::read_dir(store.join("tmp"))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(
+            tmp.is_empty(),
+            "{sig} after {delay_ms} ms: temp entries left behind: {tmp:?}"
+        );
+    }
+    Kiln::with_root(&store).arg("fsck").ok();
+}
+
 #[test]
 fn kiln_run_image_serves_http_with_port_forwarding() {
     let s = Scratch::new("sb-http");

@@ -894,7 +894,16 @@ pub fn remove_tree_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
                     Ok(_) => continue,
                     Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
                     Err(_) => {
-                        let child = open(fd_raw, &c)?;
+                        let child = match open(fd_raw, &c) {
+                            // No read or search permission (mode 000, an overlay work dir):
+                            // open it up; it is about to go anyway.
+                            Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+                                let p = openat_raw(fd_raw, &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+                                chmod_fd(p.as_fd(), 0o700)?;
+                                open(fd_raw, &c)?
+                            }
+                            r => r?,
+                        };
                         stack.push((child, c));
                         descended = true;
                         break;

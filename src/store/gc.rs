@@ -150,21 +150,18 @@ pub fn sweep_tmp_of(root: &Path, pid: u32) {
     }
 }
 
-/// Names of the storage-driver probes' temp dirs (`<prefix><pid>.<random>`): small, and only
-/// ever useful to the process that made them, so [`sweep_dead_probes`] removes them at once.
-pub const PROBE_PREFIXES: [&str; 2] = ["overlay-probe-", "fuse-probe-"];
-
-/// Removes probe dirs (see [`PROBE_PREFIXES`]) of kiln processes that are gone (run when a
-/// store is opened). Best effort.
-pub fn sweep_dead_probes(root: &Path) {
+/// Removes every `tmp/` entry whose owner (the pid in its name, see [`tmp_owner`]) is a kiln
+/// process that is gone: run whenever a store is opened, so a kiln killed at any moment (a
+/// probe dir, a step's scratch dir, a half-written blob, a filtered context) leaves nothing once
+/// kiln runs again. Liveness is the owner's lock (`locks/proc-<pid>`), so a live process of
+/// another pid namespace keeps its entries. Best effort: entries of subordinate ids that this
+/// process cannot remove are left for `kiln fsck --repair` / `kiln prune`.
+pub fn sweep_dead_tmp(root: &Path) {
     let Ok(rd) = fs::read_dir(root.join("tmp")) else {
         return;
     };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if !PROBE_PREFIXES.iter().any(|p| name.starts_with(p)) {
-            continue;
-        }
         if let Some(pid) = tmp_owner(&name)
             && !pid_alive(root, pid)
         {
@@ -439,7 +436,16 @@ pub fn remove_tree(p: &Path) -> Result<()> {
     loop {
         match clear(&cur).with_context(|| format!("clearing a directory under {}", p.display()))? {
             Some(name) => {
-                cur = open_dir(cur.as_raw_fd(), &name).with_context(|| format!("descending under {}", p.display()))?;
+                let sub = match open_dir(cur.as_raw_fd(), &name) {
+                    // No read or search permission (an overlay work dir is 000): open it up.
+                    Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+                        // SAFETY: `name` is NUL-terminated; it was just seen to be a directory.
+                        unsafe { libc::fchmodat(cur.as_raw_fd(), name.as_ptr(), 0o700, 0) };
+                        open_dir(cur.as_raw_fd(), &name)
+                    }
+                    r => r,
+                };
+                cur = sub.with_context(|| format!("descending under {}", p.display()))?;
                 depth += 1;
             }
             None if depth == 0 => break,

@@ -226,11 +226,11 @@ impl Store {
         Ok(store)
     }
 
-    /// Removes blob temp files a killed kiln left behind (untouched for a day; a live writer
-    /// keeps its file's mtime fresh), and the storage-driver probe dirs of kiln processes that
-    /// are gone. Best effort: they are harmless anyway.
+    /// Removes the temp entries of kiln processes that are gone (see [`gc::sweep_dead_tmp`])
+    /// and blob temp files without an owner untouched for a day (a live writer keeps its
+    /// file's mtime fresh). Best effort.
     fn clean_stale_tmp(&self) {
-        gc::sweep_dead_probes(&self.root);
+        gc::sweep_dead_tmp(&self.root);
         let Ok(rd) = fs::read_dir(self.root.join("tmp")) else {
             return;
         };
