@@ -366,10 +366,14 @@ impl IgnoreMatcher {
         };
         let found = match found {
             Some(f) => Some(f),
-            None => Root::open(context_dir)
-                .and_then(|r| r.read_regular(".dockerignore", MAX_IGNORE_SIZE))
-                .with_context(|| format!("cannot read {}", general.display()))?
-                .map(|b| (b, &general)),
+            // No context directory at all (a build from stdin): nothing to ignore.
+            None => match Root::open(context_dir) {
+                Err(e) if missing(&e) => None,
+                r => r
+                    .and_then(|r| r.read_regular(".dockerignore", MAX_IGNORE_SIZE))
+                    .with_context(|| format!("cannot read {}", general.display()))?
+                    .map(|b| (b, &general)),
+            },
         };
         match found {
             Some((bytes, path)) => {

@@ -1050,7 +1050,7 @@ mod tests {
     }
 
     #[test]
-    fn dead_probe_dirs_are_swept_live_ones_kept() {
+    fn dead_processes_tmp_entries_are_swept_live_ones_kept() {
         let t = tempfile::tempdir().unwrap();
         let s = Store::open(t.path()).unwrap();
         let dead = t.path().join("tmp/overlay-probe-999999997.abc");
@@ -1061,11 +1061,12 @@ mod tests {
         fs::create_dir(&mine).unwrap();
         let step = t.path().join("tmp/step-999999997.abc");
         fs::create_dir(&step).unwrap();
-        // Opening the store sweeps dead processes' probes only.
+        // Opening the store sweeps every entry of a dead process; a live one keeps its own.
         Store::open(t.path()).unwrap();
-        assert!(!dead.exists() && !dead_fuse.exists());
-        assert!(mine.exists() && step.exists());
+        assert!(!dead.exists() && !dead_fuse.exists() && !step.exists());
+        assert!(mine.exists());
         // The original process's sweep after its child exited takes everything of that pid.
+        fs::create_dir(&step).unwrap();
         sweep_tmp_of(s.root(), 999_999_997);
         assert!(!step.exists());
         sweep_tmp_of(s.root(), std::process::id());
