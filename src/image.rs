@@ -353,8 +353,8 @@ mod tests {
     #[test]
     fn caps_and_bounded_reads() {
         assert_eq!(MAX_MANIFEST_SIZE, 4 * 1024 * 1024);
-        assert!(MAX_CONFIG_SIZE >= MAX_MANIFEST_SIZE);
-        let data = vec![b'x'; 100];
+        const { assert!(MAX_CONFIG_SIZE >= MAX_MANIFEST_SIZE) };
+        let data = [b'x'; 100];
         assert_eq!(read_at_most(&data[..], 100).unwrap().unwrap().len(), 100);
         assert_eq!(read_at_most(&data[..], 99).unwrap(), None);
         // An endless source costs at most cap + 1 bytes.
