@@ -222,7 +222,7 @@ fn oversized_manifest_is_refused() {
         vec![layer.digest.clone()],
         Some("x".repeat(5 << 20)),
     );
-    assert!(m.size > MAX_MANIFEST_SIZE);
+    assert!(m.size > 4 << 20);
     l.index(&m);
     own(&s);
     let store = s.join("store");
@@ -263,20 +263,14 @@ fn index_nested_1000_deep_is_refused() {
     let t0 = Instant::now();
     let out = load(&store, &l.dir);
     let err = refused(&out);
-    assert!(
-        err.contains(&format!("indexes are nested more than {MAX_INDEX_DEPTH} deep")),
-        "{err}"
-    );
+    assert!(err.contains("indexes are nested more than 4 deep"), "{err}");
     assert!(!err.contains("overflow"), "{err}");
     assert!(t0.elapsed() < Duration::from_secs(30));
     let ar = s.join("nested.tar");
     archive_of(&l.dir, &ar);
     own(&s);
     let err = refused(&load(&store, &ar));
-    assert!(
-        err.contains(&format!("indexes are nested more than {MAX_INDEX_DEPTH} deep")),
-        "{err}"
-    );
+    assert!(err.contains("indexes are nested more than 4 deep"), "{err}");
     fsck_ok(&store);
 }
 

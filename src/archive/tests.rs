@@ -511,3 +511,47 @@ fn bad_archives_are_clear_errors() {
     let err = format!("{:#}", import_archive(&s2, &dir).unwrap_err());
     assert!(err.contains("not an OCI image layout"), "{err}");
 }
+
+#[test]
+fn layout_blobs_must_have_their_declared_size() {
+    let t = tempfile::tempdir().unwrap();
+    let (_t, s) = store();
+    let img = import_rootfs(
+        &s,
+        &{
+            let d = t.path().join("tree");
+            tiny_tree(&d);
+            d
+        },
+        ManifestFormat::Oci,
+    )
+    .unwrap();
+    let dir = t.path().join("layout");
+    export(
+        &s,
+        &img,
+        "docker.io/library/app:v1",
+        &Transport::OciLayout(dir.clone(), None),
+    )
+    .unwrap();
+    // The layer blob grows (a descriptor that lies about the size): refused before reading.
+    let layer = &img.manifest.layers[0].digest;
+    let p = dir.join("blobs/sha256").join(layer.hex());
+    let mut data = fs::read(&p).unwrap();
+    data.extend_from_slice(b"trailing garbage");
+    fs::write(&p, &data).unwrap();
+    let (_t2, s2) = store();
+    let err = format!("{:#}", import_archive(&s2, &dir).unwrap_err());
+    assert!(
+        err.contains(&format!("blob {layer} of the layout")) && err.contains("but its descriptor says"),
+        "{err}"
+    );
+    // A symlinked blobs/sha256 directory is refused too.
+    let dir2 = t.path().join("layout2");
+    fs::create_dir_all(dir2.join("blobs")).unwrap();
+    fs::copy(dir.join("oci-layout"), dir2.join("oci-layout")).unwrap();
+    fs::copy(dir.join("index.json"), dir2.join("index.json")).unwrap();
+    symlink(dir.join("blobs/sha256"), dir2.join("blobs/sha256")).unwrap();
+    let err = format!("{:#}", import_archive(&s2, &dir2).unwrap_err());
+    assert!(err.contains("is not a directory (a symlink?)"), "{err}");
+}

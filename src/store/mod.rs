@@ -1011,6 +1011,90 @@ mod tests {
     }
 
     #[test]
+    fn symlink_and_fifo_blobs_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::open(&t.path().join("store")).unwrap();
+        let d = s.put_bytes(b"{}").unwrap();
+        // A symlink to a file with the right content outside the store is still refused.
+        let outside = t.path().join("outside");
+        fs::write(&outside, b"{}").unwrap();
+        fs::remove_file(s.blob_path(&d)).unwrap();
+        std::os::unix::fs::symlink(&outside, s.blob_path(&d)).unwrap();
+        assert!(!s.has_blob(&d));
+        let err = format!("{:#}", s.read_blob(&d).unwrap_err());
+        assert!(
+            err.contains(&format!("refusing blob {d}")) && err.contains("it is a symlink to"),
+            "{err}"
+        );
+        assert!(s.open_blob(&d).is_err());
+        // A FIFO neither hangs nor is read.
+        fs::remove_file(s.blob_path(&d)).unwrap();
+        nix::unistd::mkfifo(&s.blob_path(&d), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let err = format!("{:#}", s.read_blob(&d).unwrap_err());
+        assert!(err.contains("it is a FIFO, not a regular file"), "{err}");
+        // Publishing the real blob replaces the FIFO.
+        fs::remove_file(s.blob_path(&d)).unwrap();
+        assert_eq!(s.put_bytes(b"{}").unwrap(), d);
+        assert_eq!(s.read_blob(&d).unwrap(), b"{}");
+    }
+
+    #[test]
+    fn oversized_json_blobs_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::open(t.path()).unwrap();
+        let big = vec![b' '; (crate::image::MAX_MANIFEST_SIZE + 1) as usize];
+        let d = s.put_bytes(&big).unwrap();
+        let err = s.read_json_blob(&d, JsonKind::Manifest).unwrap_err().to_string();
+        assert!(
+            err.contains("more than the 4 MiB limit for manifests and indexes"),
+            "{err}"
+        );
+        assert_eq!(s.read_json_blob(&d, JsonKind::Config).unwrap().len(), big.len());
+    }
+
+    #[test]
+    fn deep_indexes_and_diff_id_mismatches_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::open(t.path()).unwrap();
+        let img = tiny_image(&s, ManifestFormat::Oci);
+        let wrap = |child: Descriptor| {
+            let idx = Index {
+                schema_version: 2,
+                media_type: Some(MT_OCI_INDEX.into()),
+                manifests: vec![child],
+                annotations: Default::default(),
+            };
+            let bytes = serde_json::to_vec(&idx).unwrap();
+            Descriptor::new(MT_OCI_INDEX, s.put_bytes(&bytes).unwrap(), bytes.len() as u64)
+        };
+        let mut top = desc(&img);
+        for _ in 0..MAX_INDEX_DEPTH {
+            top = wrap(top);
+        }
+        // MAX_INDEX_DEPTH indexes are fine, one more is not; 1000 neither overflow nor load.
+        assert_eq!(s.load_descriptor(&top).unwrap().manifest_digest, img.manifest_digest);
+        top = wrap(top);
+        let err = s.load_descriptor(&top).unwrap_err().to_string();
+        assert!(err.contains("indexes are nested more than 4 deep"), "{err}");
+        for _ in 0..1000 {
+            top = wrap(top);
+        }
+        assert!(s.load_descriptor(&top).is_err());
+
+        let mut cfg = ImageConfig::empty();
+        cfg.rootfs.diff_ids = vec![Digest::of(b"a"), Digest::of(b"b")];
+        let layer = s.put_bytes(b"a").unwrap();
+        let bad = s
+            .write_image(&cfg, vec![Descriptor::new(MT_OCI_LAYER, layer, 1)], ManifestFormat::Oci)
+            .unwrap();
+        let err = s.load_descriptor(&desc(&bad)).unwrap_err().to_string();
+        assert!(
+            err.contains("lists 2 diff_ids but manifest") && err.contains("has 1 layers"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn concurrent_tagging_loses_nothing() {
         let t = tempfile::tempdir().unwrap();
         let s = Store::open(t.path()).unwrap();
