@@ -222,3 +222,73 @@ fn cleanup_never_follows_the_steps_symlinks() {
     }
     fsck_ok(&root);
 }
+
+/// The chroot rung (root without namespaces, as in GitLab's Docker executor): nothing is
+/// mounted, kiln places /dev nodes, /etc files and mounts into the rootfs itself and takes them
+/// away after the step, by (directory fd, name): a hostile image's symlinks are followed inside
+/// the rootfs, and a step that swaps a placement's parent for a symlink to a host directory
+/// makes kiln delete nothing there. Root only (the rung is root's).
+#[test]
+fn chroot_rung_keeps_hostile_images_and_steps_inside() {
+    if !is_root() {
+        eprintln!("skipped: needs root (the chroot rung is root without namespaces)");
+        return;
+    }
+    let s = Scratch::new("escape-chroot");
+    let host = host_dir(&s);
+    s.write("host/t", "placeholder name\n");
+    let before = listing(&host);
+    let h = host.display().to_string();
+    let store = s.join("store-chroot");
+    let k = |args: &[&str]| {
+        let out = std::process::Command::new(kiln_bin())
+            .arg("--root")
+            .arg(&store)
+            .args(args)
+            .current_dir("/")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let base = busybox_rootfs(&s);
+    let hostile = s.join("base-chroot");
+    assert!(
+        std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&base)
+            .arg(&hostile)
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::os::unix::fs::symlink(format!("/proc/self/root{h}/dev"), hostile.join("dev")).unwrap();
+    std::os::unix::fs::symlink(format!("{h}/hosts"), hostile.join("etc/hosts")).unwrap();
+    let (ok, t) = k(&["import", hostile.to_str().unwrap(), "hostile:1"]);
+    assert!(ok, "{t}");
+    s.write("ctx/f", "context file\n");
+    s.write(
+        "ctx/Dockerfile",
+        &format!(
+            "FROM hostile:1\n\
+             RUN test -c /dev/null && grep -q localhost /etc/hosts\n\
+             RUN --mount=type=bind,source=f,target=/m/t sh -c 'mv /m /m.old && ln -s {h} /m'\n"
+        ),
+    );
+    let (ok, t) = k(&[
+        "--isolation",
+        "chroot",
+        "build",
+        "--no-cache",
+        s.join("ctx").to_str().unwrap(),
+    ]);
+    assert_untouched(&host, &before, &[("chroot".into(), ok, t.clone())], "chroot rung");
+    assert!(ok, "the chroot build should work inside the rootfs:\n{t}");
+    assert_eq!(std::fs::read_to_string(host.join("t")).unwrap(), "placeholder name\n");
+    let (ok, t) = k(&["fsck"]);
+    assert!(ok, "{t}");
+}
