@@ -783,9 +783,11 @@ impl Copier {
     fn owner_of_source(&self, fd: Option<BorrowedFd<'_>>, md: &Metadata, keep_owner: bool) -> (u32, u32) {
         match self.chown {
             None if keep_owner && crate::layer::owner_emulation() => {
-                // An empty path has no xattr: the on-disk owner (mapped) is used.
-                let p = fd.map(fd_path).unwrap_or_default();
-                crate::layer::effective_owner(&p, md)
+                // A symlink has no record: the on-disk owner (mapped) is used.
+                match fd {
+                    Some(fd) => crate::layer::effective_owner_fd(fd, md),
+                    None => crate::layer::effective_owner(Path::new(""), md),
+                }
             }
             _ => self.owner(md, keep_owner),
         }
@@ -1205,7 +1207,7 @@ impl Copier {
     fn chown_file(&self, out: &File, show: &str, uid: u32, gid: u32) -> Result<()> {
         if crate::layer::owner_emulation() {
             // kiln without privilege: the layer carries the owner (see layer::OWNER_XATTR).
-            return crate::layer::record_owner(&fd_path(out.as_fd()), uid, gid)
+            return crate::layer::record_owner_fd(out.as_fd(), uid, gid)
                 .with_context(|| format!("recording the owner {uid}:{gid} of {show}"));
         }
         if let Err(e) = std::os::unix::fs::fchown(out, Some(uid), Some(gid)) {
@@ -1229,7 +1231,7 @@ impl Copier {
                 .root
                 .resolve(p, Follow::Parents)
                 .with_context(|| format!("opening {}", show()))?;
-            return crate::layer::record_owner(&fd_path(fd.as_fd()), uid, gid)
+            return crate::layer::record_owner_fd(fd.as_fd(), uid, gid)
                 .with_context(|| format!("recording the owner {uid}:{gid} of {}", show()));
         }
         if let Err(e) = self.root.chown(p, uid, gid) {

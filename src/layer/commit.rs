@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Write};
+use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -70,6 +71,35 @@ pub fn record_owner(p: &Path, uid: u32, gid: u32) -> io::Result<()> {
         }
         r => r,
     }
+}
+
+/// [`record_owner`] for the object an fd refers to (an `O_PATH` one included): through
+/// `/proc/self/fd/N` with the calls that follow it, so the record lands on exactly that object
+/// (l*xattr would act on the magic link itself). A symlink carries no record: Ok.
+pub fn record_owner_fd(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> io::Result<()> {
+    if nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFLNK) {
+        return Ok(());
+    }
+    let p = crate::fsutil::root::fd_path(fd);
+    if (uid, gid) == (0, 0) {
+        return match xattr::remove_deref(&p, OWNER_XATTR) {
+            Err(e) if e.raw_os_error() != Some(libc::ENODATA) && e.raw_os_error() != Some(libc::EPERM) => Err(e),
+            _ => Ok(()),
+        };
+    }
+    xattr::set_deref(&p, OWNER_XATTR, format!("{uid}:{gid}").as_bytes())
+}
+
+/// [`effective_owner`] of the object an fd refers to (see [`record_owner_fd`]).
+pub fn effective_owner_fd(fd: BorrowedFd<'_>, md: &fs::Metadata) -> (u32, u32) {
+    let is_link = nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFLNK);
+    if !is_link
+        && let Ok(Some(v)) = xattr::get_deref(crate::fsutil::root::fd_path(fd), OWNER_XATTR)
+        && let Some(o) = parse_owner(&v)
+    {
+        return o;
+    }
+    emulated_ids(md.uid(), md.gid())
 }
 
 fn parse_owner(v: &[u8]) -> Option<(u32, u32)> {

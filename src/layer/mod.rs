@@ -41,8 +41,8 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 pub use commit::{
-    DEV_XATTR, DirWalk, OWNER_XATTR, effective_owner, owner_emulation, parse_dev, record_owner, set_owner_emulation,
-    strip_unarchived, write_tar,
+    DEV_XATTR, DirWalk, OWNER_XATTR, effective_owner, effective_owner_fd, owner_emulation, parse_dev, record_owner,
+    record_owner_fd, set_owner_emulation, strip_unarchived, write_tar,
 };
 pub use unpack::UnpackStats;
 
