@@ -5,9 +5,9 @@
 //! A layer directory is trusted only when kiln itself completed it: after the directory is
 //! renamed into `layers/`, kiln writes `layers/<diff_id hex>.complete` (next to the directory,
 //! never inside it: the directory is an overlay lower, so anything in it would appear in
-//! containers). The marker is JSON `{"diff_id": ..., "ino": ...}`: the diff_id and the inode
-//! number of the directory it completed. It is valid when it is a regular file owned by kiln's
-//! (effective) user, names the same diff_id, records the inode the directory has now, and the
+//! containers). The marker is JSON `{"diff_id", "ino", "born"}`: the diff_id, the inode
+//! number and the birth time (where the filesystem keeps one) of the directory it completed. It is valid when it is a regular file owned by kiln's
+//! (effective) user, names the same diff_id, records the inode (and birth time) the directory has now, and the
 //! directory is owned by the same user as the marker. A directory without a valid marker (a
 //! crash between rename and marker, an older kiln, or a directory someone else planted, or one
 //! copied with new inodes) is never used: kiln moves it away and unpacks the blob again.
@@ -36,6 +36,18 @@ pub const MARKER_SUFFIX: &str = ".complete";
 struct Marker {
     diff_id: Digest,
     ino: u64,
+    /// The directory's birth time (statx btime, ns), where the filesystem keeps one: an inode
+    /// number alone is reused by a directory created after this one was removed.
+    #[serde(default)]
+    born: Option<u128>,
+}
+
+/// Birth time of a directory in ns since the epoch (None where the filesystem has none).
+fn born(md: &fs::Metadata) -> Option<u128> {
+    md.created()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
 }
 
 impl Store {
@@ -80,6 +92,11 @@ impl Store {
         if m.ino != dmd.ino() {
             return Err("its completion marker was written for another directory (inode differs)".into());
         }
+        if m.born.is_some() && m.born != born(&dmd) {
+            return Err(
+                "its completion marker was written for another directory (same inode number, other birth time)".into(),
+            );
+        }
         Ok(())
     }
 
@@ -103,12 +120,11 @@ impl Store {
         }
         self.discard_layer_locked(diff_id)?;
         fs::rename(src, &dir).with_context(|| format!("moving unpacked layer into {}", dir.display()))?;
-        let ino = fs::symlink_metadata(&dir)
-            .with_context(|| format!("reading {}", dir.display()))?
-            .ino();
+        let md = fs::symlink_metadata(&dir).with_context(|| format!("reading {}", dir.display()))?;
         let data = serde_json::to_vec(&Marker {
             diff_id: diff_id.clone(),
-            ino,
+            ino: md.ino(),
+            born: born(&md),
         })
         .context("serialising a layer marker")?;
         let layers = self.root().join("layers");
