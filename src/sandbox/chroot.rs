@@ -382,6 +382,18 @@ impl Prepared {
                     }
                 }
                 Undo::CopyBack { dir, name, src } => {
+                    // The step may have replaced the cache dir itself with a symlink (to `/`, say)
+                    // or a FIFO: only a real directory is taken back, else the cache stays as it
+                    // was (a symlink copied back would later be bind-mounted, followed, by a
+                    // namespace rung).
+                    if !lstat_at(dir.as_fd(), &name).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR) {
+                        note(format!(
+                            "the step replaced the cache mount {} with something that is not a directory; the cache keeps its previous content",
+                            shown(&name)
+                        ));
+                        let _ = remove_tree_at(dir.as_fd(), &name);
+                        continue;
+                    }
                     let tmp = src.with_file_name(format!(
                         ".{}.kiln-new",
                         src.file_name()
@@ -392,6 +404,15 @@ impl Prepared {
                         let _ = remove_tree_at(tdir.as_fd(), &tname);
                         copy_tree_at(dir.as_fd(), &name, tdir.as_fd(), &tname, 0)
                     });
+                    // The cache dir keeps its own mode and owner (the step's chmod 0777 or
+                    // chown of the mount point does not carry over to the host).
+                    if r.is_ok()
+                        && let Ok(md) = std::fs::symlink_metadata(&src)
+                    {
+                        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+                        let _ = std::os::unix::fs::lchown(&tmp, Some(md.uid()), Some(md.gid()));
+                        let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(md.mode() & 0o7777));
+                    }
                     match r {
                         Ok(()) => {
                             if let Ok((sdir, sname)) = host_parent(&src) {
@@ -546,5 +567,45 @@ mod tests {
             !root.join("mnt.old/t").exists(),
             "kiln's own placement was removed where it went"
         );
+    }
+
+    /// A step that replaces its cache mount with a symlink (to `/`) or makes it 0777 does not
+    /// turn the host cache dir into that link or that mode.
+    #[test]
+    fn cache_copy_back_takes_only_a_real_directory() {
+        use std::os::unix::fs::PermissionsExt;
+        if !nix::unistd::geteuid().is_root() {
+            return; // mknod needs CAP_MKNOD
+        }
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        let src = t.path().join("cache");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(src.join("kept"), "k").unwrap();
+        let spec = RunSpec {
+            rootfs: root.clone(),
+            args: vec!["true".into()],
+            mounts: vec![MountSpec::Bind {
+                src: src.clone(),
+                dest: "/c".into(),
+                readonly: false,
+            }],
+            ..Default::default()
+        };
+        let mut p = prepare(&spec, "kiln").unwrap();
+        std::fs::remove_dir_all(root.join("c")).unwrap();
+        std::os::unix::fs::symlink("/", root.join("c")).unwrap();
+        assert!(p.undo().is_some_and(|e| e.contains("not a directory")));
+        let md = std::fs::symlink_metadata(&src).unwrap();
+        assert!(md.is_dir() && src.join("kept").exists());
+        // A real directory comes back, with the cache's own mode.
+        let mut p = prepare(&spec, "kiln").unwrap();
+        std::fs::write(root.join("c/new"), "n").unwrap();
+        std::fs::set_permissions(root.join("c"), std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert_eq!(p.undo(), None);
+        assert!(src.join("new").exists());
+        assert_eq!(std::fs::metadata(&src).unwrap().permissions().mode() & 0o7777, 0o755);
     }
 }
