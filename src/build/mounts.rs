@@ -338,7 +338,8 @@ fn cmd_text(cmd: &ShellOrExec) -> String {
 /// tmpfs.
 #[derive(Default)]
 struct Held {
-    locks: Vec<std::fs::File>,
+    /// Held until the step ends (dropping a `Flock` unlocks it).
+    locks: Vec<nix::fcntl::Flock<std::fs::File>>,
     secrets: Option<SecretFs>,
 }
 
@@ -404,7 +405,13 @@ fn add_mount(
                 .root()
                 .join("cache-mounts")
                 .join(crate::digest::Digest::of(id.as_bytes()).hex());
-            if !dir.exists() {
+            let present = match std::fs::symlink_metadata(&dir) {
+                Ok(md) if md.is_dir() => true,
+                // Bound by path: never follow a link where kiln's own cache dir should be.
+                Ok(_) => bail!("the cache mount {} is not a directory; remove it", dir.display()),
+                Err(_) => false,
+            };
+            if !present {
                 std::fs::create_dir_all(&dir).with_context(|| format!("creating cache mount {}", dir.display()))?;
                 std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(m.mode.unwrap_or(0o755)))?;
                 nix::unistd::chown(&dir, Some(m.uid.unwrap_or(0).into()), Some(m.gid.unwrap_or(0).into()))
@@ -422,7 +429,7 @@ fn add_mount(
                     },
                 );
                 match got {
-                    Ok(l) => held.locks.push(l.unlock().map_err(|(_, e)| e)?),
+                    Ok(l) => held.locks.push(l),
                     Err(_) if m.sharing == Sharing::Private => {
                         // In use by another build: a private mount gets a fresh directory.
                         src = scratch.join(format!("cache-{}", mounts.len()));

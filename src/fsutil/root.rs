@@ -463,9 +463,32 @@ impl Root {
     pub fn read_regular(&self, path: impl AsRef<Path>, max: u64) -> io::Result<Option<Vec<u8>>> {
         use std::io::Read;
         let path = path.as_ref();
-        let f = match self.open_with(path, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY, 0) {
-            Ok(f) => f,
+        // The type is checked on an O_PATH fd before anything is opened for reading: opening
+        // a device node (an image's /etc/passwd as `c 10 130`) can have a driver's side effects.
+        let fd = match self.resolve(path, Follow::All) {
+            Ok(fd) => fd,
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if fstat_fd(fd.as_raw_fd())?.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a regular file", path.display()),
+            ));
+        }
+        let p = cstr(fd_path(fd.as_fd()).as_os_str().as_bytes())?;
+        // Reopening /proc/self/fd/N reaches exactly the file that was checked.
+        let f = match openat_raw(
+            libc::AT_FDCWD,
+            &p,
+            libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
+            0,
+        ) {
+            Ok(f) => File::from(f),
+            // No /proc here: open by name (O_NOFOLLOW), then check again.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                self.open_with(path, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY, 0)?
+            }
             Err(e) => return Err(e),
         };
         let md = f.metadata()?;
