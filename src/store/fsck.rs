@@ -416,14 +416,7 @@ pub fn fsck(store: &Store, opts: &FsckOptions) -> Result<FsckReport> {
                         repaired: false,
                     };
                     if opts.repair {
-                        match store.discard_layer(&d) {
-                            Ok(()) => {
-                                prob.what
-                                    .push_str(" (removed; it is unpacked again from its blob when needed)");
-                                prob.repaired = true;
-                            }
-                            Err(e) => prob.what.push_str(&format!(": cannot remove it: {e:#}")),
-                        }
+                        discard_for_repair(store, &d, &mut prob);
                     }
                     rep.problems.push(prob);
                 }
@@ -471,14 +464,7 @@ pub fn fsck(store: &Store, opts: &FsckOptions) -> Result<FsckReport> {
                 if exclusive.is_none() {
                     prob.what.push_str(" (not removed: other kiln processes use the store)");
                 } else {
-                    match store.discard_layer(&d) {
-                        Ok(()) => {
-                            prob.what
-                                .push_str(" (removed; it is unpacked again from its blob when needed)");
-                            prob.repaired = true;
-                        }
-                        Err(e) => prob.what.push_str(&format!(": cannot remove it: {e:#}")),
-                    }
+                    discard_for_repair(store, &d, &mut prob);
                 }
             }
             rep.problems.push(prob);
@@ -510,6 +496,19 @@ pub fn fsck(store: &Store, opts: &FsckOptions) -> Result<FsckReport> {
     }
     drop(exclusive);
     Ok(rep)
+}
+
+/// `--repair` of a layer directory that is not what its blob says: removed, so it is unpacked
+/// again from the blob when needed; the problem says which happened.
+fn discard_for_repair(store: &Store, d: &Digest, prob: &mut Problem) {
+    match store.discard_layer(d) {
+        Ok(()) => {
+            prob.what
+                .push_str(" (removed; it is unpacked again from its blob when needed)");
+            prob.repaired = true;
+        }
+        Err(e) => prob.what.push_str(&format!(": cannot remove it: {e:#}")),
+    }
 }
 
 #[cfg(test)]
