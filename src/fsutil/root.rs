@@ -78,12 +78,14 @@ fn cstr(b: &[u8]) -> io::Result<CString> {
 fn openat_raw(dir: RawFd, name: &CStr, flags: libc::c_int, mode: libc::mode_t) -> io::Result<OwnedFd> {
     // SAFETY: `name` is NUL-terminated; the returned fd is fresh and owned by nobody else.
     let fd = cvt(unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint) })?;
+    // SAFETY: `fd` was just returned by openat and is owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn fstatat_raw(dir: RawFd, name: &CStr, flags: libc::c_int) -> io::Result<libc::stat> {
     // SAFETY: `st` is a plain C struct the kernel fills in.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `name` is NUL-terminated and `st` is a valid out-pointer for fstatat.
     cvt(unsafe { libc::fstatat(dir, name.as_ptr(), &mut st, flags) })?;
     Ok(st)
 }
@@ -102,6 +104,7 @@ fn readlinkat_raw(dir: RawFd, name: &CStr) -> io::Result<Vec<u8>> {
 fn is_procfs(fd: RawFd) -> bool {
     // SAFETY: `st` is a plain C struct the kernel fills in.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid out-pointer; fstatfs only writes into it.
     unsafe { libc::fstatfs(fd, &mut st) == 0 && st.f_type as i64 == PROC_SUPER_MAGIC }
 }
 
@@ -846,6 +849,7 @@ impl AsFd for Root {
 fn fstat_fd(fd: RawFd) -> io::Result<libc::stat> {
     // SAFETY: `st` is a plain C struct the kernel fills in.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid out-pointer; fstat only writes into it.
     cvt(unsafe { libc::fstat(fd, &mut st) })?;
     Ok(st)
 }

@@ -67,6 +67,7 @@ fn cvt(r: libc::c_int) -> std::io::Result<()> {
 fn fstat(fd: BorrowedFd<'_>) -> std::io::Result<libc::stat> {
     // SAFETY: `st` is a plain C struct the kernel fills in.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid out-pointer; fstat only writes into it.
     cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
     Ok(st)
 }
@@ -74,6 +75,7 @@ fn fstat(fd: BorrowedFd<'_>) -> std::io::Result<libc::stat> {
 fn lstat_at(dir: BorrowedFd<'_>, name: &CStr) -> std::io::Result<libc::stat> {
     // SAFETY: as above; `name` is NUL-terminated.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `name` is NUL-terminated and `st` is a valid out-pointer.
     cvt(unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) })?;
     Ok(st)
 }
@@ -91,6 +93,7 @@ fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: libc::c_int, mode: libc::mode
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
+    // SAFETY: `fd` was just returned by openat and is owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -430,9 +433,11 @@ impl Prepared {
                 }
                 Undo::Restore { dir, aside, orig } => {
                     let _ = remove_tree_at(dir.as_fd(), &orig);
-                    // SAFETY: both names are NUL-terminated.
                     if let Err(e) =
-                        cvt(unsafe { libc::renameat(dir.as_raw_fd(), aside.as_ptr(), dir.as_raw_fd(), orig.as_ptr()) })
+                        // SAFETY: both names are NUL-terminated and `dir` is an open directory fd.
+                        cvt(unsafe {
+                            libc::renameat(dir.as_raw_fd(), aside.as_ptr(), dir.as_raw_fd(), orig.as_ptr())
+                        })
                     {
                         note(format!("cannot put {} back: {e}", shown(&orig)));
                     }
