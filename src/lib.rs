@@ -1,12 +1,12 @@
 //! kiln: a daemonless, rootless container image builder.
 //!
 //! The modules follow the data: `dockerfile` (parse, expand, ignore) → `plan` (stages,
-//! ARG scope) → `build` (one function per instruction, cache, commit) → `sandbox`
+//! ARG scope) → `builder` (one function per instruction, cache, commit) → `sandbox`
 //! (user namespace, chroot, seccomp, caps) on a `rootfs` (overlay) → `layer` (diff → tar →
 //! hash + compress) → `store` (OCI layout) → `registry` / `archive`.
 
 pub mod archive;
-pub mod build;
+pub mod builder;
 pub mod cli;
 pub mod digest;
 pub mod dockerfile;

@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     round_trip::<Index>(data);
     round_trip::<ImageConfig>(data);
     round_trip::<Descriptor>(data);
-    round_trip::<kiln::build::cache::Entry>(data);
+    round_trip::<kiln::builder::cache::Entry>(data);
     let _ = kiln::store::oci_view_of_manifest(data);
     if let Ok(m) = serde_json::from_slice::<Manifest>(data) {
         for l in &m.layers {

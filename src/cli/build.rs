@@ -1,7 +1,7 @@
-//! `kiln build`: flags → `crate::build::BuildRequest`.
+//! `kiln build`: flags → `crate::builder::BuildRequest`.
 
 use super::GlobalOpts;
-use crate::build::{BuildRequest, OutputSpec, Progress, SecretSpec};
+use crate::builder::{BuildRequest, OutputSpec, Progress, SecretSpec};
 use crate::image::Compression;
 use crate::store::ManifestFormat;
 use anyhow::{Context, Result, bail};
@@ -223,15 +223,15 @@ pub fn run(g: &GlobalOpts, a: BuildArgs) -> Result<i32> {
         cache_to: a
             .cache_to
             .iter()
-            .map(|r| crate::build::remote_cache::parse_cache_ref(r))
+            .map(|r| crate::builder::remote_cache::parse_cache_ref(r))
             .collect::<Result<_>>()?,
         cache_from: a
             .cache_from
             .iter()
-            .map(|r| crate::build::remote_cache::parse_cache_ref(r))
+            .map(|r| crate::builder::remote_cache::parse_cache_ref(r))
             .collect::<Result<_>>()?,
     };
-    let outcome = crate::build::build(&store, &req)?;
+    let outcome = crate::builder::build(&store, &req)?;
     let Some(image) = outcome else { return Ok(0) };
     if a.push {
         let opts = crate::registry::RegistryOptions {

@@ -212,7 +212,7 @@ pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<i32> {
         Some(name) => {
             let image = store.load_image(name)?;
             (
-                crate::build::rootfs_for_image(&store, &image)?,
+                crate::builder::rootfs_for_image(&store, &image)?,
                 image.config.config.clone(),
             )
         }

@@ -240,7 +240,7 @@ fn layer_blobs(store: &Store) -> std::collections::HashMap<Digest, Descriptor> {
     if let Ok(rd) = fs::read_dir(store.cache_dir()) {
         for e in rd.flatten() {
             let Ok(data) = fs::read(e.path()) else { continue };
-            if let Ok(c) = serde_json::from_slice::<crate::build::cache::Entry>(&data)
+            if let Ok(c) = serde_json::from_slice::<crate::builder::cache::Entry>(&data)
                 && let Some((l, d)) = c.layer
                 && store.has_blob(&l.digest)
             {
@@ -643,7 +643,7 @@ mod tests {
             &Descriptor::new(MT_OCI_MANIFEST, img.manifest_digest.clone(), bytes.len() as u64),
         )
         .unwrap();
-        crate::build::rootfs_for_image(&s, &img).unwrap();
+        crate::builder::rootfs_for_image(&s, &img).unwrap();
         assert!(s.layer_ready(&l.diff_id));
         (t, s, l.diff_id)
     }
@@ -707,7 +707,7 @@ mod tests {
         assert!(r.is_consistent(), "{:#?}", r.problems);
         assert!(!s.layer_dir(&d).exists() && !s.layer_marker(&d).exists());
         let img = s.load_image("app:1").unwrap();
-        crate::build::rootfs_for_image(&s, &img).unwrap();
+        crate::builder::rootfs_for_image(&s, &img).unwrap();
         assert!(fsck(&s, &full).unwrap().problems.is_empty());
         assert_eq!(fs::read(s.layer_dir(&d).join("etc/conf")).unwrap(), b"hello");
     }

@@ -291,7 +291,7 @@ pub struct TmpEntry {
     pub stale: bool,
 }
 
-/// `cache/context-stat/`: COPY's per-context file hashes (see `crate::build::cache::StatCache`).
+/// `cache/context-stat/`: COPY's per-context file hashes (see `crate::builder::cache::StatCache`).
 pub const CONTEXT_STAT: &str = "context-stat";
 
 /// Entries without an owner pid (from older kiln versions and their overlay probes, or atomic-write
@@ -610,7 +610,7 @@ fn mark(store: &Store, d: &Digest, blobs: &mut HashSet<Digest>, diff_ids: &mut H
 /// layer. An error when it cannot be decoded.
 pub fn read_cache_entry(path: &Path) -> Result<Option<(Digest, Digest)>> {
     let data = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let e: crate::build::cache::Entry =
+    let e: crate::builder::cache::Entry =
         serde_json::from_slice(&data).with_context(|| format!("{} is not a build cache entry", path.display()))?;
     Ok(e.layer.map(|(d, diff)| (d.digest, diff)))
 }
@@ -1149,7 +1149,7 @@ mod tests {
         // A cache entry whose blob is gone, and a valid one.
         let cached = s.put_bytes(b"cached layer").unwrap();
         let entry = |d: &Digest, diff: &Digest| {
-            serde_json::to_vec(&crate::build::cache::Entry {
+            serde_json::to_vec(&crate::builder::cache::Entry {
                 layer: Some((Descriptor::new(MT_OCI_LAYER, d.clone(), 1), diff.clone())),
                 created: None,
             })

@@ -9,10 +9,10 @@
 
 pub mod cache;
 pub mod copy;
-mod mounts;
 mod output;
 mod progress;
 pub mod remote_cache;
+mod run;
 mod step;
 
 pub use output::OutputSpec;
@@ -193,7 +193,7 @@ pub fn build(store: &Store, req: &BuildRequest) -> Result<Option<Image>> {
     if !req.context.is_dir() {
         bail!("build context {} is not a directory", req.context.display());
     }
-    mounts::refuse_run_without_privilege(&plan)?;
+    run::refuse_run_without_privilege(&plan)?;
     let created = match req.timestamp {
         Some(t) => rfc3339(t),
         None => humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),

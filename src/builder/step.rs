@@ -158,10 +158,10 @@ pub fn execute(b: &Builder, state: &mut StageState, ins: &Instruction, stage_ind
                 &format!("WORKDIR {path} user={user:?}"),
                 None,
                 created_by,
-                |_b, root, _st| super::mounts::make_workdir(root, &path, user.as_deref()),
+                |_b, root, _st| super::run::make_workdir(root, &path, user.as_deref()),
             )
         }
-        Command::Run(cmd) => super::mounts::run_step(b, state, ins, stage_index, cmd),
+        Command::Run(cmd) => super::run::run_step(b, state, ins, stage_index, cmd),
         Command::Copy { srcs, dest } | Command::Add { srcs, dest } => copy_step(
             b,
             state,
