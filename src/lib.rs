@@ -10,6 +10,7 @@ pub mod builder;
 pub mod cli;
 pub mod digest;
 pub mod dockerfile;
+pub mod events;
 pub mod fsutil;
 pub mod image;
 pub mod layer;

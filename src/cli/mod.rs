@@ -9,6 +9,7 @@ mod build;
 mod images;
 mod login;
 mod maint;
+pub mod progress;
 mod pull;
 mod push;
 mod run;
