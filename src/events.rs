@@ -179,7 +179,10 @@ impl Recorder {
 
 impl Sink for Recorder {
     fn emit(&self, event: &Event) {
-        self.events.lock().unwrap_or_else(|p| p.into_inner()).push(event.clone());
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(event.clone());
     }
 
     fn wants_debug(&self) -> bool {

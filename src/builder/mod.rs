@@ -103,7 +103,8 @@ pub struct BuildRequest {
     pub timestamp: Option<i64>,
     pub compression: Compression,
     pub compression_level: Option<u32>,
-    pub tls_verify: bool,
+    /// How base images are pulled and the remote cache reached.
+    pub registry: crate::registry::RegistryOptions,
     pub cap_add: Vec<String>,
     pub cap_drop: Vec<String>,
     pub seccomp: SeccompChoice,
@@ -215,7 +216,7 @@ pub fn build(store: &Store, req: &BuildRequest) -> Result<Option<Image>> {
         done: Mutex::new(HashMap::new()),
         images: Mutex::new(HashMap::new()),
         created,
-        remote: remote_cache::RemoteCache::new(&req.cache_from, &req.cache_to, req.tls_verify),
+        remote: remote_cache::RemoteCache::new(&req.cache_from, &req.cache_to, &req.registry),
         bind_context: Mutex::new(None),
     };
     for unused in &b.plan.unused_build_args {
@@ -408,9 +409,8 @@ impl<'a> Builder<'a> {
             return Ok(img);
         }
         let opts = crate::registry::RegistryOptions {
-            tls_verify: self.req.tls_verify,
             platform: self.req.platform.clone(),
-            auth_file: None,
+            ..self.req.registry.clone()
         };
         let printer = &self.progress;
         let say = |m: &str| printer.info(m);

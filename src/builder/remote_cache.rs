@@ -114,7 +114,7 @@ pub struct Hit {
 
 impl RemoteCache {
     /// None when neither `--cache-from` nor `--cache-to` was given.
-    pub fn new(from: &[Reference], to: &[Reference], tls_verify: bool) -> Option<RemoteCache> {
+    pub fn new(from: &[Reference], to: &[Reference], opts: &RegistryOptions) -> Option<RemoteCache> {
         if from.is_empty() && to.is_empty() {
             return None;
         }
@@ -122,9 +122,8 @@ impl RemoteCache {
             from: from.iter().cloned().map(Repo::new).collect(),
             to: to.iter().cloned().map(Repo::new).collect(),
             opts: RegistryOptions {
-                tls_verify,
                 platform: None,
-                auth_file: None,
+                ..opts.clone()
             },
             pending: Mutex::new(Vec::new()),
         })
@@ -346,6 +345,6 @@ mod tests {
         let back: CacheConfig = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(back.key, Digest::of(b"k"));
         assert_eq!(back.entry.layer.unwrap().1, Digest::of(b"d"));
-        assert!(RemoteCache::new(&[], &[], true).is_none());
+        assert!(RemoteCache::new(&[], &[], &RegistryOptions::default()).is_none());
     }
 }

@@ -208,7 +208,7 @@ pub fn run(g: &GlobalOpts, a: BuildArgs) -> Result<i32> {
         timestamp: a.timestamp,
         compression,
         compression_level: a.compression_level,
-        tls_verify: a.tls_verify,
+        registry: g.registry_options(a.tls_verify, None),
         cap_add: a.cap_add.clone(),
         cap_drop: a.cap_drop.clone(),
         seccomp,
@@ -234,11 +234,7 @@ pub fn run(g: &GlobalOpts, a: BuildArgs) -> Result<i32> {
     let outcome = crate::builder::build(&store, &req)?;
     let Some(image) = outcome else { return Ok(0) };
     if a.push {
-        let opts = crate::registry::RegistryOptions {
-            tls_verify: a.tls_verify,
-            platform: None,
-            auth_file: None,
-        };
+        let opts = g.registry_options(a.tls_verify, None);
         for t in &a.tags {
             let dest = crate::reference::Reference::parse(t)?;
             let say = |m: &str| eprintln!("{m}");

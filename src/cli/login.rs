@@ -10,14 +10,13 @@
 
 use super::GlobalOpts;
 use crate::registry::RegistryOptions;
-use crate::registry::auth::{AuthConfig, Credentials, auth_file_path};
+use crate::registry::auth::{
+    Credentials, default_auth_file, erase_all_credentials, erase_credentials, registry_host, store_credentials,
+};
 use crate::registry::client::{Body, Client, status_error};
 use anyhow::{Context, Result, anyhow, bail};
-use base64::Engine as _;
 use std::io::{IsTerminal, Read, Write};
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 #[derive(clap::Args, Debug)]
 pub struct LoginArgs {
@@ -53,115 +52,15 @@ pub struct LogoutArgs {
     pub authfile: Option<PathBuf>,
 }
 
-/// `docker://host/x`, `https://host/v1/`, `host/repo` → `host`; Docker Hub's names → `docker.io`.
-pub fn registry_host(arg: &str) -> Result<String> {
-    let s = arg.trim();
-    let s = ["docker://", "https://", "http://"]
-        .iter()
-        .find_map(|p| s.strip_prefix(p))
-        .unwrap_or(s);
-    let host = s.split('/').next().unwrap_or("").to_string();
-    if host.is_empty() || host.contains(char::is_whitespace) || host.contains('@') {
-        bail!("{arg:?} is not a registry host name (expected e.g. registry.example.com or localhost:5000)");
-    }
-    Ok(match host.as_str() {
-        "index.docker.io" | "registry-1.docker.io" | "docker.io" => "docker.io".to_string(),
-        _ => host,
-    })
-}
-
-/// The `auths` key Docker writes for a registry.
-fn auths_key(registry: &str) -> String {
-    if registry == "docker.io" {
-        "https://index.docker.io/v1/".to_string()
-    } else {
-        registry.to_string()
-    }
-}
-
-/// True when an `auths` key names `registry` (`http://h:5000/`, `h:5000`, `https://index.docker.io/v1/`).
-fn key_names(key: &str, registry: &str) -> bool {
-    registry_host(key).is_ok_and(|k| k == registry)
-}
-
 fn where_to_store(explicit: Option<&Path>) -> Result<PathBuf> {
-    auth_file_path(explicit).ok_or_else(|| {
-        anyhow!(
-            "cannot tell where to store credentials: set HOME, DOCKER_CONFIG or REGISTRY_AUTH_FILE, or give --authfile"
-        )
-    })
-}
-
-/// The auth file as JSON (an empty object when it does not exist yet).
-fn read_json(path: &Path) -> Result<serde_json::Map<String, serde_json::Value>> {
-    match std::fs::read(path) {
-        Ok(data) if data.iter().all(u8::is_ascii_whitespace) => Ok(Default::default()),
-        Ok(data) => match serde_json::from_slice::<serde_json::Value>(&data) {
-            Ok(serde_json::Value::Object(m)) => Ok(m),
-            Ok(_) | Err(_) => bail!(
-                "{} is not a JSON object as Docker's config.json is; fix or remove it",
-                path.display()
-            ),
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
-}
-
-fn write_json(path: &Path, map: serde_json::Map<String, serde_json::Value>) -> Result<()> {
-    let path = std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
-    let dir = path.parent().context("the credentials file has no parent directory")?;
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let mut data = serde_json::to_vec_pretty(&serde_json::Value::Object(map))?;
-    data.push(b'\n');
-    // write_atomic's temporary file is created with mode 0600 and renamed over the old file.
-    crate::fsutil::write_atomic(&path, &data).with_context(|| format!("writing credentials to {}", path.display()))
-}
-
-/// The credential helper configured for `registry` in the auth file, if any.
-fn helper_for(path: &Path, registry: &str) -> Result<Option<String>> {
-    match std::fs::read(path) {
-        Ok(data) => {
-            let cfg = AuthConfig::parse(&data).with_context(|| format!("reading {}", path.display()))?;
-            Ok(cfg.helper(registry).map(str::to_string))
-        }
-        Err(_) => Ok(None),
-    }
-}
-
-/// Runs `docker-credential-NAME store|erase`.
-fn run_helper(name: &str, action: &str, input: &str) -> Result<()> {
-    let prog = format!("docker-credential-{name}");
-    let mut child = Command::new(&prog)
-        .arg(action)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("running credential helper {prog}"))?;
-    child.stdin.take().expect("piped").write_all(input.as_bytes())?;
-    let out = child
-        .wait_with_output()
-        .with_context(|| format!("running credential helper {prog}"))?;
-    if !out.status.success() {
-        let msg = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-        bail!("credential helper {prog} {action} failed: {}", msg.trim());
-    }
-    Ok(())
-}
-
-fn helper_server(registry: &str) -> String {
-    if registry == "docker.io" {
-        "https://index.docker.io/v1/".to_string()
-    } else {
-        registry.to_string()
-    }
+    explicit
+        .map(Path::to_path_buf)
+        .or_else(|| default_auth_file(&|k| std::env::var_os(k)))
+        .ok_or_else(|| {
+            anyhow!(
+                "cannot tell where to store credentials: set HOME, DOCKER_CONFIG or REGISTRY_AUTH_FILE, or give --authfile"
+            )
+        })
 }
 
 /// Reads a line from the terminal, without echo when `secret`.
@@ -211,7 +110,7 @@ pub fn verify(registry: &str, creds: &Credentials, opts: &RegistryOptions) -> Re
     }
 }
 
-pub fn login(_g: &GlobalOpts, a: LoginArgs) -> Result<i32> {
+pub fn login(g: &GlobalOpts, a: LoginArgs) -> Result<i32> {
     let registry = registry_host(&a.registry)?;
     let tty = std::io::stdin().is_terminal();
     if a.password_stdin && a.password.is_some() {
@@ -246,73 +145,23 @@ pub fn login(_g: &GlobalOpts, a: LoginArgs) -> Result<i32> {
         bail!("the password is empty");
     }
     let creds = Credentials { username, password };
-    let opts = RegistryOptions {
-        tls_verify: a.tls_verify,
-        platform: None,
-        auth_file: None,
-    };
+    let opts = g.registry_options(a.tls_verify, None);
     verify(&registry, &creds, &opts)?;
     let path = where_to_store(a.authfile.as_deref())?;
-    if let Some(h) = helper_for(&path, &registry)? {
-        let input = serde_json::json!({
-            "ServerURL": helper_server(&registry),
-            "Username": creds.username,
-            "Secret": creds.password,
-        });
-        run_helper(&h, "store", &input.to_string())?;
-    } else {
-        let mut map = read_json(&path)?;
-        let auths = map
-            .entry("auths")
-            .or_insert_with(|| serde_json::Value::Object(Default::default()));
-        let Some(auths) = auths.as_object_mut() else {
-            bail!("{}: \"auths\" is not a JSON object", path.display());
-        };
-        auths.retain(|k, _| !key_names(k, &registry));
-        let raw = format!("{}:{}", creds.username, creds.password);
-        auths.insert(
-            auths_key(&registry),
-            serde_json::json!({ "auth": base64::engine::general_purpose::STANDARD.encode(raw) }),
-        );
-        write_json(&path, map)?;
-    }
+    store_credentials(&path, &registry, &creds)?;
     println!("Login Succeeded");
     Ok(0)
 }
 
 pub fn logout(_g: &GlobalOpts, a: LogoutArgs) -> Result<i32> {
     let path = where_to_store(a.authfile.as_deref())?;
-    let mut map = read_json(&path)?;
     if a.all {
-        let n = map
-            .get_mut("auths")
-            .and_then(|v| v.as_object_mut())
-            .map(|m| std::mem::take(m).len())
-            .unwrap_or(0);
-        if n > 0 {
-            write_json(&path, map)?;
-        }
+        erase_all_credentials(&path)?;
         println!("Removed login credentials for all registries");
         return Ok(0);
     }
     let registry = registry_host(a.registry.as_deref().unwrap_or_default())?;
-    let mut removed = false;
-    if let Some(auths) = map.get_mut("auths").and_then(|v| v.as_object_mut()) {
-        let before = auths.len();
-        auths.retain(|k, _| !key_names(k, &registry));
-        removed = auths.len() != before;
-    }
-    if removed {
-        write_json(&path, map)?;
-    }
-    if let Some(h) = helper_for(&path, &registry)? {
-        match run_helper(&h, "erase", &helper_server(&registry)) {
-            Ok(()) => removed = true,
-            Err(e) if !removed => return Err(e),
-            Err(_) => {}
-        }
-    }
-    if !removed {
+    if !erase_credentials(&path, &registry)? {
         bail!(
             "not logged in to {registry} (no credentials for it in {})",
             path.display()
@@ -320,47 +169,4 @@ pub fn logout(_g: &GlobalOpts, a: LogoutArgs) -> Result<i32> {
     }
     println!("Removed login credentials for {registry}");
     Ok(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn registry_names() {
-        assert_eq!(registry_host("localhost:5000").unwrap(), "localhost:5000");
-        assert_eq!(registry_host("docker://q.io/team/app").unwrap(), "q.io");
-        assert_eq!(registry_host("https://index.docker.io/v1/").unwrap(), "docker.io");
-        assert_eq!(registry_host("http://127.0.0.1:5000/").unwrap(), "127.0.0.1:5000");
-        assert!(registry_host("").is_err());
-        assert!(key_names("http://h:1/", "h:1") && !key_names("h:2", "h:1"));
-        assert_eq!(auths_key("docker.io"), "https://index.docker.io/v1/");
-    }
-
-    #[test]
-    fn keeps_other_keys_and_writes_0600() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("sub/config.json");
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(
-            &p,
-            r#"{"credHelpers":{"x.io":"pass"},"auths":{"http://h:1/":{"auth":"b2xk"}},"psFormat":"x"}"#,
-        )
-        .unwrap();
-        let mut map = read_json(&p).unwrap();
-        let auths = map.get_mut("auths").unwrap().as_object_mut().unwrap();
-        auths.retain(|k, _| !key_names(k, "h:1"));
-        auths.insert("h:1".into(), serde_json::json!({"auth": "bmV3"}));
-        write_json(&p, map).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
-        assert_eq!(v["psFormat"], "x");
-        assert_eq!(v["credHelpers"]["x.io"], "pass");
-        assert_eq!(v["auths"].as_object().unwrap().len(), 1);
-        assert_eq!(v["auths"]["h:1"]["auth"], "bmV3");
-        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        std::fs::write(&p, "[1]").unwrap();
-        assert!(read_json(&p).unwrap_err().to_string().contains("not a JSON object"));
-    }
 }

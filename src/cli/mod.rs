@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 mod build;
 mod images;
@@ -33,6 +33,44 @@ pub struct GlobalOpts {
         default_value = "auto"
     )]
     pub isolation: String,
+}
+
+impl GlobalOpts {
+    /// Where non-build commands send their notices, warnings and debug lines: plain lines on
+    /// stderr (`--debug` shows debug lines).
+    pub fn reporter(&self) -> crate::events::Reporter {
+        let debug = self.debug || std::env::var_os("KILN_DEBUG_REGISTRY").is_some();
+        crate::events::Reporter::new(std::sync::Arc::new(progress::Renderer::stderr(
+            progress::ProgressMode::Plain,
+            debug,
+        )))
+    }
+
+    /// Registry options from the flags and the environment: the auth file (`--authfile`,
+    /// `$REGISTRY_AUTH_FILE`, `$DOCKER_CONFIG`, `~/.docker/config.json`), GitLab CI's
+    /// credentials, and the test knobs `KILN_REGISTRY_IDLE_TIMEOUT` (seconds, fractions
+    /// allowed) and `KILN_RETRY_BASE_MS`.
+    pub fn registry_options(&self, tls_verify: bool, authfile: Option<&Path>) -> crate::registry::RegistryOptions {
+        let env = |k: &str| std::env::var_os(k);
+        let mut timing = crate::registry::Timing::default();
+        if let Some(idle) = std::env::var("KILN_REGISTRY_IDLE_TIMEOUT")
+            .ok()
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s > 0.0)
+        {
+            timing.idle = std::time::Duration::from_secs_f64(idle);
+        }
+        if let Some(ms) = std::env::var("KILN_RETRY_BASE_MS").ok().and_then(|v| v.parse().ok()) {
+            timing.retry_base = std::time::Duration::from_millis(ms);
+        }
+        crate::registry::RegistryOptions {
+            tls_verify,
+            platform: None,
+            auth: crate::registry::auth::AuthSources::new(authfile, &env),
+            timing,
+            reporter: self.reporter(),
+        }
+    }
 }
 
 impl GlobalOpts {

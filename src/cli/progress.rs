@@ -89,7 +89,10 @@ impl Renderer {
                 text,
             } => {
                 if quiet {
-                    self.tails.lock().unwrap_or_else(|p| p.into_inner()).insert(*step, VecDeque::new());
+                    self.tails
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(*step, VecDeque::new());
                     return;
                 }
                 let line = format!("#{step} [{stage} {index}/{total}] {text}");
@@ -175,7 +178,9 @@ impl Renderer {
 impl Sink for Renderer {
     fn emit(&self, event: &Event) {
         if self.mode == ProgressMode::Rawjson {
-            if let Event::Message { level: Level::Debug, .. } = event
+            if let Event::Message {
+                level: Level::Debug, ..
+            } = event
                 && !self.debug
             {
                 return;

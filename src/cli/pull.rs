@@ -28,9 +28,8 @@ pub fn run(g: &GlobalOpts, a: PullArgs) -> Result<i32> {
     let reference = Reference::parse(&a.image)?;
     let store = g.store()?;
     let opts = RegistryOptions {
-        tls_verify: a.tls_verify,
         platform: a.platform,
-        auth_file: a.authfile,
+        ..g.registry_options(a.tls_verify, a.authfile.as_deref())
     };
     let quiet = a.quiet;
     if !quiet {

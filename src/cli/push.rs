@@ -5,7 +5,7 @@
 
 use super::GlobalOpts;
 use crate::reference::Reference;
-use crate::registry::{self, RegistryOptions};
+use crate::registry;
 use crate::store::ManifestFormat;
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
@@ -63,7 +63,7 @@ pub fn run(g: &GlobalOpts, a: PushArgs) -> Result<i32> {
         },
     };
     let digest = if let Some(r) = dest.strip_prefix("docker://") {
-        push_registry(&store, &image, r, &a, &progress)?
+        push_registry(g, &store, &image, r, &a, &progress)?
     } else if let Some(t) = crate::archive::Transport::parse(&dest)? {
         if a.format.is_some() {
             bail!("--format applies to registry pushes; an archive keeps the stored manifest format");
@@ -71,7 +71,7 @@ pub fn run(g: &GlobalOpts, a: PushArgs) -> Result<i32> {
         crate::archive::export(&store, &image, &source_name, &t).with_context(|| format!("writing {dest}"))?;
         image.manifest_digest.clone()
     } else {
-        push_registry(&store, &image, &dest, &a, &progress)?
+        push_registry(g, &store, &image, &dest, &a, &progress)?
     };
     if let Some(f) = &a.digestfile {
         std::fs::write(f, digest.as_str()).with_context(|| format!("writing {}", f.display()))?;
@@ -84,6 +84,7 @@ pub fn run(g: &GlobalOpts, a: PushArgs) -> Result<i32> {
 }
 
 fn push_registry(
+    g: &GlobalOpts,
     store: &crate::store::Store,
     image: &crate::image::Image,
     dest: &str,
@@ -91,11 +92,7 @@ fn push_registry(
     progress: &dyn Fn(&str),
 ) -> Result<crate::digest::Digest> {
     let reference = Reference::parse(dest)?;
-    let opts = RegistryOptions {
-        tls_verify: a.tls_verify,
-        platform: None,
-        auth_file: a.authfile.clone(),
-    };
+    let opts = g.registry_options(a.tls_verify, a.authfile.as_deref());
     let format = a.format.map(|f| match f {
         FormatArg::Oci => ManifestFormat::Oci,
         FormatArg::Docker => ManifestFormat::Docker,

@@ -3,7 +3,9 @@
 //! scope), bounded retries with backoff, and registry error messages.
 
 use super::RegistryOptions;
+use super::Timing;
 use super::auth::{Challenge, Credentials, find_credentials, parse_challenge};
+use crate::events::Reporter;
 use anyhow::{Context, Result, anyhow, bail};
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -18,20 +20,6 @@ pub const TRIES: u32 = 3;
 /// The default idle timeout: a registry that sends no byte for this long (while kiln waits for
 /// the response headers or reads a body) is given up on, and the request retried.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The idle timeout for registry responses: `KILN_REGISTRY_IDLE_TIMEOUT` (seconds, fractions
-/// allowed, e.g. `1.5`; tests set 1–2 s), else [`DEFAULT_IDLE_TIMEOUT`]. It applies to every
-/// read from the connection (headers and body) and restarts with each byte that arrives, so a
-/// slow but moving download is never cut; a stalled one fails after about
-/// `timeout × TRIES` with "registry … sent no data for … (gave up after 3 tries)".
-pub fn idle_timeout() -> Duration {
-    std::env::var("KILN_REGISTRY_IDLE_TIMEOUT")
-        .ok()
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s > 0.0)
-        .map(Duration::from_secs_f64)
-        .unwrap_or(DEFAULT_IDLE_TIMEOUT)
-}
 
 /// Uploads may wait longer for their answer (a registry finishing a big blob), but not forever.
 const UPLOAD_ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
@@ -81,6 +69,8 @@ pub struct Client {
     /// `https://registry-1.docker.io`, `http://localhost:5000`.
     base: String,
     creds: Option<Credentials>,
+    timing: Timing,
+    reporter: Reporter,
     basic: Mutex<bool>,
     tokens: Mutex<HashMap<String, String>>,
 }
@@ -193,7 +183,7 @@ impl Client {
     /// https is tried first (without certificate checks), then http, as Docker does for
     /// insecure registries.
     pub fn new(registry: &str, opts: &RegistryOptions) -> Result<Client> {
-        let creds = find_credentials(registry, opts.auth_file.as_deref())?;
+        let creds = find_credentials(registry, &opts.auth)?;
         Client::with_credentials(registry, opts, creds)
     }
 
@@ -210,7 +200,7 @@ impl Client {
             .timeout_connect(Some(Duration::from_secs(30)))
             .timeout_recv_response(Some(Duration::from_secs(120)))
             // The idle timeout: no byte for this long on any read fails the read.
-            .timeout_per_read(Some(idle_timeout()))
+            .timeout_per_read(Some(opts.timing.idle))
             .max_idle_connections_per_host(8)
             .build()
             .into();
@@ -225,6 +215,8 @@ impl Client {
             registry: registry.to_string(),
             base: format!("{}://{api_host}", if loopback { "http" } else { "https" }),
             creds,
+            timing: opts.timing,
+            reporter: opts.reporter.clone(),
             basic: Mutex::new(false),
             tokens: Mutex::new(HashMap::new()),
         };
@@ -236,7 +228,7 @@ impl Client {
                 if client.agent.get(&http_url).call().is_ok() {
                     client.base = format!("http://{api_host}");
                 } else {
-                    tracing_debug(&format!("ping {url}: {}", describe(&e)));
+                    client.debug(&format!("ping {url}: {}", describe(&e)));
                 }
             }
         }
@@ -267,9 +259,19 @@ impl Client {
         anyhow!(
             "registry {} sent no data for {} while {doing} (gave up after {tries} {})",
             self.registry,
-            seconds(idle_timeout()),
+            seconds(self.timing.idle),
             if tries == 1 { "try" } else { "tries" }
         )
+    }
+
+    /// The wait before retry number `attempt`.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        self.timing.backoff(attempt)
+    }
+
+    /// A debug line about this registry's requests (shown with `--debug`).
+    pub fn debug(&self, msg: &str) {
+        self.reporter.debug("registry", || msg.to_string());
     }
 
     pub fn has_credentials(&self) -> bool {
@@ -441,7 +443,7 @@ impl Client {
                 }
                 Err(SendErr::Http(_)) => {}
             }
-            std::thread::sleep(backoff(attempt));
+            std::thread::sleep(self.backoff(attempt));
         }
     }
 
@@ -493,7 +495,7 @@ impl Client {
     fn upload_config<S: ureq::AsSendBody>(&self, req: http::Request<S>) -> http::Request<S> {
         self.agent
             .configure_request(req)
-            .timeout_per_read(Some(idle_timeout().max(UPLOAD_ANSWER_TIMEOUT)))
+            .timeout_per_read(Some(self.timing.idle.max(UPLOAD_ANSWER_TIMEOUT)))
             .build()
     }
 }
@@ -501,21 +503,6 @@ impl Client {
 enum SendErr {
     Http(ureq::Error),
     Other(anyhow::Error),
-}
-
-/// 0.5 s, 1 s, 2 s … (capped at 8 s); `KILN_RETRY_BASE_MS` shortens it for tests.
-pub fn backoff(attempt: u32) -> Duration {
-    let base = std::env::var("KILN_RETRY_BASE_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(500u64);
-    Duration::from_millis((base << (attempt.saturating_sub(1)).min(4)).min(8000))
-}
-
-pub fn tracing_debug(msg: &str) {
-    if std::env::var_os("KILN_DEBUG_REGISTRY").is_some() {
-        eprintln!("kiln: registry: {msg}");
-    }
 }
 
 /// Turns an error status into one sentence, with the registry's own message and a login
@@ -588,10 +575,7 @@ mod tests {
 
     #[test]
     fn idle_timeout_and_stall_errors() {
-        // The variable is read by each call; unit tests do not set it.
-        if std::env::var_os("KILN_REGISTRY_IDLE_TIMEOUT").is_none() {
-            assert_eq!(idle_timeout(), DEFAULT_IDLE_TIMEOUT);
-        }
+        assert_eq!(Timing::default().idle, DEFAULT_IDLE_TIMEOUT);
         assert_eq!(seconds(Duration::from_secs(2)), "2 s");
         assert_eq!(seconds(Duration::from_millis(1500)), "1.5 s");
         let wrapped = std::io::Error::other(ureq::Error::Timeout(ureq::Timeout::PerRead));
@@ -628,6 +612,11 @@ mod tests {
             registry: addr.clone(),
             base: format!("http://{addr}"),
             creds: None,
+            timing: Timing {
+                idle: Duration::from_millis(300),
+                retry_base: Duration::from_millis(10),
+            },
+            reporter: Reporter::silent(),
             basic: Mutex::new(false),
             tokens: Mutex::new(HashMap::new()),
         };
@@ -648,6 +637,9 @@ mod tests {
     fn retry_policy() {
         assert!(retriable_status(500) && retriable_status(503) && retriable_status(429));
         assert!(!retriable_status(404) && !retriable_status(401) && !retriable_status(501));
-        assert!(backoff(1) < backoff(2) || std::env::var_os("KILN_RETRY_BASE_MS").is_some());
+        let t = Timing::default();
+        assert_eq!(t.backoff(1), Duration::from_millis(500));
+        assert_eq!(t.backoff(2), Duration::from_secs(1));
+        assert_eq!(t.backoff(9), Duration::from_secs(8));
     }
 }

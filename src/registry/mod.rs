@@ -18,19 +18,24 @@ pub(crate) use push::push_blob;
 pub use push::{convert_manifest, push};
 
 use anyhow::Result;
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
-/// How kiln talks to a registry.
+/// How kiln talks to a registry. The CLI fills it from flags and the environment
+/// (`cli::registry_options`); the library reads no environment variable.
 #[derive(Clone, Debug)]
 pub struct RegistryOptions {
     /// Verify TLS certificates; when false, https is tried without checks, then plain http.
     pub tls_verify: bool,
     /// `os/arch[/variant]` to pick from an index; default `linux/<host arch>`.
     pub platform: Option<String>,
-    /// Credentials file instead of `$REGISTRY_AUTH_FILE` / `~/.docker/config.json`.
-    pub auth_file: Option<PathBuf>,
+    /// Where credentials come from.
+    pub auth: auth::AuthSources,
+    /// Timeouts and retry pacing.
+    pub timing: Timing,
+    /// Debug lines about requests, retries and resumed uploads go here.
+    pub reporter: crate::events::Reporter,
 }
 
 impl Default for RegistryOptions {
@@ -38,8 +43,38 @@ impl Default for RegistryOptions {
         RegistryOptions {
             tls_verify: true,
             platform: None,
-            auth_file: None,
+            auth: auth::AuthSources::default(),
+            timing: Timing::default(),
+            reporter: crate::events::Reporter::silent(),
         }
+    }
+}
+
+/// How long kiln waits for a registry and how it paces retries.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Timing {
+    /// A registry that sends no byte for this long (while kiln waits for the response headers
+    /// or reads a body) is given up on and the request retried. It restarts with each byte
+    /// that arrives, so a slow but moving download is never cut; a stalled one fails after
+    /// about `idle × TRIES` with "registry … sent no data for … (gave up after 3 tries)".
+    pub idle: Duration,
+    /// The first retry waits this long; each further one twice as long (capped at 8 s).
+    pub retry_base: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            idle: client::DEFAULT_IDLE_TIMEOUT,
+            retry_base: Duration::from_millis(500),
+        }
+    }
+}
+
+impl Timing {
+    /// The wait before retry number `attempt` (1-based): base, 2×base, 4×base … ≤ 8 s.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        (self.retry_base * (1u32 << attempt.saturating_sub(1).min(4))).min(Duration::from_secs(8))
     }
 }
 

@@ -1,7 +1,7 @@
 //! `kiln pull`: manifest (or index → platform manifest), config and layer blobs streamed into
 //! the store, every digest verified, then the reference tagged.
 
-use super::client::{Body, Client, Response, TRIES, backoff, describe_io, is_timeout_io, status_error};
+use super::client::{Body, Client, Response, TRIES, describe_io, is_timeout_io, status_error};
 use super::platform::{PlatformSpec, select};
 use super::{RegistryOptions, parallel};
 use crate::digest::Digest;
@@ -116,7 +116,7 @@ pub(crate) fn fetch_manifest(client: &Client, repo: &str, reference: &str, scope
             Ok(Some(b)) => break (b, content_type, header_digest),
             Ok(None) => return Err(kind.over_cap(&name)),
             Err(e) if attempt < TRIES => {
-                crate::registry::client::tracing_debug(&format!("{url}: {}", describe_io(&e)));
+                client.debug(&format!("{url}: {}", describe_io(&e)));
             }
             Err(e) if is_timeout_io(&e) => {
                 return Err(client.stall_error(&format!("downloading manifest {reference}"), attempt));
@@ -126,7 +126,7 @@ pub(crate) fn fetch_manifest(client: &Client, repo: &str, reference: &str, scope
                     .with_context(|| format!("downloading manifest {reference}"));
             }
         }
-        std::thread::sleep(backoff(attempt));
+        std::thread::sleep(client.backoff(attempt));
     };
     let digest = Digest::of(&bytes);
     if reference.starts_with("sha256:") {
@@ -327,7 +327,7 @@ pub(crate) fn fetch_blob(
             _ => {}
         }
         drop(writer);
-        std::thread::sleep(backoff(attempt));
+        std::thread::sleep(client.backoff(attempt));
     }
 }
 

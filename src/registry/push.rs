@@ -3,7 +3,7 @@
 //! PATCH above, resumed from the registry's `Range` after a dropped connection), then the
 //! manifest is PUT by tag.
 
-use super::client::{Body, Client, TRIES, backoff, query_escape, status_error};
+use super::client::{Body, Client, TRIES, query_escape, status_error};
 use super::pull::header;
 use super::{RegistryOptions, parallel};
 use crate::digest::Digest;
@@ -264,8 +264,8 @@ pub(crate) fn push_blob(
             Ok(()) => return Ok("done".to_string()),
             Err(e) if attempt >= TRIES || is_fatal(&e) => return Err(e),
             Err(e) => {
-                super::client::tracing_debug(&format!("upload of {} failed ({e:#}); starting again", desc.digest));
-                std::thread::sleep(backoff(attempt));
+                client.debug(&format!("upload of {} failed ({e:#}); starting again", desc.digest));
+                std::thread::sleep(client.backoff(attempt));
             }
         }
     }
@@ -362,11 +362,11 @@ fn upload_chunked(
             Err(e) => e,
         };
         failures += 1;
-        super::client::tracing_debug(&format!("PATCH {range} failed ({err:#}); asking where the upload is"));
+        client.debug(&format!("PATCH {range} failed ({err:#}); asking where the upload is"));
         if failures >= TRIES {
             return Err(err.context(format!("uploading bytes {range}")));
         }
-        std::thread::sleep(backoff(failures));
+        std::thread::sleep(client.backoff(failures));
         // Where is the upload now?
         let mut status = client.send("GET", &loc, &[], &Body::Empty, scopes, true)?;
         if status.status().as_u16() != 204 {
@@ -376,7 +376,7 @@ fn upload_chunked(
             loc = client.resolve_location(&l);
         }
         offset = header(&status, "range").and_then(|r| parse_range_end(&r)).unwrap_or(0);
-        super::client::tracing_debug(&format!("resuming the upload at byte {offset}"));
+        client.debug(&format!("resuming the upload at byte {offset}"));
     }
     let put = with_query(&loc, &format!("digest={}", query_escape(digest.as_str())));
     finish(client, &put, &[("content-length", "0")], &Body::Empty, scopes, true)
