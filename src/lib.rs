@@ -18,6 +18,7 @@ pub mod plan;
 pub mod reference;
 pub mod registry;
 pub mod rootfs;
+pub mod runner;
 pub mod sandbox;
 pub mod store;
 pub mod users;

@@ -1,10 +1,11 @@
 //! `kiln run`, `kiln unshare`, `kiln info` and the hidden sandbox helper `kiln __sandbox`.
 
 use super::GlobalOpts;
-use crate::sandbox::{self, MountSpec, Network, RunSpec, SeccompChoice, userns};
+use crate::runner;
+use crate::sandbox::{self, MountSpec, Network, SeccompChoice, userns};
 use anyhow::{Context, Result, bail};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// `kiln run [OPTIONS] IMAGE [CMD...]`
 #[derive(clap::Args, Debug)]
@@ -93,82 +94,6 @@ pub struct SandboxArgs {
     pub spec: PathBuf,
 }
 
-/// Parsed `-p` value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PortMap {
-    pub ip: String,
-    pub host: u16,
-    pub container: u16,
-}
-
-/// Parses `[IP:]HOST:CONTAINER[/tcp]` (or `PORT`, meaning the same port on both sides).
-pub fn parse_publish(s: &str) -> Result<PortMap> {
-    let (spec, proto) = s.split_once('/').unwrap_or((s, "tcp"));
-    if !proto.eq_ignore_ascii_case("tcp") {
-        bail!("-p {s}: only tcp ports can be published");
-    }
-    let parts: Vec<&str> = spec.rsplitn(3, ':').collect();
-    let port = |p: &str| {
-        p.parse::<u16>()
-            .with_context(|| format!("-p {s}: {p:?} is not a port number"))
-    };
-    Ok(match parts.as_slice() {
-        [c] => PortMap {
-            ip: "0.0.0.0".into(),
-            host: port(c)?,
-            container: port(c)?,
-        },
-        [c, h] => PortMap {
-            ip: "0.0.0.0".into(),
-            host: port(h)?,
-            container: port(c)?,
-        },
-        [c, h, ip] => PortMap {
-            ip: if ip.is_empty() {
-                "0.0.0.0".into()
-            } else {
-                ip.trim_matches(|c| c == '[' || c == ']').to_string()
-            },
-            host: port(h)?,
-            container: port(c)?,
-        },
-        _ => bail!("-p {s}: expected [IP:]HOST:CONTAINER"),
-    })
-}
-
-/// Forwards TCP connections from `ip:host` to `127.0.0.1:container` (threads, for the life
-/// of the process).
-fn start_forwarder(p: &PortMap) -> Result<()> {
-    let listener = std::net::TcpListener::bind((p.ip.as_str(), p.host)).with_context(|| {
-        format!(
-            "cannot listen on {}:{} to forward to port {}",
-            p.ip, p.host, p.container
-        )
-    })?;
-    let target = p.container;
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let Ok(upstream) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
-                    return;
-                };
-                let (Ok(mut a_r), Ok(mut u_w)) = (conn.try_clone(), upstream.try_clone()) else {
-                    return;
-                };
-                let t = std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut a_r, &mut u_w);
-                    let _ = u_w.shutdown(std::net::Shutdown::Write);
-                });
-                let (mut u_r, mut a_w) = (upstream, conn);
-                let _ = std::io::copy(&mut u_r, &mut a_w);
-                let _ = a_w.shutdown(std::net::Shutdown::Write);
-                let _ = t.join();
-            });
-        }
-    });
-    Ok(())
-}
-
 fn parse_security_opts(opts: &[String]) -> Result<(SeccompChoice, bool)> {
     let mut seccomp = SeccompChoice::Default;
     let mut nnp = false;
@@ -188,7 +113,7 @@ fn parse_security_opts(opts: &[String]) -> Result<(SeccompChoice, bool)> {
     Ok((seccomp, nnp))
 }
 
-/// `kiln run`: the image's ENTRYPOINT/CMD in the sandbox on a throwaway upper.
+/// `kiln run`: flags → [`runner::RunRequest`].
 pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<i32> {
     let network = match a.network.as_str() {
         "host" | "default" => Network::Host,
@@ -196,164 +121,63 @@ pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<i32> {
         n => bail!("--network {n}: expected host or none"),
     };
     let (seccomp, no_new_privs) = parse_security_opts(&a.security_opt)?;
-    let ports = a.publish.iter().map(|p| parse_publish(p)).collect::<Result<Vec<_>>>()?;
-    let testing = !a.lower.is_empty();
-    let (image_name, mut cmd) = if testing {
-        (None, a.args.clone())
-    } else {
+    let ports = a
+        .publish
+        .iter()
+        .map(|p| runner::parse_publish(p))
+        .collect::<Result<Vec<_>>>()?;
+    let (image, command) = if a.lower.is_empty() {
         let mut it = a.args.clone().into_iter();
         let Some(img) = it.next() else {
             bail!("kiln run needs an image: kiln run [OPTIONS] IMAGE [CMD...]")
         };
         (Some(img), it.collect::<Vec<_>>())
-    };
-    let store = g.store()?;
-    let (lowers, config) = match &image_name {
-        Some(name) => {
-            let image = store.load_image(name)?;
-            (
-                crate::builder::rootfs_for_image(&store, &image)?,
-                image.config.config.clone(),
-            )
-        }
-        None => (a.lower.clone(), crate::image::ContainerConfig::default()),
-    };
-    let entrypoint = match &a.entrypoint {
-        Some(e) if e.is_empty() => Vec::new(),
-        Some(e) => vec![e.clone()],
-        None => config.entrypoint.clone().unwrap_or_default(),
-    };
-    if cmd.is_empty() && a.entrypoint.is_none() {
-        cmd = config.cmd.clone().unwrap_or_default();
-    }
-    let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
-    if args.is_empty() {
-        bail!("no command specified: the image has neither ENTRYPOINT nor CMD, and none was given");
-    }
-    let mut env = config.env.clone().unwrap_or_default();
-    for e in &a.env {
-        let kv = match e.split_once('=') {
-            Some(_) => e.clone(),
-            None => match std::env::var(e) {
-                Ok(v) => format!("{e}={v}"),
-                Err(_) => continue,
-            },
-        };
-        let key = kv.split_once('=').map(|(k, _)| k.to_string()).unwrap_or_default();
-        env.retain(|x| x.split_once('=').map(|(k, _)| k) != Some(key.as_str()));
-        env.push(kv);
-    }
-    let mut mounts = Vec::new();
-    for v in &a.volume {
-        let parts: Vec<&str> = v.split(':').collect();
-        let (src, dest, ro) = match parts.as_slice() {
-            [s, d] => (*s, *d, false),
-            [s, d, o] if *o == "ro" || *o == "rw" => (*s, *d, *o == "ro"),
-            _ => bail!("-v {v}: expected SRC:DEST[:ro]"),
-        };
-        let src = std::fs::canonicalize(src).with_context(|| format!("-v {v}: {src} does not exist"))?;
-        mounts.push(MountSpec::Bind {
-            src,
-            dest: dest.to_string(),
-            readonly: ro,
-        });
-    }
-    for t in &a.tmpfs {
-        mounts.push(MountSpec::Tmpfs {
-            dest: t.clone(),
-            size: None,
-            mode: None,
-        });
-    }
-    for p in &ports {
-        if p.host == p.container {
-            continue; // host networking: the container's port is the host's
-        }
-        if network == Network::None {
-            bail!(
-                "-p {}:{}: cannot publish a port with --network none",
-                p.host,
-                p.container
-            );
-        }
-        start_forwarder(p)?;
-    }
-    if network == Network::None && !ports.is_empty() {
-        bail!("cannot publish ports with --network none");
-    }
-
-    let driver = crate::rootfs::choose_driver(&store, a.storage_driver.as_deref(), g.debug)?;
-    let tmp = store.tmp_dir("run-")?;
-    let upper = match &a.upper {
-        Some(u) => {
-            std::fs::create_dir_all(u).with_context(|| format!("cannot create {}", u.display()))?;
-            u.clone()
-        }
-        None => tmp.path().join("upper"),
-    };
-    // work must be on the upper's filesystem
-    let work_parent = if a.upper.is_some() {
-        upper.parent().unwrap_or(Path::new("/")).to_path_buf()
     } else {
-        tmp.path().to_path_buf()
+        (None, a.args.clone())
     };
-    let work_dir = tempfile::Builder::new()
-        .prefix(".kiln-work-")
-        .tempdir_in(&work_parent)?;
-    let merged = tmp.path().join("merged");
-    for d in [&upper, &merged] {
-        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
-    }
-    let t0 = std::time::Instant::now();
-    driver
-        .mount(&lowers, &upper, work_dir.path(), &merged)
-        .context("cannot mount the container's rootfs")?;
-    let spec = RunSpec {
-        rootfs: merged.clone(),
-        args,
+    // `-e KEY` passes the host's value; a KEY the host does not have is left out, as Docker does.
+    let env = a
+        .env
+        .iter()
+        .filter_map(|e| match e.split_once('=') {
+            Some(_) => Some(e.clone()),
+            None => std::env::var(e).ok().map(|v| format!("{e}={v}")),
+        })
+        .collect();
+    let mut mounts = a
+        .volume
+        .iter()
+        .map(|v| runner::parse_volume(v))
+        .collect::<Result<Vec<_>>>()?;
+    mounts.extend(a.tmpfs.iter().map(|t| MountSpec::Tmpfs {
+        dest: t.clone(),
+        size: None,
+        mode: None,
+    }));
+    let store = g.store()?;
+    let req = runner::RunRequest {
+        image,
+        lowers: a.lower.clone(),
+        upper: a.upper.clone(),
+        command,
+        entrypoint: a.entrypoint.clone(),
         env,
-        cwd: a
-            .workdir
-            .clone()
-            .or(config.working_dir.clone())
-            .filter(|w| !w.is_empty())
-            .unwrap_or_else(|| "/".into()),
-        user: a.user.clone().or(config.user.clone()).unwrap_or_default(),
+        workdir: a.workdir.clone(),
+        user: a.user.clone(),
+        hostname: a.hostname.clone(),
         network,
-        hostname: a.hostname.clone().unwrap_or_default(),
+        ports,
         mounts,
         seccomp,
         cap_add: a.cap_add.clone(),
         cap_drop: a.cap_drop.clone(),
         no_new_privs,
-        stdin: None,
-        output_prefix: String::new(),
-        log_to_stderr: false,
-        quiet: false,
-        live: false,
         tty: a.tty || a.interactive,
+        storage_driver: a.storage_driver.clone(),
+        debug: g.debug,
+        reporter: g.reporter(),
     };
-    let tc = std::time::Instant::now();
-    sandbox::compiled_filter(&spec)?; // compiled once per process (cached)
-    let compile = tc.elapsed();
-    let t = std::time::Instant::now();
-    let outcome = sandbox::run(&spec);
-    let ran = t.elapsed();
-    let unmounted = driver.unmount(&merged);
-    if g.debug {
-        eprintln!(
-            "kiln: debug: step: sandbox {:.1} ms, rootfs mount+unmount {:.1} ms, seccomp compile {:.1} ms",
-            ran.as_secs_f64() * 1000.0,
-            (t0.elapsed() - ran - compile).as_secs_f64() * 1000.0,
-            compile.as_secs_f64() * 1000.0
-        );
-    }
-    let outcome = outcome?;
-    unmounted?;
-    if a.upper.is_some() {
-        crate::rootfs::clean_upper(&upper, &lowers, &outcome.placeholders)?;
-    }
-    Ok(outcome.status)
+    runner::run(&store, &req)
 }
 
 /// `kiln unshare`: a command in kiln's user namespace, with `KILN_ROOT` set.
@@ -533,23 +357,6 @@ pub fn sandbox(a: SandboxArgs) -> Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn publish_forms() {
-        assert_eq!(
-            parse_publish("5000:5000").unwrap(),
-            PortMap {
-                ip: "0.0.0.0".into(),
-                host: 5000,
-                container: 5000
-            }
-        );
-        assert_eq!(parse_publish("8080:80/tcp").unwrap().container, 80);
-        assert_eq!(parse_publish("127.0.0.1:8080:80").unwrap().ip, "127.0.0.1");
-        assert_eq!(parse_publish("53").unwrap().host, 53);
-        assert!(parse_publish("53:53/udp").is_err());
-        assert!(parse_publish("x:80").is_err());
-    }
 
     #[test]
     fn security_opts() {

@@ -4,9 +4,9 @@
 //! the destination: every path is resolved component by component under the root with
 //! `openat(O_NOFOLLOW)`, as `openat2(RESOLVE_IN_ROOT)` does.
 //!
-//! Compression: gzip through gzp's block-parallel `ParCompress<Gzip>` (one standard gzip
-//! member, pigz-style, 128 KiB blocks; gzp's pure-Rust mode has no dictionary chaining) on
-//! flate2's zlib-rs backend; zstd through zstdmt. Measured with `bench_commit_usr_lib` on a
+//! Compression: gzip through kiln's block-parallel compressor (`pgzip.rs`: one standard gzip
+//! member, pigz-style, 128 KiB blocks with dictionary chaining) on flate2's zlib-rs backend;
+//! zstd through zstdmt. Measured with `bench_commit_usr_lib` on a
 //! copy of /usr/lib/x86_64-linux-gnu (693 MB of tar, mostly .so files), 2 vCPUs shared with
 //! other jobs (load ~5.8), so the per-CPU-second rate is the stable figure:
 //!
