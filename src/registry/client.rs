@@ -373,12 +373,7 @@ impl Client {
             .send_retrying("GET", &url, &[], &Body::Empty, auth.as_deref(), true)
             .with_context(|| format!("getting a token from {realm}"))?;
         let status = resp.status().as_u16();
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(1 << 20)
-            .read_to_vec()
-            .unwrap_or_default();
+        let body = error_body(&mut resp);
         if status == 401 || status == 403 {
             let msg = error_body_message(&body).map(|m| format!(": {m}")).unwrap_or_default();
             if self.creds.is_some() {
@@ -505,16 +500,21 @@ enum SendErr {
     Other(anyhow::Error),
 }
 
+/// The body of an error answer, read up to 1 MiB (a registry's error JSON is small; what
+/// does not arrive is left out of the message).
+fn error_body(resp: &mut Response) -> Vec<u8> {
+    resp.body_mut()
+        .with_config()
+        .limit(1 << 20)
+        .read_to_vec()
+        .unwrap_or_default()
+}
+
 /// Turns an error status into one sentence, with the registry's own message and a login
 /// hint for 401/403 without credentials.
 pub fn status_error(client: &Client, resp: &mut Response) -> anyhow::Error {
     let status = resp.status().as_u16();
-    let body = resp
-        .body_mut()
-        .with_config()
-        .limit(1 << 20)
-        .read_to_vec()
-        .unwrap_or_default();
+    let body = error_body(resp);
     let msg = error_body_message(&body);
     match status {
         401 | 403 => {
