@@ -19,4 +19,5 @@ pub mod registry;
 pub mod rootfs;
 pub mod sandbox;
 pub mod store;
+pub mod sys;
 pub mod users;

@@ -282,7 +282,7 @@ pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<i32> {
         bail!("cannot publish ports with --network none");
     }
 
-    let driver = crate::rootfs::choose_driver(&store, a.storage_driver.as_deref(), g.debug)?;
+    let driver = crate::rootfs::choose_driver(&store, &sandbox::confinement(), a.storage_driver.as_deref(), g.debug)?;
     let tmp = store.tmp_dir("run-")?;
     let upper = match &a.upper {
         Some(u) => {
@@ -428,7 +428,7 @@ pub fn info(g: &GlobalOpts, a: InfoArgs) -> Result<i32> {
         } else {
             std::env::temp_dir()
         };
-        let d = crate::rootfs::probe(&probe_dir);
+        let d = crate::rootfs::probe(&probe_dir, sandbox::idmap::single_uid());
         (d.name, d.why, crate::rootfs::probe_fuse(&probe_dir))
     } else {
         (

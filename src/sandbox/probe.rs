@@ -18,7 +18,11 @@
 //! the id maps, mount), a few milliseconds. `userns::ensure` decides once per kiln invocation
 //! and leaves the answer in `KILN_RUNG` for the processes it starts; [`current`] reads it.
 
+use super::idmap::{self, IdMapping};
+use crate::sys::{RealSyscall, Syscall, Target, status_field};
 use anyhow::{Result, bail};
+use nix::mount::MsFlags;
+use nix::sched::CloneFlags;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 
@@ -113,8 +117,8 @@ pub fn current() -> Isolation {
     {
         return i;
     }
-    match super::userns::id_mapping() {
-        super::userns::IdMapping::SingleUid { .. } => Isolation::SingleUid,
+    match idmap::id_mapping() {
+        IdMapping::SingleUid { .. } => Isolation::SingleUid,
         _ => Isolation::Userns,
     }
 }
@@ -277,13 +281,6 @@ impl Facts {
     }
 }
 
-fn status_field(status: &str, key: &str) -> Option<String> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
-        .map(|v| v.trim().to_string())
-}
-
 fn read_u64(p: &str) -> Option<u64> {
     std::fs::read_to_string(p).ok()?.trim().parse().ok()
 }
@@ -303,19 +300,19 @@ pub fn facts() -> Facts {
         .flatten()
         .map(|g| g.name);
     let uid_map_text = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
-    let in_userns = !super::userns::in_initial_userns();
+    let in_userns = !idmap::in_initial_userns();
     let subuid_text = std::fs::read_to_string("/etc/subuid").unwrap_or_default();
     let subgid_text = std::fs::read_to_string("/etc/subgid").unwrap_or_default();
-    let subuid = super::userns::find_subid_range(&subuid_text, user.as_deref(), uid);
-    let subgid = super::userns::find_subid_range(&subgid_text, user.as_deref(), uid)
-        .or_else(|| super::userns::find_subid_range(&subgid_text, gname.as_deref(), gid));
+    let subuid = idmap::find_subid_range(&subuid_text, user.as_deref(), uid);
+    let subgid = idmap::find_subid_range(&subgid_text, user.as_deref(), uid)
+        .or_else(|| idmap::find_subid_range(&subgid_text, gname.as_deref(), gid));
     let no_new_privs = status_field(&status, "NoNewPrivs").as_deref() == Some("1");
-    let newuidmap = match super::userns::helpers_usable() {
+    let newuidmap = match idmap::helpers_usable() {
         Ok(()) if no_new_privs => {
             "installed, but no_new_privs is set, so setuid helpers cannot gain privileges".to_string()
         }
         Ok(()) => "ok".to_string(),
-        Err(e) => e,
+        Err(e) => e.to_string(),
     };
     let fuse = match std::fs::metadata("/dev/fuse") {
         Err(_) => "absent".to_string(),
@@ -392,54 +389,46 @@ fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
 }
 
+fn io_errno(e: std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+/// Writes `data` to a procfs file with raw calls (the trial child of a threaded process must
+/// not allocate).
 fn write_proc(path: &std::ffi::CStr, data: &[u8]) -> Result<(), i32> {
+    // SAFETY: `path` is NUL-terminated; open returns a fresh fd or -1.
     let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
     if fd < 0 {
         return Err(errno());
     }
+    // SAFETY: `data` is valid for `data.len()` bytes; `fd` is the one just opened.
     let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
     let e = errno();
+    // SAFETY: `fd` is ours and closed once.
     unsafe { libc::close(fd) };
     if n < 0 { Err(e) } else { Ok(()) }
 }
 
-fn mount_tmpfs_trial() -> StepResult {
-    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
-        return StepResult::err(errno());
+fn mount_tmpfs_trial(sys: &dyn Syscall) -> StepResult {
+    if let Err(e) = sys.unshare(CloneFlags::CLONE_NEWNS) {
+        return StepResult::err(e as i32);
     }
-    let r = unsafe {
-        libc::mount(
-            std::ptr::null(),
-            c"/".as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        )
-    };
-    if r != 0 {
-        return StepResult::err(errno());
+    let root = Target::host(std::path::Path::new("/"));
+    if let Err(e) = sys.mount(None, root, None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None) {
+        return StepResult::err(io_errno(e));
     }
-    let r = unsafe {
-        libc::mount(
-            c"kiln-probe".as_ptr(),
-            c"/".as_ptr(),
-            c"tmpfs".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if r != 0 {
-        StepResult::err(errno())
-    } else {
-        StepResult::ok()
+    match sys.mount(Some("kiln-probe"), root, Some("tmpfs"), MsFlags::empty(), None) {
+        Err(e) => StepResult::err(io_errno(e)),
+        Ok(()) => StepResult::ok(),
     }
 }
 
 /// Runs `f` in a forked child and returns the three step results it reports.
-fn in_child(f: fn(u32, u32) -> [StepResult; 3]) -> Trial {
+fn in_child(f: fn(&dyn Syscall, u32, u32) -> [StepResult; 3]) -> Trial {
     let uid = nix::unistd::geteuid().as_raw();
     let gid = nix::unistd::getegid().as_raw();
     let mut fds = [0i32; 2];
+    // SAFETY: `fds` has room for the two fds pipe2 writes.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Trial::default();
     }
@@ -447,22 +436,26 @@ fn in_child(f: fn(u32, u32) -> [StepResult; 3]) -> Trial {
     // a threaded process is fine for that.)
     let pid = unsafe { libc::fork() };
     if pid == 0 {
+        // SAFETY: the read end is ours, closed once.
         unsafe { libc::close(fds[0]) };
-        let r = f(uid, gid);
+        let r = f(&RealSyscall, uid, gid);
         let mut buf = [0u8; 24];
         for (i, s) in r.iter().enumerate() {
             let code: i32 = if !s.tried { -1 } else { s.errno.unwrap_or(0) };
             buf[i * 8..i * 8 + 4].copy_from_slice(&code.to_le_bytes());
         }
+        // SAFETY: `buf` is valid for its length; _exit ends the child without unwinding.
         unsafe {
             libc::write(fds[1], buf.as_ptr().cast(), buf.len());
             libc::_exit(0)
         }
     }
+    // SAFETY: the write end is ours (the child has its own copy), closed once.
     unsafe { libc::close(fds[1]) };
     let mut buf = [0u8; 24];
     let mut got = 0;
     while pid > 0 && got < buf.len() {
+        // SAFETY: the destination is the unfilled tail of `buf`.
         let n = unsafe { libc::read(fds[0], buf[got..].as_mut_ptr().cast(), buf.len() - got) };
         if n <= 0 {
             if n < 0 && errno() == libc::EINTR {
@@ -472,9 +465,11 @@ fn in_child(f: fn(u32, u32) -> [StepResult; 3]) -> Trial {
         }
         got += n as usize;
     }
+    // SAFETY: the read end is ours, closed once.
     unsafe { libc::close(fds[0]) };
     if pid > 0 {
         let mut st = 0;
+        // SAFETY: `st` is a valid out-pointer; `pid` is our child.
         while unsafe { libc::waitpid(pid, &mut st, 0) } < 0 && errno() == libc::EINTR {}
     }
     if got < buf.len() {
@@ -498,10 +493,10 @@ fn in_child(f: fn(u32, u32) -> [StepResult; 3]) -> Trial {
 /// Tries, in a child: `unshare(CLONE_NEWUSER)`, mapping the own ids (setgroups=deny, uid_map,
 /// gid_map), then `unshare(CLONE_NEWNS)` + a tmpfs mount. A few milliseconds.
 pub fn try_userns() -> Trial {
-    in_child(|uid, gid| {
+    in_child(|sys, uid, gid| {
         let none = StepResult::default();
-        if unsafe { libc::unshare(libc::CLONE_NEWUSER) } != 0 {
-            return [StepResult::err(errno()), none.clone(), none];
+        if let Err(e) = sys.unshare(CloneFlags::CLONE_NEWUSER) {
+            return [StepResult::err(e as i32), none.clone(), none];
         }
         let uid_line = format!("0 {uid} 1\n");
         let gid_line = format!("0 {gid} 1\n");
@@ -512,21 +507,20 @@ pub fn try_userns() -> Trial {
         if let Err(e) = map {
             return [StepResult::ok(), StepResult::err(e), none];
         }
-        [StepResult::ok(), StepResult::ok(), mount_tmpfs_trial()]
+        [StepResult::ok(), StepResult::ok(), mount_tmpfs_trial(sys)]
     })
 }
 
 /// Real root: tries `unshare(CLONE_NEWNS)` and a tmpfs mount without a user namespace.
 pub fn try_mountns() -> Trial {
-    in_child(|_, _| {
-        let m = mount_tmpfs_trial();
+    in_child(|sys, _, _| {
+        let m = mount_tmpfs_trial(sys);
         let none = StepResult::default();
         if !m.is_ok() && m.errno.is_some() {
             // Tell unshare and mount failures apart.
-            let u = if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
-                StepResult::err(errno())
-            } else {
-                StepResult::ok()
+            let u = match sys.unshare(CloneFlags::CLONE_NEWNS) {
+                Err(e) => StepResult::err(e as i32),
+                Ok(()) => StepResult::ok(),
             };
             return [u, none, m];
         }
@@ -547,9 +541,9 @@ pub fn full_probe() -> Facts {
 /// What `ensure` would pick from `f` (with both trials in it), and why (one sentence).
 pub fn decide(f: &Facts) -> (Isolation, String) {
     if f.in_userns {
-        let full = super::userns::id_mapping();
+        let full = idmap::id_mapping();
         return match full {
-            super::userns::IdMapping::SingleUid { reason } => (
+            IdMapping::SingleUid { reason } => (
                 Isolation::SingleUid,
                 format!("already in a single-uid user namespace ({reason})"),
             ),
