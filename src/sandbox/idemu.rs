@@ -229,7 +229,9 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
 
 fn open_path(p: &str, flags: libc::c_int) -> io::Result<OwnedFd> {
     let c = CString::new(p).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `c` is NUL-terminated; open returns a fresh fd or -1.
     let fd = cvt(unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) })?;
+    // SAFETY: the fd was just returned by open and is owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -256,6 +258,7 @@ fn get_xattr(fd: &OwnedFd, name: &str) -> Option<Vec<u8>> {
     let p = CString::new(fd_path(fd)).ok()?;
     let n = CString::new(name).ok()?;
     let mut buf = vec![0u8; 256];
+    // SAFETY: `p` and `n` are NUL-terminated; the kernel writes at most `buf.len()` bytes into `buf`.
     let r = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
     if r < 0 {
         return None;
@@ -267,6 +270,7 @@ fn get_xattr(fd: &OwnedFd, name: &str) -> Option<Vec<u8>> {
 fn set_xattr(fd: &OwnedFd, name: &str, value: &[u8]) -> io::Result<()> {
     let p = CString::new(fd_path(fd)).unwrap();
     let n = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `p` and `n` are NUL-terminated; `value` is valid for `value.len()` bytes and only read.
     cvt(unsafe {
         libc::setxattr(
             p.as_ptr(),
@@ -284,6 +288,7 @@ fn record_owner(fd: &OwnedFd, uid: u32, gid: u32) -> io::Result<()> {
     if (uid, gid) == (0, 0) {
         let p = CString::new(fd_path(fd)).unwrap();
         let n = CString::new(OWNER_XATTR).unwrap();
+        // SAFETY: `p` and `n` are NUL-terminated.
         return match cvt(unsafe { libc::removexattr(p.as_ptr(), n.as_ptr()) }) {
             Err(e) if e.raw_os_error() != Some(libc::ENODATA) => Err(e),
             _ => Ok(()),
@@ -293,7 +298,9 @@ fn record_owner(fd: &OwnedFd, uid: u32, gid: u32) -> io::Result<()> {
 }
 
 fn fstat(fd: RawFd) -> io::Result<libc::stat64> {
+    // SAFETY: `stat64` is a plain C struct: all zeroes is valid.
     let mut st: libc::stat64 = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid out-pointer for fstat64.
     cvt(unsafe { libc::fstat64(fd, &mut st) })?;
     Ok(st)
 }
@@ -614,6 +621,7 @@ impl Supervisor {
             }
             if mode != st.st_mode & 0o7777 {
                 let p = CString::new(fd_path(&fd)).unwrap();
+                // SAFETY: `p` is NUL-terminated (the fd's /proc/self/fd path).
                 cvt(unsafe { libc::chmod(p.as_ptr(), mode) })?;
             }
         }
@@ -649,6 +657,7 @@ impl Supervisor {
                     .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
             })
             .unwrap_or(0o022);
+        // SAFETY: `cname` is NUL-terminated and `dir` an open directory fd; returns a fresh fd or -1.
         let fd = cvt(unsafe {
             libc::openat(
                 dir.as_raw_fd(),
@@ -657,6 +666,7 @@ impl Supervisor {
                 (mode & 0o7777 & !umask) as libc::c_uint,
             )
         })?;
+        // SAFETY: the fd was just returned by openat and is owned by nobody else.
         let f = unsafe { OwnedFd::from_raw_fd(fd) };
         let (maj, min) = (libc::major(dev as libc::dev_t), libc::minor(dev as libc::dev_t));
         let rec = format!("{} {maj} {min}", if kind == libc::S_IFCHR { "c" } else { "b" });
@@ -668,6 +678,7 @@ impl Supervisor {
             Ok(())
         });
         if let Err(e) = r {
+            // SAFETY: `cname` is NUL-terminated and `dir` an open directory fd.
             unsafe { libc::unlinkat(dir.as_raw_fd(), cname.as_ptr(), 0) };
             return Err(e);
         }
@@ -702,7 +713,9 @@ impl Supervisor {
         if owner.is_none() && dev.is_none() {
             return Ok(Reply::Continue);
         }
+        // SAFETY: `stat` is a plain C struct: all zeroes is valid.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `st` is a valid out-pointer for fstat.
         cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
         if let Some((u, g)) = owner {
             st.st_uid = u;
@@ -712,6 +725,7 @@ impl Supervisor {
             st.st_mode = (st.st_mode & 0o7777) | kind;
             st.st_rdev = libc::makedev(maj, min);
         }
+        // SAFETY: `st` is a live, initialised `stat`; the slice covers exactly its bytes and ends with this borrow.
         let bytes = unsafe {
             std::slice::from_raw_parts(&st as *const libc::stat as *const u8, std::mem::size_of::<libc::stat>())
         };
@@ -743,7 +757,9 @@ impl Supervisor {
         if owner.is_none() && dev.is_none() {
             return Ok(Reply::Continue);
         }
+        // SAFETY: `statx` is a plain C struct: all zeroes is valid.
         let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+        // SAFETY: an empty NUL-terminated path with AT_EMPTY_PATH names the fd itself; `stx` is a valid out-pointer.
         cvt(unsafe {
             libc::statx(
                 fd.as_raw_fd(),
@@ -762,6 +778,7 @@ impl Supervisor {
             stx.stx_rdev_major = maj;
             stx.stx_rdev_minor = min;
         }
+        // SAFETY: `stx` is a live, initialised `statx`; the slice covers exactly its bytes and ends with this borrow.
         let bytes = unsafe {
             std::slice::from_raw_parts(
                 &stx as *const libc::statx as *const u8,
