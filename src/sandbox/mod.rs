@@ -319,7 +319,8 @@ pub fn run(spec: &RunSpec) -> Result<RunOutcome> {
     unsafe {
         use std::os::unix::process::CommandExt;
         cmd.pre_exec(move || {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            use crate::sys::Syscall;
+            let _ = crate::sys::RealSyscall.set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
             // Only in this child: the spec memfd survives the exec (the helper's main marks it
             // close-on-exec again before the step runs).
             if libc::fcntl(spec_raw, libc::F_SETFD, 0) != 0 {

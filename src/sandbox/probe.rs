@@ -21,6 +21,7 @@
 use super::idmap::{self, IdMapping};
 use crate::sys::{RealSyscall, Syscall, Target, status_field};
 use anyhow::{Result, bail};
+use nix::errno::Errno;
 use nix::mount::MsFlags;
 use nix::sched::CloneFlags;
 use serde::{Deserialize, Serialize};
@@ -395,15 +396,15 @@ fn io_errno(e: std::io::Error) -> i32 {
 
 /// Writes `data` to a procfs file with raw calls (the trial child of a threaded process must
 /// not allocate).
-fn write_proc(path: &std::ffi::CStr, data: &[u8]) -> Result<(), i32> {
+fn write_proc(path: &std::ffi::CStr, data: &[u8]) -> Result<(), Errno> {
     // SAFETY: `path` is NUL-terminated; open returns a fresh fd or -1.
     let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
     if fd < 0 {
-        return Err(errno());
+        return Err(Errno::last());
     }
     // SAFETY: `data` is valid for `data.len()` bytes; `fd` is the one just opened.
     let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
-    let e = errno();
+    let e = Errno::last();
     // SAFETY: `fd` is ours and closed once.
     unsafe { libc::close(fd) };
     if n < 0 { Err(e) } else { Ok(()) }
@@ -501,11 +502,11 @@ pub fn try_userns() -> Trial {
         let uid_line = format!("0 {uid} 1\n");
         let gid_line = format!("0 {gid} 1\n");
         let map = write_proc(c"/proc/self/setgroups", b"deny")
-            .or_else(|e| if e == libc::ENOENT { Ok(()) } else { Err(e) })
+            .or_else(|e| if e == Errno::ENOENT { Ok(()) } else { Err(e) })
             .and_then(|_| write_proc(c"/proc/self/uid_map", uid_line.as_bytes()))
             .and_then(|_| write_proc(c"/proc/self/gid_map", gid_line.as_bytes()));
         if let Err(e) = map {
-            return [StepResult::ok(), StepResult::err(e), none];
+            return [StepResult::ok(), StepResult::err(e as i32), none];
         }
         [StepResult::ok(), StepResult::ok(), mount_tmpfs_trial(sys)]
     })
