@@ -852,7 +852,7 @@ fn read_cstr(pid: u32, addr: u64) -> io::Result<Vec<u8>> {
 
 /// Whether RUN steps need emulation here: a single-uid user namespace.
 pub fn wanted() -> bool {
-    matches!(super::userns::id_mapping(), super::userns::IdMapping::SingleUid { .. })
+    super::idmap::single_uid()
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ pub mod idmap;
 pub mod mounts;
 pub mod probe;
 pub mod seccomp;
+mod trial;
 pub mod userns;
 
 pub use error::StepError;
