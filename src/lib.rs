@@ -21,4 +21,5 @@ pub mod rootfs;
 pub mod runner;
 pub mod sandbox;
 pub mod store;
+pub mod sys;
 pub mod users;

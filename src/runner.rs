@@ -207,7 +207,8 @@ pub fn run(store: &Store, req: &RunRequest) -> Result<i32> {
     let env = merge_env(&config.env.clone().unwrap_or_default(), &req.env);
     publish(req)?;
 
-    let driver = crate::rootfs::choose_driver(store, req.storage_driver.as_deref(), req.debug)?;
+    let driver =
+        crate::rootfs::choose_driver(store, &sandbox::confinement(), req.storage_driver.as_deref(), req.debug)?;
     let tmp = store.tmp_dir("run-")?;
     let upper = match &req.upper {
         Some(u) => {

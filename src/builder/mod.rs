@@ -199,7 +199,12 @@ pub fn build(store: &Store, req: &BuildRequest) -> Result<Option<Image>> {
         Some(t) => rfc3339(t),
         None => humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
     };
-    let driver = crate::rootfs::choose_driver(store, req.storage_driver.as_deref(), req.debug)?;
+    let driver = crate::rootfs::choose_driver(
+        store,
+        &crate::sandbox::confinement(),
+        req.storage_driver.as_deref(),
+        req.debug,
+    )?;
     let b = Builder {
         store,
         req,

@@ -494,7 +494,8 @@ impl ReadOnlyRoot {
 impl Drop for ReadOnlyRoot {
     fn drop(&mut self) {
         if self.mounted {
-            let _ = nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH);
+            use crate::sys::Syscall;
+            let _ = crate::sys::RealSyscall.umount(&self.path, nix::mount::MntFlags::MNT_DETACH);
         } else {
             // A copy (chroot / no-privilege isolation) may hold read-only directories.
             let _ = crate::rootfs::remove_tree(&self.path);

@@ -252,7 +252,7 @@ pub fn info(g: &GlobalOpts, a: InfoArgs) -> Result<i32> {
         } else {
             std::env::temp_dir()
         };
-        let d = crate::rootfs::probe(&probe_dir);
+        let d = crate::rootfs::probe(&probe_dir, sandbox::idmap::single_uid());
         (d.name, d.why, crate::rootfs::probe_fuse(&probe_dir))
     } else {
         (

@@ -18,6 +18,7 @@ pub use overlay::{KernelOverlay, mount_overlay_readonly};
 
 use crate::fsutil::{Follow, Root};
 use crate::store::Store;
+use crate::sys::Confinement;
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -62,10 +63,10 @@ pub fn probe_fuse(dir: &Path) -> Result<(), String> {
 }
 
 /// Probes (once per process) which driver to use by default: the kernel overlay with
-/// `userxattr` when a probe mount in `dir` works (except in a single-uid user namespace, where
-/// kiln's FUSE overlay is preferred for ownership emulation), else kiln's FUSE overlay when
-/// /dev/fuse can be mounted, else copy-based snapshots.
-pub fn probe(dir: &Path) -> DriverChoice {
+/// `userxattr` when a probe mount in `dir` works (except in a single-uid user namespace,
+/// `single_uid`, where kiln's FUSE overlay is preferred for ownership emulation), else kiln's
+/// FUSE overlay when /dev/fuse can be mounted, else copy-based snapshots.
+pub fn probe(dir: &Path, single_uid: bool) -> DriverChoice {
     CHOICE
         .get_or_init(|| {
             match overlay::probe_in(dir).and_then(|()| {
@@ -74,7 +75,7 @@ pub fn probe(dir: &Path) -> DriverChoice {
                 }
                 Ok(())
             }) {
-                Ok(()) if single_uid() && probe_fuse(dir).is_ok() => DriverChoice {
+                Ok(()) if single_uid && probe_fuse(dir).is_ok() => DriverChoice {
                     overlay: true,
                     reason: format!("kernel overlayfs (userxattr) mounts in {}", dir.display()),
                     name: "fuse",
@@ -112,26 +113,30 @@ pub fn probe(dir: &Path) -> DriverChoice {
         .clone()
 }
 
-fn single_uid() -> bool {
-    matches!(
-        crate::sandbox::userns::id_mapping(),
-        crate::sandbox::userns::IdMapping::SingleUid { .. }
-    )
-}
-
 /// Picks the driver for this process: `forced` (`overlay`, `fuse` or `copy`, from
-/// `--storage-driver`) or, by default, what [`probe`] finds in the store's tmp dir. Says which
-/// and why under `debug`.
-pub fn choose_driver(store: &Store, forced: Option<&str>, debug: bool) -> Result<Box<dyn RootfsDriver>> {
+/// `--storage-driver`) or, by default, what [`probe`] finds in the store's tmp dir. What the
+/// isolation allows comes from the caller (`sandbox::confinement()`). Says which and why under
+/// `debug`.
+pub fn choose_driver(
+    store: &Store,
+    confinement: &Confinement,
+    forced: Option<&str>,
+    debug: bool,
+) -> Result<Box<dyn RootfsDriver>> {
     let tmp = store.root().join("tmp");
     std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    choose_driver_in(&tmp, forced, debug)
+    choose_driver_in(&tmp, confinement, forced, debug)
 }
 
 /// Like [`choose_driver`], probing in `dir`.
-pub fn choose_driver_in(dir: &Path, forced: Option<&str>, debug: bool) -> Result<Box<dyn RootfsDriver>> {
-    let rung = crate::sandbox::probe::current();
-    if !rung.can_mount() {
+pub fn choose_driver_in(
+    dir: &Path,
+    confinement: &Confinement,
+    forced: Option<&str>,
+    debug: bool,
+) -> Result<Box<dyn RootfsDriver>> {
+    let rung = confinement.isolation;
+    if !confinement.can_mount {
         // Chroot / no-privilege isolation: nothing may be mounted, layers are plain directories.
         if matches!(forced, Some(f) if f != "copy" && f != "vfs") {
             bail!(
@@ -163,7 +168,7 @@ pub fn choose_driver_in(dir: &Path, forced: Option<&str>, debug: bool) -> Result
         Some("overlay") | None => {}
         Some(other) => bail!("unknown storage driver {other:?}: expected overlay, fuse or copy"),
     }
-    let c = probe(dir);
+    let c = probe(dir, confinement.single_uid);
     if forced == Some("overlay") && !c.overlay {
         bail!("--storage-driver overlay: {}", c.reason);
     }

@@ -1,9 +1,9 @@
 //! Kernel overlayfs with `userxattr` (Linux >= 5.11 in a user namespace).
 
 use super::{RootfsDriver, empty_sibling};
+use crate::sys::{FsConfig, RealSyscall, Syscall, Target};
 use anyhow::{Context, Result, bail};
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
+use nix::mount::{MntFlags, MsFlags};
 use std::path::{Path, PathBuf};
 
 /// Name prefix of the probe's temp dir (followed by `<pid>.<random>`).
@@ -29,81 +29,30 @@ fn escape(p: &Path) -> String {
     o
 }
 
-fn cstr(p: &Path) -> Result<CString> {
-    CString::new(p.as_os_str().as_bytes()).with_context(|| format!("path {} contains a NUL byte", p.display()))
-}
-
-const FSOPEN_CLOEXEC: libc::c_uint = 1;
-const FSCONFIG_SET_FLAG: libc::c_uint = 0;
-const FSCONFIG_SET_STRING: libc::c_uint = 1;
-const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
-const FSMOUNT_CLOEXEC: libc::c_uint = 1;
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
-
-struct Fd(libc::c_int);
-impl Drop for Fd {
-    fn drop(&mut self) {
-        unsafe { libc::close(self.0) };
-    }
-}
-
-fn fsconfig(fd: &Fd, cmd: libc::c_uint, key: Option<&str>, value: Option<&CString>) -> std::io::Result<()> {
-    let k = key.map(|k| CString::new(k).unwrap());
-    let kp = k.as_ref().map_or(std::ptr::null(), |k| k.as_ptr());
-    let vp = value.map_or(std::ptr::null(), |v| v.as_ptr());
-    let r = unsafe { libc::syscall(libc::SYS_fsconfig, fd.0, cmd, kp, vp, 0) };
-    if r < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
-/// Mounts an overlay with the new mount API: one `lowerdir+` per layer (Linux >= 6.8), so the
-/// number of layers is not limited by the 4 KiB mount data page.
-fn mount_new_api(lowers: &[PathBuf], upper: Option<(&Path, &Path)>, target: &Path) -> Result<()> {
-    let fs = CString::new("overlay").unwrap();
-    let fd = unsafe { libc::syscall(libc::SYS_fsopen, fs.as_ptr(), FSOPEN_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("fsopen(overlay) failed");
-    }
-    let fd = Fd(fd as libc::c_int);
-    for l in lowers {
-        fsconfig(&fd, FSCONFIG_SET_STRING, Some("lowerdir+"), Some(&cstr(l)?))
-            .with_context(|| format!("fsconfig lowerdir+={} failed (needs Linux 6.8)", l.display()))?;
-    }
+/// Mounts an overlay with the fd-based mount API: one `lowerdir+` per layer (Linux >= 6.8), so
+/// the number of layers is not limited by the 4 KiB mount data page.
+fn mount_new_api(sys: &dyn Syscall, lowers: &[PathBuf], upper: Option<(&Path, &Path)>, target: &Path) -> Result<()> {
+    let s = |p: &Path| p.to_string_lossy().to_string();
+    let mut config: Vec<FsConfig> = lowers
+        .iter()
+        .map(|l| FsConfig::String("lowerdir+".into(), s(l)))
+        .collect();
     if let Some((u, w)) = upper {
-        fsconfig(&fd, FSCONFIG_SET_STRING, Some("upperdir"), Some(&cstr(u)?)).context("fsconfig upperdir failed")?;
-        fsconfig(&fd, FSCONFIG_SET_STRING, Some("workdir"), Some(&cstr(w)?)).context("fsconfig workdir failed")?;
-        fsconfig(&fd, FSCONFIG_SET_FLAG, Some("volatile"), None).context("fsconfig volatile failed")?;
+        config.push(FsConfig::String("upperdir".into(), s(u)));
+        config.push(FsConfig::String("workdir".into(), s(w)));
+        config.push(FsConfig::Flag("volatile".into()));
     }
-    fsconfig(&fd, FSCONFIG_SET_FLAG, Some("userxattr"), None).context("fsconfig userxattr failed")?;
-    fsconfig(&fd, FSCONFIG_CMD_CREATE, None, None).context("creating the overlay superblock failed")?;
-    let m = unsafe { libc::syscall(libc::SYS_fsmount, fd.0, FSMOUNT_CLOEXEC, 0) };
-    if m < 0 {
-        return Err(std::io::Error::last_os_error()).context("fsmount failed");
-    }
-    let m = Fd(m as libc::c_int);
-    let t = cstr(target)?;
-    let empty = CString::new("").unwrap();
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            m.0,
-            empty.as_ptr(),
-            libc::AT_FDCWD,
-            t.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
+    config.push(FsConfig::Flag("userxattr".into()));
+    sys.mount_fs("overlay", &config, Target::host(target)).with_context(|| {
+        format!(
+            "cannot mount an overlay of {} layer(s) on {} with the new mount API (lowerdir+ needs Linux 6.8)",
+            lowers.len(),
+            target.display()
         )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("move_mount to {} failed", target.display()));
-    }
-    Ok(())
+    })
 }
 
-fn mount_overlay(lowers: &[PathBuf], upper: Option<(&Path, &Path)>, target: &Path) -> Result<()> {
+fn mount_overlay(sys: &dyn Syscall, lowers: &[PathBuf], upper: Option<(&Path, &Path)>, target: &Path) -> Result<()> {
     let mut data = format!(
         "lowerdir={}",
         lowers.iter().map(|l| escape(l)).collect::<Vec<_>>().join(":")
@@ -117,19 +66,27 @@ fn mount_overlay(lowers: &[PathBuf], upper: Option<(&Path, &Path)>, target: &Pat
     }
     data.push_str(",userxattr");
     if data.len() > MAX_MOUNT_DATA {
-        return mount_new_api(lowers, upper, target);
+        return mount_new_api(sys, lowers, upper, target);
     }
     let flags = if upper.is_none() {
-        nix::mount::MsFlags::MS_RDONLY
+        MsFlags::MS_RDONLY
     } else {
-        nix::mount::MsFlags::empty()
+        MsFlags::empty()
     };
-    nix::mount::mount(Some("overlay"), target, Some("overlay"), flags, Some(data.as_str())).map_err(|e| {
-        let hint = match e {
-            nix::errno::Errno::EPERM => " (not uid 0 in kiln's user namespace?)",
-            nix::errno::Errno::EINVAL => " (is the upper dir on overlayfs, or tmpfs before Linux 6.6?)",
+    sys.mount(
+        Some("overlay"),
+        Target::host(target),
+        Some("overlay"),
+        flags,
+        Some(data.as_str()),
+    )
+    .map_err(|e| {
+        let hint = match e.raw_os_error() {
+            Some(libc::EPERM) => " (not uid 0 in kiln's user namespace?)",
+            Some(libc::EINVAL) => " (is the upper dir on overlayfs, or tmpfs before Linux 6.6?)",
             _ => "",
         };
+        let e = nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0));
         anyhow::anyhow!(
             "cannot mount an overlay of {} layer(s) on {}: {e}{hint}",
             lowers.len(),
@@ -149,7 +106,7 @@ impl RootfsDriver for KernelOverlay {
         } else {
             lowers.to_vec()
         };
-        mount_overlay(&lowers, Some((upper, work)), target)
+        mount_overlay(&RealSyscall, &lowers, Some((upper, work)), target)
     }
 
     fn unmount(&self, target: &Path) -> Result<()> {
@@ -166,16 +123,23 @@ pub fn mount_overlay_readonly(lowers: &[PathBuf], target: &Path) -> Result<()> {
     if l.len() == 1 {
         l.push(empty_sibling(target)?);
     }
-    mount_overlay(&l, None, target)
+    mount_overlay(&RealSyscall, &l, None, target)
 }
 
 /// Unmounts `target` (lazily if it is still busy).
 pub fn umount(target: &Path) -> Result<()> {
-    match nix::mount::umount2(target, nix::mount::MntFlags::empty()) {
+    umount_with(&RealSyscall, target)
+}
+
+fn umount_with(sys: &dyn Syscall, target: &Path) -> Result<()> {
+    let errno = |e: std::io::Error| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0));
+    match sys.umount(target, MntFlags::empty()) {
         Ok(()) => Ok(()),
-        Err(nix::errno::Errno::EBUSY) => nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH)
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => sys
+            .umount(target, MntFlags::MNT_DETACH)
+            .map_err(errno)
             .with_context(|| format!("cannot unmount {}", target.display())),
-        Err(e) => Err(e).with_context(|| format!("cannot unmount {}", target.display())),
+        Err(e) => Err(errno(e)).with_context(|| format!("cannot unmount {}", target.display())),
     }
 }
 
@@ -213,4 +177,45 @@ pub(super) fn probe_in(dir: &Path) -> Result<()> {
         bail!("the overlay did not record a deletion as a whiteout device");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::{Call, RecordingSyscall};
+
+    #[test]
+    fn short_mount_data_uses_mount_and_long_the_new_api() {
+        let sys = RecordingSyscall::default();
+        let lowers = vec![PathBuf::from("/l/a:b"), PathBuf::from("/l/c")];
+        mount_overlay(&sys, &lowers, Some((Path::new("/u"), Path::new("/w"))), Path::new("/m")).unwrap();
+        assert!(
+            matches!(&sys.calls.borrow()[0], Call::Mount { data: Some(d), flags, .. }
+            if d == "lowerdir=/l/a\\:b:/l/c,upperdir=/u,workdir=/w,volatile,userxattr" && flags.is_empty())
+        );
+        let sys = RecordingSyscall::default();
+        let many: Vec<PathBuf> = (0..200)
+            .map(|i| PathBuf::from(format!("/store/layers/{i:064}")))
+            .collect();
+        mount_overlay(&sys, &many, None, Path::new("/m")).unwrap();
+        match &sys.calls.borrow()[0] {
+            Call::MountFs { fstype, config, .. } => {
+                assert_eq!(fstype, "overlay");
+                assert_eq!(config.len(), 201);
+                assert_eq!(
+                    config[0],
+                    FsConfig::String("lowerdir+".into(), many[0].to_string_lossy().into())
+                );
+                assert_eq!(config[200], FsConfig::Flag("userxattr".into()));
+            }
+            c => panic!("{c:?}"),
+        }
+    }
+
+    #[test]
+    fn a_busy_mount_is_detached() {
+        let sys = RecordingSyscall::default();
+        umount_with(&sys, Path::new("/m")).unwrap();
+        assert_eq!(sys.names(), ["umount"]);
+    }
 }

@@ -1,6 +1,7 @@
 //! Capabilities: Docker's default set, `--cap-add`/`--cap-drop`, and applying them in the
 //! sandboxed child in the order that works (see research §4).
 
+use crate::sys::Syscall;
 use anyhow::{Result, bail};
 use caps::{CapSet, Capability};
 
@@ -67,14 +68,14 @@ pub fn names(set: &caps::CapsHashSet) -> Vec<String> {
 }
 
 /// Cuts the bounding set to `keep` (needs CAP_SETPCAP). Caps the kernel does not know are skipped.
-pub fn drop_bounding(keep: &caps::CapsHashSet) -> std::result::Result<(), caps::errors::CapsError> {
+pub fn drop_bounding(sys: &dyn Syscall, keep: &caps::CapsHashSet) -> std::io::Result<()> {
     let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse::<u8>().ok())
         .unwrap_or(40);
     for c in caps::all() {
         if !keep.contains(&c) && c.index() <= last {
-            caps::drop(None, CapSet::Bounding, c)?;
+            sys.drop_bounding(c)?;
         }
     }
     Ok(())
@@ -83,16 +84,17 @@ pub fn drop_bounding(keep: &caps::CapsHashSet) -> std::result::Result<(), caps::
 /// Sets the process's capabilities after the uid switch: uid 0 keeps `keep` in effective and
 /// permitted; any other uid keeps nothing (as Docker does for `USER n`). Inheritable and
 /// ambient are cleared.
-pub fn apply(keep: &caps::CapsHashSet, uid: u32) -> std::result::Result<(), caps::errors::CapsError> {
-    caps::clear(None, CapSet::Ambient)?;
-    caps::clear(None, CapSet::Inheritable)?;
+pub fn apply(sys: &dyn Syscall, keep: &caps::CapsHashSet, uid: u32) -> std::io::Result<()> {
+    let none = caps::CapsHashSet::new();
+    sys.set_capabilities(CapSet::Ambient, &none)?;
+    sys.set_capabilities(CapSet::Inheritable, &none)?;
     let set: caps::CapsHashSet = if uid == 0 {
         keep.iter().copied().collect()
     } else {
         Default::default()
     };
-    caps::set(None, CapSet::Effective, &set)?;
-    caps::set(None, CapSet::Permitted, &set)?;
+    sys.set_capabilities(CapSet::Effective, &set)?;
+    sys.set_capabilities(CapSet::Permitted, &set)?;
     Ok(())
 }
 

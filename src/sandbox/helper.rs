@@ -1,16 +1,18 @@
 //! The sandbox helper process (`kiln __sandbox SPECFILE`): a fresh, single-threaded kiln that
 //! sets up the step's namespaces and becomes the parent of its PID 1.
 
+use super::error::StepError;
 use super::mounts::{self, Generated};
-use super::syscall::{RealSyscall, Syscall};
 use super::{Network, RunSpec, SeccompChoice, caps, seccomp};
+use crate::sys::{RealSyscall, Syscall};
 use anyhow::{Context, Result, bail};
 use nix::sched::CloneFlags;
+use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 use std::ffi::CString;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 /// Default PATH of a step whose environment has none (Docker's).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -63,39 +65,6 @@ pub fn compiled_filter(spec: &RunSpec) -> Result<Option<std::sync::Arc<Vec<u8>>>
     Ok(Some(bpf))
 }
 
-static CHILD: AtomicI32 = AtomicI32::new(0);
-static GOT_SIGNAL: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn kill_child(sig: libc::c_int) {
-    GOT_SIGNAL.store(sig, Ordering::SeqCst);
-    let pid = CHILD.load(Ordering::SeqCst);
-    if pid > 0 {
-        // SIGKILL to PID 1 of the namespace takes every process of the step with it.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    }
-}
-
-fn loopback_up() -> Result<()> {
-    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if sock < 0 {
-        return Err(std::io::Error::last_os_error()).context("cannot open a socket to configure loopback");
-    }
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (i, b) in b"lo\0".iter().enumerate() {
-        req.ifr_name[i] = *b as libc::c_char;
-    }
-    let r = unsafe {
-        req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-        libc::ioctl(sock, libc::SIOCSIFFLAGS as _, &req)
-    };
-    let err = std::io::Error::last_os_error();
-    unsafe { libc::close(sock) };
-    if r != 0 {
-        return Err(err).context("cannot bring the loopback interface up");
-    }
-    Ok(())
-}
-
 /// Files generated for the step's /etc.
 fn generate(dir: &Path, spec: &RunSpec, hostname: &str) -> Result<Generated> {
     let g = Generated {
@@ -127,24 +96,46 @@ fn env_get<'a>(env: &'a [String], key: &str) -> Option<&'a str> {
         .find_map(|e| e.split_once('=').filter(|(k, _)| *k == key).map(|(_, v)| v))
 }
 
-/// Everything the child needs, prepared before the fork.
+/// How the step's init gets into its root: the one difference between the isolation rungs
+/// that can run a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Entry {
+    /// Its own mount namespace, the mount plan, `pivot_root` (`chroot` where that fails); the
+    /// helper already unshared PID, IPC and UTS namespaces.
+    Namespaces,
+    /// Chroot isolation (no namespaces, no mounts; see [`super::chroot`]): `chroot` into the
+    /// rootfs the caller prepared, in its own session. `inherited_filter`: a seccomp filter
+    /// (the container runtime's) was already active when the helper started.
+    Chroot { inherited_filter: bool },
+}
+
+/// Everything the step's init needs, prepared before the fork.
 struct Prepared {
+    entry: Entry,
     plan: Vec<mounts::Step>,
     rootfs: PathBuf,
     cwd: CString,
     uid: u32,
     gid: u32,
-    groups: Vec<nix::unistd::Gid>,
+    groups: Vec<u32>,
     caps: ::caps::CapsHashSet,
     bpf: Option<Vec<u8>>,
     no_new_privs: bool,
-    /// Single-uid mode: the socket to hand the ownership-emulation listener to the helper
-    /// (see [`super::idemu`]).
-    idemu: Option<std::os::fd::RawFd>,
+    /// Single-uid mode: the ownership-emulation notify filter and the socket that hands its
+    /// listener to the helper (see [`super::idemu`]).
+    idemu: Option<(Vec<u8>, std::os::fd::RawFd)>,
     tty: bool,
     argv: Vec<CString>,
     envp: Vec<CString>,
     path: String,
+}
+
+/// Whether this process already runs under a seccomp filter (`Seccomp: 2`).
+fn seccomp_active() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Seccomp:") && l.trim_end().ends_with('2'))
 }
 
 /// Runs the step described by `spec`; returns its exit code (128+signal when killed).
@@ -205,26 +196,23 @@ pub fn helper_main(input: HelperInput) -> Result<i32> {
         env.push(format!("HOME={}", if user.home.is_empty() { "/" } else { &user.home }));
     }
     // Single-uid user namespace: ownership and ids are emulated for the step (see idemu).
-    let idemu_socks = if !chroot && super::idemu::wanted() {
-        let mut sv = [0; 2];
-        if unsafe {
-            libc::socketpair(
-                libc::AF_UNIX,
-                libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-                0,
-                sv.as_mut_ptr(),
-            )
-        } != 0
-        {
-            return Err(std::io::Error::last_os_error()).context("cannot create a socket pair");
-        }
-        use std::os::fd::FromRawFd;
-        Some(unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) })
+    let idemu = if !chroot && super::idemu::wanted() {
+        use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+        let (p, c) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
+            .context("cannot create a socket pair")?;
+        Some((super::idemu::filter()?, p, c))
     } else {
         None
     };
     let cstr = |s: &str| CString::new(s).with_context(|| format!("{s:?} contains a NUL byte"));
     let prepared = Prepared {
+        entry: if chroot {
+            Entry::Chroot {
+                inherited_filter: seccomp_active(),
+            }
+        } else {
+            Entry::Namespaces
+        },
         plan: match &generated {
             Some(g) => mounts::plan(&spec, g, spec.network == Network::None)?,
             None => Vec::new(),
@@ -233,67 +221,97 @@ pub fn helper_main(input: HelperInput) -> Result<i32> {
         cwd: cstr(&cwd)?,
         uid: user.uid,
         gid: user.gid,
-        groups: user.groups.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect(),
+        groups: user.groups.clone(),
         caps: cap_set,
         bpf,
         no_new_privs: spec.no_new_privs,
-        idemu: idemu_socks.as_ref().map(|(_, c)| std::os::fd::AsRawFd::as_raw_fd(c)),
+        idemu: idemu.as_ref().map(|(f, _, c)| (f.clone(), c.as_raw_fd())),
         tty: spec.tty,
         argv: spec.args.iter().map(|a| cstr(a)).collect::<Result<_>>()?,
         envp: env.iter().map(|e| cstr(e)).collect::<Result<_>>()?,
         path: env_get(&env, "PATH").unwrap_or(DEFAULT_PATH).to_string(),
     };
 
-    if chroot {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        SECCOMP_ACTIVE.store(
-            status
-                .lines()
-                .any(|l| l.starts_with("Seccomp:") && l.trim_end().ends_with('2')),
-            Ordering::SeqCst,
-        );
-        return chroot_main(&prepared, gen_dir);
-    }
-    // The supervisor thread starts before the PID namespace is unshared: a process whose
-    // children go to another PID namespace cannot create threads.
-    let (_supervisor, idemu_child) = match idemu_socks {
-        Some((p, c)) => (
-            Some(super::idemu::spawn_supervisor(p, super::idemu::state_dir(&rootfs))?),
+    let sys = RealSyscall;
+    let (supervisor, idemu_child) = match idemu {
+        // The supervisor thread starts before the PID namespace is unshared: a process whose
+        // children go to another PID namespace cannot create threads.
+        Some((_, p, c)) => (
+            Some(super::idemu::spawn_supervisor(
+                p,
+                crate::sys::idstate::state_dir(&rootfs),
+            )?),
             Some(c),
         ),
         None => (None, None),
     };
-    let mut flags = CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
-    if spec.network == Network::None {
-        flags |= CloneFlags::CLONE_NEWNET;
+    if !chroot {
+        let mut flags = CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
+        if spec.network == Network::None {
+            flags |= CloneFlags::CLONE_NEWNET;
+        }
+        sys.unshare(flags)
+            .context("cannot create the step's namespaces (pid, ipc, uts)")?;
+        if spec.network == Network::None {
+            sys.loopback_up().context("cannot bring the loopback interface up")?;
+        }
+        sys.sethostname(&hostname).context("cannot set the hostname")?;
     }
-    nix::sched::unshare(flags).context("cannot create the step's namespaces (pid, ipc, uts)")?;
-    if spec.network == Network::None {
-        loopback_up()?;
+    let code = run_init(&prepared, gen_dir, idemu_child)?;
+    if supervisor.is_some() {
+        let _ = std::fs::remove_dir_all(crate::sys::idstate::state_dir(&rootfs));
     }
-    RealSyscall.sethostname(&hostname).context("cannot set the hostname")?;
+    Ok(code)
+}
 
+static CHILD: AtomicI32 = AtomicI32::new(0);
+static GOT_SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// Chroot isolation (no PID namespace): stopping the step kills its process group too.
+static KILL_GROUP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn kill_step(sig: libc::c_int) {
+    GOT_SIGNAL.store(sig, Ordering::SeqCst);
+    let pid = CHILD.load(Ordering::SeqCst);
+    if pid > 0 {
+        // With a PID namespace, SIGKILL to its PID 1 takes every process of the step with it;
+        // without one, the step's session (process group) goes.
+        // SAFETY: kill(2) is async-signal-safe and takes plain integers.
+        unsafe {
+            if KILL_GROUP.load(Ordering::SeqCst) {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+}
+
+/// Forks the step's init (PID 1 of the step's PID namespace, or the leader of its session in
+/// chroot isolation), forwards SIGINT/SIGTERM/SIGHUP as a kill of the step and returns its exit
+/// code; a setup failure the init reports is printed and becomes its code.
+/// `idemu_child` (the step's end of the ownership-emulation socket) is closed in the helper
+/// once the init has its copy, so the supervisor sees the end if the init fails before sending.
+fn run_init(p: &Prepared, gen_dir: tempfile::TempDir, idemu_child: Option<OwnedFd>) -> Result<i32> {
+    let chroot = matches!(p.entry, Entry::Chroot { .. });
     let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("cannot create a pipe")?;
-    // SAFETY: the helper is single-threaded.
+    // SAFETY: the helper is single-threaded but for the ownership-emulation supervisor, which
+    // holds no lock the child needs; the child only sets itself up and execs (or _exits).
     match unsafe { nix::unistd::fork() }.context("cannot fork the step's init process")? {
         nix::unistd::ForkResult::Child => {
             drop(err_r);
-            let (code, msg) = child(&prepared);
-            let line = format!("{code}:{msg}");
-            let _ = nix::unistd::write(&err_w, line.as_bytes());
+            let e = step_init(&RealSyscall, p);
+            let code = e.exit_code();
+            let _ = nix::unistd::write(&err_w, format!("{code}:{e}").as_bytes());
+            // SAFETY: _exit ends the forked child without running the helper's destructors.
             unsafe { libc::_exit(code) }
         }
         nix::unistd::ForkResult::Parent { child } => {
             drop(err_w);
             drop(idemu_child);
             CHILD.store(child.as_raw(), Ordering::SeqCst);
-            let h = nix::sys::signal::SigHandler::Handler(kill_child);
-            for s in [
-                nix::sys::signal::SIGINT,
-                nix::sys::signal::SIGTERM,
-                nix::sys::signal::SIGHUP,
-            ] {
-                // SAFETY: the handler only calls kill(2).
+            KILL_GROUP.store(chroot, Ordering::SeqCst);
+            let h = nix::sys::signal::SigHandler::Handler(kill_step);
+            for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+                // SAFETY: the handler only uses atomics and kill(2).
                 unsafe {
                     let _ = nix::sys::signal::signal(s, h);
                 }
@@ -301,8 +319,10 @@ pub fn helper_main(input: HelperInput) -> Result<i32> {
             let msg = read_all(&err_r);
             drop(gen_dir); // the bind mounts keep the files alive
             let mut code = super::userns::wait_child(child);
-            if _supervisor.is_some() {
-                let _ = std::fs::remove_dir_all(super::idemu::state_dir(&rootfs));
+            if chroot {
+                // Daemons the step left behind in its session.
+                // SAFETY: kill(2) with plain integers.
+                unsafe { libc::kill(-child.as_raw(), libc::SIGKILL) };
             }
             let sig = GOT_SIGNAL.load(Ordering::SeqCst);
             if sig != 0 && code == 128 + libc::SIGKILL {
@@ -319,129 +339,6 @@ pub fn helper_main(input: HelperInput) -> Result<i32> {
     }
 }
 
-extern "C" fn kill_group(sig: libc::c_int) {
-    GOT_SIGNAL.store(sig, Ordering::SeqCst);
-    let pid = CHILD.load(Ordering::SeqCst);
-    if pid > 0 {
-        // No PID namespace: the step's session (process group) goes.
-        unsafe {
-            libc::kill(-pid, libc::SIGKILL);
-            libc::kill(pid, libc::SIGKILL);
-        }
-    }
-}
-
-/// Chroot isolation: no namespaces at all. The step runs in its own session, chrooted into the
-/// prepared rootfs, with Docker's capabilities and a seccomp filter where one can be installed
-/// (a runtime's filter is inherited anyway); everything left in its session is killed at the end.
-fn chroot_main(p: &Prepared, gen_dir: tempfile::TempDir) -> Result<i32> {
-    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("cannot create a pipe")?;
-    // SAFETY: the helper is single-threaded.
-    match unsafe { nix::unistd::fork() }.context("cannot fork the step's process")? {
-        nix::unistd::ForkResult::Child => {
-            drop(err_r);
-            let (code, msg) = chroot_child(p);
-            let line = format!("{code}:{msg}");
-            let _ = nix::unistd::write(&err_w, line.as_bytes());
-            unsafe { libc::_exit(code) }
-        }
-        nix::unistd::ForkResult::Parent { child } => {
-            drop(err_w);
-            CHILD.store(child.as_raw(), Ordering::SeqCst);
-            let h = nix::sys::signal::SigHandler::Handler(kill_group);
-            for s in [
-                nix::sys::signal::SIGINT,
-                nix::sys::signal::SIGTERM,
-                nix::sys::signal::SIGHUP,
-            ] {
-                // SAFETY: the handler only calls kill(2).
-                unsafe {
-                    let _ = nix::sys::signal::signal(s, h);
-                }
-            }
-            let msg = read_all(&err_r);
-            drop(gen_dir);
-            let mut code = super::userns::wait_child(child);
-            // Daemons the step left behind in its session.
-            unsafe { libc::kill(-child.as_raw(), libc::SIGKILL) };
-            let sig = GOT_SIGNAL.load(Ordering::SeqCst);
-            if sig != 0 && code == 128 + libc::SIGKILL {
-                code = 128 + sig;
-            }
-            if !msg.is_empty() {
-                let text = String::from_utf8_lossy(&msg);
-                let (c, m) = text.split_once(':').unwrap_or(("125", &text));
-                eprintln!("kiln: {m}");
-                return Ok(c.parse().unwrap_or(125));
-            }
-            Ok(code)
-        }
-    }
-}
-
-fn chroot_child(p: &Prepared) -> (i32, String) {
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    if p.tty {
-        // Still its own process group, so the end-of-step kill finds everything.
-        let _ = nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0));
-    } else {
-        let _ = nix::unistd::setsid();
-    }
-    let sys = RealSyscall;
-    if let Err(e) = sys.chroot(&p.rootfs) {
-        return (125, format!("cannot chroot into {}: {e}", p.rootfs.display()));
-    }
-    if let Err(e) = nix::unistd::chdir(p.cwd.as_c_str()) {
-        return (125, format!("cannot change to the working directory {:?}: {e}", p.cwd));
-    }
-    let have_admin =
-        ::caps::has_cap(None, ::caps::CapSet::Effective, ::caps::Capability::CAP_SYS_ADMIN).unwrap_or(false);
-    let inherited_filter = SECCOMP_ACTIVE.load(Ordering::SeqCst);
-    let want_filter = p.bpf.is_some() && (have_admin || !inherited_filter);
-    if (p.no_new_privs || (want_filter && !have_admin))
-        && unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0
-    {
-        return (
-            125,
-            format!("cannot set no_new_privs: {}", std::io::Error::last_os_error()),
-        );
-    }
-    // Keep only what this process has (no CAP_SYS_ADMIN in a container, for instance).
-    let permitted = ::caps::read(None, ::caps::CapSet::Permitted).unwrap_or_default();
-    let keep: ::caps::CapsHashSet = p.caps.intersection(&permitted).copied().collect();
-    if let Err(e) = caps::drop_bounding(&keep)
-        && permitted.contains(&::caps::Capability::CAP_SETPCAP)
-    {
-        return (125, format!("cannot drop capabilities from the bounding set: {e}"));
-    }
-    if want_filter
-        && let Some(bpf) = &p.bpf
-        && let Err(e) = seccomp::install(bpf)
-    {
-        return (125, format!("cannot install the seccomp filter: {e}"));
-    }
-    if (!p.groups.is_empty() || p.uid != 0)
-        && let Err(e) = nix::unistd::setgroups(&p.groups)
-        && !p.groups.is_empty()
-    {
-        return (125, format!("cannot set supplementary groups {:?}: {e}", p.groups));
-    }
-    if let Err(e) = nix::unistd::setresgid(p.gid.into(), p.gid.into(), p.gid.into()) {
-        return (125, format!("cannot switch to gid {}: {e}", p.gid));
-    }
-    if let Err(e) = nix::unistd::setresuid(p.uid.into(), p.uid.into(), p.uid.into()) {
-        return (125, format!("cannot switch to uid {}: {e}", p.uid));
-    }
-    if let Err(e) = caps::apply(&keep, p.uid) {
-        return (125, format!("cannot set capabilities: {e}"));
-    }
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    exec(p)
-}
-
-/// Whether this process already runs under a seccomp filter (read before any chroot).
-static SECCOMP_ACTIVE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
 fn read_all(fd: &OwnedFd) -> Vec<u8> {
     let mut out = Vec::new();
     let mut buf = [0u8; 1024];
@@ -456,98 +353,116 @@ fn read_all(fd: &OwnedFd) -> Vec<u8> {
     out
 }
 
-/// The step's PID 1 before exec. Returns (exit code, message) only on failure.
-fn child(p: &Prepared) -> (i32, String) {
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    if !p.tty {
-        let _ = nix::unistd::setsid();
+/// The step's init: [`enter`], then exec. Returns only on failure.
+fn step_init(sys: &dyn Syscall, p: &Prepared) -> StepError {
+    match enter(sys, p) {
+        Err(e) => e,
+        Ok(()) => exec(p),
     }
-    // The step's own mount namespace: pivot_root moves the root of every process in the
-    // namespace, and the helper must keep its own view (it removes the generated files).
-    if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWNS) {
-        return (125, format!("cannot create the step's mount namespace: {e}"));
-    }
-    let sys = RealSyscall;
-    if let Err(e) = mounts::apply(&sys, &p.rootfs, &p.plan) {
-        return (125, format!("setting up the step's mounts: {e:#}"));
-    }
-    if let Err(e) = sys.pivot_root(&p.rootfs) {
-        // e.g. a rootfs on the initramfs: chroot is the best we can do.
-        if let Err(e2) = sys.chroot(&p.rootfs) {
-            return (125, format!("cannot enter the rootfs: pivot_root: {e}; chroot: {e2}"));
-        }
-    }
-    if let Err(e) = nix::unistd::chdir(p.cwd.as_c_str()) {
-        return (125, format!("cannot change to the working directory {:?}: {e}", p.cwd));
-    }
-    if p.no_new_privs && unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        return (
-            125,
-            format!("cannot set no_new_privs: {}", std::io::Error::last_os_error()),
-        );
-    }
-    if let Err(e) = caps::drop_bounding(&p.caps) {
-        return (125, format!("cannot drop capabilities from the bounding set: {e}"));
-    }
-    if let Some(sock) = p.idemu
-        && let Err(e) = super::idemu::install_and_send(sock)
-    {
-        return (
-            125,
-            format!("cannot set up ownership emulation (seccomp user notification): {e}"),
-        );
-    }
-    if let Some(bpf) = &p.bpf
-        && let Err(e) = seccomp::install(bpf)
-    {
-        return (125, format!("cannot install the seccomp filter: {e}"));
-    }
-    if (!p.groups.is_empty() || p.uid != 0)
-        && let Err(e) = nix::unistd::setgroups(&p.groups)
-        && !p.groups.is_empty()
-    {
-        return (125, format!("cannot set supplementary groups {:?}: {e}", p.groups));
-    }
-    if let Err(e) = nix::unistd::setresgid(p.gid.into(), p.gid.into(), p.gid.into()) {
-        return (
-            125,
-            format!(
-                "cannot switch to gid {}: {e} (is it mapped in kiln's user namespace?)",
-                p.gid
-            ),
-        );
-    }
-    if let Err(e) = nix::unistd::setresuid(p.uid.into(), p.uid.into(), p.uid.into()) {
-        return (
-            125,
-            format!(
-                "cannot switch to uid {}: {e} (is it mapped in kiln's user namespace?)",
-                p.uid
-            ),
-        );
-    }
-    if let Err(e) = caps::apply(&p.caps, p.uid) {
-        return (125, format!("cannot set capabilities: {e}"));
-    }
-    // Credentials changed: the parent-death signal was reset.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    exec(p)
 }
 
-fn exec(p: &Prepared) -> (i32, String) {
+/// The step's init before exec, for both entries: its session, its root and working
+/// directory, then the privilege drop in the order that works — no_new_privs, the bounding
+/// set, the ownership-emulation and seccomp filters (while CAP_SYS_ADMIN is held), groups, gid,
+/// uid, the remaining capabilities — and the parent-death signal again (credential changes
+/// reset it).
+fn enter(sys: &dyn Syscall, p: &Prepared) -> Result<(), StepError> {
+    let _ = sys.set_pdeathsig(Signal::SIGKILL);
+    match p.entry {
+        // Still its own process group, so the end-of-step kill finds everything.
+        Entry::Chroot { .. } if p.tty => drop(sys.setpgid_self()),
+        _ if p.tty => {}
+        _ => drop(sys.setsid()),
+    }
+    match p.entry {
+        Entry::Namespaces => {
+            // The step's own mount namespace: pivot_root moves the root of every process in the
+            // namespace, and the helper must keep its own view (it removes the generated files).
+            sys.unshare(CloneFlags::CLONE_NEWNS)
+                .map_err(StepError::MountNamespace)?;
+            mounts::apply(sys, &p.rootfs, &p.plan).map_err(StepError::Mounts)?;
+            if let Err(pivot) = sys.pivot_root(&p.rootfs) {
+                // e.g. a rootfs on the initramfs: chroot is the best we can do.
+                sys.chroot(&p.rootfs)
+                    .map_err(|chroot| StepError::EnterRootfs { pivot, chroot })?;
+            }
+        }
+        Entry::Chroot { .. } => sys.chroot(&p.rootfs).map_err(|err| StepError::Chroot {
+            path: p.rootfs.clone(),
+            err,
+        })?,
+    }
+    sys.chdir(&p.cwd).map_err(|err| StepError::Workdir {
+        cwd: p.cwd.clone(),
+        err,
+    })?;
+    // What may be dropped and installed here. In kiln's namespaces the helper holds every
+    // capability; in chroot isolation only what the runtime left it (no CAP_SYS_ADMIN in a
+    // container, for instance), and a filter without CAP_SYS_ADMIN needs no_new_privs.
+    let (keep, bounding_fatal, want_filter, nnp, hint) = match p.entry {
+        Entry::Namespaces => (
+            p.caps.clone(),
+            true,
+            p.bpf.is_some(),
+            p.no_new_privs,
+            " (is it mapped in kiln's user namespace?)",
+        ),
+        Entry::Chroot { inherited_filter } => {
+            let have_admin = sys.has_capability(::caps::CapSet::Effective, ::caps::Capability::CAP_SYS_ADMIN);
+            let want_filter = p.bpf.is_some() && (have_admin || !inherited_filter);
+            let permitted = sys.capabilities(::caps::CapSet::Permitted);
+            (
+                p.caps.intersection(&permitted).copied().collect(),
+                permitted.contains(&::caps::Capability::CAP_SETPCAP),
+                want_filter,
+                p.no_new_privs || (want_filter && !have_admin),
+                "",
+            )
+        }
+    };
+    if nnp {
+        sys.set_no_new_privs().map_err(StepError::NoNewPrivs)?;
+    }
+    if let Err(e) = caps::drop_bounding(sys, &keep)
+        && bounding_fatal
+    {
+        return Err(StepError::Bounding(e));
+    }
+    if let Some((filter, sock)) = &p.idemu {
+        super::idemu::install_and_send(sys, filter, *sock).map_err(StepError::OwnershipEmulation)?;
+    }
+    if want_filter && let Some(bpf) = &p.bpf {
+        sys.seccomp_filter(bpf).map_err(StepError::Seccomp)?;
+    }
+    if (!p.groups.is_empty() || p.uid != 0)
+        && let Err(err) = sys.setgroups(&p.groups)
+        && !p.groups.is_empty()
+    {
+        return Err(StepError::Groups {
+            groups: p.groups.clone(),
+            err,
+        });
+    }
+    sys.setresgid(p.gid)
+        .map_err(|err| StepError::Gid { gid: p.gid, err, hint })?;
+    sys.setresuid(p.uid)
+        .map_err(|err| StepError::Uid { uid: p.uid, err, hint })?;
+    caps::apply(sys, &keep, p.uid).map_err(StepError::Capabilities)?;
+    // Credentials changed: the parent-death signal was reset.
+    let _ = sys.set_pdeathsig(Signal::SIGKILL);
+    Ok(())
+}
+
+fn exec(p: &Prepared) -> StepError {
     let name = p.argv[0].to_bytes();
     let shown = String::from_utf8_lossy(name).to_string();
-    let fail = |e: nix::errno::Errno, what: &str| -> (i32, String) {
-        let code = if e == nix::errno::Errno::ENOENT || e == nix::errno::Errno::ENOTDIR {
-            127
-        } else {
-            126
-        };
-        (code, format!("exec {what}: {}", e.desc().to_lowercase()))
+    let fail = |errno: nix::errno::Errno, what: &str| StepError::Exec {
+        what: what.to_string(),
+        errno,
     };
     // Only 0, 1 and 2 reach the step; the error-report pipe is closed by the exec itself.
     if let Err(e) = crate::fsutil::cloexec_from(3) {
-        return (125, format!("{e:#}"));
+        return StepError::Fds(e);
     }
     if name.contains(&b'/') {
         let e = nix::unistd::execve(&p.argv[0], &p.argv, &p.envp).unwrap_err();
@@ -568,6 +483,158 @@ fn exec(p: &Prepared) -> (i32, String) {
     }
     match denied {
         Some(f) => fail(nix::errno::Errno::EACCES, &f.to_string_lossy()),
-        None => (127, format!("exec: {shown:?}: executable file not found in $PATH")),
+        None => StepError::NotFound(shown),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::{Call, RecordingSyscall};
+
+    fn prepared(entry: Entry, rootfs: &Path) -> Prepared {
+        Prepared {
+            entry,
+            plan: Vec::new(),
+            rootfs: rootfs.to_path_buf(),
+            cwd: CString::new("/work").unwrap(),
+            uid: 1000,
+            gid: 1001,
+            groups: vec![1001, 27],
+            caps: caps::effective(&[], &[]).unwrap(),
+            bpf: Some(vec![0u8; 8 * 3]),
+            no_new_privs: false,
+            idemu: None,
+            tty: false,
+            argv: vec![CString::new("true").unwrap()],
+            envp: Vec::new(),
+            path: DEFAULT_PATH.into(),
+        }
+    }
+
+    /// The calls after the bounding set is cut (its length depends on the kernel).
+    fn drop_sequence(sys: &RecordingSyscall) -> Vec<&'static str> {
+        let mut n = sys.names();
+        n.retain(|c| *c != "drop_bounding");
+        n
+    }
+
+    #[test]
+    fn namespaces_entry_drops_privileges_in_order() {
+        let t = tempfile::tempdir().unwrap();
+        let sys = RecordingSyscall::default();
+        let mut p = prepared(Entry::Namespaces, t.path());
+        p.no_new_privs = true;
+        enter(&sys, &p).unwrap();
+        assert_eq!(
+            drop_sequence(&sys),
+            [
+                "set_pdeathsig",
+                "setsid",
+                "unshare",
+                "mount", // the rootfs bound onto itself
+                "pivot_root",
+                "chdir",
+                "set_no_new_privs",
+                "seccomp_filter",
+                "setgroups",
+                "setresgid",
+                "setresuid",
+                "set_capabilities",
+                "set_capabilities",
+                "set_capabilities",
+                "set_capabilities",
+                "set_pdeathsig"
+            ]
+        );
+        let calls = sys.calls.borrow();
+        assert!(calls.contains(&Call::Unshare(CloneFlags::CLONE_NEWNS)));
+        assert!(calls.contains(&Call::Chdir("/work".into())));
+        assert!(calls.contains(&Call::Setgroups(vec![1001, 27])));
+        assert!(calls.contains(&Call::SeccompFilter(3)));
+        // USER 1000 keeps no capability.
+        assert!(
+            calls
+                .iter()
+                .all(|c| !matches!(c, Call::SetCapabilities { caps, .. } if !caps.is_empty()))
+        );
+        // CAP_SYS_ADMIN is not in Docker's set: it leaves the bounding set.
+        assert!(calls.contains(&Call::DropBounding(::caps::Capability::CAP_SYS_ADMIN)));
+        assert!(!calls.contains(&Call::DropBounding(::caps::Capability::CAP_CHOWN)));
+    }
+
+    #[test]
+    fn namespaces_entry_falls_back_to_chroot_and_names_failures() {
+        let t = tempfile::tempdir().unwrap();
+        let sys = RecordingSyscall {
+            fail: vec!["pivot_root"],
+            ..Default::default()
+        };
+        enter(&sys, &prepared(Entry::Namespaces, t.path())).unwrap();
+        assert!(sys.calls.borrow().contains(&Call::Chroot(t.path().to_path_buf())));
+        let sys = RecordingSyscall {
+            fail: vec!["setresuid"],
+            ..Default::default()
+        };
+        let e = enter(&sys, &prepared(Entry::Namespaces, t.path())).unwrap_err();
+        assert_eq!(e.exit_code(), 125);
+        assert_eq!(
+            e.to_string(),
+            "cannot switch to uid 1000: EPERM: Operation not permitted (is it mapped in kiln's user namespace?)"
+        );
+    }
+
+    #[test]
+    fn chroot_entry_keeps_what_the_runtime_left() {
+        use ::caps::Capability::*;
+        let t = tempfile::tempdir().unwrap();
+        // Root in a container: Docker's set, no CAP_SYS_ADMIN, the runtime's filter active.
+        let docker: ::caps::CapsHashSet = [CAP_CHOWN, CAP_SETUID, CAP_SETGID, CAP_SETPCAP].into_iter().collect();
+        let sys = RecordingSyscall {
+            caps: docker.clone(),
+            ..Default::default()
+        };
+        let mut p = prepared(Entry::Chroot { inherited_filter: true }, t.path());
+        p.uid = 0;
+        p.tty = true;
+        enter(&sys, &p).unwrap();
+        let names = drop_sequence(&sys);
+        assert_eq!(&names[..4], ["set_pdeathsig", "setpgid_self", "chroot", "chdir"]);
+        assert!(
+            !names.contains(&"seccomp_filter"),
+            "the runtime's filter stays the only one"
+        );
+        assert!(!names.contains(&"set_no_new_privs") && !names.contains(&"unshare"));
+        // uid 0 keeps Docker's set as far as it was permitted.
+        let calls = sys.calls.borrow();
+        assert!(calls.contains(&Call::SetCapabilities {
+            set: "Effective".into(),
+            caps: vec![
+                "CAP_CHOWN".into(),
+                "CAP_SETGID".into(),
+                "CAP_SETPCAP".into(),
+                "CAP_SETUID".into()
+            ],
+        }));
+        drop(calls);
+        // Without an inherited filter, the filter needs no_new_privs (no CAP_SYS_ADMIN).
+        let sys = RecordingSyscall {
+            caps: docker,
+            ..Default::default()
+        };
+        enter(
+            &sys,
+            &prepared(
+                Entry::Chroot {
+                    inherited_filter: false,
+                },
+                t.path(),
+            ),
+        )
+        .unwrap();
+        let names = drop_sequence(&sys);
+        let at = |n: &str| names.iter().position(|c| *c == n).unwrap();
+        assert!(at("set_no_new_privs") < at("seccomp_filter") && at("seccomp_filter") < at("setresuid"));
+        assert_eq!(&names[..2], ["set_pdeathsig", "setsid"]);
     }
 }

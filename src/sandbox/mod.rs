@@ -11,15 +11,29 @@
 
 pub mod caps;
 pub mod chroot;
+mod error;
 mod helper;
 pub mod idemu;
+pub mod idmap;
 pub mod mounts;
 pub mod probe;
 pub mod seccomp;
-pub mod syscall;
+mod trial;
 pub mod userns;
 
+pub use error::StepError;
 pub use helper::{HelperInput, compiled_filter, helper_main, read_spec};
+
+/// What the isolation rung this process runs with allows, for the layers below that may not ask
+/// the sandbox (the rootfs drivers): see [`crate::sys::Confinement`].
+pub fn confinement() -> crate::sys::Confinement {
+    let rung = probe::current();
+    crate::sys::Confinement {
+        isolation: rung.as_str(),
+        can_mount: rung.can_mount(),
+        single_uid: idmap::single_uid(),
+    }
+}
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -192,6 +206,7 @@ extern "C" fn on_signal(sig: libc::c_int) {
         let pid = slot.load(Ordering::SeqCst);
         if pid > 0 {
             any = true;
+            // SAFETY: kill(2) is async-signal-safe and takes plain integers.
             unsafe { libc::kill(pid, sig) };
         }
     }
@@ -199,6 +214,7 @@ extern "C" fn on_signal(sig: libc::c_int) {
         INTERRUPTED.store(true, Ordering::SeqCst);
     } else {
         // No step running: behave as if there were no handler.
+        // SAFETY: signal(2) and raise(3) are async-signal-safe.
         unsafe {
             libc::signal(sig, libc::SIG_DFL);
             libc::raise(sig);
@@ -300,11 +316,12 @@ pub fn run(spec: &RunSpec) -> Result<RunOutcome> {
     } else {
         Stdio::null()
     });
-    // SAFETY: prctl and fcntl are async-signal-safe.
+    // SAFETY: prctl and fcntl are async-signal-safe; the closure touches nothing else.
     unsafe {
         use std::os::unix::process::CommandExt;
         cmd.pre_exec(move || {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            use crate::sys::Syscall;
+            let _ = crate::sys::RealSyscall.set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
             // Only in this child: the spec memfd survives the exec (the helper's main marks it
             // close-on-exec again before the step runs).
             if libc::fcntl(spec_raw, libc::F_SETFD, 0) != 0 {

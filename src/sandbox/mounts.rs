@@ -2,9 +2,9 @@
 //! resolv.conf/hosts/hostname, the user's bind and tmpfs mounts, Docker's masked paths), the
 //! mount-point placeholders created for it, and its execution through [`Syscall`].
 
-use super::syscall::{Syscall, Target};
 use super::{MountSpec, Network, RunSpec};
 use crate::fsutil::{Follow, Root};
+use crate::sys::{Syscall, Target};
 use anyhow::{Context, Result};
 use nix::mount::MsFlags;
 use std::os::fd::{AsFd, OwnedFd};
@@ -350,7 +350,7 @@ pub fn apply(sys: &dyn Syscall, rootfs: &Path, steps: &[Step]) -> Result<()> {
     let host = rootfs.to_string_lossy();
     sys.mount(
         Some(&host),
-        Target { fd: None, path: rootfs },
+        Target::host(rootfs),
         None,
         MsFlags::MS_BIND | MsFlags::MS_REC,
         None,
@@ -488,8 +488,8 @@ pub fn hosts_file(network: Network, hostname: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::syscall::{Call, RecordingSyscall};
     use super::*;
+    use crate::sys::{Call, RecordingSyscall};
 
     fn spec(root: &Path) -> RunSpec {
         RunSpec {

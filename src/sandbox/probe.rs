@@ -18,8 +18,12 @@
 //! the id maps, mount), a few milliseconds. `userns::ensure` decides once per kiln invocation
 //! and leaves the answer in `KILN_RUNG` for the processes it starts; [`current`] reads it.
 
+use super::idmap::{self, IdMapping};
+use crate::sys::status_field;
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
+
+pub use super::trial::{StepResult, Trial, try_mountns, try_userns};
 use std::fmt::Write as _;
 
 /// The chosen rung, set by `userns::ensure` for the process that does the work (and inherited
@@ -113,8 +117,8 @@ pub fn current() -> Isolation {
     {
         return i;
     }
-    match super::userns::id_mapping() {
-        super::userns::IdMapping::SingleUid { .. } => Isolation::SingleUid,
+    match idmap::id_mapping() {
+        IdMapping::SingleUid { .. } => Isolation::SingleUid,
         _ => Isolation::Userns,
     }
 }
@@ -122,59 +126,6 @@ pub fn current() -> Isolation {
 /// Why [`current`] was chosen (empty when unknown).
 pub fn current_reason() -> String {
     std::env::var(ENV_RUNG_WHY).unwrap_or_default()
-}
-
-/// Result of one step of a trial: `ok`, an errno (`EPERM: Operation not permitted`), or
-/// `not tried`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StepResult {
-    pub errno: Option<i32>,
-    pub tried: bool,
-}
-
-impl StepResult {
-    pub fn ok() -> StepResult {
-        StepResult {
-            errno: None,
-            tried: true,
-        }
-    }
-    pub fn err(e: i32) -> StepResult {
-        StepResult {
-            errno: Some(e),
-            tried: true,
-        }
-    }
-    pub fn is_ok(&self) -> bool {
-        self.tried && self.errno.is_none()
-    }
-    pub fn is_err(&self, e: i32) -> bool {
-        self.errno == Some(e)
-    }
-}
-
-impl std::fmt::Display for StepResult {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match (self.tried, self.errno) {
-            (false, _) => f.write_str("not tried"),
-            (true, None) => f.write_str("ok"),
-            (true, Some(e)) => {
-                let n = nix::errno::Errno::from_raw(e);
-                write!(f, "{n:?}: {}", n.desc())
-            }
-        }
-    }
-}
-
-/// The unshare + id-map + mount sequence, tried in a child.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Trial {
-    /// `unshare(CLONE_NEWUSER)` (or `CLONE_NEWNS` for [`try_mountns`]).
-    pub unshare: StepResult,
-    /// Writing `setgroups`=deny, `uid_map` and `gid_map` with the own id.
-    pub map: StepResult,
-    /// `unshare(CLONE_NEWNS)` and mounting a tmpfs.
-    pub mount: StepResult,
 }
 
 /// What the kernel, the runtime and the system configuration allow (see the module doc).
@@ -277,13 +228,6 @@ impl Facts {
     }
 }
 
-fn status_field(status: &str, key: &str) -> Option<String> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
-        .map(|v| v.trim().to_string())
-}
-
 fn read_u64(p: &str) -> Option<u64> {
     std::fs::read_to_string(p).ok()?.trim().parse().ok()
 }
@@ -303,19 +247,19 @@ pub fn facts() -> Facts {
         .flatten()
         .map(|g| g.name);
     let uid_map_text = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
-    let in_userns = !super::userns::in_initial_userns();
+    let in_userns = !idmap::in_initial_userns();
     let subuid_text = std::fs::read_to_string("/etc/subuid").unwrap_or_default();
     let subgid_text = std::fs::read_to_string("/etc/subgid").unwrap_or_default();
-    let subuid = super::userns::find_subid_range(&subuid_text, user.as_deref(), uid);
-    let subgid = super::userns::find_subid_range(&subgid_text, user.as_deref(), uid)
-        .or_else(|| super::userns::find_subid_range(&subgid_text, gname.as_deref(), gid));
+    let subuid = idmap::find_subid_range(&subuid_text, user.as_deref(), uid);
+    let subgid = idmap::find_subid_range(&subgid_text, user.as_deref(), uid)
+        .or_else(|| idmap::find_subid_range(&subgid_text, gname.as_deref(), gid));
     let no_new_privs = status_field(&status, "NoNewPrivs").as_deref() == Some("1");
-    let newuidmap = match super::userns::helpers_usable() {
+    let newuidmap = match idmap::helpers_usable() {
         Ok(()) if no_new_privs => {
             "installed, but no_new_privs is set, so setuid helpers cannot gain privileges".to_string()
         }
         Ok(()) => "ok".to_string(),
-        Err(e) => e,
+        Err(e) => e.to_string(),
     };
     let fuse = match std::fs::metadata("/dev/fuse") {
         Err(_) => "absent".to_string(),
@@ -388,152 +332,6 @@ pub fn facts() -> Facts {
     }
 }
 
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
-}
-
-fn write_proc(path: &std::ffi::CStr, data: &[u8]) -> Result<(), i32> {
-    let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(errno());
-    }
-    let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
-    let e = errno();
-    unsafe { libc::close(fd) };
-    if n < 0 { Err(e) } else { Ok(()) }
-}
-
-fn mount_tmpfs_trial() -> StepResult {
-    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
-        return StepResult::err(errno());
-    }
-    let r = unsafe {
-        libc::mount(
-            std::ptr::null(),
-            c"/".as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        )
-    };
-    if r != 0 {
-        return StepResult::err(errno());
-    }
-    let r = unsafe {
-        libc::mount(
-            c"kiln-probe".as_ptr(),
-            c"/".as_ptr(),
-            c"tmpfs".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if r != 0 {
-        StepResult::err(errno())
-    } else {
-        StepResult::ok()
-    }
-}
-
-/// Runs `f` in a forked child and returns the three step results it reports.
-fn in_child(f: fn(u32, u32) -> [StepResult; 3]) -> Trial {
-    let uid = nix::unistd::geteuid().as_raw();
-    let gid = nix::unistd::getegid().as_raw();
-    let mut fds = [0i32; 2];
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Trial::default();
-    }
-    // SAFETY: the child only makes raw syscalls and writes a few bytes before _exit. (fork in
-    // a threaded process is fine for that.)
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        unsafe { libc::close(fds[0]) };
-        let r = f(uid, gid);
-        let mut buf = [0u8; 24];
-        for (i, s) in r.iter().enumerate() {
-            let code: i32 = if !s.tried { -1 } else { s.errno.unwrap_or(0) };
-            buf[i * 8..i * 8 + 4].copy_from_slice(&code.to_le_bytes());
-        }
-        unsafe {
-            libc::write(fds[1], buf.as_ptr().cast(), buf.len());
-            libc::_exit(0)
-        }
-    }
-    unsafe { libc::close(fds[1]) };
-    let mut buf = [0u8; 24];
-    let mut got = 0;
-    while pid > 0 && got < buf.len() {
-        let n = unsafe { libc::read(fds[0], buf[got..].as_mut_ptr().cast(), buf.len() - got) };
-        if n <= 0 {
-            if n < 0 && errno() == libc::EINTR {
-                continue;
-            }
-            break;
-        }
-        got += n as usize;
-    }
-    unsafe { libc::close(fds[0]) };
-    if pid > 0 {
-        let mut st = 0;
-        while unsafe { libc::waitpid(pid, &mut st, 0) } < 0 && errno() == libc::EINTR {}
-    }
-    if got < buf.len() {
-        return Trial::default();
-    }
-    let step = |i: usize| {
-        let c = i32::from_le_bytes(buf[i * 8..i * 8 + 4].try_into().unwrap());
-        match c {
-            -1 => StepResult::default(),
-            0 => StepResult::ok(),
-            e => StepResult::err(e),
-        }
-    };
-    Trial {
-        unshare: step(0),
-        map: step(1),
-        mount: step(2),
-    }
-}
-
-/// Tries, in a child: `unshare(CLONE_NEWUSER)`, mapping the own ids (setgroups=deny, uid_map,
-/// gid_map), then `unshare(CLONE_NEWNS)` + a tmpfs mount. A few milliseconds.
-pub fn try_userns() -> Trial {
-    in_child(|uid, gid| {
-        let none = StepResult::default();
-        if unsafe { libc::unshare(libc::CLONE_NEWUSER) } != 0 {
-            return [StepResult::err(errno()), none.clone(), none];
-        }
-        let uid_line = format!("0 {uid} 1\n");
-        let gid_line = format!("0 {gid} 1\n");
-        let map = write_proc(c"/proc/self/setgroups", b"deny")
-            .or_else(|e| if e == libc::ENOENT { Ok(()) } else { Err(e) })
-            .and_then(|_| write_proc(c"/proc/self/uid_map", uid_line.as_bytes()))
-            .and_then(|_| write_proc(c"/proc/self/gid_map", gid_line.as_bytes()));
-        if let Err(e) = map {
-            return [StepResult::ok(), StepResult::err(e), none];
-        }
-        [StepResult::ok(), StepResult::ok(), mount_tmpfs_trial()]
-    })
-}
-
-/// Real root: tries `unshare(CLONE_NEWNS)` and a tmpfs mount without a user namespace.
-pub fn try_mountns() -> Trial {
-    in_child(|_, _| {
-        let m = mount_tmpfs_trial();
-        let none = StepResult::default();
-        if !m.is_ok() && m.errno.is_some() {
-            // Tell unshare and mount failures apart.
-            let u = if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
-                StepResult::err(errno())
-            } else {
-                StepResult::ok()
-            };
-            return [u, none, m];
-        }
-        [StepResult::ok(), none, m]
-    })
-}
-
 /// Facts plus both trials (for `kiln info`).
 pub fn full_probe() -> Facts {
     let mut f = facts();
@@ -547,9 +345,9 @@ pub fn full_probe() -> Facts {
 /// What `ensure` would pick from `f` (with both trials in it), and why (one sentence).
 pub fn decide(f: &Facts) -> (Isolation, String) {
     if f.in_userns {
-        let full = super::userns::id_mapping();
+        let full = idmap::id_mapping();
         return match full {
-            super::userns::IdMapping::SingleUid { reason } => (
+            IdMapping::SingleUid { reason } => (
                 Isolation::SingleUid,
                 format!("already in a single-uid user namespace ({reason})"),
             ),

@@ -2,14 +2,13 @@
 //! evaluated for the native architecture, the kernel version and the step's capabilities, and
 //! compiled with libseccomp into a BPF program. The program is exported as bytes before the
 //! sandbox forks (libseccomp's context is `!Send`) and installed raw with `seccomp(2)` without
-//! setting no_new_privs.
+//! setting no_new_privs ([`crate::sys::Syscall::seccomp_filter`]).
 
 use anyhow::{Context, Result, bail};
 use libseccomp::{ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::io::{Read, Seek};
-use std::os::fd::{FromRawFd, OwnedFd};
 
 /// The default profile (Docker format), compiled in.
 pub const DEFAULT_PROFILE: &str = include_str!("../../seccomp/default.json");
@@ -244,13 +243,11 @@ pub fn compile(profile: &Profile, caps: &[String]) -> Result<Vec<u8>> {
     export(&ctx)
 }
 
-fn export(ctx: &ScmpFilterContext) -> Result<Vec<u8>> {
-    let name = std::ffi::CString::new("kiln-seccomp").unwrap();
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("memfd_create failed");
-    }
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+/// The BPF program of `ctx` (raw `sock_filter`s), through a memfd (libseccomp 2.5 has no
+/// export to memory).
+pub(crate) fn export(ctx: &ScmpFilterContext) -> Result<Vec<u8>> {
+    let fd = nix::sys::memfd::memfd_create(c"kiln-seccomp", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+        .context("memfd_create failed")?;
     ctx.export_bpf(&fd).context("cannot export the seccomp filter")?;
     let mut f = std::fs::File::from(fd);
     f.rewind()?;
@@ -260,28 +257,6 @@ fn export(ctx: &ScmpFilterContext) -> Result<Vec<u8>> {
         bail!("libseccomp exported a malformed filter ({} bytes)", out.len());
     }
     Ok(out)
-}
-
-/// Installs a BPF program made by [`compile`] on the calling thread (no `no_new_privs`
-/// needed while CAP_SYS_ADMIN is held in the user namespace). Async-signal-safe.
-pub fn install(bpf: &[u8]) -> std::io::Result<()> {
-    let prog = libc::sock_fprog {
-        len: (bpf.len() / std::mem::size_of::<libc::sock_filter>()) as u16,
-        filter: bpf.as_ptr() as *mut libc::sock_filter,
-    };
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            0,
-            &prog as *const libc::sock_fprog,
-        )
-    };
-    if r != 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
 }
 
 #[cfg(test)]

@@ -15,271 +15,23 @@
 //! kiln starts; `--isolation` forces one.
 
 use anyhow::{Context, Result, bail};
-use serde::Serialize;
+use nix::errno::Errno;
 use std::ffi::CString;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 
+use super::idmap::{MappingBlocker, parse_id_map, plan_mapping, run_map_helper};
 use super::probe::{self, Isolation};
+use crate::sys::{Proc, RealSyscall, Syscall, Target};
+
+pub use super::idmap::{
+    ENV_IDMAP, ENV_IDMAP_MODE, IdMapping, IdRange, MAX_SUBIDS, SubIdPlan, find_subid_range, helpers_usable, id_mapping,
+    in_initial_userns,
+};
 
 /// Marks a process that already runs inside kiln's namespaces.
 pub const ENV_USERNS: &str = "KILN_USERNS";
-/// Describes the mapping the parent set up: `full` or `single:REASON`.
-pub const ENV_IDMAP: &str = "KILN_IDMAP";
-
-/// Set to `single` to force the single-uid mapping (testing, or to avoid subordinate ids).
-pub const ENV_IDMAP_MODE: &str = "KILN_IDMAP_MODE";
-
-/// Maximum number of subordinate ids kiln maps (container ids 1..=65536).
-pub const MAX_SUBIDS: u32 = 65536;
-
-/// One line of /proc/PID/uid_map: `count` ids starting at `container` map to `host`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct IdRange {
-    pub container: u32,
-    pub host: u32,
-    pub count: u32,
-}
-
-/// Which identity mapping kiln runs with.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum IdMapping {
-    /// Container 0 is the user, 1.. are subordinate ids: image ownership works.
-    Full {
-        uid_ranges: Vec<IdRange>,
-        gid_ranges: Vec<IdRange>,
-    },
-    /// Only the user's own id is mapped (to 0): the kernel refuses other owners; kiln emulates
-    /// them (see `sandbox::idemu`).
-    SingleUid { reason: String },
-    /// Real root in the initial user namespace: no mapping needed.
-    Host,
-}
-
-impl IdMapping {
-    /// One human sentence.
-    pub fn describe(&self) -> String {
-        match self {
-            IdMapping::Full { uid_ranges, gid_ranges } => format!(
-                "user namespace with subordinate ids: uids {} / gids {}",
-                fmt_ranges(uid_ranges),
-                fmt_ranges(gid_ranges)
-            ),
-            IdMapping::SingleUid { reason } => {
-                format!("single-uid user namespace (only your own id is mapped, to 0): {reason}")
-            }
-            IdMapping::Host => "real root: no user namespace, private mount namespace only".to_string(),
-        }
-    }
-}
-
-fn fmt_ranges(r: &[IdRange]) -> String {
-    r.iter()
-        .map(|r| format!("{}->{}+{}", r.container, r.host, r.count))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// Parses the text of /proc/PID/{uid,gid}_map.
-pub fn parse_id_map(text: &str) -> Vec<IdRange> {
-    text.lines()
-        .filter_map(|l| {
-            let mut it = l.split_whitespace().map(|f| f.parse::<u64>().ok());
-            let (c, h, n) = (it.next()??, it.next()??, it.next()??);
-            Some(IdRange {
-                container: c as u32,
-                host: h as u32,
-                count: n.min(u32::MAX as u64) as u32,
-            })
-        })
-        .collect()
-}
-
-fn is_initial_map(r: &[IdRange]) -> bool {
-    r.len() == 1 && r[0].container == 0 && r[0].host == 0 && r[0].count == u32::MAX
-}
-
-/// True when this process is in the initial user namespace (not inside any userns).
-pub fn in_initial_userns() -> bool {
-    std::fs::read_to_string("/proc/self/uid_map")
-        .map(|t| is_initial_map(&parse_id_map(&t)))
-        .unwrap_or(true)
-}
-
-/// What kiln runs with. Inside the namespace: read from /proc/self/uid_map (plus the reason
-/// the parent left in `KILN_IDMAP`). Outside it as a normal user: what `ensure` would set up.
-pub fn id_mapping() -> IdMapping {
-    let uids = parse_id_map(&std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default());
-    let gids = parse_id_map(&std::fs::read_to_string("/proc/self/gid_map").unwrap_or_default());
-    if is_initial_map(&uids) {
-        if nix::unistd::geteuid().is_root() {
-            return IdMapping::Host;
-        }
-        let uid = nix::unistd::getuid().as_raw();
-        let gid = nix::unistd::getgid().as_raw();
-        return match plan_mapping(uid, gid) {
-            Ok(p) => IdMapping::Full {
-                uid_ranges: vec![
-                    IdRange {
-                        container: 0,
-                        host: uid,
-                        count: 1,
-                    },
-                    IdRange {
-                        container: 1,
-                        host: p.uid.0,
-                        count: p.uid.1,
-                    },
-                ],
-                gid_ranges: vec![
-                    IdRange {
-                        container: 0,
-                        host: gid,
-                        count: 1,
-                    },
-                    IdRange {
-                        container: 1,
-                        host: p.gid.0,
-                        count: p.gid.1,
-                    },
-                ],
-            },
-            Err(reason) => IdMapping::SingleUid { reason },
-        };
-    }
-    let total: u64 = uids.iter().map(|r| r.count as u64).sum();
-    if total > 1 {
-        return IdMapping::Full {
-            uid_ranges: uids,
-            gid_ranges: gids,
-        };
-    }
-    let reason = std::env::var(ENV_IDMAP)
-        .ok()
-        .and_then(|v| v.strip_prefix("single:").map(str::to_string))
-        .unwrap_or_else(|| "only one id is mapped in this user namespace".to_string());
-    IdMapping::SingleUid { reason }
-}
-
-/// Subordinate id ranges that newuidmap/newgidmap would map: (start, count) for uids and gids.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubIdPlan {
-    pub uid: (u32, u32),
-    pub gid: (u32, u32),
-    pub newuidmap: PathBuf,
-    pub newgidmap: PathBuf,
-}
-
-/// Finds the first `/etc/subuid`-style entry for the user (by name or by numeric id); the
-/// count is capped at [`MAX_SUBIDS`].
-pub fn find_subid_range(text: &str, name: Option<&str>, id: u32) -> Option<(u32, u32)> {
-    let ids = id.to_string();
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .find_map(|l| {
-            let mut f = l.split(':');
-            let (who, start, count) = (
-                f.next()?,
-                f.next()?.trim().parse::<u32>().ok()?,
-                f.next()?.trim().parse::<u32>().ok()?,
-            );
-            ((Some(who) == name || who == ids) && count > 0).then_some((start, count.min(MAX_SUBIDS)))
-        })
-}
-
-fn find_helper(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
-    for d in ["/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin"] {
-        dirs.push(PathBuf::from(d));
-    }
-    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
-}
-
-fn helper_usable(p: &Path) -> Result<(), String> {
-    let md = std::fs::metadata(p).map_err(|e| format!("cannot stat {}: {e}", p.display()))?;
-    let setuid = md.permissions().mode() & 0o4000 != 0;
-    let has_caps = xattr::get(p, "security.capability").ok().flatten().is_some();
-    if !setuid && !has_caps {
-        return Err(format!(
-            "{} is neither setuid root nor has file capabilities",
-            p.display()
-        ));
-    }
-    Ok(())
-}
-
-/// Whether newuidmap and newgidmap are installed and setuid (or file-capped); the error says
-/// what is wrong.
-pub fn helpers_usable() -> Result<(), String> {
-    let Some(nu) = find_helper("newuidmap") else {
-        return Err("newuidmap is not installed (package uidmap)".to_string());
-    };
-    let Some(ng) = find_helper("newgidmap") else {
-        return Err("newgidmap is not installed (package uidmap)".to_string());
-    };
-    helper_usable(&nu)?;
-    helper_usable(&ng)
-}
-
-fn no_new_privs() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("NoNewPrivs:") && l.trim_end().ends_with('1'))
-        })
-        .unwrap_or(false)
-}
-
-/// Decides whether a full subordinate-id mapping is possible for `uid`/`gid`; the error is
-/// the reason (one clause) why not.
-pub fn plan_mapping(uid: u32, gid: u32) -> Result<SubIdPlan, String> {
-    if std::env::var(ENV_IDMAP_MODE).as_deref() == Ok("single") {
-        return Err(format!("{ENV_IDMAP_MODE}=single is set"));
-    }
-    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-        .ok()
-        .flatten();
-    let uname = user.as_ref().map(|u| u.name.clone());
-    let gname = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
-        .ok()
-        .flatten()
-        .map(|g| g.name);
-    let who = uname.clone().unwrap_or_else(|| uid.to_string());
-    let subuid = std::fs::read_to_string("/etc/subuid").unwrap_or_default();
-    let subgid = std::fs::read_to_string("/etc/subgid").unwrap_or_default();
-    let Some(ur) = find_subid_range(&subuid, uname.as_deref(), uid) else {
-        return Err(format!("no range for {who} in /etc/subuid"));
-    };
-    // /etc/subgid is keyed by user name (or uid) too, like shadow's newgidmap does.
-    let Some(gr) =
-        find_subid_range(&subgid, uname.as_deref(), uid).or_else(|| find_subid_range(&subgid, gname.as_deref(), gid))
-    else {
-        return Err(format!("no range for {who} in /etc/subgid"));
-    };
-    let Some(nu) = find_helper("newuidmap") else {
-        return Err("newuidmap is not installed (package uidmap)".to_string());
-    };
-    let Some(ng) = find_helper("newgidmap") else {
-        return Err("newgidmap is not installed (package uidmap)".to_string());
-    };
-    helper_usable(&nu)?;
-    helper_usable(&ng)?;
-    if no_new_privs() {
-        return Err("no_new_privs is set on this process (NoNewPrivs: 1), so setuid helpers cannot work".to_string());
-    }
-    Ok(SubIdPlan {
-        uid: ur,
-        gid: gr,
-        newuidmap: nu,
-        newgidmap: ng,
-    })
-}
 
 static CHILD: AtomicI32 = AtomicI32::new(0);
 
@@ -300,8 +52,10 @@ extern "C" fn forward_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx:
     let pid = CHILD.load(Ordering::SeqCst);
     // Signals the terminal sends to the whole foreground process group (SI_KERNEL) already
     // reach the child; forward only those sent to us alone (kill, timeout, systemd).
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler; null is checked.
     let from_kernel = !info.is_null() && unsafe { (*info).si_code } == libc::SI_KERNEL;
     if pid > 0 && !from_kernel {
+        // SAFETY: kill(2) is async-signal-safe and takes plain integers.
         unsafe { libc::kill(pid, sig) };
     }
 }
@@ -336,13 +90,13 @@ fn read_msg(fd: &OwnedFd) -> Vec<u8> {
     out
 }
 
-fn make_rprivate() -> nix::Result<()> {
-    nix::mount::mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
+fn make_rprivate(sys: &dyn Syscall) -> std::io::Result<()> {
+    sys.mount(
+        None,
+        Target::host(std::path::Path::new("/")),
+        None,
         nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
-        None::<&str>,
+        None,
     )
 }
 
@@ -411,9 +165,9 @@ pub fn ensure_with(debug: bool, forced: Option<Isolation>) -> Result<()> {
     }
     let mut root_ns_err = None;
     if root && in_initial_userns() && forced != Some(Isolation::SingleUid) {
-        match nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS) {
+        match RealSyscall.unshare(nix::sched::CloneFlags::CLONE_NEWNS) {
             Ok(()) => {
-                make_rprivate().context("cannot make the mounts of kiln's mount namespace private")?;
+                make_rprivate(&RealSyscall).context("cannot make the mounts of kiln's mount namespace private")?;
                 if debug {
                     eprintln!("kiln: debug: running as real root: private mount namespace, no user namespace");
                 }
@@ -486,24 +240,28 @@ fn enter_userns(debug: bool, single: bool) -> Result<probe::Trial> {
     env.push(format!("{ENV_USERNS}=1").into_bytes());
 
     let parent = nix::unistd::getpid();
+    let sys = RealSyscall;
     // SAFETY: called first in main, single-threaded.
     match unsafe { nix::unistd::fork() }.context("cannot fork")? {
         nix::unistd::ForkResult::Child => {
             drop(c2p_r);
             drop(p2c_w);
-            let r = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER | nix::sched::CloneFlags::CLONE_NEWNS);
+            let r = sys.unshare(nix::sched::CloneFlags::CLONE_NEWUSER | nix::sched::CloneFlags::CLONE_NEWNS);
             if let Err(e) = r {
                 // The parent decides what to do (fall back along the ladder).
                 write_all(&c2p_w, format!("e{}\n", e as i32).as_bytes());
+                // SAFETY: _exit ends the forked child without running the parent's destructors.
                 unsafe { libc::_exit(125) };
             }
             write_all(&c2p_w, b"u\n");
             let msg = read_msg(&p2c_r);
             if msg.is_empty() {
+                // SAFETY: as above.
                 unsafe { libc::_exit(125) };
             }
             let line = String::from_utf8_lossy(msg.strip_suffix(b"\n").unwrap_or(&msg)).to_string();
             if line.starts_with("error:") {
+                // SAFETY: as above.
                 unsafe { libc::_exit(125) };
             }
             let mut parts = line.splitn(3, '\t');
@@ -515,28 +273,33 @@ fn enter_userns(debug: bool, single: bool) -> Result<probe::Trial> {
             env.push(format!("{ENV_IDMAP}={idmap}").into_bytes());
             env.push(format!("{}={rung}", probe::ENV_RUNG).into_bytes());
             env.push(format!("{}={why}", probe::ENV_RUNG_WHY).into_bytes());
-            if let Err(e) = nix::unistd::setresgid(0.into(), 0.into(), 0.into()) {
+            if let Err(e) = sys.setresgid(0) {
                 eprintln!("kiln: cannot become gid 0 in the user namespace: {e}");
+                // SAFETY: as above.
                 unsafe { libc::_exit(125) };
             }
-            if let Err(e) = nix::unistd::setresuid(0.into(), 0.into(), 0.into()) {
+            if let Err(e) = sys.setresuid(0) {
                 eprintln!("kiln: cannot become uid 0 in the user namespace: {e}");
+                // SAFETY: as above.
                 unsafe { libc::_exit(125) };
             }
-            let _ = nix::unistd::setgroups(&[]); // denied with the single-id map: fine
+            let _ = sys.setgroups(&[]); // denied with the single-id map: fine
             // If the waiting parent dies (SIGKILL), stop too; SIGTERM lets a running step clean
             // up. Set after the credential change, which clears it.
-            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
+            let _ = sys.set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
             if nix::unistd::getppid() != parent {
+                // SAFETY: as above.
                 unsafe { libc::_exit(125) };
             }
-            if let Err(e) = make_rprivate() {
+            if let Err(e) = make_rprivate(&sys) {
                 eprintln!("kiln: cannot make the mounts of kiln's mount namespace private: {e}");
+                // SAFETY: as above.
                 unsafe { libc::_exit(125) };
             }
             let envc: Vec<CString> = env.into_iter().filter_map(|e| CString::new(e).ok()).collect();
             let e = nix::unistd::execve(&exe, &args, &envc).unwrap_err();
             eprintln!("kiln: cannot re-execute /proc/self/exe in the user namespace: {e}");
+            // SAFETY: as above.
             unsafe { libc::_exit(125) }
         }
         nix::unistd::ForkResult::Parent { child } => {
@@ -558,20 +321,22 @@ fn enter_userns(debug: bool, single: bool) -> Result<probe::Trial> {
                     ..Default::default()
                 });
             }
+            let proc = Proc::host();
+            let pid = child.as_raw() as u32;
             let mapped = if nix::unistd::geteuid().is_root() {
-                write_root_maps(child.as_raw(), single)
+                write_root_maps(&proc, pid, single)
             } else {
-                write_maps(child.as_raw(), uid, gid, debug, single)
+                write_maps(&proc, pid, uid, gid, debug, single)
             };
             let line = match mapped {
-                Ok(m) => m,
+                Ok(m) => m.line(),
                 Err(errno) => {
                     write_all(&p2c_w, b"error:\n");
                     let _ = wait_child(child);
                     restore_signals();
                     return Ok(probe::Trial {
                         unshare: probe::StepResult::ok(),
-                        map: probe::StepResult::err(errno),
+                        map: probe::StepResult::err(errno as i32),
                         ..Default::default()
                     });
                 }
@@ -602,32 +367,52 @@ fn restore_signals() {
     }
 }
 
+/// What the parent tells the re-executed child about the mapping it set up (sent as
+/// `KILN_IDMAP<TAB>rung<TAB>why`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapOutcome {
+    /// The value of `KILN_IDMAP`: `full`, `host` or `single:REASON`.
+    pub idmap: String,
+    pub rung: Isolation,
+    pub why: String,
+}
+
+impl MapOutcome {
+    /// The line the child reads.
+    fn line(&self) -> String {
+        format!("{}\t{}\t{}", self.idmap, self.rung, self.why)
+    }
+}
+
+/// The errno of a failed write, EPERM when there is none.
+fn errno_of(e: std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EPERM))
+}
+
 /// Root without CAP_SYS_ADMIN (a container with seccomp unconfined): maps root's own ids 1:1
 /// (CAP_SETUID/CAP_SETGID in the parent namespace allow any mapping), so ownership is real.
-fn write_root_maps(pid: i32, single: bool) -> Result<String, i32> {
+fn write_root_maps(proc: &Proc, pid: u32, single: bool) -> Result<MapOutcome, Errno> {
     let count = if single { 1 } else { u32::MAX - 1 };
-    let write = |f: &str, v: String| -> Result<(), i32> {
-        std::fs::write(format!("/proc/{pid}/{f}"), v).map_err(|e| e.raw_os_error().unwrap_or(libc::EPERM))
-    };
-    write("uid_map", format!("0 0 {count}\n"))?;
+    proc.write_pid(pid, "uid_map", &format!("0 0 {count}\n"))
+        .map_err(errno_of)?;
     if single {
-        let _ = write("setgroups", "deny".into());
+        let _ = proc.write_pid(pid, "setgroups", "deny");
     }
-    write("gid_map", format!("0 0 {count}\n"))?;
-    let (idmap, rung, why) = if single {
-        (
-            "single:forced with --isolation single-uid",
-            Isolation::SingleUid,
-            "forced with --isolation single-uid",
-        )
+    proc.write_pid(pid, "gid_map", &format!("0 0 {count}\n"))
+        .map_err(errno_of)?;
+    Ok(if single {
+        MapOutcome {
+            idmap: "single:forced with --isolation single-uid".into(),
+            rung: Isolation::SingleUid,
+            why: "forced with --isolation single-uid".into(),
+        }
     } else {
-        (
-            "full",
-            Isolation::Userns,
-            "root without CAP_SYS_ADMIN (no plain mount namespace), but user namespaces are allowed: a user namespace mapping root's own ids",
-        )
-    };
-    Ok(format!("{idmap}\t{rung}\t{why}"))
+        MapOutcome {
+            idmap: "full".into(),
+            rung: Isolation::Userns,
+            why: "root without CAP_SYS_ADMIN (no plain mount namespace), but user namespaces are allowed: a user namespace mapping root's own ids".into(),
+        }
+    })
 }
 
 fn install_forwarders() {
@@ -662,70 +447,39 @@ pub fn wait_child(child: nix::unistd::Pid) -> i32 {
     }
 }
 
-fn run_map_helper(helper: &Path, pid: i32, id: u32, range: (u32, u32)) -> Result<(), String> {
-    let out = std::process::Command::new(helper)
-        .args([
-            pid.to_string(),
-            "0".into(),
-            id.to_string(),
-            "1".into(),
-            "1".into(),
-            range.0.to_string(),
-            range.1.to_string(),
-        ])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", helper.display()))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr).trim().replace('\n', "; ");
-        return Err(format!("{} failed: {err}", helper.display()));
-    }
-    Ok(())
-}
-
-/// Writes the child's id maps; returns `KILN_IDMAP<TAB>rung<TAB>why` for the child, or the
-/// errno of the failed map write (no mapping possible at all, e.g. Ubuntu's AppArmor rule).
-fn write_maps(pid: i32, uid: u32, gid: u32, debug: bool, single: bool) -> Result<String, i32> {
+/// Writes the child's id maps (newuidmap/newgidmap with the user's range, else the user's own
+/// id only); returns what to tell the child, or the errno of the failed map write (no mapping
+/// possible at all, e.g. Ubuntu's AppArmor rule).
+fn write_maps(proc: &Proc, pid: u32, uid: u32, gid: u32, debug: bool, single: bool) -> Result<MapOutcome, Errno> {
     let plan = if single {
-        Err("forced with --isolation single-uid".to_string())
+        Err(MappingBlocker::ForcedByFlag)
     } else {
         plan_mapping(uid, gid)
     };
     let full = match &plan {
-        Ok(p) => {
-            run_map_helper(&p.newuidmap, pid, uid, p.uid).and_then(|_| run_map_helper(&p.newgidmap, pid, gid, p.gid))
-        }
+        Ok(p) => run_map_helper(&p.newuidmap, pid as i32, uid, p.uid)
+            .and_then(|_| run_map_helper(&p.newgidmap, pid as i32, gid, p.gid)),
         Err(reason) => Err(reason.clone()),
     };
-    let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::EPERM);
-    match full {
-        Ok(()) => {
-            let p = plan.as_ref().unwrap();
+    match (full, plan) {
+        (Ok(()), Ok(p)) => {
             if debug {
                 eprintln!(
                     "kiln: debug: user namespace: uid 0 -> {uid}, 1..{} -> {}..; gid 0 -> {gid}, 1..{} -> {}..",
                     p.uid.1, p.uid.0, p.gid.1, p.gid.0
                 );
             }
-            Ok(format!(
-                "full\t{}\tuser namespace with subordinate ids (uids {}+{}, gids {}+{})",
-                Isolation::Userns,
-                p.uid.0,
-                p.uid.1,
-                p.gid.0,
-                p.gid.1
-            ))
+            Ok(MapOutcome {
+                idmap: "full".into(),
+                rung: Isolation::Userns,
+                why: format!(
+                    "user namespace with subordinate ids (uids {}+{}, gids {}+{})",
+                    p.uid.0, p.uid.1, p.gid.0, p.gid.1
+                ),
+            })
         }
-        Err(reason) => {
-            let uid_map = parse_id_map(&std::fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap_or_default());
-            if uid_map.is_empty() {
-                std::fs::write(format!("/proc/{pid}/uid_map"), format!("0 {uid} 1\n")).map_err(errno)?;
-            }
-            let gid_map = parse_id_map(&std::fs::read_to_string(format!("/proc/{pid}/gid_map")).unwrap_or_default());
-            if gid_map.is_empty() {
-                let _ = std::fs::write(format!("/proc/{pid}/setgroups"), "deny");
-                std::fs::write(format!("/proc/{pid}/gid_map"), format!("0 {gid} 1\n")).map_err(errno)?;
-            }
+        (Err(reason), _) | (Ok(()), Err(reason)) => {
+            write_own_id_maps(proc, pid, uid, gid)?;
             let advice = if single {
                 "use --isolation auto for a range of ids".to_string()
             } else {
@@ -735,46 +489,98 @@ fn write_maps(pid: i32, uid: u32, gid: u32, debug: bool, single: bool) -> Result
                 "kiln: notice: single-uid user namespace ({reason}); other users' ownership is emulated \
                  (recorded in the image, not enforced inside RUN). {advice}"
             );
-            Ok(format!(
-                "single:{reason}\t{}\tsingle-uid user namespace: {reason}",
-                Isolation::SingleUid
-            ))
+            Ok(MapOutcome {
+                idmap: format!("single:{reason}"),
+                rung: Isolation::SingleUid,
+                why: format!("single-uid user namespace: {reason}"),
+            })
         }
     }
+}
+
+/// Maps only the user's own ids to 0 where a map is still unwritten (a helper may have written
+/// one before failing on the other); setgroups is denied first, as the kernel requires.
+fn write_own_id_maps(proc: &Proc, pid: u32, uid: u32, gid: u32) -> Result<(), Errno> {
+    if parse_id_map(&proc.read_pid(pid, "uid_map").unwrap_or_default()).is_empty() {
+        proc.write_pid(pid, "uid_map", &format!("0 {uid} 1\n"))
+            .map_err(errno_of)?;
+    }
+    if parse_id_map(&proc.read_pid(pid, "gid_map").unwrap_or_default()).is_empty() {
+        let _ = proc.write_pid(pid, "setgroups", "deny");
+        proc.write_pid(pid, "gid_map", &format!("0 {gid} 1\n"))
+            .map_err(errno_of)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn subid_lookup_by_name_or_id_and_cap() {
-        let t = "# comment\nalice:100000:65536\n1001:200000:1000000\nbob:300000:0\n";
-        assert_eq!(find_subid_range(t, Some("alice"), 5), Some((100000, 65536)));
-        assert_eq!(find_subid_range(t, Some("carol"), 1001), Some((200000, 65536)));
-        assert_eq!(find_subid_range(t, Some("bob"), 7), None);
-        assert_eq!(find_subid_range(t, None, 9), None);
+    /// `<base>/<pid>/{uid_map,gid_map,setgroups}`, empty, as procfs has them for a fresh child.
+    fn child_proc(pid: u32) -> (tempfile::TempDir, Proc) {
+        let t = tempfile::tempdir().unwrap();
+        let proc = Proc::at(t.path());
+        std::fs::create_dir_all(proc.pid(pid, "")).unwrap();
+        for f in ["uid_map", "gid_map", "setgroups"] {
+            std::fs::write(proc.pid(pid, f), "").unwrap();
+        }
+        (t, proc)
     }
 
     #[test]
-    fn id_map_parsing() {
-        let m = parse_id_map("         0       1001          1\n         1     100000      65536\n");
-        assert_eq!(
-            m,
-            vec![
-                IdRange {
-                    container: 0,
-                    host: 1001,
-                    count: 1
-                },
-                IdRange {
-                    container: 1,
-                    host: 100000,
-                    count: 65536
-                }
-            ]
+    fn root_maps_its_own_ids() {
+        let (_t, proc) = child_proc(42);
+        let m = write_root_maps(&proc, 42, false).unwrap();
+        assert_eq!(proc.read_pid(42, "uid_map").unwrap(), "0 0 4294967294\n");
+        assert_eq!(proc.read_pid(42, "gid_map").unwrap(), "0 0 4294967294\n");
+        assert_eq!(proc.read_pid(42, "setgroups").unwrap(), "", "setgroups stays allowed");
+        assert_eq!((m.idmap.as_str(), m.rung), ("full", Isolation::Userns));
+        let (_t, proc) = child_proc(43);
+        let m = write_root_maps(&proc, 43, true).unwrap();
+        assert_eq!(proc.read_pid(43, "uid_map").unwrap(), "0 0 1\n");
+        assert_eq!(proc.read_pid(43, "setgroups").unwrap(), "deny");
+        assert_eq!(m.rung, Isolation::SingleUid);
+        assert!(
+            m.line()
+                .starts_with("single:forced with --isolation single-uid\tsingle-uid\t")
         );
-        assert!(is_initial_map(&parse_id_map("0 0 4294967295\n")));
-        assert!(!is_initial_map(&m));
+    }
+
+    #[test]
+    fn single_uid_maps_the_own_id_and_denies_setgroups() {
+        let (_t, proc) = child_proc(7);
+        let m = write_maps(&proc, 7, 1000, 1001, false, true).unwrap();
+        assert_eq!(proc.read_pid(7, "uid_map").unwrap(), "0 1000 1\n");
+        assert_eq!(proc.read_pid(7, "gid_map").unwrap(), "0 1001 1\n");
+        assert_eq!(proc.read_pid(7, "setgroups").unwrap(), "deny");
+        assert_eq!(m.idmap, "single:forced with --isolation single-uid");
+        assert_eq!(m.rung, Isolation::SingleUid);
+    }
+
+    #[test]
+    fn a_map_a_helper_already_wrote_is_kept() {
+        let (_t, proc) = child_proc(8);
+        std::fs::write(proc.pid(8, "uid_map"), "0 1000 1\n1 100000 65536\n").unwrap();
+        write_own_id_maps(&proc, 8, 1000, 1000).unwrap();
+        assert_eq!(proc.read_pid(8, "uid_map").unwrap(), "0 1000 1\n1 100000 65536\n");
+        assert_eq!(proc.read_pid(8, "gid_map").unwrap(), "0 1000 1\n");
+    }
+
+    #[test]
+    fn a_refused_map_write_is_its_errno() {
+        let t = tempfile::tempdir().unwrap();
+        // No <pid> directory: the write fails (ENOENT), as a vanished child's would.
+        assert_eq!(write_own_id_maps(&Proc::at(t.path()), 9, 1, 1), Err(Errno::ENOENT));
+    }
+
+    #[test]
+    fn rprivate_goes_through_the_seam() {
+        let sys = crate::sys::RecordingSyscall::default();
+        make_rprivate(&sys).unwrap();
+        assert!(
+            matches!(&sys.calls.borrow()[0], crate::sys::Call::Mount { target, flags, .. }
+            if target == std::path::Path::new("/") && flags.contains(nix::mount::MsFlags::MS_PRIVATE))
+        );
     }
 }

@@ -192,7 +192,7 @@ pub struct OverlayFs {
     work: Layer,
     inner: Mutex<Inner>,
     /// Where the step's ownership emulation publishes emulated ids (single-uid mode, see
-    /// `crate::sandbox::idemu::state_dir`): new entries of an emulated user record it as owner.
+    /// `crate::sys::idstate`): new entries of an emulated user record it as owner.
     ids_dir: Option<PathBuf>,
 }
 
@@ -617,7 +617,7 @@ impl OverlayFs {
         if let Some(dir) = &self.ids_dir
             && st.st_mode & libc::S_IFMT != libc::S_IFLNK
             && dir.exists()
-            && let Some((u, g)) = crate::sandbox::idemu::fs_ids(dir, ctx.pid as u32)
+            && let Some((u, g)) = crate::sys::idstate::fs_ids(dir, ctx.pid as u32)
         {
             let g = if pst.st_mode & libc::S_ISGID != 0 {
                 self.get_xattr(0, prel.to_bytes(), crate::layer::OWNER_XATTR.as_bytes())?

@@ -14,6 +14,7 @@ mod fs;
 pub use fs::OverlayFs;
 
 use super::{RootfsDriver, empty_sibling};
+use crate::sys::{RealSyscall, Syscall, Target};
 use anyhow::{Context, Result, bail};
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{FuseChannel, FuseSession};
@@ -48,7 +49,7 @@ impl FuseOverlay {
     /// Mounts the overlay and starts its server threads.
     fn start(&self, lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path, readonly: bool) -> Result<()> {
         let overlay = Arc::new(
-            OverlayFs::new(lowers, upper, work, Some(crate::sandbox::idemu::state_dir(target)))
+            OverlayFs::new(lowers, upper, work, Some(crate::sys::idstate::state_dir(target)))
                 .with_context(|| format!("cannot open the layers of the FUSE overlay on {}", target.display()))?,
         );
         // Before the mount: the session resolves the mount point, which would wait for a
@@ -90,11 +91,9 @@ impl FuseOverlay {
 /// One server thread: a private umask of 0 (modes arrive with the caller's umask applied),
 /// then requests until the filesystem is unmounted or the session wakes us.
 fn worker(mut ch: FuseChannel, server: Arc<Server<Arc<OverlayFs>>>) {
-    unsafe {
-        // CLONE_FS: umask (and cwd) become this thread's own, the process umask stays.
-        if libc::unshare(libc::CLONE_FS) == 0 {
-            libc::umask(0);
-        }
+    // CLONE_FS: umask (and cwd) become this thread's own, the process umask stays.
+    if RealSyscall.unshare(nix::sched::CloneFlags::CLONE_FS).is_ok() {
+        nix::sys::stat::umask(nix::sys::stat::Mode::empty());
     }
     while let Ok(Some((reader, writer))) = ch.get_request() {
         if let Err(e) = server.handle_message(reader, writer.into(), None, None)
@@ -125,10 +124,22 @@ fn mount_fuse(target: &Path, readonly: bool) -> Result<File> {
     if readonly {
         flags |= nix::mount::MsFlags::MS_RDONLY;
     }
-    nix::mount::mount(Some("kiln"), target, Some("fuse.kiln"), flags, Some(opts.as_str()))
+    RealSyscall
+        .mount(
+            Some("kiln"),
+            Target::host(target),
+            Some("fuse.kiln"),
+            flags,
+            Some(opts.as_str()),
+        )
         .with_context(|| format!("cannot mount a FUSE filesystem on {}", target.display()))?;
-    let fl = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
-    unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) };
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    if let Ok(fl) = fcntl(&file, FcntlArg::F_GETFL) {
+        let _ = fcntl(
+            &file,
+            FcntlArg::F_SETFL(OFlag::from_bits_retain(fl) | OFlag::O_NONBLOCK),
+        );
+    }
     Ok(file)
 }
 
