@@ -20,6 +20,7 @@
 //!   downloads `http(s)://` URLs (mode 0600, `--checksum`), clones git URLs.
 
 use crate::digest::Digest;
+use crate::dockerfile::Chmod;
 use crate::dockerfile::ignore::{IgnoreMatcher, go_match};
 use crate::fsutil::root::fd_path;
 use crate::fsutil::{Follow, Root};
@@ -81,7 +82,7 @@ pub struct CopyRequest {
 /// once here): symlinks resolve inside their root, never on the host.
 pub fn copy_into(rootfs: &Path, src: &CopySource, req: &CopyRequest) -> Result<()> {
     let root = Root::open(rootfs).with_context(|| format!("opening the rootfs {}", rootfs.display()))?;
-    let chmod = req.chmod.as_deref().map(parse_chmod).transpose()?;
+    let chmod = req.chmod.as_deref().map(Chmod::parse).transpose()?;
     let chown = match req.chown.as_deref() {
         Some(spec) => {
             Some(crate::users::resolve_chown_in(&root, spec).with_context(|| format!("resolving --chown={spec}"))?)
@@ -126,7 +127,7 @@ pub fn source_digest_cached(
 ) -> Result<Digest> {
     let started = std::time::SystemTime::now();
     if let Some(c) = req.chmod.as_deref() {
-        parse_chmod(c)?;
+        Chmod::parse(c)?;
     }
     let items = resolve_items(src, req)?;
     let mut h = Sha256::new();
@@ -1284,127 +1285,6 @@ impl<R: Read> Read for CountingReader<R> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// --chmod
-// ---------------------------------------------------------------------------------------------
-
-/// A parsed `--chmod`: octal (`755`, `4755`) or symbolic (`u+x,g-w`, `a=rX`, `go=u`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Chmod {
-    Octal(u32),
-    Symbolic(Vec<ChmodClause>),
-}
-
-/// One symbolic clause: who (bits u=1, g=2, o=4; 0 = all) and its operations.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ChmodClause {
-    who: u8,
-    ops: Vec<(char, String)>,
-}
-
-/// Parses a `--chmod` value; the error names the value.
-pub fn parse_chmod(s: &str) -> Result<Chmod> {
-    let bad = |why: &str| anyhow!("invalid --chmod={s}: {why} (expected octal like 755 or symbolic like u+x,g-w)");
-    if s.is_empty() {
-        return Err(bad("empty value"));
-    }
-    if s.bytes().all(|b| b.is_ascii_digit()) {
-        if s.len() > 4 || s.bytes().any(|b| b > b'7') {
-            return Err(bad("not an octal mode"));
-        }
-        return Ok(Chmod::Octal(
-            u32::from_str_radix(s, 8).map_err(|_| bad("not an octal mode"))?,
-        ));
-    }
-    let mut clauses = Vec::new();
-    for clause in s.split(',') {
-        let mut chars = clause.chars().peekable();
-        let mut who = 0u8;
-        while let Some(&c) = chars.peek() {
-            who |= match c {
-                'u' => 1,
-                'g' => 2,
-                'o' => 4,
-                'a' => 7,
-                _ => break,
-            };
-            chars.next();
-        }
-        let mut ops = Vec::new();
-        while let Some(op) = chars.next() {
-            if !matches!(op, '+' | '-' | '=') {
-                return Err(bad(&format!("unexpected {op:?}")));
-            }
-            let mut perms = String::new();
-            while let Some(&c) = chars.peek() {
-                if matches!(c, '+' | '-' | '=') {
-                    break;
-                }
-                if !matches!(c, 'r' | 'w' | 'x' | 'X' | 's' | 't' | 'u' | 'g' | 'o') {
-                    return Err(bad(&format!("unexpected {c:?}")));
-                }
-                perms.push(c);
-                chars.next();
-            }
-            if perms.chars().any(|c| matches!(c, 'u' | 'g' | 'o')) && perms.len() != 1 {
-                return Err(bad("a permission copy (u, g or o) stands alone"));
-            }
-            ops.push((op, perms));
-        }
-        if ops.is_empty() {
-            return Err(bad("missing operator"));
-        }
-        clauses.push(ChmodClause { who, ops });
-    }
-    Ok(Chmod::Symbolic(clauses))
-}
-
-impl Chmod {
-    /// The new permission bits (07777) of an entry with permission bits `mode`.
-    pub fn apply(&self, mode: u32, is_dir: bool) -> u32 {
-        let mode = mode & 0o7777;
-        match self {
-            // A plain rwx mode keeps setuid/setgid/sticky of the source (BuildKit masks 0777).
-            Chmod::Octal(v) if *v <= 0o777 => (mode & !0o777) | v,
-            Chmod::Octal(v) => *v,
-            Chmod::Symbolic(clauses) => {
-                let mut m = mode;
-                for c in clauses {
-                    let who = if c.who == 0 { 7 } else { c.who };
-                    let mask = (if who & 1 != 0 { 0o4700 } else { 0 })
-                        | (if who & 2 != 0 { 0o2070 } else { 0 })
-                        | (if who & 4 != 0 { 0o1007 } else { 0 });
-                    for (op, perms) in &c.ops {
-                        let mut bits = 0u32;
-                        for p in perms.chars() {
-                            bits |= match p {
-                                'r' => 0o444,
-                                'w' => 0o222,
-                                'x' => 0o111,
-                                'X' if is_dir || m & 0o111 != 0 => 0o111,
-                                'X' => 0,
-                                's' => 0o6000,
-                                't' => 0o1000,
-                                'u' => ((m >> 6) & 7) * 0o111,
-                                'g' => ((m >> 3) & 7) * 0o111,
-                                'o' => (m & 7) * 0o111,
-                                _ => 0,
-                            };
-                        }
-                        bits &= mask;
-                        match op {
-                            '+' => m |= bits,
-                            '-' => m &= !bits,
-                            _ => m = (m & !(mask & if is_dir { 0o1777 } else { 0o7777 })) | bits,
-                        }
-                    }
-                }
-                m
-            }
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Patterns
 // ---------------------------------------------------------------------------------------------
 
@@ -2151,34 +2031,6 @@ mod tests {
             source_digest(&src, &req(&["/app"], "/x")).unwrap(),
             "owner is part of a stage digest"
         );
-    }
-
-    #[test]
-    fn chmod_parse_and_apply() {
-        let cases: &[(&str, u32, bool, u32)] = &[
-            ("755", 0o644, false, 0o755),
-            ("0640", 0o777, false, 0o640),
-            ("755", 0o4700, false, 0o4755),
-            ("4755", 0o644, false, 0o4755),
-            ("u+x", 0o644, false, 0o744),
-            ("g-w,o-r", 0o666, false, 0o642),
-            ("a=rX", 0o750, true, 0o555),
-            ("a=rX", 0o640, false, 0o444),
-            ("a=rX", 0o740, false, 0o555),
-            ("+x", 0o600, false, 0o711),
-            ("go=u", 0o700, false, 0o777),
-            ("u=rw,go=r", 0o777, false, 0o644),
-            ("u+s", 0o755, false, 0o4755),
-            ("o+t", 0o777, true, 0o1777),
-        ];
-        for (spec, from, dir, want) in cases {
-            let c = parse_chmod(spec).unwrap_or_else(|e| panic!("{spec}: {e}"));
-            assert_eq!(c.apply(*from, *dir), *want, "--chmod={spec} on {from:o}");
-        }
-        for bad in ["64a", "", "8", "12345", "u+q", "z+x", "u", "u+ug"] {
-            let e = parse_chmod(bad).unwrap_err().to_string();
-            assert!(e.contains(bad), "{bad}: {e}");
-        }
     }
 
     #[test]

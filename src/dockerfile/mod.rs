@@ -10,6 +10,7 @@
 //!
 //! Errors always read `FILE:LINE:COL: what is wrong (what was expected)`.
 
+pub mod chmod;
 pub mod expand;
 pub mod ignore;
 pub mod mount;
@@ -20,6 +21,7 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
+pub use chmod::Chmod;
 pub use expand::{VarLookup, process_word, process_words, referenced_vars};
 pub use ignore::{IgnoreMatcher, go_match};
 pub use mount::{MountKind, RunMount};
@@ -293,104 +295,6 @@ impl Instruction {
             .map(|f| mount::parse_mount(f.value.as_deref().unwrap_or("")).map_err(|e| f.loc.error(e)))
             .collect()
     }
-}
-
-/// A COPY/ADD `--chmod` value.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Chmod {
-    Octal(u32),
-    /// Symbolic (`u+x,go-w`), validated; apply with [`Chmod::apply`].
-    Symbolic(String),
-}
-
-impl Chmod {
-    /// The resulting permission bits for a file or directory that had `mode`.
-    pub fn apply(&self, mode: u32, is_dir: bool) -> u32 {
-        match self {
-            Chmod::Octal(m) => *m,
-            Chmod::Symbolic(s) => apply_symbolic(s, mode, is_dir),
-        }
-    }
-}
-
-/// Parse a `--chmod` value: octal (`755`, `0644`, `4755`) or symbolic (`u+x`, `a=rX,u+w`).
-pub fn parse_chmod(s: &str) -> Result<Chmod> {
-    let bad = || {
-        anyhow::anyhow!(
-            "invalid --chmod value {s:?} (expected an octal mode like 0755 or a symbolic mode like u+x,go-w)"
-        )
-    };
-    if s.is_empty() {
-        return Err(bad());
-    }
-    if s.chars().all(|c| c.is_ascii_digit()) {
-        let m = u32::from_str_radix(s, 8).map_err(|_| bad())?;
-        if m > 0o7777 {
-            return Err(bad());
-        }
-        return Ok(Chmod::Octal(m));
-    }
-    for clause in s.split(',') {
-        let ops = clause.trim_start_matches(['u', 'g', 'o', 'a']);
-        if ops.is_empty() || !ops.starts_with(['+', '-', '=']) {
-            return Err(bad());
-        }
-        if !ops
-            .chars()
-            .all(|c| matches!(c, '+' | '-' | '=' | 'r' | 'w' | 'x' | 'X' | 's' | 't'))
-        {
-            return Err(bad());
-        }
-    }
-    Ok(Chmod::Symbolic(s.to_string()))
-}
-
-fn apply_symbolic(s: &str, mut mode: u32, is_dir: bool) -> u32 {
-    for clause in s.split(',') {
-        let who_part: String = clause
-            .chars()
-            .take_while(|c| matches!(c, 'u' | 'g' | 'o' | 'a'))
-            .collect();
-        let mut who = 0u32;
-        for c in who_part.chars() {
-            who |= match c {
-                'u' => 0o4700,
-                'g' => 0o2070,
-                'o' => 0o1007,
-                _ => 0o7777,
-            };
-        }
-        if who == 0 {
-            who = 0o7777; // no "who": everyone (no umask applies at build time)
-        }
-        let rest = &clause[who_part.len()..];
-        let mut chars = rest.chars().peekable();
-        while let Some(op) = chars.next() {
-            let mut perm = 0u32;
-            while let Some(&c) = chars.peek() {
-                if matches!(c, '+' | '-' | '=') {
-                    break;
-                }
-                chars.next();
-                perm |= match c {
-                    'r' => 0o444,
-                    'w' => 0o222,
-                    'x' => 0o111,
-                    'X' if is_dir || mode & 0o111 != 0 => 0o111,
-                    's' => 0o6000,
-                    't' => 0o1000,
-                    _ => 0,
-                };
-            }
-            let bits = perm & who;
-            match op {
-                '+' => mode |= bits,
-                '-' => mode &= !bits,
-                _ => mode = (mode & !(who & 0o7777)) | bits,
-            }
-        }
-    }
-    mode & 0o7777
 }
 
 /// Parse a Go duration (`1h2m3.5s`, `300ms`, `10us`, `0`).

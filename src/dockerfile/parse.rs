@@ -3,7 +3,7 @@
 use super::expand::{Lex, NoVars};
 use super::{
     Command, Directives, Dockerfile, Flag, HealthcheckSpec, Heredoc, Instruction, KEYWORDS, Loc, ShellOrExec,
-    parse_chmod, parse_go_duration,
+    parse_go_duration,
 };
 use anyhow::Result;
 
@@ -453,7 +453,7 @@ fn validate_flag_values(keyword: &str, flags: &[(String, Option<String>, usize)]
         let literal = !v.contains('$');
         match (keyword, name.as_str()) {
             ("COPY" | "ADD", "chmod") if literal => {
-                parse_chmod(v).map_err(|e| PErr { msg: e.to_string(), at })?;
+                super::Chmod::parse(v).map_err(|e| PErr { msg: e.to_string(), at })?;
             }
             ("COPY" | "ADD", "chown") if v.is_empty() => {
                 return Err(PErr {
