@@ -4,7 +4,7 @@
 use super::step::{ReadOnlyRoot, fs_step};
 use super::{Builder, StageState, shell_of};
 use crate::dockerfile::mount::{MountKind, RunMount, Sharing, parse_mount};
-use crate::dockerfile::{Instruction, ShellOrExec};
+use crate::dockerfile::{FlagValue, Instruction, NetworkMode, RunCommand, SecurityMode, ShellOrExec};
 use crate::fsutil::{Follow, Root};
 use crate::sandbox::{MountSpec, Network, RunSpec};
 use anyhow::{Context, Result, bail};
@@ -108,31 +108,30 @@ pub fn run_step(
     state: &mut StageState,
     ins: &Instruction,
     stage_index: usize,
-    cmd: &ShellOrExec,
+    run: &RunCommand,
 ) -> Result<bool> {
+    let cmd = &run.cmd;
     let vars = state.vars();
     let esc = b.escape;
+    let word = |f: &FlagValue| crate::dockerfile::expand::process_word(&f.raw, &vars, esc);
     let mut mount_specs = Vec::new();
+    for f in &run.mounts {
+        mount_specs.push(parse_mount(&word(f)?).with_context(|| format!("{}", f.loc))?);
+    }
     let mut network = b.req.network;
-    for f in &ins.flags {
-        let v = crate::dockerfile::expand::process_word(f.value.as_deref().unwrap_or(""), &vars, esc)?;
-        match f.name.as_str() {
-            "mount" => mount_specs.push(parse_mount(&v).with_context(|| format!("{}", f.loc))?),
-            "network" => {
-                network = match v.as_str() {
-                    "none" => Network::None,
-                    "host" | "default" => Network::Host,
-                    other => bail!("{}: --network={other}: expected default, none or host", f.loc),
-                }
-            }
-            "security" => match v.as_str() {
-                "sandbox" => {}
-                other => bail!(
-                    "{}: --security={other} is not supported: kiln runs RUN steps in its rootless sandbox (only --security=sandbox)",
-                    f.loc
-                ),
-            },
-            other => bail!("{}: unknown flag --{other} for RUN", f.loc),
+    if let Some(f) = &run.network {
+        network = match NetworkMode::parse(&word(f)?).map_err(|e| f.loc.error(e))? {
+            NetworkMode::None => Network::None,
+            NetworkMode::Host | NetworkMode::Default => Network::Host,
+        };
+    }
+    if let Some(f) = &run.security {
+        match SecurityMode::parse(&word(f)?).map_err(|e| f.loc.error(e))? {
+            SecurityMode::Sandbox => {}
+            SecurityMode::Insecure => bail!(
+                "{}: --security=insecure is not supported: kiln runs RUN steps in its rootless sandbox (only --security=sandbox)",
+                f.loc
+            ),
         }
     }
     // Environment: image ENV, then ARGs in scope that ENV does not override, then proxies.

@@ -5,7 +5,7 @@
 use super::{Builder, StageState, cache, command_argv, shell_of};
 use crate::digest::Digest;
 use crate::dockerfile::expand::{process_word, process_words};
-use crate::dockerfile::{Command, Instruction, ShellOrExec};
+use crate::dockerfile::{Command, CopyCommand, FlagValue, Instruction, ShellOrExec};
 use crate::image::HealthConfig;
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
@@ -18,7 +18,7 @@ pub fn execute(b: &Builder, state: &mut StageState, ins: &Instruction, stage_ind
     let word = |w: &str| process_word(w, &vars, esc);
     let words = |w: &str| process_words(w, &vars, esc);
     match &ins.command {
-        Command::From { .. } => bail!("FROM inside a stage"),
+        Command::From(_) => bail!("FROM inside a stage"),
         Command::Arg(decls) => {
             for (name, default) in decls {
                 let value = b.plan.arg_value(stage_index, name, &state.args).or_else(|| {
@@ -161,16 +161,9 @@ pub fn execute(b: &Builder, state: &mut StageState, ins: &Instruction, stage_ind
                 |_b, root, _st| super::run::make_workdir(root, &path, user.as_deref()),
             )
         }
-        Command::Run(cmd) => super::run::run_step(b, state, ins, stage_index, cmd),
-        Command::Copy { srcs, dest } | Command::Add { srcs, dest } => copy_step(
-            b,
-            state,
-            ins,
-            stage_index,
-            srcs,
-            dest,
-            matches!(ins.command, Command::Add { .. }),
-        ),
+        Command::Run(run) => super::run::run_step(b, state, ins, stage_index, run),
+        Command::Copy(c) => copy_step(b, state, ins, stage_index, c, false),
+        Command::Add(c) => copy_step(b, state, ins, stage_index, c, true),
     }
 }
 
@@ -322,53 +315,42 @@ fn apply_layer(
     state.key = key;
 }
 
-#[allow(clippy::too_many_arguments)]
 fn copy_step(
     b: &Builder,
     state: &mut StageState,
     ins: &Instruction,
     stage_index: usize,
-    srcs: &[String],
-    dest: &str,
+    c: &CopyCommand,
     is_add: bool,
 ) -> Result<bool> {
     use super::copy::{CopyRequest, CopySource};
     let vars = state.vars();
     let esc = b.escape;
-    let mut from = None;
+    let word = |f: &FlagValue| process_word(&f.raw, &vars, esc);
+    let opt = |f: &Option<FlagValue>| f.as_ref().map(word).transpose();
+    if let Some(u) = &c.unpack {
+        bail!("{}: ADD --unpack is not supported by kiln", u.loc);
+    }
+    let from = opt(&c.from)?;
     let mut req = CopyRequest {
         srcs: Vec::new(),
-        dest: process_word(dest, &vars, esc)?,
+        dest: process_word(&c.dest, &vars, esc)?,
         workdir: state
             .config
             .config
             .working_dir
             .clone()
             .unwrap_or_else(|| "/".to_string()),
-        chown: None,
-        chmod: None,
-        exclude: Vec::new(),
-        parents: false,
-        link: false,
+        chown: opt(&c.chown)?,
+        chmod: opt(&c.chmod)?,
+        exclude: c.exclude.iter().map(word).collect::<Result<_>>()?,
+        parents: c.parents,
+        link: c.link,
         is_add,
-        checksum: None,
-        keep_git_dir: false,
+        checksum: opt(&c.checksum)?,
+        keep_git_dir: c.keep_git_dir,
         heredocs: Vec::new(),
     };
-    for f in &ins.flags {
-        let v = || -> Result<String> { process_word(f.value.as_deref().unwrap_or(""), &vars, esc) };
-        match f.name.as_str() {
-            "from" => from = Some(v()?),
-            "chown" => req.chown = Some(v()?),
-            "chmod" => req.chmod = Some(v()?),
-            "exclude" => req.exclude.push(v()?),
-            "parents" => req.parents = f.value.as_deref().is_none_or(|x| x == "true"),
-            "link" => req.link = f.value.as_deref().is_none_or(|x| x == "true"),
-            "checksum" => req.checksum = Some(v()?),
-            "keep-git-dir" => req.keep_git_dir = f.value.as_deref().is_none_or(|x| x == "true"),
-            other => bail!("{}: unknown flag --{other} for {}", f.loc, ins.keyword),
-        }
-    }
     for h in &ins.heredocs {
         let content = if h.expand {
             process_word_heredoc(&h.content, &vars, esc)?
@@ -377,7 +359,7 @@ fn copy_step(
         };
         req.heredocs.push((h.name.clone(), content));
     }
-    for s in srcs {
+    for s in &c.srcs {
         if s.starts_with("<<") {
             req.srcs.push(s.clone());
         } else {
@@ -419,10 +401,10 @@ fn copy_step(
     }
     let key_text = format!(
         "{} {:?} -> {:?} flags {:?}",
-        ins.keyword,
+        ins.keyword(),
         req.srcs,
         req.dest,
-        ins.flags.iter().map(|f| (&f.name, &f.value)).collect::<Vec<_>>()
+        c.flags_for_key()
     );
     let created_by = format!("{} # buildkit", ins.original);
     let ignore_owned = if is_context { Some(b.ignore.clone()) } else { None };

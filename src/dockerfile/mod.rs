@@ -10,11 +10,15 @@
 //!
 //! Errors always read `FILE:LINE:COL: what is wrong (what was expected)`.
 
+mod args;
 pub mod chmod;
 pub mod expand;
+mod flags;
 pub mod ignore;
+pub mod instructions;
 pub mod mount;
 mod parse;
+mod scan;
 
 use anyhow::{Context, Result, bail};
 use std::fmt;
@@ -24,8 +28,12 @@ use std::time::Duration;
 pub use chmod::Chmod;
 pub use expand::{VarLookup, process_word, process_words, referenced_vars};
 pub use ignore::{IgnoreMatcher, go_match};
+pub use instructions::{
+    Command, CopyCommand, FlagValue, FromCommand, HealthcheckSpec, NetworkMode, RunCommand, SecurityMode, ShellOrExec,
+};
 pub use mount::{MountKind, RunMount};
-pub use parse::{parse_heredoc_word, parse_onbuild_trigger, parse_trigger};
+pub use parse::{parse_onbuild_trigger, parse_trigger};
+pub use scan::parse_heredoc_word;
 
 /// A position in a Dockerfile (1-based line and column).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
@@ -63,101 +71,17 @@ pub struct Heredoc {
     pub fd: u32,
 }
 
-/// An instruction flag: `--name=value` or `--name`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Flag {
-    pub name: String,
-    /// None for a bare `--name` (booleans); quotes are already removed from the value.
-    pub value: Option<String>,
-    pub loc: Loc,
-}
-
 /// One instruction.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Instruction {
     pub loc: Loc,
     /// The last line the instruction (with continuations and heredoc bodies) occupies.
     pub end_line: usize,
-    /// Upper-case: "RUN", "COPY", ...
-    pub keyword: String,
     /// The source text, continuation lines joined, trimmed; for an ONBUILD trigger the text
     /// after `ONBUILD` (as stored in the image config's `OnBuild`).
     pub original: String,
-    pub flags: Vec<Flag>,
     pub command: Command,
     pub heredocs: Vec<Heredoc>,
-}
-
-/// Shell form (raw text, handed to the SHELL) or exec form (JSON array, never expanded).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ShellOrExec {
-    Shell(String),
-    Exec(Vec<String>),
-}
-
-/// HEALTHCHECK settings. Durations and retries are parsed here from the flags (Go duration
-/// syntax like `30s`, `1m30s`, `500ms`); `None` means "not given / 0" (use the default).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HealthcheckSpec {
-    pub test: ShellOrExec,
-    pub interval: Option<Duration>,
-    pub timeout: Option<Duration>,
-    pub start_period: Option<Duration>,
-    pub start_interval: Option<Duration>,
-    pub retries: Option<u32>,
-}
-
-impl HealthcheckSpec {
-    /// The config `Test` vector: `["CMD", ...]` for exec form, `["CMD-SHELL", "..."]` for shell.
-    pub fn test_vector(&self) -> Vec<String> {
-        match &self.test {
-            ShellOrExec::Exec(v) => std::iter::once("CMD".to_string()).chain(v.iter().cloned()).collect(),
-            ShellOrExec::Shell(s) => vec!["CMD-SHELL".to_string(), s.clone()],
-        }
-    }
-}
-
-/// What an instruction says; all words raw (unexpanded, quotes still in).
-#[derive(Clone, Debug, PartialEq)]
-pub enum Command {
-    /// `FROM [--platform=p] image [AS name]`; `name` lower-cased and validated.
-    From {
-        image: String,
-        name: Option<String>,
-    },
-    Run(ShellOrExec),
-    Cmd(ShellOrExec),
-    Entrypoint(ShellOrExec),
-    /// Always JSON form.
-    Shell(Vec<String>),
-    /// Raw key/value words (quotes still in; expand each with `process_word`).
-    Label(Vec<(String, String)>),
-    Maintainer(String),
-    /// Raw words; expand each with `process_words` (a variable may hold several ports).
-    Expose(Vec<String>),
-    /// Both `ENV k v` and `ENV k=v ...`; raw values (expand with `process_word`).
-    Env(Vec<(String, String)>),
-    /// Raw words (expand each with `process_word`); JSON form supported; a heredoc source
-    /// appears as its word (`<<EOF`, `<<-'EOF'`): look it up with [`Instruction::heredoc_for`].
-    Add {
-        srcs: Vec<String>,
-        dest: String,
-    },
-    Copy {
-        srcs: Vec<String>,
-        dest: String,
-    },
-    /// JSON or whitespace-separated raw words.
-    Volume(Vec<String>),
-    User(String),
-    Workdir(String),
-    /// Names with raw default values.
-    Arg(Vec<(String, Option<String>)>),
-    /// The trigger, parsed (its `original` is the text stored in the config's `OnBuild`).
-    Onbuild(Box<Instruction>),
-    Stopsignal(String),
-    /// `None` = `HEALTHCHECK NONE`.
-    Healthcheck(Option<HealthcheckSpec>),
 }
 
 /// Parser directives from the top of the file.
@@ -250,50 +174,15 @@ pub fn parse_file(path: &Path) -> Result<Dockerfile> {
 }
 
 impl Instruction {
-    /// The first flag with this name.
-    pub fn flag(&self, name: &str) -> Option<&Flag> {
-        self.flags.iter().find(|f| f.name == name)
-    }
-
-    /// The value of a string flag (`--from=x` → `Some("x")`).
-    pub fn flag_value(&self, name: &str) -> Option<&str> {
-        self.flag(name).and_then(|f| f.value.as_deref())
-    }
-
-    /// All values of a repeatable flag (`--mount`, `--exclude`), in order.
-    pub fn flag_values(&self, name: &str) -> Vec<&str> {
-        self.flags
-            .iter()
-            .filter(|f| f.name == name)
-            .filter_map(|f| f.value.as_deref())
-            .collect()
-    }
-
-    /// A boolean flag: `--link` / `--link=true` → true, absent / `--link=false` → false.
-    pub fn flag_bool(&self, name: &str) -> bool {
-        match self.flag(name) {
-            None => false,
-            Some(f) => f
-                .value
-                .as_deref()
-                .map(|v| !v.eq_ignore_ascii_case("false"))
-                .unwrap_or(true),
-        }
+    /// The upper-case keyword: "RUN", "COPY", ...
+    pub fn keyword(&self) -> &'static str {
+        self.command.keyword()
     }
 
     /// The heredoc a COPY/ADD source word (`<<EOF`) refers to.
     pub fn heredoc_for(&self, word: &str) -> Option<&Heredoc> {
         let (name, _, _, _) = parse_heredoc_word(word)?;
         self.heredocs.iter().find(|h| h.name == name)
-    }
-
-    /// Parse this RUN's `--mount` flags.
-    pub fn run_mounts(&self) -> Result<Vec<RunMount>> {
-        self.flags
-            .iter()
-            .filter(|f| f.name == "mount")
-            .map(|f| mount::parse_mount(f.value.as_deref().unwrap_or("")).map_err(|e| f.loc.error(e)))
-            .collect()
     }
 }
 

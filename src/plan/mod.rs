@@ -27,7 +27,7 @@
 //! (as a [`VarLookup`]) and yields the RUN environment and the config `Env`.
 
 use crate::dockerfile::expand::{NoVars, process_word, process_word_with_matches, process_words};
-use crate::dockerfile::{Command, Dockerfile, Instruction, VarLookup, mount};
+use crate::dockerfile::{Command, CopyCommand, Dockerfile, FromCommand, Instruction, VarLookup, mount};
 use anyhow::{Result, anyhow, bail};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -300,12 +300,12 @@ pub fn plan(df: &Dockerfile, opts: &BuildOptions) -> Result<Plan> {
     let mut raw_stages: Vec<(&Instruction, Vec<&Instruction>)> = Vec::new();
     for ins in &df.instructions {
         match (&ins.command, raw_stages.last_mut()) {
-            (Command::From { .. }, _) => raw_stages.push((ins, Vec::new())),
+            (Command::From(_), _) => raw_stages.push((ins, Vec::new())),
             (_, Some((_, body))) => body.push(ins),
             (Command::Arg(_), None) => meta.push(ins),
             (_, None) => bail!(ins.loc.error(format!(
                 "{} before the first FROM (only ARG may come before FROM)",
-                ins.keyword
+                ins.keyword()
             ))),
         }
     }
@@ -315,7 +315,7 @@ pub fn plan(df: &Dockerfile, opts: &BuildOptions) -> Result<Plan> {
     let stage_names: Vec<Option<String>> = raw_stages
         .iter()
         .map(|(f, _)| match &f.command {
-            Command::From { name, .. } => name.clone(),
+            Command::From(f) => f.name.clone(),
             _ => None,
         })
         .collect();
@@ -374,7 +374,7 @@ pub fn plan(df: &Dockerfile, opts: &BuildOptions) -> Result<Plan> {
     // stages: base and dependencies
     let mut stages: Vec<Stage> = Vec::new();
     for (index, (from, body)) in raw_stages.iter().enumerate() {
-        let Command::From { image, name } = &from.command else {
+        let Command::From(FromCommand { image, name, platform }) = &from.command else {
             unreachable!()
         };
         let expanded = process_word(image, &global, escape).map_err(|e| from.loc.error(e))?;
@@ -393,7 +393,7 @@ pub fn plan(df: &Dockerfile, opts: &BuildOptions) -> Result<Plan> {
         } else {
             BaseRef::Image(expanded)
         };
-        let platform = match from.flag_value("platform") {
+        let platform = match platform.as_ref().map(|f| f.raw.as_str()) {
             Some(p) => {
                 let v = process_word(p, &global, escape).map_err(|e| from.loc.error(e))?;
                 if v.is_empty() {
@@ -534,22 +534,20 @@ pub fn plan(df: &Dockerfile, opts: &BuildOptions) -> Result<Plan> {
 fn from_refs(ins: &Instruction) -> Result<Vec<String>> {
     let mut out = Vec::new();
     match &ins.command {
-        Command::Copy { .. } => {
-            if let Some(f) = ins.flag("from") {
-                let v = f.value.clone().unwrap_or_default();
-                let literal = process_word(&v, &NoVars, '\\').unwrap_or_default();
-                if literal != v {
+        Command::Copy(c) => {
+            if let Some(f) = &c.from {
+                let literal = process_word(&f.raw, &NoVars, '\\').unwrap_or_default();
+                if literal != f.raw {
                     bail!(f.loc.error(
                         "variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround"
                     ));
                 }
-                out.push(v);
+                out.push(f.raw.clone());
             }
         }
-        Command::Run(_) => {
-            for f in ins.flags.iter().filter(|f| f.name == "mount") {
-                let v = f.value.as_deref().unwrap_or("");
-                if let Ok(m) = mount::parse_mount(v)
+        Command::Run(r) => {
+            for f in &r.mounts {
+                if let Ok(m) = mount::parse_mount(&f.raw)
                     && let Some(from) = m.from
                 {
                     out.push(from);
@@ -801,21 +799,7 @@ impl Plan {
 }
 
 fn render_expanded(ins: &Instruction, scope: &mut StageScope) -> Result<Option<String>> {
-    let kw = &ins.keyword;
-    let flags: Vec<String> = ins
-        .flags
-        .iter()
-        .map(|f| match (&f.value, f.name.as_str()) {
-            (Some(v), "chown" | "chmod" | "checksum") => Ok(format!("--{}={}", f.name, scope.word(v)?)),
-            (Some(v), _) => Ok(format!("--{}={v}", f.name)),
-            (None, _) => Ok(format!("--{}", f.name)),
-        })
-        .collect::<Result<_>>()?;
-    let fl = if flags.is_empty() {
-        String::new()
-    } else {
-        format!("{} ", flags.join(" "))
-    };
+    let kw = ins.keyword();
     let words = |ws: &[String]| -> Result<String> {
         Ok(ws.iter().map(|w| scope.word(w)).collect::<Result<Vec<_>>>()?.join(" "))
     };
@@ -824,10 +808,10 @@ fn render_expanded(ins: &Instruction, scope: &mut StageScope) -> Result<Option<S
             scope.apply(ins)?;
             None
         }
-        Command::Copy { srcs, dest } | Command::Add { srcs, dest } => {
-            let mut all = srcs.clone();
-            all.push(dest.clone());
-            Some(format!("{kw} {fl}{}", words(&all)?))
+        Command::Copy(c) | Command::Add(c) => {
+            let mut all = c.srcs.clone();
+            all.push(c.dest.clone());
+            Some(format!("{kw} {}{}", copy_flags(c, scope)?, words(&all)?))
         }
         Command::Workdir(w) | Command::User(w) | Command::Stopsignal(w) => Some(format!("{kw} {}", scope.word(w)?)),
         Command::Label(kvs) => Some(format!(
@@ -853,6 +837,26 @@ fn render_expanded(ins: &Instruction, scope: &mut StageScope) -> Result<Option<S
         }
         _ => None,
     })
+}
+
+/// The flags of a COPY/ADD as `--name=value ` words, `--chown`, `--chmod` and `--checksum`
+/// expanded (as when the step runs; `--from` and `--exclude` are not expanded).
+fn copy_flags(c: &CopyCommand, scope: &StageScope) -> Result<String> {
+    let mut shown = c.clone();
+    for f in [&mut shown.chown, &mut shown.chmod, &mut shown.checksum]
+        .into_iter()
+        .flatten()
+    {
+        f.raw = scope.word(&f.raw)?;
+    }
+    let mut out = String::new();
+    for (name, value) in shown.flags_for_key() {
+        match value {
+            Some(v) => out.push_str(&format!("--{name}={v} ")),
+            None => out.push_str(&format!("--{name} ")),
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
