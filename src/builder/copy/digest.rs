@@ -1,7 +1,7 @@
 //! The cache digest of a COPY/ADD: what it would copy, hashed (never mtimes, never the
 //! root's absolute path).
 
-use super::sources::{Kind, open_source, resolve_items};
+use super::sources::{Item, Kind, open_source, resolve_items};
 use super::{CopyRequest, CopySource, Dest};
 use crate::digest::Digest;
 use crate::dockerfile::Chmod;
@@ -35,59 +35,9 @@ pub fn source_digest_cached(
     }
     let items = resolve_items(src, req)?;
     let mut h = Sha256::new();
-    let put = |h: &mut Sha256, s: &[u8]| {
-        h.update((s.len() as u64).to_le_bytes());
-        h.update(s);
-    };
-    put(&mut h, b"kiln-copy-v1");
-    let dest = Dest::of(req);
-    put(
-        &mut h,
-        format!("{:?}", (&dest.abs, dest.dir_hint, &req.srcs)).as_bytes(),
-    );
-    put(
-        &mut h,
-        format!(
-            "{:?}",
-            (
-                &req.chown,
-                &req.chmod,
-                &req.exclude,
-                req.parents,
-                req.link,
-                req.is_add,
-                &req.checksum,
-                req.keep_git_dir
-            )
-        )
-        .as_bytes(),
-    );
-    put(&mut h, if src.is_context { b"context" } else { b"root" });
-
+    hash_request(&mut h, src, req);
     // Regular files to hash, in a stable order; hashed in parallel.
-    let mut files: Vec<(&Root, &Path, &Metadata, bool)> = Vec::new();
-    for item in &items {
-        if let Kind::Local {
-            root,
-            inside,
-            md,
-            entries,
-            ..
-        } = &item.kind
-        {
-            // Only the build context's own files have a stat cache entry (not a git checkout).
-            let in_context = src.is_context && item._keep.is_none();
-            if md.is_file() {
-                files.push((root, inside, md, in_context));
-            }
-            files.extend(
-                entries
-                    .iter()
-                    .filter(|e| e.md.is_file())
-                    .map(|e| (&**root, e.inside.as_path(), &e.md, in_context)),
-            );
-        }
-    }
+    let files = files_to_hash(src, &items);
     let stat = stat.filter(|_| src.is_context);
     let hash = |(root, p, md, in_context): &(&Root, &Path, &Metadata, bool)| -> Result<[u8; 32]> {
         if let (Some(c), Some(rel), true) = (stat, p.to_str(), *in_context) {
@@ -101,17 +51,73 @@ pub fn source_digest_cached(
         hash_file(root, p, md)
     };
     let sums: Vec<[u8; 32]> = files.par_iter().map(hash).collect::<Result<_>>()?;
-    let mut sums = sums.into_iter();
+    hash_items(&mut h, &items, &mut sums.into_iter())?;
+    Digest::parse(&format!("sha256:{}", hex::encode(h.finalize())))
+}
+
+/// One length-prefixed field of the digest.
+fn put(h: &mut Sha256, s: &[u8]) {
+    h.update((s.len() as u64).to_le_bytes());
+    h.update(s);
+}
+
+/// The request itself: destination, sources as written, flags, kind of root.
+fn hash_request(h: &mut Sha256, src: &CopySource, req: &CopyRequest) {
+    put(h, b"kiln-copy-v1");
+    let dest = Dest::of(req);
+    put(h, format!("{:?}", (&dest.abs, dest.dir_hint, &req.srcs)).as_bytes());
+    let flags = (
+        &req.chown,
+        &req.chmod,
+        &req.exclude,
+        req.parents,
+        req.link,
+        req.is_add,
+        &req.checksum,
+        req.keep_git_dir,
+    );
+    put(h, format!("{flags:?}").as_bytes());
+    put(h, if src.is_context { b"context" } else { b"root" });
+}
+
+/// The regular files of the items, in order, and whether each is the build context's own
+/// (only those have a stat cache entry; a git checkout's do not).
+fn files_to_hash<'i>(src: &CopySource, items: &'i [Item]) -> Vec<(&'i Root, &'i Path, &'i Metadata, bool)> {
+    let mut files = Vec::new();
+    for item in items {
+        if let Kind::Local {
+            root,
+            inside,
+            md,
+            entries,
+            ..
+        } = &item.kind
+        {
+            let in_context = src.is_context && item._keep.is_none();
+            if md.is_file() {
+                files.push((&**root, inside.as_path(), md, in_context));
+            }
+            files.extend(
+                entries
+                    .iter()
+                    .filter(|e| e.md.is_file())
+                    .map(|e| (&**root, e.inside.as_path(), &e.md, in_context)),
+            );
+        }
+    }
+    files
+}
+
+/// One line per item and entry: relative path, mode, owner (kept owners only), link target,
+/// device, hardlink structure, size and content hash (`sums`, in [`files_to_hash`] order).
+fn hash_items(h: &mut Sha256, items: &[Item], sums: &mut impl Iterator<Item = [u8; 32]>) -> Result<()> {
     let mut inodes: HashMap<(u64, u64), usize> = HashMap::new();
     let mut counter = 0usize;
-    for item in &items {
-        put(
-            &mut h,
-            format!("item {:?} {:?}", item.name, item.parents_rel).as_bytes(),
-        );
+    for item in items {
+        put(h, format!("item {:?} {:?}", item.name, item.parents_rel).as_bytes());
         match &item.kind {
-            Kind::Heredoc { content } => put(&mut h, content.as_bytes()),
-            Kind::Remote(d) => put(&mut h, format!("url {} {}", d.url, d.digest).as_bytes()),
+            Kind::Heredoc { content } => put(h, content.as_bytes()),
+            Kind::Remote(d) => put(h, format!("url {} {}", d.url, d.digest).as_bytes()),
             Kind::Local {
                 root,
                 inside,
@@ -144,17 +150,17 @@ pub fn source_digest_cached(
                     put(h, s.as_bytes());
                     Ok(())
                 };
-                line(&mut h, Path::new(""), inside, md)?;
+                line(h, Path::new(""), inside, md)?;
                 for e in entries {
-                    line(&mut h, &e.rel, &e.inside, &e.md)?;
+                    line(h, &e.rel, &e.inside, &e.md)?;
                 }
             }
         }
     }
-    Digest::parse(&format!("sha256:{}", hex::encode(h.finalize())))
+    Ok(())
 }
 
-pub(super) fn hash_file(root: &Root, p: &Path, md: &Metadata) -> Result<[u8; 32]> {
+fn hash_file(root: &Root, p: &Path, md: &Metadata) -> Result<[u8; 32]> {
     let mut f = open_source(root, p, md)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];

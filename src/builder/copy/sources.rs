@@ -152,35 +152,7 @@ pub(super) fn resolve_items(src: &CopySource, req: &CopyRequest) -> Result<Vec<I
             if !req.is_add {
                 bail!("{word} does not support git sources ({s}): use ADD");
             }
-            let (dir, sub) = git_checkout(s, req.keep_git_dir)?;
-            let groot = Arc::new(Root::open(dir.path()).with_context(|| format!("opening the checkout of {s}"))?);
-            let missing = || format!("{s}: no directory {sub:?} in the repository");
-            let inside = canon(&groot, &sub)?.with_context(missing)?;
-            let md = groot.metadata(&inside, Follow::All).with_context(missing)?;
-            let f = Filter {
-                ignore: None,
-                exclude: exclude.as_ref(),
-            };
-            let mut entries = Vec::new();
-            if md.is_dir() {
-                walk(&groot, &inside, &f, Path::new(""), "", &mut entries)?;
-            }
-            let name = inside
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            items.push(Item {
-                kind: Kind::Local {
-                    root: groot,
-                    inside,
-                    md,
-                    entries,
-                    keep_owner: false,
-                },
-                name,
-                parents_rel: None,
-                _keep: Some(dir),
-            });
+            items.push(git_item(s, req, exclude.as_ref())?);
             continue;
         }
         if is_http_url(s) {
@@ -223,6 +195,36 @@ pub(super) fn resolve_items(src: &CopySource, req: &CopyRequest) -> Result<Vec<I
         );
     }
     Ok(items)
+}
+
+/// ADD of a git repository: its checkout (or the named subdirectory), walked.
+fn git_item(s: &str, req: &CopyRequest, exclude: Option<&IgnoreMatcher>) -> Result<Item> {
+    let (dir, sub) = git_checkout(s, req.keep_git_dir)?;
+    let groot = Arc::new(Root::open(dir.path()).with_context(|| format!("opening the checkout of {s}"))?);
+    let missing = || format!("{s}: no directory {sub:?} in the repository");
+    let inside = canon(&groot, &sub)?.with_context(missing)?;
+    let md = groot.metadata(&inside, Follow::All).with_context(missing)?;
+    let f = Filter { ignore: None, exclude };
+    let mut entries = Vec::new();
+    if md.is_dir() {
+        walk(&groot, &inside, &f, Path::new(""), "", &mut entries)?;
+    }
+    let name = inside
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(Item {
+        kind: Kind::Local {
+            root: groot,
+            inside,
+            md,
+            entries,
+            keep_owner: false,
+        },
+        name,
+        parents_rel: None,
+        _keep: Some(dir),
+    })
 }
 
 pub(super) fn heredoc_for<'a>(s: &str, req: &'a CopyRequest) -> Option<&'a (String, String)> {
