@@ -6,7 +6,16 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(df) = kiln::dockerfile::parse_bytes(data, "Dockerfile") {
         let _ = kiln::plan::plan(&df, &kiln::plan::BuildOptions::default());
         for ins in &df.instructions {
-            let _ = ins.run_mounts();
+            if let kiln::dockerfile::Command::Run(run) = &ins.command {
+                for m in &run.mounts {
+                    let _ = kiln::dockerfile::mount::parse_mount(&m.raw);
+                }
+            }
+            if let kiln::dockerfile::Command::Copy(c) | kiln::dockerfile::Command::Add(c) = &ins.command
+                && let Some(chmod) = &c.chmod
+            {
+                let _ = kiln::dockerfile::Chmod::parse(&chmod.raw).map(|m| m.apply(0o644, false));
+            }
         }
     }
     if let Ok(s) = std::str::from_utf8(data) {

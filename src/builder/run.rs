@@ -4,7 +4,7 @@
 use super::step::{ReadOnlyRoot, fs_step};
 use super::{Builder, StageState, shell_of};
 use crate::dockerfile::mount::{MountKind, RunMount, Sharing, parse_mount};
-use crate::dockerfile::{Instruction, ShellOrExec};
+use crate::dockerfile::{FlagValue, Instruction, NetworkMode, RunCommand, SecurityMode, ShellOrExec};
 use crate::fsutil::{Follow, Root};
 use crate::sandbox::{MountSpec, Network, RunSpec};
 use anyhow::{Context, Result, bail};
@@ -102,40 +102,9 @@ pub fn refuse_run_without_privilege(plan: &crate::plan::Plan) -> Result<()> {
     )
 }
 
-/// Executes a RUN instruction.
-pub fn run_step(
-    b: &Builder,
-    state: &mut StageState,
-    ins: &Instruction,
-    stage_index: usize,
-    cmd: &ShellOrExec,
-) -> Result<bool> {
-    let vars = state.vars();
-    let esc = b.escape;
-    let mut mount_specs = Vec::new();
-    let mut network = b.req.network;
-    for f in &ins.flags {
-        let v = crate::dockerfile::expand::process_word(f.value.as_deref().unwrap_or(""), &vars, esc)?;
-        match f.name.as_str() {
-            "mount" => mount_specs.push(parse_mount(&v).with_context(|| format!("{}", f.loc))?),
-            "network" => {
-                network = match v.as_str() {
-                    "none" => Network::None,
-                    "host" | "default" => Network::Host,
-                    other => bail!("{}: --network={other}: expected default, none or host", f.loc),
-                }
-            }
-            "security" => match v.as_str() {
-                "sandbox" => {}
-                other => bail!(
-                    "{}: --security={other} is not supported: kiln runs RUN steps in its rootless sandbox (only --security=sandbox)",
-                    f.loc
-                ),
-            },
-            other => bail!("{}: unknown flag --{other} for RUN", f.loc),
-        }
-    }
-    // Environment: image ENV, then ARGs in scope that ENV does not override, then proxies.
+/// A RUN's environment: image ENV, then ARGs in scope that ENV does not override, then the
+/// proxy build args (both spellings).
+fn run_env(b: &Builder, state: &StageState) -> Vec<String> {
     let mut env: Vec<String> = state.config.config.env.clone().unwrap_or_default();
     let env_keys: Vec<String> = env
         .iter()
@@ -155,20 +124,25 @@ pub fn run_step(
             }
         }
     }
-    let shell = shell_of(&state.config);
-    let created_by = match cmd {
-        ShellOrExec::Shell(s) => format!("RUN {} {} # buildkit", shell.join(" "), s),
-        ShellOrExec::Exec(v) => format!("RUN {} # buildkit", serde_json::to_string(v)?),
-    };
-    let heredocs: Vec<_> = ins.heredocs.iter().map(|h| (&h.name, &h.content)).collect();
-    let mount_key: Vec<String> = mount_specs
-        .iter()
-        .map(|m| format!("{:?}:{}:{:?}:{:?}:{:?}", m.kind, m.target, m.source, m.from, m.readonly))
-        .collect();
-    // Bind mounts from the context or a stage are inputs: their content is part of the key.
+    env
+}
+
+/// The bind mounts' sources: their content digest (an input of the step's cache key), the
+/// source of each bind (None: the build context, filtered by .dockerignore when the step
+/// runs, see `filtered_context`), and the read-only roots of stage sources (unmounted on drop).
+#[allow(clippy::type_complexity)]
+fn bind_inputs(
+    b: &Builder,
+    ins: &Instruction,
+    mount_specs: &[RunMount],
+) -> Result<(
+    Option<crate::digest::Digest>,
+    Vec<(RunMount, Option<PathBuf>)>,
+    Vec<ReadOnlyRoot>,
+)> {
     let mut source_digest = None;
     let mut sources = Vec::new();
-    for m in &mount_specs {
+    for m in mount_specs {
         if m.kind == MountKind::Bind {
             let (root, is_context) = match &m.from {
                 Some(f) => {
@@ -238,6 +212,54 @@ pub fn run_step(
         ));
         bind_roots.push((m, (!is_context).then_some(src)));
     }
+    Ok((source_digest, bind_roots, ro_roots))
+}
+
+/// Executes a RUN instruction.
+pub fn run_step(
+    b: &Builder,
+    state: &mut StageState,
+    ins: &Instruction,
+    stage_index: usize,
+    run: &RunCommand,
+) -> Result<bool> {
+    let cmd = &run.cmd;
+    let vars = state.vars();
+    let esc = b.escape;
+    let word = |f: &FlagValue| crate::dockerfile::expand::process_word(&f.raw, &vars, esc);
+    let mut mount_specs = Vec::new();
+    for f in &run.mounts {
+        mount_specs.push(parse_mount(&word(f)?).with_context(|| format!("{}", f.loc))?);
+    }
+    let mut network = b.req.network;
+    if let Some(f) = &run.network {
+        network = match NetworkMode::parse(&word(f)?).map_err(|e| f.loc.error(e))? {
+            NetworkMode::None => Network::None,
+            NetworkMode::Host | NetworkMode::Default => Network::Host,
+        };
+    }
+    if let Some(f) = &run.security {
+        match SecurityMode::parse(&word(f)?).map_err(|e| f.loc.error(e))? {
+            SecurityMode::Sandbox => {}
+            SecurityMode::Insecure => bail!(
+                "{}: --security=insecure is not supported: kiln runs RUN steps in its rootless sandbox (only --security=sandbox)",
+                f.loc
+            ),
+        }
+    }
+    let env = run_env(b, state);
+    let shell = shell_of(&state.config);
+    let created_by = match cmd {
+        ShellOrExec::Shell(s) => format!("RUN {} {} # buildkit", shell.join(" "), s),
+        ShellOrExec::Exec(v) => format!("RUN {} # buildkit", serde_json::to_string(v)?),
+    };
+    let heredocs: Vec<_> = ins.heredocs.iter().map(|h| (&h.name, &h.content)).collect();
+    let mount_key: Vec<String> = mount_specs
+        .iter()
+        .map(|m| format!("{:?}:{}:{:?}:{:?}:{:?}", m.kind, m.target, m.source, m.from, m.readonly))
+        .collect();
+    // Bind mounts from the context or a stage are inputs: their content is part of the key.
+    let (source_digest, bind_roots, ro_roots) = bind_inputs(b, ins, &mount_specs)?;
     let key_text = format!(
         "RUN {:?} heredocs {:?} env {:?} mounts {:?} network {:?} user {:?} workdir {:?}",
         cmd_text(cmd),

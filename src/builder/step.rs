@@ -5,7 +5,7 @@
 use super::{Builder, StageState, cache, command_argv, shell_of};
 use crate::digest::Digest;
 use crate::dockerfile::expand::{process_word, process_words};
-use crate::dockerfile::{Command, Instruction, ShellOrExec};
+use crate::dockerfile::{Command, CopyCommand, FlagValue, Instruction, ShellOrExec};
 use crate::image::HealthConfig;
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
@@ -13,34 +13,55 @@ use std::path::{Path, PathBuf};
 
 /// Executes one instruction on `state`. Returns true when the step was a cache hit.
 pub fn execute(b: &Builder, state: &mut StageState, ins: &Instruction, stage_index: usize) -> Result<bool> {
+    match &ins.command {
+        Command::From(_) => bail!("FROM inside a stage"),
+        Command::Arg(decls) => {
+            arg_step(b, state, decls, stage_index)?;
+            meta(b, state, ins, false)
+        }
+        Command::Workdir(w) => workdir_step(b, state, ins, stage_index, w),
+        Command::Run(run) => super::run::run_step(b, state, ins, stage_index, run),
+        Command::Copy(c) => copy_step(b, state, ins, stage_index, c, false),
+        Command::Add(c) => copy_step(b, state, ins, stage_index, c, true),
+        _ => {
+            config_step(b, state, ins)?;
+            meta(b, state, ins, true)
+        }
+    }
+}
+
+/// ARG: each declared name takes its `--build-arg` value or its expanded default.
+fn arg_step(b: &Builder, state: &mut StageState, decls: &[(String, Option<String>)], stage_index: usize) -> Result<()> {
+    let esc = b.escape;
+    for (name, default) in decls {
+        let value = b.plan.arg_value(stage_index, name, &state.args).or_else(|| {
+            default
+                .as_ref()
+                .map(|d| process_word(d, &state.vars(), esc))
+                .transpose()
+                .ok()
+                .flatten()
+        });
+        match value {
+            Some(v) => {
+                state.args.insert(name.clone(), v);
+            }
+            None => {
+                // Declared without a value: visible (as empty to expansion) but not set.
+                state.args.remove(name);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An instruction that only changes the image config (ENV, LABEL, CMD, …).
+fn config_step(b: &Builder, state: &mut StageState, ins: &Instruction) -> Result<()> {
     let esc = b.escape;
     let vars = state.vars();
     let word = |w: &str| process_word(w, &vars, esc);
     let words = |w: &str| process_words(w, &vars, esc);
     match &ins.command {
-        Command::From { .. } => bail!("FROM inside a stage"),
-        Command::Arg(decls) => {
-            for (name, default) in decls {
-                let value = b.plan.arg_value(stage_index, name, &state.args).or_else(|| {
-                    default
-                        .as_ref()
-                        .map(|d| process_word(d, &state.vars(), esc))
-                        .transpose()
-                        .ok()
-                        .flatten()
-                });
-                match value {
-                    Some(v) => {
-                        state.args.insert(name.clone(), v);
-                    }
-                    None => {
-                        // Declared without a value: visible (as empty to expansion) but not set.
-                        state.args.remove(name);
-                    }
-                }
-            }
-            meta(b, state, ins, false)
-        }
         Command::Env(pairs) => {
             // Every pair expands against the environment before the instruction, as BuildKit
             // does (`ENV abc=bye def=$abc` gives def the old value of abc).
@@ -51,7 +72,7 @@ pub fn execute(b: &Builder, state: &mut StageState, ins: &Instruction, stage_ind
             for (k, v) in expanded {
                 state.config.config.env_set(&k, &v);
             }
-            meta(b, state, ins, true)
+            Ok(())
         }
         Command::Label(pairs) => {
             for (k, v) in pairs {
@@ -64,11 +85,11 @@ pub fn execute(b: &Builder, state: &mut StageState, ins: &Instruction, stage_ind
                     .get_or_insert_with(BTreeMap::new)
                     .insert(k, v);
             }
-            meta(b, state, ins, true)
+            Ok(())
         }
         Command::Maintainer(m) => {
             state.config.author = Some(m.clone());
-            meta(b, state, ins, true)
+            Ok(())
         }
         Command::Expose(ports) => {
             let mut list = Vec::new();
@@ -81,7 +102,7 @@ pub fn execute(b: &Builder, state: &mut StageState, ins: &Instruction, stage_ind
                     exposed.insert(port, serde_json::json!({}));
                 }
             }
-            meta(b, state, ins, true)
+            Ok(())
         }
         Command::Volume(vols) => {
             let mut list = Vec::new();
@@ -95,24 +116,24 @@ pub fn execute(b: &Builder, state: &mut StageState, ins: &Instruction, stage_ind
             for v in list {
                 volumes.insert(v, serde_json::json!({}));
             }
-            meta(b, state, ins, true)
+            Ok(())
         }
         Command::User(u) => {
             state.config.config.user = Some(word(u)?);
-            meta(b, state, ins, true)
+            Ok(())
         }
         Command::Stopsignal(s) => {
             state.config.config.stop_signal = Some(word(s)?);
-            meta(b, state, ins, true)
+            Ok(())
         }
         Command::Shell(v) => {
             state.config.config.shell = Some(v.clone());
-            meta(b, state, ins, true)
+            Ok(())
         }
         Command::Cmd(c) => {
             state.config.config.cmd = Some(command_argv(c, &shell_of(&state.config)));
             state.cmd_set = true;
-            meta(b, state, ins, true)
+            Ok(())
         }
         Command::Entrypoint(c) => {
             let argv = command_argv(c, &shell_of(&state.config));
@@ -123,55 +144,50 @@ pub fn execute(b: &Builder, state: &mut StageState, ins: &Instruction, stage_ind
             if !state.cmd_set {
                 state.config.config.cmd = None;
             }
-            meta(b, state, ins, true)
+            Ok(())
         }
         Command::Healthcheck(spec) => {
             state.config.config.healthcheck = Some(healthcheck(spec.as_ref()));
-            meta(b, state, ins, true)
+            Ok(())
         }
         Command::Onbuild(inner) => {
             let text = inner.original.clone();
             state.config.config.on_build.get_or_insert_with(Vec::new).push(text);
-            meta(b, state, ins, true)
+            Ok(())
         }
-        Command::Workdir(w) => {
-            let w = word(w)?;
-            let current = state
-                .config
-                .config
-                .working_dir
-                .clone()
-                .unwrap_or_else(|| "/".to_string());
-            let path = clean_path(&if w.starts_with('/') {
-                w
-            } else {
-                format!("{}/{}", current.trim_end_matches('/'), w)
-            });
-            state.config.config.working_dir = Some(path.clone());
-            let user = state.config.config.user.clone();
-            let created_by = format!("WORKDIR {path}");
-            fs_step(
-                b,
-                state,
-                ins,
-                stage_index,
-                &format!("WORKDIR {path} user={user:?}"),
-                None,
-                created_by,
-                |_b, root, _st| super::run::make_workdir(root, &path, user.as_deref()),
-            )
-        }
-        Command::Run(cmd) => super::run::run_step(b, state, ins, stage_index, cmd),
-        Command::Copy { srcs, dest } | Command::Add { srcs, dest } => copy_step(
-            b,
-            state,
-            ins,
-            stage_index,
-            srcs,
-            dest,
-            matches!(ins.command, Command::Add { .. }),
-        ),
+        other => bail!("internal error: {} is not a config instruction", other.keyword()),
     }
+}
+
+/// WORKDIR: the config's working directory, created in the rootfs (a layer when it is new).
+fn workdir_step(b: &Builder, state: &mut StageState, ins: &Instruction, stage_index: usize, w: &str) -> Result<bool> {
+    let esc = b.escape;
+    let vars = state.vars();
+    let w = process_word(w, &vars, esc)?;
+    let current = state
+        .config
+        .config
+        .working_dir
+        .clone()
+        .unwrap_or_else(|| "/".to_string());
+    let path = clean_path(&if w.starts_with('/') {
+        w
+    } else {
+        format!("{}/{}", current.trim_end_matches('/'), w)
+    });
+    state.config.config.working_dir = Some(path.clone());
+    let user = state.config.config.user.clone();
+    let created_by = format!("WORKDIR {path}");
+    fs_step(
+        b,
+        state,
+        ins,
+        stage_index,
+        &format!("WORKDIR {path} user={user:?}"),
+        None,
+        created_by,
+        |_b, root, _st| super::run::make_workdir(root, &path, user.as_deref()),
+    )
 }
 
 /// A metadata-only step: history entry (empty layer) and the cache chain.
@@ -322,69 +338,16 @@ fn apply_layer(
     state.key = key;
 }
 
-#[allow(clippy::too_many_arguments)]
 fn copy_step(
     b: &Builder,
     state: &mut StageState,
     ins: &Instruction,
     stage_index: usize,
-    srcs: &[String],
-    dest: &str,
+    c: &CopyCommand,
     is_add: bool,
 ) -> Result<bool> {
-    use super::copy::{CopyRequest, CopySource};
-    let vars = state.vars();
-    let esc = b.escape;
-    let mut from = None;
-    let mut req = CopyRequest {
-        srcs: Vec::new(),
-        dest: process_word(dest, &vars, esc)?,
-        workdir: state
-            .config
-            .config
-            .working_dir
-            .clone()
-            .unwrap_or_else(|| "/".to_string()),
-        chown: None,
-        chmod: None,
-        exclude: Vec::new(),
-        parents: false,
-        link: false,
-        is_add,
-        checksum: None,
-        keep_git_dir: false,
-        heredocs: Vec::new(),
-    };
-    for f in &ins.flags {
-        let v = || -> Result<String> { process_word(f.value.as_deref().unwrap_or(""), &vars, esc) };
-        match f.name.as_str() {
-            "from" => from = Some(v()?),
-            "chown" => req.chown = Some(v()?),
-            "chmod" => req.chmod = Some(v()?),
-            "exclude" => req.exclude.push(v()?),
-            "parents" => req.parents = f.value.as_deref().is_none_or(|x| x == "true"),
-            "link" => req.link = f.value.as_deref().is_none_or(|x| x == "true"),
-            "checksum" => req.checksum = Some(v()?),
-            "keep-git-dir" => req.keep_git_dir = f.value.as_deref().is_none_or(|x| x == "true"),
-            other => bail!("{}: unknown flag --{other} for {}", f.loc, ins.keyword),
-        }
-    }
-    for h in &ins.heredocs {
-        let content = if h.expand {
-            process_word_heredoc(&h.content, &vars, esc)?
-        } else {
-            h.content.clone()
-        };
-        req.heredocs.push((h.name.clone(), content));
-    }
-    for s in srcs {
-        if s.starts_with("<<") {
-            req.srcs.push(s.clone());
-        } else {
-            // One source per word: the parser already split shell form; JSON form keeps spaces.
-            req.srcs.push(process_word(s, &vars, esc)?);
-        }
-    }
+    use super::copy::CopySource;
+    let (req, from) = copy_request(b, state, ins, c, is_add)?;
     let (source_root_state, is_context) = match &from {
         Some(name) => (Some(b.source_state(name, &ins.loc)?), false),
         None => (None, true),
@@ -419,10 +382,10 @@ fn copy_step(
     }
     let key_text = format!(
         "{} {:?} -> {:?} flags {:?}",
-        ins.keyword,
+        ins.keyword(),
         req.srcs,
         req.dest,
-        ins.flags.iter().map(|f| (&f.name, &f.value)).collect::<Vec<_>>()
+        c.flags_for_key()
     );
     let created_by = format!("{} # buildkit", ins.original);
     let ignore_owned = if is_context { Some(b.ignore.clone()) } else { None };
@@ -446,6 +409,59 @@ fn copy_step(
     );
     drop(src_mount);
     result
+}
+
+/// The COPY/ADD with its words and flags expanded in the stage's scope, and its `--from`.
+fn copy_request(
+    b: &Builder,
+    state: &StageState,
+    ins: &Instruction,
+    c: &CopyCommand,
+    is_add: bool,
+) -> Result<(super::copy::CopyRequest, Option<String>)> {
+    let vars = state.vars();
+    let esc = b.escape;
+    let word = |f: &FlagValue| process_word(&f.raw, &vars, esc);
+    let opt = |f: &Option<FlagValue>| f.as_ref().map(word).transpose();
+    if let Some(u) = &c.unpack {
+        bail!("{}: ADD --unpack is not supported by kiln", u.loc);
+    }
+    let mut req = super::copy::CopyRequest {
+        srcs: Vec::new(),
+        dest: process_word(&c.dest, &vars, esc)?,
+        workdir: state
+            .config
+            .config
+            .working_dir
+            .clone()
+            .unwrap_or_else(|| "/".to_string()),
+        chown: opt(&c.chown)?,
+        chmod: opt(&c.chmod)?,
+        exclude: c.exclude.iter().map(word).collect::<Result<_>>()?,
+        parents: c.parents,
+        link: c.link,
+        is_add,
+        checksum: opt(&c.checksum)?,
+        keep_git_dir: c.keep_git_dir,
+        heredocs: Vec::new(),
+    };
+    for h in &ins.heredocs {
+        let content = if h.expand {
+            process_word_heredoc(&h.content, &vars, esc)?
+        } else {
+            h.content.clone()
+        };
+        req.heredocs.push((h.name.clone(), content));
+    }
+    for s in &c.srcs {
+        if s.starts_with("<<") {
+            req.srcs.push(s.clone());
+        } else {
+            // One source per word: the parser already split shell form; JSON form keeps spaces.
+            req.srcs.push(process_word(s, &vars, esc)?);
+        }
+    }
+    Ok((req, opt(&c.from)?))
 }
 
 /// Heredoc bodies expand variables but keep quotes and newlines literally.

@@ -10,20 +10,30 @@
 //!
 //! Errors always read `FILE:LINE:COL: what is wrong (what was expected)`.
 
+mod args;
+pub mod chmod;
 pub mod expand;
+mod flags;
 pub mod ignore;
+pub mod instructions;
 pub mod mount;
 mod parse;
+mod scan;
 
 use anyhow::{Context, Result, bail};
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
+pub use chmod::Chmod;
 pub use expand::{VarLookup, process_word, process_words, referenced_vars};
 pub use ignore::{IgnoreMatcher, go_match};
+pub use instructions::{
+    Command, CopyCommand, FlagValue, FromCommand, HealthcheckSpec, NetworkMode, RunCommand, SecurityMode, ShellOrExec,
+};
 pub use mount::{MountKind, RunMount};
-pub use parse::{parse_heredoc_word, parse_onbuild_trigger, parse_trigger};
+pub use parse::{parse_onbuild_trigger, parse_trigger};
+pub use scan::parse_heredoc_word;
 
 /// A position in a Dockerfile (1-based line and column).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
@@ -61,101 +71,17 @@ pub struct Heredoc {
     pub fd: u32,
 }
 
-/// An instruction flag: `--name=value` or `--name`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Flag {
-    pub name: String,
-    /// None for a bare `--name` (booleans); quotes are already removed from the value.
-    pub value: Option<String>,
-    pub loc: Loc,
-}
-
 /// One instruction.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Instruction {
     pub loc: Loc,
     /// The last line the instruction (with continuations and heredoc bodies) occupies.
     pub end_line: usize,
-    /// Upper-case: "RUN", "COPY", ...
-    pub keyword: String,
     /// The source text, continuation lines joined, trimmed; for an ONBUILD trigger the text
     /// after `ONBUILD` (as stored in the image config's `OnBuild`).
     pub original: String,
-    pub flags: Vec<Flag>,
     pub command: Command,
     pub heredocs: Vec<Heredoc>,
-}
-
-/// Shell form (raw text, handed to the SHELL) or exec form (JSON array, never expanded).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ShellOrExec {
-    Shell(String),
-    Exec(Vec<String>),
-}
-
-/// HEALTHCHECK settings. Durations and retries are parsed here from the flags (Go duration
-/// syntax like `30s`, `1m30s`, `500ms`); `None` means "not given / 0" (use the default).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HealthcheckSpec {
-    pub test: ShellOrExec,
-    pub interval: Option<Duration>,
-    pub timeout: Option<Duration>,
-    pub start_period: Option<Duration>,
-    pub start_interval: Option<Duration>,
-    pub retries: Option<u32>,
-}
-
-impl HealthcheckSpec {
-    /// The config `Test` vector: `["CMD", ...]` for exec form, `["CMD-SHELL", "..."]` for shell.
-    pub fn test_vector(&self) -> Vec<String> {
-        match &self.test {
-            ShellOrExec::Exec(v) => std::iter::once("CMD".to_string()).chain(v.iter().cloned()).collect(),
-            ShellOrExec::Shell(s) => vec!["CMD-SHELL".to_string(), s.clone()],
-        }
-    }
-}
-
-/// What an instruction says; all words raw (unexpanded, quotes still in).
-#[derive(Clone, Debug, PartialEq)]
-pub enum Command {
-    /// `FROM [--platform=p] image [AS name]`; `name` lower-cased and validated.
-    From {
-        image: String,
-        name: Option<String>,
-    },
-    Run(ShellOrExec),
-    Cmd(ShellOrExec),
-    Entrypoint(ShellOrExec),
-    /// Always JSON form.
-    Shell(Vec<String>),
-    /// Raw key/value words (quotes still in; expand each with `process_word`).
-    Label(Vec<(String, String)>),
-    Maintainer(String),
-    /// Raw words; expand each with `process_words` (a variable may hold several ports).
-    Expose(Vec<String>),
-    /// Both `ENV k v` and `ENV k=v ...`; raw values (expand with `process_word`).
-    Env(Vec<(String, String)>),
-    /// Raw words (expand each with `process_word`); JSON form supported; a heredoc source
-    /// appears as its word (`<<EOF`, `<<-'EOF'`): look it up with [`Instruction::heredoc_for`].
-    Add {
-        srcs: Vec<String>,
-        dest: String,
-    },
-    Copy {
-        srcs: Vec<String>,
-        dest: String,
-    },
-    /// JSON or whitespace-separated raw words.
-    Volume(Vec<String>),
-    User(String),
-    Workdir(String),
-    /// Names with raw default values.
-    Arg(Vec<(String, Option<String>)>),
-    /// The trigger, parsed (its `original` is the text stored in the config's `OnBuild`).
-    Onbuild(Box<Instruction>),
-    Stopsignal(String),
-    /// `None` = `HEALTHCHECK NONE`.
-    Healthcheck(Option<HealthcheckSpec>),
 }
 
 /// Parser directives from the top of the file.
@@ -248,35 +174,9 @@ pub fn parse_file(path: &Path) -> Result<Dockerfile> {
 }
 
 impl Instruction {
-    /// The first flag with this name.
-    pub fn flag(&self, name: &str) -> Option<&Flag> {
-        self.flags.iter().find(|f| f.name == name)
-    }
-
-    /// The value of a string flag (`--from=x` → `Some("x")`).
-    pub fn flag_value(&self, name: &str) -> Option<&str> {
-        self.flag(name).and_then(|f| f.value.as_deref())
-    }
-
-    /// All values of a repeatable flag (`--mount`, `--exclude`), in order.
-    pub fn flag_values(&self, name: &str) -> Vec<&str> {
-        self.flags
-            .iter()
-            .filter(|f| f.name == name)
-            .filter_map(|f| f.value.as_deref())
-            .collect()
-    }
-
-    /// A boolean flag: `--link` / `--link=true` → true, absent / `--link=false` → false.
-    pub fn flag_bool(&self, name: &str) -> bool {
-        match self.flag(name) {
-            None => false,
-            Some(f) => f
-                .value
-                .as_deref()
-                .map(|v| !v.eq_ignore_ascii_case("false"))
-                .unwrap_or(true),
-        }
+    /// The upper-case keyword: "RUN", "COPY", ...
+    pub fn keyword(&self) -> &'static str {
+        self.command.keyword()
     }
 
     /// The heredoc a COPY/ADD source word (`<<EOF`) refers to.
@@ -284,113 +184,6 @@ impl Instruction {
         let (name, _, _, _) = parse_heredoc_word(word)?;
         self.heredocs.iter().find(|h| h.name == name)
     }
-
-    /// Parse this RUN's `--mount` flags.
-    pub fn run_mounts(&self) -> Result<Vec<RunMount>> {
-        self.flags
-            .iter()
-            .filter(|f| f.name == "mount")
-            .map(|f| mount::parse_mount(f.value.as_deref().unwrap_or("")).map_err(|e| f.loc.error(e)))
-            .collect()
-    }
-}
-
-/// A COPY/ADD `--chmod` value.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Chmod {
-    Octal(u32),
-    /// Symbolic (`u+x,go-w`), validated; apply with [`Chmod::apply`].
-    Symbolic(String),
-}
-
-impl Chmod {
-    /// The resulting permission bits for a file or directory that had `mode`.
-    pub fn apply(&self, mode: u32, is_dir: bool) -> u32 {
-        match self {
-            Chmod::Octal(m) => *m,
-            Chmod::Symbolic(s) => apply_symbolic(s, mode, is_dir),
-        }
-    }
-}
-
-/// Parse a `--chmod` value: octal (`755`, `0644`, `4755`) or symbolic (`u+x`, `a=rX,u+w`).
-pub fn parse_chmod(s: &str) -> Result<Chmod> {
-    let bad = || {
-        anyhow::anyhow!(
-            "invalid --chmod value {s:?} (expected an octal mode like 0755 or a symbolic mode like u+x,go-w)"
-        )
-    };
-    if s.is_empty() {
-        return Err(bad());
-    }
-    if s.chars().all(|c| c.is_ascii_digit()) {
-        let m = u32::from_str_radix(s, 8).map_err(|_| bad())?;
-        if m > 0o7777 {
-            return Err(bad());
-        }
-        return Ok(Chmod::Octal(m));
-    }
-    for clause in s.split(',') {
-        let ops = clause.trim_start_matches(['u', 'g', 'o', 'a']);
-        if ops.is_empty() || !ops.starts_with(['+', '-', '=']) {
-            return Err(bad());
-        }
-        if !ops
-            .chars()
-            .all(|c| matches!(c, '+' | '-' | '=' | 'r' | 'w' | 'x' | 'X' | 's' | 't'))
-        {
-            return Err(bad());
-        }
-    }
-    Ok(Chmod::Symbolic(s.to_string()))
-}
-
-fn apply_symbolic(s: &str, mut mode: u32, is_dir: bool) -> u32 {
-    for clause in s.split(',') {
-        let who_part: String = clause
-            .chars()
-            .take_while(|c| matches!(c, 'u' | 'g' | 'o' | 'a'))
-            .collect();
-        let mut who = 0u32;
-        for c in who_part.chars() {
-            who |= match c {
-                'u' => 0o4700,
-                'g' => 0o2070,
-                'o' => 0o1007,
-                _ => 0o7777,
-            };
-        }
-        if who == 0 {
-            who = 0o7777; // no "who": everyone (no umask applies at build time)
-        }
-        let rest = &clause[who_part.len()..];
-        let mut chars = rest.chars().peekable();
-        while let Some(op) = chars.next() {
-            let mut perm = 0u32;
-            while let Some(&c) = chars.peek() {
-                if matches!(c, '+' | '-' | '=') {
-                    break;
-                }
-                chars.next();
-                perm |= match c {
-                    'r' => 0o444,
-                    'w' => 0o222,
-                    'x' => 0o111,
-                    'X' if is_dir || mode & 0o111 != 0 => 0o111,
-                    's' => 0o6000,
-                    't' => 0o1000,
-                    _ => 0,
-                };
-            }
-            let bits = perm & who;
-            match op {
-                '+' => mode |= bits,
-                '-' => mode &= !bits,
-                _ => mode = (mode & !(who & 0o7777)) | bits,
-            }
-        }
-    }
-    mode & 0o7777
 }
 
 /// Parse a Go duration (`1h2m3.5s`, `300ms`, `10us`, `0`).

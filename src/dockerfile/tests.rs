@@ -26,19 +26,44 @@ fn s(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| x.to_string()).collect()
 }
 
+fn run_cmd(cmd: ShellOrExec) -> Command {
+    Command::Run(RunCommand {
+        cmd,
+        mounts: Vec::new(),
+        network: None,
+        security: None,
+    })
+}
+
+fn from_cmd(image: &str, name: Option<&str>) -> FromCommand {
+    FromCommand {
+        image: image.into(),
+        name: name.map(String::from),
+        platform: None,
+    }
+}
+
+/// The COPY/ADD flag of this name, as the typed command holds it.
+fn copy_of(ins: &Instruction) -> &CopyCommand {
+    match &ins.command {
+        Command::Copy(c) | Command::Add(c) => c,
+        other => panic!("not a COPY/ADD: {other:?}"),
+    }
+}
+
 #[test]
 fn every_instruction_and_form() {
     use Command as C;
     use ShellOrExec::*;
     let cases: Vec<(&str, Command)> = vec![
-        ("RUN echo hi", C::Run(Shell("echo hi".into()))),
-        ("RUN [\"echo\", \"hi\"]", C::Run(Exec(s(&["echo", "hi"])))),
+        ("RUN echo hi", run_cmd(Shell("echo hi".into()))),
+        ("RUN [\"echo\", \"hi\"]", run_cmd(Exec(s(&["echo", "hi"])))),
         (
             "RUN [\"echo\", \"hello\"]this is invalid",
-            C::Run(Shell("[\"echo\", \"hello\"]this is invalid".into())),
+            run_cmd(Shell("[\"echo\", \"hello\"]this is invalid".into())),
         ),
-        ("RUN [not json", C::Run(Shell("[not json".into()))),
-        ("run  lower   case", C::Run(Shell("lower   case".into()))),
+        ("RUN [not json", run_cmd(Shell("[not json".into()))),
+        ("run  lower   case", run_cmd(Shell("lower   case".into()))),
         (
             "CMD [\"/bin/echo\", \"Hello World\"]",
             C::Cmd(Exec(s(&["/bin/echo", "Hello World"]))),
@@ -75,31 +100,35 @@ fn every_instruction_and_form() {
         ),
         (
             "ADD a b /dest/",
-            C::Add {
+            C::Add(CopyCommand {
                 srcs: s(&["a", "b"]),
                 dest: "/dest/".into(),
-            },
+                ..Default::default()
+            }),
         ),
         (
             "ADD [\"a b\", \"/d\"]",
-            C::Add {
+            C::Add(CopyCommand {
                 srcs: s(&["a b"]),
                 dest: "/d".into(),
-            },
+                ..Default::default()
+            }),
         ),
         (
             "COPY ${baz} ${dot}",
-            C::Copy {
+            C::Copy(CopyCommand {
                 srcs: s(&["${baz}"]),
                 dest: "${dot}".into(),
-            },
+                ..Default::default()
+            }),
         ),
         (
             "COPY [\"with space\", \"/dest/\"]",
-            C::Copy {
+            C::Copy(CopyCommand {
                 srcs: s(&["with space"]),
                 dest: "/dest/".into(),
-            },
+                ..Default::default()
+            }),
         ),
         ("VOLUME /a /b", C::Volume(s(&["/a", "/b"]))),
         ("VOLUME [\"/a\", \"/b c\"]", C::Volume(s(&["/a", "/b c"]))),
@@ -131,11 +160,11 @@ fn every_instruction_and_form() {
 #[test]
 fn keyword_is_upper_case_and_original_kept() {
     let ins = one("onbuild run touch /onbuild2");
-    assert_eq!(ins.keyword, "ONBUILD");
+    assert_eq!(ins.keyword(), "ONBUILD");
     let Command::Onbuild(t) = &ins.command else { panic!() };
-    assert_eq!(t.keyword, "RUN");
+    assert_eq!(t.keyword(), "RUN");
     assert_eq!(t.original, "run touch /onbuild2");
-    assert_eq!(t.command, Command::Run(ShellOrExec::Shell("touch /onbuild2".into())));
+    assert_eq!(t.command, run_cmd(ShellOrExec::Shell("touch /onbuild2".into())));
 }
 
 #[test]
@@ -144,27 +173,20 @@ fn from_forms() {
     let i = &df.instructions;
     assert_eq!(
         i[0].command,
-        Command::From {
-            image: "golang:1.22".into(),
-            name: Some("build-1".into())
-        }
+        Command::From(FromCommand {
+            platform: Some(FlagValue {
+                raw: "$BUILDPLATFORM".into(),
+                loc: Loc {
+                    file: "Dockerfile".into(),
+                    line: 1,
+                    col: 6
+                }
+            }),
+            ..from_cmd("golang:1.22", Some("build-1"))
+        })
     );
-    assert_eq!(i[0].flag_value("platform"), Some("$BUILDPLATFORM"));
-    assert_eq!(i[0].flags[0].loc.col, 6);
-    assert_eq!(
-        i[1].command,
-        Command::From {
-            image: "scratch".into(),
-            name: None
-        }
-    );
-    assert_eq!(
-        i[2].command,
-        Command::From {
-            image: "x".into(),
-            name: Some("y".into())
-        }
-    );
+    assert_eq!(i[1].command, Command::From(from_cmd("scratch", None)));
+    assert_eq!(i[2].command, Command::From(from_cmd("x", Some("y"))));
     for bad in [
         "FROM x AS 1",
         "FROM x AS a/b",
@@ -226,6 +248,7 @@ fn flags_accepted_where_they_belong() {
     let ok = [
         "COPY --from=build --chown=1:2 --chmod=0755 --link --parents --exclude=*.md --exclude=x a b",
         "COPY --link=false --chmod=u+x,go-w a b",
+        "COPY --chmod=go=u-w,g=u a b",
         "ADD --chown=user --chmod=644 --link --keep-git-dir=true --checksum=sha256:abc --exclude=y --unpack a b",
         "RUN --mount=type=cache,target=/c --mount=type=bind,target=/s,from=0 --network=none --security=insecure true",
         "RUN --network=host --mount=type=secret,id=t true",
@@ -234,30 +257,47 @@ fn flags_accepted_where_they_belong() {
         "COPY --from=\"quoted stage\" a b",
     ];
     for line in ok {
-        let ins = one(line);
-        assert!(!ins.flags.is_empty(), "{line}");
+        let mut ins = one(line);
+        assert!(!ins.command.flag_locs_mut().is_empty(), "{line}");
     }
     let ins = one("COPY --from=build --exclude=a --exclude=b --link src dst");
-    assert_eq!(ins.flag_value("from"), Some("build"));
-    assert_eq!(ins.flag_values("exclude"), vec!["a", "b"]);
-    assert!(ins.flag_bool("link"));
-    assert!(!ins.flag_bool("parents"));
-    assert!(!one("COPY --link=false a b").flag_bool("link"));
-    assert_eq!(ins.flags[1].loc.col, 19, "flag columns point at the flag");
+    let c = copy_of(&ins);
+    assert_eq!(c.from.as_ref().map(|f| f.raw.as_str()), Some("build"));
+    let excludes: Vec<&str> = c.exclude.iter().map(|f| f.raw.as_str()).collect();
+    assert_eq!(excludes, vec!["a", "b"]);
+    assert!(c.link);
+    assert!(!c.parents);
+    assert!(!copy_of(&one("COPY --link=false a b")).link);
+    assert!(copy_of(&one("COPY --link=TRUE a b")).link);
+    assert_eq!(c.exclude[0].loc.col, 19, "flag columns point at the flag");
+    assert_eq!(
+        c.flags_for_key(),
+        vec![
+            ("from", Some("build")),
+            ("link", None),
+            ("exclude", Some("a")),
+            ("exclude", Some("b"))
+        ]
+    );
     let ins = one("COPY --from=\"quoted stage\" a b");
-    assert!(
-        one("COPY \"--from=x\" a b").flags.is_empty(),
+    assert_eq!(
+        copy_of(&one("COPY \"--from=x\" a b")).flags_for_key(),
+        vec![],
         "a quoted word is not a flag"
     );
-    assert_eq!(ins.flag_value("from"), Some("quoted stage"));
+    assert_eq!(
+        copy_of(&ins).from.as_ref().map(|f| f.raw.as_str()),
+        Some("quoted stage")
+    );
     let ins = one("COPY -- --not-a-flag b");
-    assert!(ins.flags.is_empty());
+    assert!(copy_of(&ins).flags_for_key().is_empty());
     assert_eq!(
         ins.command,
-        Command::Copy {
+        Command::Copy(CopyCommand {
             srcs: s(&["--not-a-flag"]),
-            dest: "b".into()
-        }
+            dest: "b".into(),
+            ..Default::default()
+        })
     );
 }
 
@@ -484,16 +524,17 @@ fn heredocs() {
             fd: 0
         }]
     );
-    assert_eq!(i[1].command, Command::Run(ShellOrExec::Shell("<<EOF".into())));
+    assert_eq!(i[1].command, run_cmd(ShellOrExec::Shell("<<EOF".into())));
     assert_eq!(i[1].end_line, 5);
     assert_eq!(i[2].heredocs[0].content, "indented\n");
     assert!(i[2].heredocs[0].strip_tabs);
     assert_eq!(
         i[2].command,
-        Command::Copy {
+        Command::Copy(CopyCommand {
             srcs: s(&["<<-EOT"]),
-            dest: "/dest".into()
-        }
+            dest: "/dest".into(),
+            ..Default::default()
+        })
     );
     assert_eq!(i[2].heredoc_for("<<-EOT").map(|h| h.name.as_str()), Some("EOT"));
     assert_eq!(i[3].heredocs.len(), 2);
@@ -507,7 +548,7 @@ fn heredocs() {
     );
     assert_eq!((i[3].heredocs[1].name.as_str(), i[3].heredocs[1].expand), ("X", false));
     assert_eq!(i[3].heredocs[0].content, "raw $x\n");
-    assert_eq!(i[4].keyword, "CMD");
+    assert_eq!(i[4].keyword(), "CMD");
     assert_eq!(i[4].loc.line, 14);
     // several on one line, in order
     let df = p("FROM a\nRUN cat <<EOF1 | tr a b > ./out1; \\\n\tcat <<EOF2 > ./out2\nhello\nEOF1\nworld\nEOF2\n");
@@ -556,13 +597,14 @@ fn onbuild_triggers() {
     let Command::Onbuild(t) = &df.instructions[1].command else {
         panic!()
     };
-    assert_eq!(t.flag_value("from"), Some("src"));
+    let from = copy_of(t).from.clone().unwrap();
+    assert_eq!(from.raw, "src");
     assert_eq!(t.loc.line, 2);
     assert_eq!(t.loc.col, 9);
-    assert_eq!(t.flags[0].loc.col, 14);
+    assert_eq!(from.loc.col, 14);
     assert_eq!(t.original, "COPY --from=src /in/file /out/foo");
     let t = parse_trigger("RUN touch /onbuild1", '\\').unwrap();
-    assert_eq!(t.command, Command::Run(ShellOrExec::Shell("touch /onbuild1".into())));
+    assert_eq!(t.command, run_cmd(ShellOrExec::Shell("touch /onbuild1".into())));
     assert!(parse_trigger("FROM x", '\\').is_err());
     assert!(parse_trigger("RUN a\nRUN b", '\\').is_err());
     let loc = Loc {
@@ -596,22 +638,6 @@ fn env_and_label_words_keep_quotes_for_later_expansion() {
         .map(|(_, v)| process_word(v, &expand::NoVars, '\\').unwrap())
         .collect();
     assert_eq!(vals, s(&["value", "value2a            value2b", "value4a\\nvalue4b"]));
-}
-
-#[test]
-fn chmod_values() {
-    assert_eq!(parse_chmod("755").unwrap(), Chmod::Octal(0o755));
-    assert_eq!(parse_chmod("0644").unwrap(), Chmod::Octal(0o644));
-    assert_eq!(parse_chmod("4755").unwrap(), Chmod::Octal(0o4755));
-    assert!(parse_chmod("64a").unwrap_err().to_string().contains("64a"));
-    assert!(parse_chmod("8").is_err() && parse_chmod("").is_err() && parse_chmod("77777").is_err());
-    assert!(parse_chmod("u+q").is_err() && parse_chmod("z+x").is_err() && parse_chmod("u").is_err());
-    let c = parse_chmod("u+x,go-w").unwrap();
-    assert_eq!(c.apply(0o666, false), 0o744);
-    assert_eq!(parse_chmod("a=rX").unwrap().apply(0o700, true), 0o555);
-    assert_eq!(parse_chmod("a=rX").unwrap().apply(0o600, false), 0o444);
-    assert_eq!(parse_chmod("+x").unwrap().apply(0o644, false), 0o755);
-    assert_eq!(Chmod::Octal(0o700).apply(0o644, false), 0o700);
 }
 
 #[test]
@@ -744,7 +770,7 @@ fn random_rounds(seed: u64, rounds: usize) {
         let _ = go_match(&text, "abc/def");
         let _ = go_match("*[a-z]?", &text);
         let _ = mount::parse_mount(&text);
-        let _ = parse_chmod(&text).map(|c| c.apply(0o644, false));
+        let _ = Chmod::parse(&text).map(|c| c.apply(0o644, false));
         let _ = parse_go_duration(&text);
         // and raw bytes
         let bytes: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();

@@ -27,7 +27,7 @@
 //! (as a [`VarLookup`]) and yields the RUN environment and the config `Env`.
 
 use crate::dockerfile::expand::{NoVars, process_word, process_word_with_matches, process_words};
-use crate::dockerfile::{Command, Dockerfile, Instruction, VarLookup, mount};
+use crate::dockerfile::{Command, CopyCommand, Dockerfile, FromCommand, Instruction, VarLookup, mount};
 use anyhow::{Result, anyhow, bail};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -295,52 +295,15 @@ pub fn predefined_args(target: &Platform, build: &Platform, target_stage: &str) 
 /// Build the plan.
 pub fn plan(df: &Dockerfile, opts: &BuildOptions) -> Result<Plan> {
     let escape = df.directives.escape;
-    // split into meta ARGs and stages
-    let mut meta: Vec<&Instruction> = Vec::new();
-    let mut raw_stages: Vec<(&Instruction, Vec<&Instruction>)> = Vec::new();
-    for ins in &df.instructions {
-        match (&ins.command, raw_stages.last_mut()) {
-            (Command::From { .. }, _) => raw_stages.push((ins, Vec::new())),
-            (_, Some((_, body))) => body.push(ins),
-            (Command::Arg(_), None) => meta.push(ins),
-            (_, None) => bail!(ins.loc.error(format!(
-                "{} before the first FROM (only ARG may come before FROM)",
-                ins.keyword
-            ))),
-        }
-    }
-    if raw_stages.is_empty() {
-        bail!("the Dockerfile has no FROM instruction, so there is no stage to build");
-    }
+    let (meta, raw_stages) = split_stages(df)?;
     let stage_names: Vec<Option<String>> = raw_stages
         .iter()
         .map(|(f, _)| match &f.command {
-            Command::From { name, .. } => name.clone(),
+            Command::From(f) => f.name.clone(),
             _ => None,
         })
         .collect();
-
-    // target
-    let target = match &opts.target {
-        Some(t) => {
-            let lower = t.to_ascii_lowercase();
-            stage_names
-                .iter()
-                .rposition(|n| n.as_deref() == Some(lower.as_str()))
-                .ok_or_else(|| {
-                    let names: Vec<&str> = stage_names.iter().flatten().map(String::as_str).collect();
-                    anyhow!(
-                        "target stage {t:?} could not be found (the Dockerfile's named stages: {})",
-                        if names.is_empty() {
-                            "none".to_string()
-                        } else {
-                            names.join(", ")
-                        }
-                    )
-                })?
-        }
-        None => raw_stages.len() - 1,
-    };
+    let target = target_index(opts, &stage_names)?;
     let target_stage_name = stage_names[target].clone().unwrap_or_default();
 
     // predefined and global ARGs
@@ -354,152 +317,16 @@ pub fn plan(df: &Dockerfile, opts: &BuildOptions) -> Result<Plan> {
             *v = o.clone();
         }
     }
-    let mut global = predefined.clone();
-    let mut meta_names = BTreeSet::new();
-    for ins in &meta {
-        let Command::Arg(kvs) = &ins.command else { continue };
-        for (k, default) in kvs {
-            meta_names.insert(k.clone());
-            let value = match (opts.build_args.get(k), default) {
-                (Some(v), _) => Some(v.clone()),
-                (None, Some(d)) => Some(process_word(d, &global, escape).map_err(|e| ins.loc.error(e))?),
-                (None, None) => None,
-            };
-            if let Some(v) = value {
-                global.insert(k.clone(), v);
-            }
-        }
-    }
+    let (global, meta_names) = global_args(&meta, opts, &predefined, escape)?;
 
     // stages: base and dependencies
     let mut stages: Vec<Stage> = Vec::new();
     for (index, (from, body)) in raw_stages.iter().enumerate() {
-        let Command::From { image, name } = &from.command else {
-            unreachable!()
-        };
-        let expanded = process_word(image, &global, escape).map_err(|e| from.loc.error(e))?;
-        if expanded.is_empty() {
-            bail!(from.loc.error(format!(
-                "base name ({image}) should not be blank (expected an image reference)"
-            )));
-        }
-        let base = if expanded.eq_ignore_ascii_case("scratch") {
-            BaseRef::Scratch
-        } else if let Some(j) = stage_names[..index]
-            .iter()
-            .rposition(|n| n.as_deref() == Some(expanded.to_ascii_lowercase().as_str()))
-        {
-            BaseRef::Stage(j)
-        } else {
-            BaseRef::Image(expanded)
-        };
-        let platform = match from.flag_value("platform") {
-            Some(p) => {
-                let v = process_word(p, &global, escape).map_err(|e| from.loc.error(e))?;
-                if v.is_empty() {
-                    bail!(from.loc.error(format!(
-                        "empty platform value from expression {p} (expected <os>/<arch>)"
-                    )));
-                }
-                Some(Platform::parse(&v).map_err(|e| from.loc.error(e))?.to_string())
-            }
-            None => None,
-        };
-        stages.push(Stage {
-            index,
-            name: name.clone(),
-            base,
-            platform,
-            from: (*from).clone(),
-            instructions: body.iter().map(|i| (*i).clone()).collect(),
-            onbuild_triggers: Vec::new(),
-            deps: Vec::new(),
-            args_in_scope: BTreeMap::new(),
-        });
+        stages.push(stage_of(index, from, body, &stage_names, &global, escape)?);
     }
-    // ONBUILD triggers of base stages
-    for i in 0..stages.len() {
-        if let BaseRef::Stage(j) = stages[i].base {
-            let triggers: Vec<Instruction> = stages[j]
-                .instructions
-                .iter()
-                .filter_map(|ins| match &ins.command {
-                    Command::Onbuild(t) => Some((**t).clone()),
-                    _ => None,
-                })
-                .collect();
-            stages[i].onbuild_triggers = triggers;
-        }
-    }
-    // dependencies (with the --from checks BuildKit applies to every stage)
-    let total = stages.len();
-    let mut dep_sites: Vec<Vec<(usize, Instruction)>> = vec![Vec::new(); total];
-    for s in stages.iter_mut() {
-        let mut deps = BTreeSet::new();
-        if let BaseRef::Stage(j) = s.base {
-            deps.insert(j);
-        }
-        for ins in s.onbuild_triggers.iter().chain(s.instructions.iter()) {
-            for from in from_refs(ins)? {
-                if let Some(j) = lookup_stage(&stage_names, &from) {
-                    if j >= total {
-                        bail!(
-                            ins.loc
-                                .error(format!("invalid stage index {j} (the Dockerfile has {total} stages)"))
-                        );
-                    }
-                    deps.insert(j);
-                    dep_sites[s.index].push((j, ins.clone()));
-                }
-            }
-        }
-        s.deps = deps.into_iter().collect();
-    }
-
-    // reachable from the target
-    let mut needed = BTreeSet::new();
-    let mut todo = vec![target];
-    while let Some(i) = todo.pop() {
-        if needed.insert(i) {
-            todo.extend(stages[i].deps.iter().copied());
-        }
-    }
-    for &i in &needed {
-        for (j, ins) in &dep_sites[i] {
-            if *j >= i {
-                bail!(ins.loc.error(format!(
-                    "cannot copy from stage {:?}, it needs to be defined before current stage {:?}",
-                    stages[*j].display_name(),
-                    stages[i].display_name()
-                )));
-            }
-        }
-    }
-
-    // ARGs in scope
-    let mut used_args: BTreeSet<String> = meta_names;
-    for i in 0..stages.len() {
-        let mut scope = match stages[i].base {
-            BaseRef::Stage(j) => stages[j].args_in_scope.clone(),
-            _ => BTreeMap::new(),
-        };
-        for ins in stages[i].onbuild_triggers.iter().chain(stages[i].instructions.iter()) {
-            if let Command::Arg(kvs) = &ins.command {
-                for (k, d) in kvs {
-                    if needed.contains(&i) {
-                        used_args.insert(k.clone());
-                    }
-                    let v = match (opts.build_args.get(k), d) {
-                        (Some(v), _) => Some(v.clone()),
-                        (None, None) => global.get(k).cloned(),
-                        (None, Some(d)) => Some(d.clone()),
-                    };
-                    scope.insert(k.clone(), v);
-                }
-            }
-        }
-        stages[i].args_in_scope = scope;
-    }
+    let dep_sites = link_stages(&mut stages, &stage_names)?;
+    let needed = needed_stages(&stages, target, &dep_sites)?;
+    let used_args = scope_args(&mut stages, &needed, opts, &global, meta_names);
 
     let proxy_args: BTreeMap<String, String> = opts
         .build_args
@@ -529,27 +356,253 @@ pub fn plan(df: &Dockerfile, opts: &BuildOptions) -> Result<Plan> {
     })
 }
 
+/// The global ARGs (before the first FROM) and the stages with their instructions.
+#[allow(clippy::type_complexity)]
+fn split_stages(df: &Dockerfile) -> Result<(Vec<&Instruction>, Vec<(&Instruction, Vec<&Instruction>)>)> {
+    let mut meta: Vec<&Instruction> = Vec::new();
+    let mut raw_stages: Vec<(&Instruction, Vec<&Instruction>)> = Vec::new();
+    for ins in &df.instructions {
+        match (&ins.command, raw_stages.last_mut()) {
+            (Command::From(_), _) => raw_stages.push((ins, Vec::new())),
+            (_, Some((_, body))) => body.push(ins),
+            (Command::Arg(_), None) => meta.push(ins),
+            (_, None) => bail!(ins.loc.error(format!(
+                "{} before the first FROM (only ARG may come before FROM)",
+                ins.keyword()
+            ))),
+        }
+    }
+    if raw_stages.is_empty() {
+        bail!("the Dockerfile has no FROM instruction, so there is no stage to build");
+    }
+    Ok((meta, raw_stages))
+}
+
+/// `--target` (a stage name), else the last stage.
+fn target_index(opts: &BuildOptions, stage_names: &[Option<String>]) -> Result<usize> {
+    Ok(match &opts.target {
+        Some(t) => {
+            let lower = t.to_ascii_lowercase();
+            stage_names
+                .iter()
+                .rposition(|n| n.as_deref() == Some(lower.as_str()))
+                .ok_or_else(|| {
+                    let names: Vec<&str> = stage_names.iter().flatten().map(String::as_str).collect();
+                    anyhow!(
+                        "target stage {t:?} could not be found (the Dockerfile's named stages: {})",
+                        if names.is_empty() {
+                            "none".to_string()
+                        } else {
+                            names.join(", ")
+                        }
+                    )
+                })?
+        }
+        None => stage_names.len() - 1,
+    })
+}
+
+/// The global scope: predefined ARGs, then the global ARG declarations with their
+/// `--build-arg` values or expanded defaults; and the names declared.
+fn global_args(
+    meta: &[&Instruction],
+    opts: &BuildOptions,
+    predefined: &BTreeMap<String, String>,
+    escape: char,
+) -> Result<(BTreeMap<String, String>, BTreeSet<String>)> {
+    let mut global = predefined.clone();
+    let mut meta_names = BTreeSet::new();
+    for ins in meta {
+        let Command::Arg(kvs) = &ins.command else { continue };
+        for (k, default) in kvs {
+            meta_names.insert(k.clone());
+            let value = match (opts.build_args.get(k), default) {
+                (Some(v), _) => Some(v.clone()),
+                (None, Some(d)) => Some(process_word(d, &global, escape).map_err(|e| ins.loc.error(e))?),
+                (None, None) => None,
+            };
+            if let Some(v) = value {
+                global.insert(k.clone(), v);
+            }
+        }
+    }
+    Ok((global, meta_names))
+}
+
+/// One stage from its FROM line: base (scratch, an earlier stage or an image) and platform,
+/// expanded in the global scope.
+fn stage_of(
+    index: usize,
+    from: &Instruction,
+    body: &[&Instruction],
+    stage_names: &[Option<String>],
+    global: &BTreeMap<String, String>,
+    escape: char,
+) -> Result<Stage> {
+    let Command::From(FromCommand { image, name, platform }) = &from.command else {
+        unreachable!()
+    };
+    let expanded = process_word(image, global, escape).map_err(|e| from.loc.error(e))?;
+    if expanded.is_empty() {
+        bail!(from.loc.error(format!(
+            "base name ({image}) should not be blank (expected an image reference)"
+        )));
+    }
+    let base = if expanded.eq_ignore_ascii_case("scratch") {
+        BaseRef::Scratch
+    } else if let Some(j) = stage_names[..index]
+        .iter()
+        .rposition(|n| n.as_deref() == Some(expanded.to_ascii_lowercase().as_str()))
+    {
+        BaseRef::Stage(j)
+    } else {
+        BaseRef::Image(expanded)
+    };
+    let platform = match platform.as_ref().map(|f| f.raw.as_str()) {
+        Some(p) => {
+            let v = process_word(p, global, escape).map_err(|e| from.loc.error(e))?;
+            if v.is_empty() {
+                bail!(from.loc.error(format!(
+                    "empty platform value from expression {p} (expected <os>/<arch>)"
+                )));
+            }
+            Some(Platform::parse(&v).map_err(|e| from.loc.error(e))?.to_string())
+        }
+        None => None,
+    };
+    Ok(Stage {
+        index,
+        name: name.clone(),
+        base,
+        platform,
+        from: from.clone(),
+        instructions: body.iter().map(|i| (*i).clone()).collect(),
+        onbuild_triggers: Vec::new(),
+        deps: Vec::new(),
+        args_in_scope: BTreeMap::new(),
+    })
+}
+
+/// ONBUILD triggers of base stages and every stage's dependencies (with the `--from` checks
+/// BuildKit applies to every stage); returns where each stage names each dependency.
+fn link_stages(stages: &mut [Stage], stage_names: &[Option<String>]) -> Result<Vec<Vec<(usize, Instruction)>>> {
+    for i in 0..stages.len() {
+        if let BaseRef::Stage(j) = stages[i].base {
+            let triggers: Vec<Instruction> = stages[j]
+                .instructions
+                .iter()
+                .filter_map(|ins| match &ins.command {
+                    Command::Onbuild(t) => Some((**t).clone()),
+                    _ => None,
+                })
+                .collect();
+            stages[i].onbuild_triggers = triggers;
+        }
+    }
+    // dependencies (with the --from checks BuildKit applies to every stage)
+    let total = stages.len();
+    let mut dep_sites: Vec<Vec<(usize, Instruction)>> = vec![Vec::new(); total];
+    for s in stages.iter_mut() {
+        let mut deps = BTreeSet::new();
+        if let BaseRef::Stage(j) = s.base {
+            deps.insert(j);
+        }
+        for ins in s.onbuild_triggers.iter().chain(s.instructions.iter()) {
+            for from in from_refs(ins)? {
+                if let Some(j) = lookup_stage(stage_names, &from) {
+                    if j >= total {
+                        bail!(
+                            ins.loc
+                                .error(format!("invalid stage index {j} (the Dockerfile has {total} stages)"))
+                        );
+                    }
+                    deps.insert(j);
+                    dep_sites[s.index].push((j, ins.clone()));
+                }
+            }
+        }
+        s.deps = deps.into_iter().collect();
+    }
+    Ok(dep_sites)
+}
+
+/// The stages reachable from the target; a needed stage may only use stages defined before it.
+fn needed_stages(stages: &[Stage], target: usize, dep_sites: &[Vec<(usize, Instruction)>]) -> Result<BTreeSet<usize>> {
+    let mut needed = BTreeSet::new();
+    let mut todo = vec![target];
+    while let Some(i) = todo.pop() {
+        if needed.insert(i) {
+            todo.extend(stages[i].deps.iter().copied());
+        }
+    }
+    for &i in &needed {
+        for (j, ins) in &dep_sites[i] {
+            if *j >= i {
+                bail!(ins.loc.error(format!(
+                    "cannot copy from stage {:?}, it needs to be defined before current stage {:?}",
+                    stages[*j].display_name(),
+                    stages[i].display_name()
+                )));
+            }
+        }
+    }
+    Ok(needed)
+}
+
+/// Each stage's ARGs in scope (inherited from a base stage, then its own declarations); returns
+/// the ARG names the needed stages (and the globals) declare.
+fn scope_args(
+    stages: &mut [Stage],
+    needed: &BTreeSet<usize>,
+    opts: &BuildOptions,
+    global: &BTreeMap<String, String>,
+    meta_names: BTreeSet<String>,
+) -> BTreeSet<String> {
+    let mut used_args: BTreeSet<String> = meta_names;
+    for i in 0..stages.len() {
+        let mut scope = match stages[i].base {
+            BaseRef::Stage(j) => stages[j].args_in_scope.clone(),
+            _ => BTreeMap::new(),
+        };
+        for ins in stages[i].onbuild_triggers.iter().chain(stages[i].instructions.iter()) {
+            if let Command::Arg(kvs) = &ins.command {
+                for (k, d) in kvs {
+                    if needed.contains(&i) {
+                        used_args.insert(k.clone());
+                    }
+                    let v = match (opts.build_args.get(k), d) {
+                        (Some(v), _) => Some(v.clone()),
+                        (None, None) => global.get(k).cloned(),
+                        (None, Some(d)) => Some(d.clone()),
+                    };
+                    scope.insert(k.clone(), v);
+                }
+            }
+        }
+        stages[i].args_in_scope = scope;
+    }
+    used_args
+}
+
 /// The `--from` values of COPY and RUN --mount in an instruction (ONBUILD triggers are not
 /// followed: they run in the child stage).
 fn from_refs(ins: &Instruction) -> Result<Vec<String>> {
     let mut out = Vec::new();
     match &ins.command {
-        Command::Copy { .. } => {
-            if let Some(f) = ins.flag("from") {
-                let v = f.value.clone().unwrap_or_default();
-                let literal = process_word(&v, &NoVars, '\\').unwrap_or_default();
-                if literal != v {
+        Command::Copy(c) => {
+            if let Some(f) = &c.from {
+                let literal = process_word(&f.raw, &NoVars, '\\').unwrap_or_default();
+                if literal != f.raw {
                     bail!(f.loc.error(
                         "variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround"
                     ));
                 }
-                out.push(v);
+                out.push(f.raw.clone());
             }
         }
-        Command::Run(_) => {
-            for f in ins.flags.iter().filter(|f| f.name == "mount") {
-                let v = f.value.as_deref().unwrap_or("");
-                if let Ok(m) = mount::parse_mount(v)
+        Command::Run(r) => {
+            for f in &r.mounts {
+                if let Ok(m) = mount::parse_mount(&f.raw)
                     && let Some(from) = m.from
                 {
                     out.push(from);
@@ -801,21 +854,7 @@ impl Plan {
 }
 
 fn render_expanded(ins: &Instruction, scope: &mut StageScope) -> Result<Option<String>> {
-    let kw = &ins.keyword;
-    let flags: Vec<String> = ins
-        .flags
-        .iter()
-        .map(|f| match (&f.value, f.name.as_str()) {
-            (Some(v), "chown" | "chmod" | "checksum") => Ok(format!("--{}={}", f.name, scope.word(v)?)),
-            (Some(v), _) => Ok(format!("--{}={v}", f.name)),
-            (None, _) => Ok(format!("--{}", f.name)),
-        })
-        .collect::<Result<_>>()?;
-    let fl = if flags.is_empty() {
-        String::new()
-    } else {
-        format!("{} ", flags.join(" "))
-    };
+    let kw = ins.keyword();
     let words = |ws: &[String]| -> Result<String> {
         Ok(ws.iter().map(|w| scope.word(w)).collect::<Result<Vec<_>>>()?.join(" "))
     };
@@ -824,10 +863,10 @@ fn render_expanded(ins: &Instruction, scope: &mut StageScope) -> Result<Option<S
             scope.apply(ins)?;
             None
         }
-        Command::Copy { srcs, dest } | Command::Add { srcs, dest } => {
-            let mut all = srcs.clone();
-            all.push(dest.clone());
-            Some(format!("{kw} {fl}{}", words(&all)?))
+        Command::Copy(c) | Command::Add(c) => {
+            let mut all = c.srcs.clone();
+            all.push(c.dest.clone());
+            Some(format!("{kw} {}{}", copy_flags(c, scope)?, words(&all)?))
         }
         Command::Workdir(w) | Command::User(w) | Command::Stopsignal(w) => Some(format!("{kw} {}", scope.word(w)?)),
         Command::Label(kvs) => Some(format!(
@@ -853,6 +892,26 @@ fn render_expanded(ins: &Instruction, scope: &mut StageScope) -> Result<Option<S
         }
         _ => None,
     })
+}
+
+/// The flags of a COPY/ADD as `--name=value ` words, `--chown`, `--chmod` and `--checksum`
+/// expanded (as when the step runs; `--from` and `--exclude` are not expanded).
+fn copy_flags(c: &CopyCommand, scope: &StageScope) -> Result<String> {
+    let mut shown = c.clone();
+    for f in [&mut shown.chown, &mut shown.chmod, &mut shown.checksum]
+        .into_iter()
+        .flatten()
+    {
+        f.raw = scope.word(&f.raw)?;
+    }
+    let mut out = String::new();
+    for (name, value) in shown.flags_for_key() {
+        match value {
+            Some(v) => out.push_str(&format!("--{name}={v} ")),
+            None => out.push_str(&format!("--{name} ")),
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

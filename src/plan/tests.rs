@@ -154,7 +154,7 @@ fn mounts_and_onbuild_create_dependencies() {
     let mid = p.stage(2).unwrap();
     assert_eq!(mid.deps, vec![0, 1]);
     assert_eq!(mid.onbuild_triggers.len(), 1);
-    assert_eq!(mid.onbuild_triggers[0].keyword, "COPY");
+    assert_eq!(mid.onbuild_triggers[0].keyword(), "COPY");
     assert!(p.stage(1).unwrap().onbuild_triggers.is_empty());
 }
 

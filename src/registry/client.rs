@@ -178,6 +178,26 @@ pub fn error_body_message(body: &[u8]) -> Option<String> {
     (!text.is_empty()).then(|| text.chars().take(200).collect())
 }
 
+/// kiln's HTTP agent (TLS, user agent, timeouts, no transparent decompression; error statuses
+/// come back as responses): the registry client's, and ADD's URL downloads'.
+pub fn http_agent(tls_verify: bool, idle: Duration) -> ureq::Agent {
+    let tls = ureq::tls::TlsConfig::builder()
+        .disable_verification(!tls_verify)
+        .build();
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .tls_config(tls)
+        .accept_encoding(ureq::config::AutoHeaderValue::None)
+        .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
+        .timeout_connect(Some(Duration::from_secs(30)))
+        .timeout_recv_response(Some(Duration::from_secs(120)))
+        // The idle timeout: no byte for this long on any read fails the read.
+        .timeout_per_read(Some(idle))
+        .max_idle_connections_per_host(8)
+        .build()
+        .into()
+}
+
 impl Client {
     /// A client for `registry`. Loopback registries use plain HTTP; with `tls_verify == false`
     /// https is tried first (without certificate checks), then http, as Docker does for
@@ -189,21 +209,7 @@ impl Client {
 
     /// A client that uses `creds` (not the stored ones): `kiln login` checks them with it.
     pub fn with_credentials(registry: &str, opts: &RegistryOptions, creds: Option<Credentials>) -> Result<Client> {
-        let tls = ureq::tls::TlsConfig::builder()
-            .disable_verification(!opts.tls_verify)
-            .build();
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .tls_config(tls)
-            .accept_encoding(ureq::config::AutoHeaderValue::None)
-            .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
-            .timeout_connect(Some(Duration::from_secs(30)))
-            .timeout_recv_response(Some(Duration::from_secs(120)))
-            // The idle timeout: no byte for this long on any read fails the read.
-            .timeout_per_read(Some(opts.timing.idle))
-            .max_idle_connections_per_host(8)
-            .build()
-            .into();
+        let agent = http_agent(opts.tls_verify, opts.timing.idle);
         let api_host = if registry == crate::reference::DOCKER_HUB {
             "registry-1.docker.io"
         } else {
