@@ -48,7 +48,6 @@ pub struct RunRequest {
     pub no_new_privs: bool,
     pub tty: bool,
     pub storage_driver: Option<String>,
-    pub debug: bool,
     pub reporter: Reporter,
 }
 
@@ -207,8 +206,12 @@ pub fn run(store: &Store, req: &RunRequest) -> Result<i32> {
     let env = merge_env(&config.env.clone().unwrap_or_default(), &req.env);
     publish(req)?;
 
-    let driver =
-        crate::rootfs::choose_driver(store, &sandbox::confinement(), req.storage_driver.as_deref(), req.debug)?;
+    let driver = crate::rootfs::choose_driver(
+        store,
+        &sandbox::confinement(),
+        req.storage_driver.as_deref(),
+        &req.reporter,
+    )?;
     let tmp = store.tmp_dir("run-")?;
     let upper = match &req.upper {
         Some(u) => {
@@ -254,10 +257,7 @@ pub fn run(store: &Store, req: &RunRequest) -> Result<i32> {
         cap_drop: req.cap_drop.clone(),
         no_new_privs: req.no_new_privs,
         stdin: None,
-        output_prefix: String::new(),
-        log_to_stderr: false,
-        quiet: false,
-        live: false,
+        output: crate::sandbox::Output::Inherit,
         tty: req.tty,
     };
     let tc = std::time::Instant::now();

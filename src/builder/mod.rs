@@ -16,7 +16,6 @@ mod run;
 mod step;
 
 pub use output::OutputSpec;
-pub use progress::Progress;
 
 use crate::digest::Digest;
 use crate::dockerfile::{self, Command, Instruction, ShellOrExec};
@@ -109,11 +108,11 @@ pub struct BuildRequest {
     pub cap_drop: Vec<String>,
     pub seccomp: SeccompChoice,
     pub no_new_privs: bool,
-    pub progress: Progress,
+    /// Where steps, RUN output, warnings and the summary are reported.
+    pub reporter: crate::events::Reporter,
     pub dry_run: bool,
     pub jobs: usize,
     pub storage_driver: Option<String>,
-    pub debug: bool,
     /// Registry repositories to push step results to (`--cache-to`).
     pub cache_to: Vec<Reference>,
     /// Registry repositories to look step results up in (`--cache-from`).
@@ -153,7 +152,7 @@ pub struct Builder<'a> {
     pub plan: Plan,
     pub escape: char,
     pub ignore: dockerfile::ignore::IgnoreMatcher,
-    pub progress: progress::Printer,
+    pub progress: progress::Steps,
     pub layer_opts: LayerOptions,
     pub driver: Box<dyn crate::rootfs::RootfsDriver>,
     /// Stages by index: each slot is locked while its stage builds, so a stage that several
@@ -203,7 +202,7 @@ pub fn build(store: &Store, req: &BuildRequest) -> Result<Option<Image>> {
         store,
         &crate::sandbox::confinement(),
         req.storage_driver.as_deref(),
-        req.debug,
+        &req.reporter,
     )?;
     let b = Builder {
         store,
@@ -211,7 +210,7 @@ pub fn build(store: &Store, req: &BuildRequest) -> Result<Option<Image>> {
         escape: df.directives.escape,
         plan,
         ignore,
-        progress: progress::Printer::new(req.progress),
+        progress: progress::Steps::new(req.reporter.clone()),
         layer_opts: LayerOptions {
             compression: req.compression,
             level: req.compression_level,
@@ -232,7 +231,9 @@ pub fn build(store: &Store, req: &BuildRequest) -> Result<Option<Image>> {
     let state = b.stage(target);
     if let Some(rc) = &b.remote {
         // Also after a failure: the steps that did run are worth sharing.
-        rc.export(store, &|m| b.progress.info(m), &|m| b.progress.warn(m));
+        rc.export(store, &|m| req.reporter.info("build", m), &|m| {
+            req.reporter.warn("build", m)
+        });
     }
     let image = b.commit_image(state?)?;
     b.progress.summary(&image, &req.tags, started.elapsed());
@@ -347,16 +348,19 @@ impl<'a> Builder<'a> {
                 let ins = dockerfile::parse_onbuild_trigger(t, &stage.from.loc)
                     .with_context(|| format!("{}: ONBUILD trigger {t:?} of the base image", stage.from.loc))?;
                 self.progress
-                    .step_start(&stage_label, i + 1, triggers.len(), &format!("ONBUILD {t}"));
-                step::execute(self, &mut state, &ins, index)?;
+                    .start(&stage_label, i + 1, triggers.len(), &format!("ONBUILD {t}"));
+                let t0 = Instant::now();
+                let cached = step::execute(self, &mut state, &ins, index).inspect_err(|e| self.progress.failed(e))?;
+                self.progress.done(cached, t0.elapsed());
             }
         }
         for (i, ins) in stage.instructions.iter().enumerate() {
-            self.progress.step_start(&stage_label, i + 1, total, &ins.original);
+            self.progress.start(&stage_label, i + 1, total, &ins.original);
             let t = Instant::now();
             let cached = step::execute(self, &mut state, ins, index)
-                .with_context(|| format!("{}: {}", ins.loc, ins.original))?;
-            self.progress.step_done(cached, t.elapsed());
+                .with_context(|| format!("{}: {}", ins.loc, ins.original))
+                .inspect_err(|e| self.progress.failed(e))?;
+            self.progress.done(cached, t.elapsed());
         }
         Ok(state)
     }
@@ -417,8 +421,8 @@ impl<'a> Builder<'a> {
             platform: self.req.platform.clone(),
             ..self.req.registry.clone()
         };
-        let printer = &self.progress;
-        let say = |m: &str| printer.info(m);
+        let reporter = self.progress.reporter();
+        let say = |m: &str| reporter.info("registry", m);
         crate::registry::pull(self.store, &parsed, &opts, &say).with_context(|| format!("pulling {parsed}"))
     }
 

@@ -327,10 +327,10 @@ pub fn run_step(
                 cap_drop: b.req.cap_drop.clone(),
                 no_new_privs: b.req.no_new_privs,
                 stdin: None,
-                output_prefix: b.progress.prefix(),
-                log_to_stderr: true,
-                quiet: b.progress.is_quiet(),
-                live: b.progress.is_live(),
+                output: crate::sandbox::Output::Events {
+                    reporter: b.progress.reporter().clone(),
+                    step: b.progress.current(),
+                },
                 tty: false,
             };
             let outcome = crate::sandbox::run(&spec)?;

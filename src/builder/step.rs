@@ -254,8 +254,7 @@ pub fn fs_step(
         && let Some(rc) = &b.remote
     {
         hit = rc.lookup(b.store, &key, &|m| b.progress.warn(m)).map(|h| {
-            b.progress
-                .info(&format!("{}using cache from {}", b.progress.prefix(), h.source));
+            b.progress.info(&format!("using cache from {}", h.source));
             h.entry
         });
     }
@@ -298,17 +297,18 @@ pub fn fs_step(
         crate::layer::strip_unarchived(&upper, &placeholders)?;
         super::publish_layer_dir(b.store, &upper, &l.diff_id)?;
     }
-    if b.req.debug {
-        // Where a step's time goes (scripts/bench.sh and docs/PERFORMANCE.md use this).
-        b.progress.info(&format!(
-            "timing: lowers+mount {:?}, act {:?}, unmount+clean {:?}, commit {:?}, publish {:?}",
+    // Where a step's time goes (docs/PERFORMANCE.md uses this).
+    let step = b.progress.current();
+    b.progress.reporter().debug("build", || {
+        format!(
+            "#{step} timing: lowers+mount {:?}, act {:?}, unmount+clean {:?}, commit {:?}, publish {:?}",
             t_mount,
             t_act - t_mount,
             t_clean - t_act,
             t_commit - t_clean,
             t0.elapsed() - t_commit
-        ));
-    }
+        )
+    });
     let entry = cache::Entry {
         layer: layer.map(|l| (l.descriptor, l.diff_id)),
         created: Some(b.created.clone()),
@@ -376,10 +376,10 @@ fn copy_step(
         b.progress
             .warn(&format!("could not save the context stat cache: {e:#}"));
     }
-    if b.req.debug {
-        b.progress
-            .info(&format!("timing: source digest {:?}", t_hash.elapsed()));
-    }
+    let step = b.progress.current();
+    b.progress.reporter().debug("build", || {
+        format!("#{step} timing: source digest {:?}", t_hash.elapsed())
+    });
     let key_text = format!(
         "{} {:?} -> {:?} flags {:?}",
         ins.keyword(),

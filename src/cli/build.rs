@@ -1,12 +1,14 @@
 //! `kiln build`: flags → `crate::builder::BuildRequest`.
 
 use super::GlobalOpts;
-use crate::builder::{BuildRequest, OutputSpec, Progress, SecretSpec};
+use super::progress::{ProgressMode, Renderer};
+use crate::builder::{BuildRequest, OutputSpec, SecretSpec};
 use crate::image::Compression;
 use crate::store::ManifestFormat;
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(clap::Args, Debug)]
 pub struct BuildArgs {
@@ -79,9 +81,10 @@ pub struct BuildArgs {
     /// seccomp=FILE|unconfined, no-new-privileges.
     #[arg(long = "security-opt")]
     pub security_opt: Vec<String>,
-    /// Progress output: auto, tty or plain.
-    #[arg(long, default_value = "auto")]
-    pub progress: String,
+    /// Progress output: auto (tty on a terminal, else plain), tty, plain, quiet, or rawjson
+    /// (one JSON object per event on stderr; see docs/PROGRESS.md).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub progress: ProgressMode,
     /// Print only the image id.
     #[arg(short = 'q', long)]
     pub quiet: bool,
@@ -139,13 +142,9 @@ pub fn run(g: &GlobalOpts, a: BuildArgs) -> Result<i32> {
         "none" => crate::sandbox::Network::None,
         n => bail!("--network {n}: expected host or none"),
     };
-    let progress = match a.progress.as_str() {
-        "auto" => Progress::Auto,
-        "plain" => Progress::Plain,
-        "tty" => Progress::Tty,
-        "quiet" => Progress::Quiet,
-        p => bail!("--progress {p}: expected auto, tty or plain"),
-    };
+    let mode = if a.quiet { ProgressMode::Quiet } else { a.progress };
+    let renderer = Arc::new(Renderer::stderr(mode, g.debug));
+    let reporter = crate::events::Reporter::new(renderer.clone());
     let mut seccomp = crate::sandbox::SeccompChoice::Default;
     let mut no_new_privs = false;
     for opt in &a.security_opt {
@@ -213,13 +212,12 @@ pub fn run(g: &GlobalOpts, a: BuildArgs) -> Result<i32> {
         cap_drop: a.cap_drop.clone(),
         seccomp,
         no_new_privs,
-        progress: if a.quiet { Progress::Quiet } else { progress },
+        reporter: reporter.clone(),
         dry_run: a.dry_run,
         jobs: a
             .jobs
             .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
         storage_driver: a.storage_driver.clone(),
-        debug: g.debug,
         cache_to: a
             .cache_to
             .iter()
@@ -237,7 +235,7 @@ pub fn run(g: &GlobalOpts, a: BuildArgs) -> Result<i32> {
         let opts = g.registry_options(a.tls_verify, None);
         for t in &a.tags {
             let dest = crate::reference::Reference::parse(t)?;
-            let say = |m: &str| eprintln!("{m}");
+            let say = |m: &str| reporter.info("registry", m);
             crate::registry::push(&store, &image, &dest, &opts, Some(format), &say)
                 .with_context(|| format!("pushing {dest}"))?;
         }

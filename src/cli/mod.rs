@@ -193,7 +193,7 @@ pub fn main() -> i32 {
         && let Err(e) = cli
             .global
             .forced_isolation()
-            .and_then(|forced| crate::sandbox::userns::ensure_with(cli.global.debug, forced))
+            .and_then(|forced| crate::sandbox::userns::ensure_with(&cli.global.reporter(), forced))
     {
         eprintln!("kiln: {e:#}");
         return 125;

@@ -174,7 +174,6 @@ pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<i32> {
         no_new_privs,
         tty: a.tty || a.interactive,
         storage_driver: a.storage_driver.clone(),
-        debug: g.debug,
         reporter: g.reporter(),
     };
     runner::run(&store, &req)
@@ -221,7 +220,7 @@ pub fn info(g: &GlobalOpts, a: InfoArgs) -> Result<i32> {
         }
     };
     // Then enter what builds get, to probe storage from there.
-    userns::ensure_with(g.debug, g.forced_isolation()?)?;
+    userns::ensure_with(&g.reporter(), g.forced_isolation()?)?;
     let rung = probe::current();
     let why = probe::current_reason();
     let advice = match rung {
@@ -351,7 +350,12 @@ pub fn info(g: &GlobalOpts, a: InfoArgs) -> Result<i32> {
 /// The hidden helper process behind [`sandbox::run`].
 pub fn sandbox(a: SandboxArgs) -> Result<i32> {
     let spec = sandbox::read_spec(&a.spec)?;
-    sandbox::helper_main(spec)
+    let exit = sandbox::helper_main(spec)?;
+    if let Some(why) = exit.error {
+        // The step's stderr: the build log shows it as the step's output.
+        eprintln!("kiln: {why}");
+    }
+    Ok(exit.code)
 }
 
 #[cfg(test)]

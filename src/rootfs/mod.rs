@@ -16,6 +16,7 @@ pub use copy::{CopySnapshot, materialise, remove_tree};
 pub use fuse::FuseOverlay;
 pub use overlay::{KernelOverlay, mount_overlay_readonly};
 
+use crate::events::Reporter;
 use crate::fsutil::{Follow, Root};
 use crate::store::Store;
 use crate::sys::Confinement;
@@ -115,17 +116,17 @@ pub fn probe(dir: &Path, single_uid: bool) -> DriverChoice {
 
 /// Picks the driver for this process: `forced` (`overlay`, `fuse` or `copy`, from
 /// `--storage-driver`) or, by default, what [`probe`] finds in the store's tmp dir. What the
-/// isolation allows comes from the caller (`sandbox::confinement()`). Says which and why under
-/// `debug`.
+/// isolation allows comes from the caller (`sandbox::confinement()`). Says which and why as
+/// a debug message.
 pub fn choose_driver(
     store: &Store,
     confinement: &Confinement,
     forced: Option<&str>,
-    debug: bool,
+    reporter: &Reporter,
 ) -> Result<Box<dyn RootfsDriver>> {
     let tmp = store.root().join("tmp");
     std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    choose_driver_in(&tmp, confinement, forced, debug)
+    choose_driver_in(&tmp, confinement, forced, reporter)
 }
 
 /// Like [`choose_driver`], probing in `dir`.
@@ -133,8 +134,9 @@ pub fn choose_driver_in(
     dir: &Path,
     confinement: &Confinement,
     forced: Option<&str>,
-    debug: bool,
+    reporter: &Reporter,
 ) -> Result<Box<dyn RootfsDriver>> {
+    let say = |text: String| reporter.debug("rootfs", || text);
     let rung = confinement.isolation;
     if !confinement.can_mount {
         // Chroot / no-privilege isolation: nothing may be mounted, layers are plain directories.
@@ -144,25 +146,21 @@ pub fn choose_driver_in(
                 forced.unwrap_or_default()
             );
         }
-        if debug {
-            eprintln!("kiln: debug: rootfs driver: copy snapshots (isolation {rung}: no mounts allowed)");
-        }
+        say(format!(
+            "rootfs driver: copy snapshots (isolation {rung}: no mounts allowed)"
+        ));
         return Ok(Box::new(CopySnapshot::default()));
     }
     match forced {
         Some("copy") | Some("vfs") => {
-            if debug {
-                eprintln!("kiln: debug: rootfs driver: copy snapshots (--storage-driver)");
-            }
+            say("rootfs driver: copy snapshots (--storage-driver)".into());
             return Ok(Box::new(CopySnapshot::default()));
         }
         Some("fuse") => {
             if let Err(e) = probe_fuse(dir) {
                 bail!("--storage-driver fuse: kiln's FUSE overlay does not work here: {e}");
             }
-            if debug {
-                eprintln!("kiln: debug: rootfs driver: kiln's FUSE overlay (--storage-driver fuse)");
-            }
+            say("rootfs driver: kiln's FUSE overlay (--storage-driver fuse)".into());
             return Ok(Box::new(FuseOverlay::default()));
         }
         Some("overlay") | None => {}
@@ -172,16 +170,11 @@ pub fn choose_driver_in(
     if forced == Some("overlay") && !c.overlay {
         bail!("--storage-driver overlay: {}", c.reason);
     }
-    if debug {
-        match c.name {
-            "overlay" => eprintln!("kiln: debug: rootfs driver: overlay ({})", c.why),
-            "fuse" => eprintln!("kiln: debug: rootfs driver: kiln's FUSE overlay ({})", c.why),
-            _ => eprintln!(
-                "kiln: debug: rootfs driver: copy snapshots ({}); steps will be slower",
-                c.why
-            ),
-        }
-    }
+    say(match c.name {
+        "overlay" => format!("rootfs driver: overlay ({})", c.why),
+        "fuse" => format!("rootfs driver: kiln's FUSE overlay ({})", c.why),
+        _ => format!("rootfs driver: copy snapshots ({}); steps will be slower", c.why),
+    });
     Ok(match c.name {
         "overlay" => Box::new(KernelOverlay),
         "fuse" => Box::new(FuseOverlay::default()),

@@ -139,7 +139,16 @@ fn seccomp_active() -> bool {
 }
 
 /// Runs the step described by `spec`; returns its exit code (128+signal when killed).
-pub fn helper_main(input: HelperInput) -> Result<i32> {
+/// How the step's helper ended: the exit code, and when the step could not be started
+/// (exec failed, the workdir or user could not be entered…), why — the helper's caller prints
+/// it to the step's stderr, where the build log shows it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct StepExit {
+    pub code: i32,
+    pub error: Option<String>,
+}
+
+pub fn helper_main(input: HelperInput) -> Result<StepExit> {
     let spec = input.spec;
     if spec.args.is_empty() {
         bail!("no command to run");
@@ -257,11 +266,22 @@ pub fn helper_main(input: HelperInput) -> Result<i32> {
         }
         sys.sethostname(&hostname).context("cannot set the hostname")?;
     }
-    let code = run_init(&prepared, gen_dir, idemu_child)?;
-    if supervisor.is_some() {
+    let mut exit = run_init(&prepared, gen_dir, idemu_child)?;
+    if let Some(handle) = supervisor {
         let _ = std::fs::remove_dir_all(crate::sys::idstate::state_dir(&rootfs));
+        // A supervisor that stopped early (it is left serving otherwise: it ends with the
+        // step's last process) says why with the step's own result.
+        if handle.is_finished()
+            && let Ok(Err(e)) = handle.join()
+        {
+            let why = format!("{e:#}");
+            exit.error = Some(match exit.error.take() {
+                Some(first) => format!("{first}; {why}"),
+                None => why,
+            });
+        }
     }
-    Ok(code)
+    Ok(exit)
 }
 
 static CHILD: AtomicI32 = AtomicI32::new(0);
@@ -290,7 +310,7 @@ extern "C" fn kill_step(sig: libc::c_int) {
 /// code; a setup failure the init reports is printed and becomes its code.
 /// `idemu_child` (the step's end of the ownership-emulation socket) is closed in the helper
 /// once the init has its copy, so the supervisor sees the end if the init fails before sending.
-fn run_init(p: &Prepared, gen_dir: tempfile::TempDir, idemu_child: Option<OwnedFd>) -> Result<i32> {
+fn run_init(p: &Prepared, gen_dir: tempfile::TempDir, idemu_child: Option<OwnedFd>) -> Result<StepExit> {
     let chroot = matches!(p.entry, Entry::Chroot { .. });
     let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("cannot create a pipe")?;
     // SAFETY: the helper is single-threaded but for the ownership-emulation supervisor, which
@@ -331,10 +351,12 @@ fn run_init(p: &Prepared, gen_dir: tempfile::TempDir, idemu_child: Option<OwnedF
             if !msg.is_empty() {
                 let text = String::from_utf8_lossy(&msg);
                 let (c, m) = text.split_once(':').unwrap_or(("125", &text));
-                eprintln!("kiln: {m}");
-                return Ok(c.parse().unwrap_or(125));
+                return Ok(StepExit {
+                    code: c.parse().unwrap_or(125),
+                    error: Some(m.to_string()),
+                });
             }
-            Ok(code)
+            Ok(StepExit { code, error: None })
         }
     }
 }

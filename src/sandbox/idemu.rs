@@ -144,17 +144,19 @@ fn recv_fd(sock: RawFd) -> io::Result<OwnedFd> {
 /// Starts the supervisor thread in the helper: it receives the listener from `sock` and
 /// answers until the step's last process is gone; emulated ids go to `state` (see
 /// [`idstate`]).
-pub fn spawn_supervisor(sock: OwnedFd, state: PathBuf) -> Result<std::thread::JoinHandle<()>> {
+/// The thread ends with an error when emulation stopped before the step's end.
+pub fn spawn_supervisor(sock: OwnedFd, state: PathBuf) -> Result<std::thread::JoinHandle<Result<()>>> {
     std::thread::Builder::new()
         .name("kiln-idemu".into())
         .spawn(move || {
+            // No listener: the init failed before sending it, and says why itself.
             let Ok(listener) = recv_fd(sock.as_raw_fd()) else {
-                return;
+                return Ok(());
             };
             drop(sock);
-            if let Err(e) = Supervisor::new(state).and_then(|mut s| s.serve(listener.as_raw_fd())) {
-                eprintln!("kiln: ownership emulation stopped: {e}");
-            }
+            Supervisor::new(state)
+                .and_then(|mut s| s.serve(listener.as_raw_fd()))
+                .context("ownership emulation stopped")
         })
         .context("cannot start the ownership emulation thread")
 }

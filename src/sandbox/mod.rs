@@ -22,7 +22,7 @@ mod trial;
 pub mod userns;
 
 pub use error::StepError;
-pub use helper::{HelperInput, compiled_filter, helper_main, read_spec};
+pub use helper::{HelperInput, StepExit, compiled_filter, helper_main, read_spec};
 
 /// What the isolation rung this process runs with allows, for the layers below that may not ask
 /// the sandbox (the rootfs drivers): see [`crate::sys::Confinement`].
@@ -35,6 +35,7 @@ pub fn confinement() -> crate::sys::Confinement {
     }
 }
 
+use crate::events::{Event, Reporter, Stream};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, Write};
@@ -103,17 +104,9 @@ pub struct RunSpec {
     /// Fed to the command's stdin (heredocs); `None`: /dev/null (unless `tty`).
     #[serde(skip)]
     pub stdin: Option<Vec<u8>>,
-    /// Prepended to every output line (when not `tty`).
-    pub output_prefix: String,
-    /// Send the command's stdout to our stderr too (build logs keep stdout for results).
+    /// Where the command's output goes (ignored with `tty`).
     #[serde(skip)]
-    pub log_to_stderr: bool,
-    /// Keep the output to ourselves, printing its last lines only if the command fails.
-    #[serde(skip)]
-    pub quiet: bool,
-    /// Show only the latest output line, redrawn in place (the live view on a terminal).
-    #[serde(skip)]
-    pub live: bool,
+    pub output: Output,
     /// Interactive: stdin/stdout/stderr are the terminal's, no prefixing.
     pub tty: bool,
 }
@@ -133,20 +126,31 @@ pub fn exit_code(st: std::process::ExitStatus) -> i32 {
     st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0))
 }
 
-/// Where a sandboxed command's output lines go.
-#[derive(Clone)]
-enum Sink {
-    Stdout,
-    Stderr,
-    /// The last lines, kept in memory (quiet builds show them when the step fails).
-    Tail(std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<Vec<u8>>>>),
-    /// One status line on a terminal, redrawn for every new output line.
-    Live,
+/// Where a sandboxed command's output goes.
+#[derive(Clone, Debug, Default)]
+pub enum Output {
+    /// kiln's own stdout and stderr (`kiln run`).
+    #[default]
+    Inherit,
+    /// Every line becomes an [`Event::StepLog`] of build step `step` (the caller renders it).
+    Events { reporter: Reporter, step: usize },
 }
 
-const QUIET_TAIL_LINES: usize = 40;
+impl PartialEq for Output {
+    fn eq(&self, other: &Output) -> bool {
+        match (self, other) {
+            (Output::Inherit, Output::Inherit) => true,
+            (Output::Events { step: a, .. }, Output::Events { step: b, .. }) => a == b,
+            _ => false,
+        }
+    }
+}
 
-fn pump(r: impl std::io::Read, prefix: String, sink: Sink) {
+impl Eq for Output {}
+
+/// Turns each line read from `r` into a StepLog event (the last line may lack its newline;
+/// invalid UTF-8 is replaced).
+fn pump(r: impl std::io::Read, stream: Stream, reporter: Reporter, step: usize) {
     let mut r = std::io::BufReader::new(r);
     let mut line = Vec::new();
     loop {
@@ -154,34 +158,12 @@ fn pump(r: impl std::io::Read, prefix: String, sink: Sink) {
         match r.read_until(b'\n', &mut line) {
             Ok(0) | Err(_) => break,
             Ok(_) => {
-                if !line.ends_with(b"\n") {
-                    line.push(b'\n');
-                }
-                let mut buf = Vec::with_capacity(prefix.len() + line.len());
-                buf.extend_from_slice(prefix.as_bytes());
-                buf.extend_from_slice(&line);
-                let _ = match &sink {
-                    Sink::Stderr => std::io::stderr().lock().write_all(&buf),
-                    Sink::Stdout => {
-                        let mut o = std::io::stdout().lock();
-                        o.write_all(&buf).and_then(|_| o.flush())
-                    }
-                    Sink::Live => {
-                        let text = String::from_utf8_lossy(&buf);
-                        let text: String = text.trim_end().chars().filter(|c| !c.is_control()).take(110).collect();
-                        std::io::stderr()
-                            .lock()
-                            .write_all(format!("\r\x1b[2K{text}").as_bytes())
-                    }
-                    Sink::Tail(t) => {
-                        let mut t = t.lock().unwrap();
-                        if t.len() == QUIET_TAIL_LINES {
-                            t.pop_front();
-                        }
-                        t.push_back(buf);
-                        Ok(())
-                    }
-                };
+                let text = String::from_utf8_lossy(line.strip_suffix(b"\n").unwrap_or(&line));
+                reporter.emit(Event::StepLog {
+                    step,
+                    stream,
+                    line: text.trim_end_matches('\r').to_string(),
+                });
             }
         }
     }
@@ -305,8 +287,11 @@ pub fn run(spec: &RunSpec) -> Result<RunOutcome> {
     let spec_raw = std::os::fd::AsRawFd::as_raw_fd(&spec_fd);
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg("__sandbox").arg(format!("/proc/self/fd/{spec_raw}"));
-    let prefixed = !spec.tty && (!spec.output_prefix.is_empty() || spec.quiet || spec.log_to_stderr || spec.live);
-    if prefixed {
+    let events = match (&spec.output, spec.tty) {
+        (Output::Events { reporter, step }, false) => Some((reporter.clone(), *step)),
+        _ => None,
+    };
+    if events.is_some() {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     }
     cmd.stdin(if spec.tty {
@@ -336,39 +321,22 @@ pub fn run(spec: &RunSpec) -> Result<RunOutcome> {
         .context("cannot start the sandbox helper (/proc/self/exe __sandbox)")?;
     let _slot = HelperSlot::new(child.id());
     drop(spec_fd);
-    let tail = (spec.quiet).then(|| std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new())));
     let mut threads = Vec::new();
     if let (Some(data), Some(mut w)) = (spec.stdin.clone(), child.stdin.take()) {
         threads.push(std::thread::spawn(move || {
             let _ = w.write_all(&data);
         }));
     }
-    if prefixed {
-        let (o, e) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-        let (p1, p2) = (spec.output_prefix.clone(), spec.output_prefix.clone());
-        let (out_sink, err_sink) = if let Some(t) = &tail {
-            (Sink::Tail(t.clone()), Sink::Tail(t.clone()))
-        } else if spec.live {
-            (Sink::Live, Sink::Live)
-        } else if spec.log_to_stderr {
-            (Sink::Stderr, Sink::Stderr)
-        } else {
-            (Sink::Stdout, Sink::Stderr)
-        };
-        threads.push(std::thread::spawn(move || pump(o, p1, out_sink)));
-        threads.push(std::thread::spawn(move || pump(e, p2, err_sink)));
+    if let Some((reporter, step)) = events
+        && let (Some(o), Some(e)) = (child.stdout.take(), child.stderr.take())
+    {
+        let r2 = reporter.clone();
+        threads.push(std::thread::spawn(move || pump(o, Stream::Stdout, reporter, step)));
+        threads.push(std::thread::spawn(move || pump(e, Stream::Stderr, r2, step)));
     }
     let st = child.wait().context("waiting for the sandbox helper failed")?;
     for t in threads {
         let _ = t.join();
-    }
-    if let Some(t) = &tail
-        && !st.success()
-    {
-        let mut e = std::io::stderr().lock();
-        for line in t.lock().unwrap().iter() {
-            let _ = e.write_all(line);
-        }
     }
     if let Some(p) = chroot_prep.as_mut()
         && let Some(e) = p.undo()

@@ -14,6 +14,7 @@
 //! privilege (`none`: builds without RUN). The rung is left in `KILN_RUNG` for the processes
 //! kiln starts; `--isolation` forces one.
 
+use crate::events::Reporter;
 use anyhow::{Context, Result, bail};
 use nix::errno::Errno;
 use std::ffi::CString;
@@ -102,8 +103,8 @@ fn make_rprivate(sys: &dyn Syscall) -> std::io::Result<()> {
 
 /// Enters kiln's user and mount namespace (see the module doc), choosing the best rung of
 /// the isolation ladder automatically. Returns in the process that should do the work.
-pub fn ensure(debug: bool) -> Result<()> {
-    ensure_with(debug, None)
+pub fn ensure(reporter: &Reporter) -> Result<()> {
+    ensure_with(reporter, None)
 }
 
 fn set_rung(i: Isolation, why: &str) {
@@ -119,7 +120,7 @@ fn set_rung(i: Isolation, why: &str) {
 /// the ladder when a namespace cannot be created: root without namespaces gets `chroot`, an
 /// unprivileged user gets `none` (builds without RUN). The original process never returns when
 /// it re-executed itself in a user namespace (it exits with the child's status).
-pub fn ensure_with(debug: bool, forced: Option<Isolation>) -> Result<()> {
+pub fn ensure_with(reporter: &Reporter, forced: Option<Isolation>) -> Result<()> {
     if std::env::var(ENV_USERNS).as_deref() == Ok("1") {
         if let Ok(r) = std::env::var(probe::ENV_RUNG)
             && let Ok(Some(rung)) = Isolation::parse(&r)
@@ -168,9 +169,9 @@ pub fn ensure_with(debug: bool, forced: Option<Isolation>) -> Result<()> {
         match RealSyscall.unshare(nix::sched::CloneFlags::CLONE_NEWNS) {
             Ok(()) => {
                 make_rprivate(&RealSyscall).context("cannot make the mounts of kiln's mount namespace private")?;
-                if debug {
-                    eprintln!("kiln: debug: running as real root: private mount namespace, no user namespace");
-                }
+                reporter.debug("sandbox", || {
+                    "running as real root: private mount namespace, no user namespace".into()
+                });
                 set_rung(
                     Isolation::Userns,
                     "real root with CAP_SYS_ADMIN: a private mount namespace, no user namespace needed",
@@ -182,7 +183,7 @@ pub fn ensure_with(debug: bool, forced: Option<Isolation>) -> Result<()> {
             Err(e) => root_ns_err = Some(e),
         }
     }
-    let failed = enter_userns(debug, forced == Some(Isolation::SingleUid))?;
+    let failed = enter_userns(reporter, forced == Some(Isolation::SingleUid))?;
     // No user namespace: fall back along the ladder.
     let mut f = probe::facts();
     f.userns_trial = Some(failed);
@@ -202,9 +203,7 @@ pub fn ensure_with(debug: bool, forced: Option<Isolation>) -> Result<()> {
             probe::blocker(&f)
         );
     }
-    if debug {
-        eprintln!("kiln: debug: isolation rung {} ({rung}): {why}", rung.rung());
-    }
+    reporter.debug("sandbox", || format!("isolation rung {} ({rung}): {why}", rung.rung()));
     set_rung(rung, &why);
     if rung == Isolation::None && !root {
         crate::layer::set_owner_emulation(true);
@@ -216,7 +215,7 @@ pub fn ensure_with(debug: bool, forced: Option<Isolation>) -> Result<()> {
 /// there; the parent waits and exits with the child's status. Returns (in the original
 /// process, which then continues without namespaces) only when the namespace cannot be
 /// created or mapped: the trial says which step failed.
-fn enter_userns(debug: bool, single: bool) -> Result<probe::Trial> {
+fn enter_userns(reporter: &Reporter, single: bool) -> Result<probe::Trial> {
     let uid = nix::unistd::getuid().as_raw();
     let gid = nix::unistd::getgid().as_raw();
     // CLOEXEC: the re-executed kiln (and so every RUN step) must not inherit them.
@@ -273,15 +272,17 @@ fn enter_userns(debug: bool, single: bool) -> Result<probe::Trial> {
             env.push(format!("{ENV_IDMAP}={idmap}").into_bytes());
             env.push(format!("{}={rung}", probe::ENV_RUNG).into_bytes());
             env.push(format!("{}={why}", probe::ENV_RUNG_WHY).into_bytes());
-            if let Err(e) = sys.setresgid(0) {
-                eprintln!("kiln: cannot become gid 0 in the user namespace: {e}");
+            // A failure from here on is told to the parent, which returns it as the error.
+            let fail = |msg: String| -> ! {
+                write_all(&c2p_w, format!("f{}\n", msg.replace('\n', " ")).as_bytes());
                 // SAFETY: as above.
-                unsafe { libc::_exit(125) };
+                unsafe { libc::_exit(125) }
+            };
+            if let Err(e) = sys.setresgid(0) {
+                fail(format!("cannot become gid 0 in the user namespace: {e}"));
             }
             if let Err(e) = sys.setresuid(0) {
-                eprintln!("kiln: cannot become uid 0 in the user namespace: {e}");
-                // SAFETY: as above.
-                unsafe { libc::_exit(125) };
+                fail(format!("cannot become uid 0 in the user namespace: {e}"));
             }
             let _ = sys.setgroups(&[]); // denied with the single-id map: fine
             // If the waiting parent dies (SIGKILL), stop too; SIGTERM lets a running step clean
@@ -292,15 +293,11 @@ fn enter_userns(debug: bool, single: bool) -> Result<probe::Trial> {
                 unsafe { libc::_exit(125) };
             }
             if let Err(e) = make_rprivate(&sys) {
-                eprintln!("kiln: cannot make the mounts of kiln's mount namespace private: {e}");
-                // SAFETY: as above.
-                unsafe { libc::_exit(125) };
+                fail(format!("cannot make the mounts of kiln's mount namespace private: {e}"));
             }
             let envc: Vec<CString> = env.into_iter().filter_map(|e| CString::new(e).ok()).collect();
             let e = nix::unistd::execve(&exe, &args, &envc).unwrap_err();
-            eprintln!("kiln: cannot re-execute /proc/self/exe in the user namespace: {e}");
-            // SAFETY: as above.
-            unsafe { libc::_exit(125) }
+            fail(format!("cannot re-execute /proc/self/exe in the user namespace: {e}"))
         }
         nix::unistd::ForkResult::Parent { child } => {
             drop(c2p_w);
@@ -326,7 +323,7 @@ fn enter_userns(debug: bool, single: bool) -> Result<probe::Trial> {
             let mapped = if nix::unistd::geteuid().is_root() {
                 write_root_maps(&proc, pid, single)
             } else {
-                write_maps(&proc, pid, uid, gid, debug, single)
+                write_maps(&proc, pid, uid, gid, reporter, single)
             };
             let line = match mapped {
                 Ok(m) => m.line(),
@@ -346,6 +343,13 @@ fn enter_userns(debug: bool, single: bool) -> Result<probe::Trial> {
             let code = wait_child(child);
             if let Some(f) = AFTER_CHILD.get() {
                 f(child.as_raw());
+            }
+            // The pipe is close-on-exec: a child that re-executed kiln left nothing in it; one
+            // that failed before said why.
+            let said = read_msg(&c2p_r);
+            if let Some(msg) = said.strip_prefix(b"f") {
+                restore_signals();
+                bail!("{}", String::from_utf8_lossy(msg).trim_end());
             }
             std::process::exit(code);
         }
@@ -450,7 +454,14 @@ pub fn wait_child(child: nix::unistd::Pid) -> i32 {
 /// Writes the child's id maps (newuidmap/newgidmap with the user's range, else the user's own
 /// id only); returns what to tell the child, or the errno of the failed map write (no mapping
 /// possible at all, e.g. Ubuntu's AppArmor rule).
-fn write_maps(proc: &Proc, pid: u32, uid: u32, gid: u32, debug: bool, single: bool) -> Result<MapOutcome, Errno> {
+fn write_maps(
+    proc: &Proc,
+    pid: u32,
+    uid: u32,
+    gid: u32,
+    reporter: &Reporter,
+    single: bool,
+) -> Result<MapOutcome, Errno> {
     let plan = if single {
         Err(MappingBlocker::ForcedByFlag)
     } else {
@@ -463,12 +474,12 @@ fn write_maps(proc: &Proc, pid: u32, uid: u32, gid: u32, debug: bool, single: bo
     };
     match (full, plan) {
         (Ok(()), Ok(p)) => {
-            if debug {
-                eprintln!(
-                    "kiln: debug: user namespace: uid 0 -> {uid}, 1..{} -> {}..; gid 0 -> {gid}, 1..{} -> {}..",
+            reporter.debug("sandbox", || {
+                format!(
+                    "user namespace: uid 0 -> {uid}, 1..{} -> {}..; gid 0 -> {gid}, 1..{} -> {}..",
                     p.uid.1, p.uid.0, p.gid.1, p.gid.0
-                );
-            }
+                )
+            });
             Ok(MapOutcome {
                 idmap: "full".into(),
                 rung: Isolation::Userns,
@@ -485,9 +496,12 @@ fn write_maps(proc: &Proc, pid: u32, uid: u32, gid: u32, debug: bool, single: bo
             } else {
                 probe::single_uid_advice(&probe::facts())
             };
-            eprintln!(
-                "kiln: notice: single-uid user namespace ({reason}); other users' ownership is emulated \
-                 (recorded in the image, not enforced inside RUN). {advice}"
+            reporter.info(
+                "sandbox",
+                format!(
+                    "notice: single-uid user namespace ({reason}); other users' ownership is emulated \
+                     (recorded in the image, not enforced inside RUN). {advice}"
+                ),
             );
             Ok(MapOutcome {
                 idmap: format!("single:{reason}"),
@@ -550,7 +564,13 @@ mod tests {
     #[test]
     fn single_uid_maps_the_own_id_and_denies_setgroups() {
         let (_t, proc) = child_proc(7);
-        let m = write_maps(&proc, 7, 1000, 1001, false, true).unwrap();
+        let seen = std::sync::Arc::new(crate::events::Recorder::default());
+        let m = write_maps(&proc, 7, 1000, 1001, &Reporter::new(seen.clone()), true).unwrap();
+        let notices = seen.messages(crate::events::Level::Info);
+        assert!(
+            notices.len() == 1 && notices[0].contains("single-uid user namespace"),
+            "{notices:?}"
+        );
         assert_eq!(proc.read_pid(7, "uid_map").unwrap(), "0 1000 1\n");
         assert_eq!(proc.read_pid(7, "gid_map").unwrap(), "0 1001 1\n");
         assert_eq!(proc.read_pid(7, "setgroups").unwrap(), "deny");
