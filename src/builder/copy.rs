@@ -70,6 +70,8 @@ pub struct CopyRequest {
     pub keep_git_dir: bool,
     /// Heredoc bodies (name, content) for sources named `<<NAME`.
     pub heredocs: Vec<(String, String)>,
+    /// Whether owners are set or recorded (see [`crate::layer::Ownership`]).
+    pub ownership: crate::layer::Ownership,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -94,6 +96,7 @@ pub fn copy_into(rootfs: &Path, src: &CopySource, req: &CopyRequest) -> Result<(
     let mut cx = Copier {
         root,
         chown,
+        ownership: req.ownership,
         chmod,
         links: HashMap::new(),
         dir_fixups: Vec::new(),
@@ -735,6 +738,7 @@ fn walk(root: &Root, dir: &Path, filter: &Filter, rel: &Path, ex_rel: &str, out:
 struct Copier {
     root: Root,
     chown: Option<(u32, u32)>,
+    ownership: crate::layer::Ownership,
     chmod: Option<Chmod>,
     /// (dev, ino) of multiply-linked source files → their first copy.
     links: HashMap<(u64, u64), PathBuf>,
@@ -782,11 +786,11 @@ impl Copier {
     /// for a symlink, which carries no such record).
     fn owner_of_source(&self, fd: Option<BorrowedFd<'_>>, md: &Metadata, keep_owner: bool) -> (u32, u32) {
         match self.chown {
-            None if keep_owner && crate::layer::owner_emulation() => {
+            None if keep_owner && self.ownership.is_emulated() => {
                 // A symlink has no record: the on-disk owner (mapped) is used.
                 match fd {
-                    Some(fd) => crate::layer::effective_owner_fd(fd, md),
-                    None => crate::layer::effective_owner(Path::new(""), md),
+                    Some(fd) => crate::layer::effective_owner_fd(fd, md, self.ownership),
+                    None => crate::layer::effective_owner(Path::new(""), md, self.ownership),
                 }
             }
             _ => self.owner(md, keep_owner),
@@ -904,6 +908,7 @@ impl Copier {
         let opts = crate::layer::ApplyOptions {
             chown: self.chown,
             keep_whiteouts_as_files: true,
+            ownership: self.ownership,
         };
         let name = inside.file_name().unwrap_or_default().display().to_string();
         let mut counted = CountingReader { inner: reader, n: 0 };
@@ -1205,7 +1210,7 @@ impl Copier {
 
     /// Sets the owner of the new file `out` (`show` names it).
     fn chown_file(&self, out: &File, show: &str, uid: u32, gid: u32) -> Result<()> {
-        if crate::layer::owner_emulation() {
+        if self.ownership.is_emulated() {
             // kiln without privilege: the layer carries the owner (see layer::OWNER_XATTR).
             return crate::layer::record_owner_fd(out.as_fd(), uid, gid)
                 .with_context(|| format!("recording the owner {uid}:{gid} of {show}"));
@@ -1222,7 +1227,7 @@ impl Copier {
     /// Sets the owner of `p` inside the rootfs, never following it.
     fn chown_path(&self, p: &Path, uid: u32, gid: u32, is_link: bool) -> Result<()> {
         let show = || self.root.show(p);
-        if crate::layer::owner_emulation() {
+        if self.ownership.is_emulated() {
             // Symlinks cannot carry the record: their owner is root in the layer.
             if is_link {
                 return Ok(());
@@ -2045,6 +2050,7 @@ mod tests {
         let mut cx = Copier {
             root: Root::open(f.root.path()).unwrap(),
             chown: None,
+            ownership: Default::default(),
             chmod: None,
             links: HashMap::new(),
             dir_fixups: Vec::new(),

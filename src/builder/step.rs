@@ -354,6 +354,7 @@ fn copy_step(
         checksum: None,
         keep_git_dir: false,
         heredocs: Vec::new(),
+        ownership: b.layer_opts.ownership,
     };
     for f in &ins.flags {
         let v = || -> Result<String> { process_word(f.value.as_deref().unwrap_or(""), &vars, esc) };

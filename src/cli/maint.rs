@@ -50,7 +50,9 @@ pub fn fsck(g: &GlobalOpts, a: FsckArgs) -> Result<i32> {
         &FsckOptions {
             repair: a.repair,
             quick: a.quick,
-            full: a.full,
+            full: a.full.then_some(&crate::layer::verify::AgainstBlob {
+                ownership: crate::builder::ownership_here(),
+            }),
         },
     )?;
     for p in &rep.problems {
