@@ -760,10 +760,10 @@ fn ts(secs: i64, nsec: i64) -> libc::timespec {
 
 /// Xattrs that are kiln's or the storage driver's own, never copied.
 fn private_xattr(s: &str) -> bool {
-    s.starts_with("user.overlay.")
-        || s.starts_with("user.kiln.")
+    use crate::fsutil::overlay::{is_kiln_xattr, is_overlay_xattr};
+    is_overlay_xattr(s.as_bytes())
+        || is_kiln_xattr(s.as_bytes())
         || s.starts_with("trusted.")
-        || s.starts_with("user.fuseoverlayfs.")
         || s == "security.selinux"
 }
 

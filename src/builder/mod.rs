@@ -443,7 +443,12 @@ impl<'a> Builder<'a> {
 
     /// Unpacked lower dirs for a stage's layers, top first.
     pub fn lowers(&self, state: &StageState) -> Result<Vec<PathBuf>> {
-        lowers_for(self.store, &state.layers, &state.config.rootfs.diff_ids, self.layer_opts.ownership)
+        lowers_for(
+            self.store,
+            &state.layers,
+            &state.config.rootfs.diff_ids,
+            self.layer_opts.ownership,
+        )
     }
 
     /// Writes the final image: labels from the command line, created time, tags, outputs.
@@ -533,7 +538,12 @@ pub fn lowers_for(
 
 /// The lower dirs of an image (top first), unpacking layers that are not yet unpacked.
 pub fn rootfs_for_image(store: &Store, image: &Image) -> Result<Vec<PathBuf>> {
-    lowers_for(store, &image.manifest.layers, &image.config.rootfs.diff_ids, ownership_here())
+    lowers_for(
+        store,
+        &image.manifest.layers,
+        &image.config.rootfs.diff_ids,
+        ownership_here(),
+    )
 }
 
 /// How owners are kept where this process runs, from the isolation rung it entered: emulated
@@ -574,7 +584,7 @@ fn ensure_unpacked(
         &target,
         ownership,
     )
-        .with_context(|| format!("unpacking layer {}", desc.digest))?;
+    .with_context(|| format!("unpacking layer {}", desc.digest))?;
     if &got != diff_id {
         bail!(
             "layer {}: content has diff_id {got}, but the image config says {diff_id}",

@@ -82,7 +82,7 @@ pub fn write(b: &Builder, image: &Image, state: &StageState, o: &OutputSpec) -> 
                 b.layer_opts.ownership,
                 &mut w,
             )
-                .with_context(|| format!("writing {}", dest.display()))?;
+            .with_context(|| format!("writing {}", dest.display()))?;
             w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
             Ok(())
         }

@@ -107,9 +107,7 @@ pub fn marks_opaque(name: &[u8], value: &[u8]) -> bool {
 /// Whether a directory is opaque, asked through `get` (the caller's xattr getter: by path, by
 /// fd or inside a root handle; `None` for a missing xattr or an error).
 pub fn is_opaque_with(mut get: impl FnMut(&str) -> Option<Vec<u8>>) -> bool {
-    OPAQUE_XATTRS
-        .iter()
-        .any(|n| get(n).is_some_and(|v| v == OPAQUE_VALUE))
+    OPAQUE_XATTRS.iter().any(|n| get(n).is_some_and(|v| v == OPAQUE_VALUE))
 }
 
 /// Whether the directory at `p` is opaque (`p` itself, not followed if it is a symlink).
@@ -120,7 +118,9 @@ pub fn is_opaque(p: &Path) -> bool {
 /// Overlay bookkeeping xattrs: never written into a layer, never restored from one, never
 /// shown in a merged view or copied.
 pub fn is_overlay_xattr(name: &[u8]) -> bool {
-    name.starts_with(b"user.overlay.") || name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.fuseoverlayfs.")
+    name.starts_with(b"user.overlay.")
+        || name.starts_with(b"trusted.overlay.")
+        || name.starts_with(b"user.fuseoverlayfs.")
 }
 
 /// The prefix of kiln's own xattrs.
@@ -216,11 +216,16 @@ mod tests {
             assert!(is_opaque_xattr(n.as_bytes()), "{n}");
             assert!(is_overlay_xattr(n.as_bytes()), "{n} is bookkeeping too");
             assert!(marks_opaque(n.as_bytes(), b"y"));
-            assert!(!marks_opaque(n.as_bytes(), b"x"), "6.7's xwhiteout marker is not opacity");
+            assert!(
+                !marks_opaque(n.as_bytes(), b"x"),
+                "6.7's xwhiteout marker is not opacity"
+            );
         }
         assert!(!is_opaque_xattr(b"user.overlay.origin"));
         assert!(!marks_opaque(b"user.kiln.owner", b"y"));
-        assert!(is_opaque_with(|n| (n == "trusted.overlay.opaque").then(|| b"y".to_vec())));
+        assert!(is_opaque_with(
+            |n| (n == "trusted.overlay.opaque").then(|| b"y".to_vec())
+        ));
         assert!(!is_opaque_with(|n| (n == OPAQUE_XATTR).then(|| b"n".to_vec())));
         assert!(!is_opaque_with(|_| None));
         let t = tempfile::tempdir().unwrap();
@@ -232,10 +237,19 @@ mod tests {
 
     #[test]
     fn bookkeeping_and_kiln_xattrs() {
-        for n in ["user.overlay.redirect", "trusted.overlay.origin", "user.fuseoverlayfs.foo"] {
+        for n in [
+            "user.overlay.redirect",
+            "trusted.overlay.origin",
+            "user.fuseoverlayfs.foo",
+        ] {
             assert!(is_overlay_xattr(n.as_bytes()), "{n}");
         }
-        for n in ["user.mime_type", "security.capability", "user.kiln.owner", "trusted.foo"] {
+        for n in [
+            "user.mime_type",
+            "security.capability",
+            "user.kiln.owner",
+            "trusted.foo",
+        ] {
             assert!(!is_overlay_xattr(n.as_bytes()), "{n}");
         }
         assert!(is_kiln_xattr(OWNER_XATTR.as_bytes()) && is_kiln_xattr(DEV_XATTR.as_bytes()));

@@ -42,9 +42,9 @@ use anyhow::{Context, Result, bail};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
-pub use commit::{DirWalk, strip_unarchived, write_tar};
 /// kiln's records, defined with the rest of the overlay format in [`crate::fsutil::overlay`].
 pub use crate::fsutil::overlay::{DEV_XATTR, OWNER_XATTR, parse_dev};
+pub use commit::{DirWalk, strip_unarchived, write_tar};
 pub use owner::{Ownership, effective_owner, effective_owner_fd, record_owner, record_owner_fd};
 pub use unpack::UnpackStats;
 

@@ -49,7 +49,9 @@ impl Ownership {
     pub fn layer_ids(self, uid: u32, gid: u32) -> (u32, u32) {
         match self {
             Ownership::Kernel => (uid, gid),
-            Ownership::Emulated { uid: eu, gid: eg } => (if uid == eu { 0 } else { uid }, if gid == eg { 0 } else { gid }),
+            Ownership::Emulated { uid: eu, gid: eg } => {
+                (if uid == eu { 0 } else { uid }, if gid == eg { 0 } else { gid })
+            }
         }
     }
 }

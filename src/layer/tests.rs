@@ -231,7 +231,10 @@ fn all_compressions_round_trip() {
         assert_eq!(sniff_compression(&blob), c);
         let dest = t.path().join(format!("d{c:?}"));
         fs::create_dir(&dest).unwrap();
-        assert_eq!(unpack_to_lower(Cursor::new(&blob), c, &dest, Ownership::Kernel).unwrap(), diff_id);
+        assert_eq!(
+            unpack_to_lower(Cursor::new(&blob), c, &dest, Ownership::Kernel).unwrap(),
+            diff_id
+        );
         assert_eq!(fs::read(dest.join("f")).unwrap().len(), 1_000_000);
     }
 }
@@ -568,7 +571,15 @@ fn truncated_and_garbage_streams_fail() {
     let (blob, _) = layer_of(&u, &[], &LayerOptions::default());
     let d = t.path().join("d");
     fs::create_dir(&d).unwrap();
-    assert!(unpack_to_lower(Cursor::new(&blob[..blob.len() / 2]), Compression::Gzip, &d, Ownership::Kernel).is_err());
+    assert!(
+        unpack_to_lower(
+            Cursor::new(&blob[..blob.len() / 2]),
+            Compression::Gzip,
+            &d,
+            Ownership::Kernel
+        )
+        .is_err()
+    );
     // A stream not in the declared compression fails.
     assert!(unpack_to_lower(Cursor::new(&full), Compression::Gzip, &d, Ownership::Kernel).is_err());
 }

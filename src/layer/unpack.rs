@@ -494,9 +494,7 @@ impl Unpacker {
                 match cvt(unsafe { libc::mknodat(pfd, name.as_ptr(), fmt | (meta.mode & 0o777), rdev) }) {
                     Ok(_) => {}
                     Err(e)
-                        if e.raw_os_error() == Some(libc::EPERM)
-                            && kind != T::Fifo
-                            && self.ownership.is_emulated() =>
+                        if e.raw_os_error() == Some(libc::EPERM) && kind != T::Fifo && self.ownership.is_emulated() =>
                     {
                         // Ownership emulation: an empty file records the device for layers.
                         let fd = cvt(unsafe {

@@ -55,8 +55,13 @@ pub fn verify_against_blob(
     let fresh = tmp.path().join("layer");
     fs::create_dir(&fresh).with_context(|| format!("creating {}", fresh.display()))?;
     let blob = store.open_blob(&desc.digest)?;
-    let got = super::unpack_to_lower(std::io::BufReader::with_capacity(1 << 20, blob), compression, &fresh, ownership)
-        .with_context(|| format!("unpacking layer {}", desc.digest))?;
+    let got = super::unpack_to_lower(
+        std::io::BufReader::with_capacity(1 << 20, blob),
+        compression,
+        &fresh,
+        ownership,
+    )
+    .with_context(|| format!("unpacking layer {}", desc.digest))?;
     if &got != diff_id {
         bail!("layer blob {} has diff_id {got}, not {diff_id}", desc.digest);
     }
@@ -174,10 +179,7 @@ fn entry_difference(
             b.mode() & 0o7777
         )));
     }
-    let (oa, ob) = (
-        effective_owner(pa, a, ownership),
-        effective_owner(pb, b, ownership),
-    );
+    let (oa, ob) = (effective_owner(pa, a, ownership), effective_owner(pb, b, ownership));
     if oa != ob {
         return Ok(Some(format!("owner {}:{}, the blob has {}:{}", oa.0, oa.1, ob.0, ob.1)));
     }
@@ -226,7 +228,10 @@ mod tests {
             fs::create_dir(&dir).unwrap();
             let c = Compression::of_media_type(&l.media_type).unwrap();
             let blob = std::io::BufReader::new(s.open_blob(&l.digest).unwrap());
-            assert_eq!(&super::super::unpack_to_lower(blob, c, &dir, Ownership::Kernel).unwrap(), d);
+            assert_eq!(
+                &super::super::unpack_to_lower(blob, c, &dir, Ownership::Kernel).unwrap(),
+                d
+            );
             s.publish_layer(&dir, d).unwrap();
         }
     }
@@ -315,9 +320,15 @@ mod tests {
         );
         fs::write(a.join("etc/conf"), b"hello").unwrap();
         fs::write(a.join("pwned"), b"").unwrap();
-        assert_eq!(compare_trees(&a, &b, Ownership::Kernel).unwrap().unwrap(), "/pwned is not in the blob");
+        assert_eq!(
+            compare_trees(&a, &b, Ownership::Kernel).unwrap().unwrap(),
+            "/pwned is not in the blob"
+        );
         fs::remove_file(a.join("pwned")).unwrap();
         fs::remove_file(a.join("etc/link")).unwrap();
-        assert_eq!(compare_trees(&a, &b, Ownership::Kernel).unwrap().unwrap(), "/etc/link is missing");
+        assert_eq!(
+            compare_trees(&a, &b, Ownership::Kernel).unwrap().unwrap(),
+            "/etc/link is missing"
+        );
     }
 }
