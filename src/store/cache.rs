@@ -1,6 +1,6 @@
 //! The build cache index: step key → what the step produced (`cache/<key hex>.json`), and
 //! the stat cache of build-context files (`cache/context-stat/`). The builder derives the
-//! keys (`crate::builder::cache::chain`); the store keeps the entries, and its garbage
+//! keys (the builder's `cache::chain`); the store keeps the entries, and its garbage
 //! collection and fsck read them.
 
 use super::Store;

@@ -39,7 +39,7 @@ pub struct Problem {
 /// Compares an unpacked layer directory (`layers/<diff_id>`) with its blob: the first
 /// difference, or None when they are equal. Checking means unpacking the blob, which is the
 /// layer module's job, one level above the store: the caller passes
-/// `crate::layer::verify::AgainstBlob`.
+/// the layer module's `verify::AgainstBlob`.
 pub trait LayerCheck: Sync + std::fmt::Debug {
     fn check(&self, store: &Store, diff_id: &Digest, blob: &Descriptor) -> Result<Option<String>>;
 }

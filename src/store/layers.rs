@@ -1,6 +1,6 @@
 //! Unpacked layers (`layers/<diff_id hex>/`, used as overlay lowers): completion markers and
 //! publishing. (Their verification against the layer blob, `fsck --full`, unpacks the blob:
-//! that is the layer module's job, see `crate::layer::verify`.)
+//! that is the layer module's job: its `verify` module.)
 //!
 //! ## Completion marker
 //! A layer directory is trusted only when kiln itself completed it: after the directory is
