@@ -282,7 +282,11 @@ fn src_follows_the_layering() {
         let text = std::fs::read_to_string(f).unwrap();
         refs.extend(references(&rel, &text, &modules));
     }
-    assert!(refs.len() > 100, "the scan found only {} references: is it broken?", refs.len());
+    assert!(
+        refs.len() > 100,
+        "the scan found only {} references: is it broken?",
+        refs.len()
+    );
     let bad = check(&refs, LEVELS, APART, &modules);
     assert!(bad.is_empty(), "the module layering is broken:\n{}", bad.join("\n"));
 }
@@ -302,7 +306,10 @@ fn checker_accepts_downward_imports() {
         ("digest.rs", "pub struct Digest;"),
         ("store/mod.rs", "use crate::digest::Digest;\nmod gc;"),
         ("store/gc.rs", "use super::Store; // same module\n"),
-        ("layer/mod.rs", "use crate::{\n    digest::Digest,\n    store::Store,\n};"),
+        (
+            "layer/mod.rs",
+            "use crate::{\n    digest::Digest,\n    store::Store,\n};",
+        ),
         ("archive/mod.rs", "fn f() { crate::layer::commit(); }"),
         ("builder/mod.rs", "use crate::{layer, store::{self, Store}};"),
     ]);
@@ -313,11 +320,18 @@ fn checker_accepts_downward_imports() {
 fn checker_names_file_and_line_of_an_upward_import() {
     let bad = fake(&[
         ("store/mod.rs", "mod gc;"),
-        ("store/gc.rs", "use std::fs;\n\nfn f() {\n    let e: crate::builder::cache::Entry = todo!();\n}"),
+        (
+            "store/gc.rs",
+            "use std::fs;\n\nfn f() {\n    let e: crate::builder::cache::Entry = todo!();\n}",
+        ),
         ("builder/mod.rs", ""),
     ]);
     assert_eq!(bad.len(), 1, "{bad:#?}");
-    assert!(bad[0].starts_with("src/store/gc.rs:4: `store` (level 1) imports `builder` (level 6)"), "{}", bad[0]);
+    assert!(
+        bad[0].starts_with("src/store/gc.rs:4: `store` (level 1) imports `builder` (level 6)"),
+        "{}",
+        bad[0]
+    );
 }
 
 #[test]
@@ -331,8 +345,16 @@ fn checker_reads_use_groups_over_lines_and_super_paths() {
         ("digest.rs", ""),
     ]);
     assert_eq!(bad.len(), 2, "{bad:#?}");
-    assert!(bad[0].starts_with("src/layer/mod.rs:3: `layer` (level 2) imports `cli`"), "{}", bad[0]);
-    assert!(bad[1].starts_with("src/layer/commit.rs:1: `layer` (level 2) imports `plan`"), "{}", bad[1]);
+    assert!(
+        bad[0].starts_with("src/layer/mod.rs:3: `layer` (level 2) imports `cli`"),
+        "{}",
+        bad[0]
+    );
+    assert!(
+        bad[1].starts_with("src/layer/commit.rs:1: `layer` (level 2) imports `plan`"),
+        "{}",
+        bad[1]
+    );
     // `crate::` only as a whole word.
     assert!(fake(&[("layer/mod.rs", "let x = subcrate::cli::y;"), ("cli/mod.rs", "")]).is_empty());
 }
@@ -356,9 +378,16 @@ fn checker_finds_same_level_cycles_and_apart_pairs() {
     // One direction at the same level is fine...
     assert!(fake(&[("layer/mod.rs", "use crate::archive::x;"), ("archive/mod.rs", "")]).is_empty());
     // ...except for rootfs and sandbox.
-    let bad = fake(&[("rootfs/mod.rs", "use crate::sandbox::Syscall;"), ("sandbox/mod.rs", "")]);
+    let bad = fake(&[
+        ("rootfs/mod.rs", "use crate::sandbox::Syscall;"),
+        ("sandbox/mod.rs", ""),
+    ]);
     assert_eq!(bad.len(), 1, "{bad:#?}");
-    assert!(bad[0].starts_with("src/rootfs/mod.rs:1: `rootfs` imports `sandbox`"), "{}", bad[0]);
+    assert!(
+        bad[0].starts_with("src/rootfs/mod.rs:1: `rootfs` imports `sandbox`"),
+        "{}",
+        bad[0]
+    );
 }
 
 #[test]

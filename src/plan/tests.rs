@@ -517,10 +517,49 @@ fn conformance_env_and_label_values() {
 /// below the planner and must not import it.
 fn plan_random_dockerfiles(mut seed: u64, rounds: usize) {
     let pieces = [
-        "FROM ", "RUN ", "COPY ", "ADD ", "ENV ", "ARG ", "ONBUILD ", "LABEL ", "WORKDIR ", "USER ", "CMD ",
-        "AS ", "--from=", "--platform=", "--mount=", "type=cache", "type=bind,from=", "target=/x", "scratch",
-        "alpine", "a", "b", "0", "1", "${", "}", "$", ":-", ":+", "=", " ", "\n", "\\\n", "\"", "[", "]",
-        ",", "#", "# escape=`\n", "$TARGETPLATFORM", "$BUILDPLATFORM", "\0", "é",
+        "FROM ",
+        "RUN ",
+        "COPY ",
+        "ADD ",
+        "ENV ",
+        "ARG ",
+        "ONBUILD ",
+        "LABEL ",
+        "WORKDIR ",
+        "USER ",
+        "CMD ",
+        "AS ",
+        "--from=",
+        "--platform=",
+        "--mount=",
+        "type=cache",
+        "type=bind,from=",
+        "target=/x",
+        "scratch",
+        "alpine",
+        "a",
+        "b",
+        "0",
+        "1",
+        "${",
+        "}",
+        "$",
+        ":-",
+        ":+",
+        "=",
+        " ",
+        "\n",
+        "\\\n",
+        "\"",
+        "[",
+        "]",
+        ",",
+        "#",
+        "# escape=`\n",
+        "$TARGETPLATFORM",
+        "$BUILDPLATFORM",
+        "\0",
+        "é",
     ];
     let mut next = || {
         seed ^= seed << 13;
@@ -531,7 +570,9 @@ fn plan_random_dockerfiles(mut seed: u64, rounds: usize) {
     let opts = BuildOptions::default();
     for _ in 0..rounds {
         let n = (next() % 40) as usize;
-        let text: String = (0..n).map(|_| pieces[(next() % pieces.len() as u64) as usize]).collect();
+        let text: String = (0..n)
+            .map(|_| pieces[(next() % pieces.len() as u64) as usize])
+            .collect();
         if let Ok(df) = parse(&text, "Dockerfile") {
             let _ = plan(&df, &opts).map(|p| p.render());
         }

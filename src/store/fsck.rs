@@ -14,6 +14,7 @@
 use super::Store;
 use super::gc::{self, CONTEXT_STAT, Exclusive};
 use crate::digest::{Digest, HashingReader};
+use crate::fsutil::remove::remove_path;
 use crate::image::{Descriptor, ImageConfig, Index, JsonKind, MAX_INDEX_DEPTH, Manifest, is_index, is_manifest};
 use anyhow::{Context, Result};
 use rayon::prelude::*;
@@ -356,7 +357,7 @@ pub fn fsck(store: &Store, opts: &FsckOptions) -> Result<FsckReport> {
             rep.problems.push(Problem {
                 severity: Severity::Garbage,
                 what: format!("{} is not a cache entry", p.display()),
-                repaired: opts.repair && gc::remove_path(&p).is_ok(),
+                repaired: opts.repair && remove_path(&p).is_ok(),
             });
             continue;
         }
@@ -431,7 +432,7 @@ pub fn fsck(store: &Store, opts: &FsckOptions) -> Result<FsckReport> {
             }
             continue;
         }
-        let repaired = opts.repair && gc::remove_path(&p).is_ok();
+        let repaired = opts.repair && remove_path(&p).is_ok();
         rep.problems.push(Problem {
             severity: Severity::Garbage,
             what: format!("{} is not an unpacked layer (stray entry in layers/)", p.display()),
@@ -495,7 +496,7 @@ pub fn fsck(store: &Store, opts: &FsckOptions) -> Result<FsckReport> {
             repaired: false,
         };
         if opts.repair {
-            match gc::remove_path(&t.path) {
+            match remove_path(&t.path) {
                 Ok(()) => prob.repaired = true,
                 Err(e) => prob.what.push_str(&format!(": cannot remove: {e:#}")),
             }

@@ -20,9 +20,8 @@
 
 use super::{ANNOTATION_KILN_REF_NAME, ANNOTATION_REF_NAME, Store};
 use crate::digest::Digest;
-pub use crate::fsutil::remove::remove_path;
-/// Sizes for `--max-size` and the prune report (their home is [`crate::fsutil::size`]).
-pub use crate::fsutil::size::{human, parse_size};
+use crate::fsutil::remove::remove_path;
+use crate::fsutil::size::human;
 use crate::image::{Descriptor, Index, Manifest, is_index};
 use anyhow::{Context, Result, bail};
 use std::collections::{BTreeMap, HashMap, HashSet};
