@@ -4,6 +4,11 @@
 //! ARG scope) → `builder` (one function per instruction, cache, commit) → `sandbox`
 //! (user namespace, chroot, seccomp, caps) on a `rootfs` (overlay) → `layer` (diff → tar →
 //! hash + compress) → `store` (OCI layout) → `registry` / `archive`.
+//!
+//! Layering, bottom to top (a module imports only its own level or below; `tests/layering.rs`
+//! keeps it): 0 `digest`, `reference`, `image`, `fsutil`, `users`; 1 `store`; 2 `layer`,
+//! `archive`, `registry`; 3 `rootfs`, `sandbox`; 4 `dockerfile`; 5 `plan`; 6 `builder`;
+//! 7 `cli`.
 
 pub mod archive;
 pub mod builder;

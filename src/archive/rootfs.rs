@@ -33,6 +33,8 @@ pub struct ImportOptions {
     pub message: Option<String>,
     /// Image architecture (default: the host's).
     pub arch: Option<String>,
+    /// How the owners of a directory's files become layer owners.
+    pub ownership: crate::layer::Ownership,
 }
 
 /// Makes a one-layer image from a rootfs tarball or directory (see the module docs).
@@ -45,7 +47,10 @@ type LayerTar = tar::Builder<HashingWriter<crate::layer::Encoder<BlobWriter>>>;
 /// [`import_rootfs`] with options.
 pub fn import_rootfs_with(store: &Store, src: &Path, format: ManifestFormat, opts: &ImportOptions) -> Result<Image> {
     let md = fs::metadata(src).with_context(|| format!("cannot import {}", src.display()))?;
-    let layer_opts = crate::layer::LayerOptions::default();
+    let layer_opts = crate::layer::LayerOptions {
+        ownership: opts.ownership,
+        ..Default::default()
+    };
     let (digest, size, diff_id) = if md.is_dir() {
         // A directory is tarred by the layer writer (sorted, hardlinks, xattrs, devices),
         // with owners as kiln's user namespace sees them.

@@ -215,6 +215,7 @@ pub fn build(store: &Store, req: &BuildRequest) -> Result<Option<Image>> {
             compression: req.compression,
             level: req.compression_level,
             timestamp: req.timestamp,
+            ownership: ownership_here(),
         },
         driver,
         done: Mutex::new(HashMap::new()),
@@ -451,7 +452,12 @@ impl<'a> Builder<'a> {
 
     /// Unpacked lower dirs for a stage's layers, top first.
     pub fn lowers(&self, state: &StageState) -> Result<Vec<PathBuf>> {
-        lowers_for(self.store, &state.layers, &state.config.rootfs.diff_ids)
+        lowers_for(
+            self.store,
+            &state.layers,
+            &state.config.rootfs.diff_ids,
+            self.layer_opts.ownership,
+        )
     }
 
     /// Writes the final image: labels from the command line, created time, tags, outputs.
@@ -513,7 +519,12 @@ impl<'a> Builder<'a> {
 /// Makes sure every layer of an image is unpacked in the store; returns the lower dirs,
 /// top first. Layers are unpacked once per diff_id (into a temp dir, then renamed, so a
 /// killed kiln never leaves a half-unpacked layer behind) and shared by every build.
-pub fn lowers_for(store: &Store, layers: &[Descriptor], diff_ids: &[Digest]) -> Result<Vec<PathBuf>> {
+pub fn lowers_for(
+    store: &Store,
+    layers: &[Descriptor],
+    diff_ids: &[Digest],
+    ownership: crate::layer::Ownership,
+) -> Result<Vec<PathBuf>> {
     if layers.len() != diff_ids.len() {
         bail!(
             "image has {} layers but {} diff_ids in its config",
@@ -523,7 +534,7 @@ pub fn lowers_for(store: &Store, layers: &[Descriptor], diff_ids: &[Digest]) -> 
     }
     let mut dirs = Vec::with_capacity(layers.len());
     for (desc, diff_id) in layers.iter().zip(diff_ids) {
-        dirs.push(ensure_unpacked(store, desc, diff_id)?);
+        dirs.push(ensure_unpacked(store, desc, diff_id, ownership)?);
     }
     dirs.reverse();
     // The same layer twice (two steps with identical changes) would make overlayfs refuse
@@ -536,10 +547,33 @@ pub fn lowers_for(store: &Store, layers: &[Descriptor], diff_ids: &[Digest]) -> 
 
 /// The lower dirs of an image (top first), unpacking layers that are not yet unpacked.
 pub fn rootfs_for_image(store: &Store, image: &Image) -> Result<Vec<PathBuf>> {
-    lowers_for(store, &image.manifest.layers, &image.config.rootfs.diff_ids)
+    lowers_for(
+        store,
+        &image.manifest.layers,
+        &image.config.rootfs.diff_ids,
+        ownership_here(),
+    )
 }
 
-fn ensure_unpacked(store: &Store, desc: &Descriptor, diff_id: &Digest) -> Result<PathBuf> {
+/// How owners are kept where this process runs, from the isolation rung it entered: emulated
+/// in a single-uid user namespace and without privilege and namespaces (rung `none` as a
+/// non-root user), by the kernel otherwise. (It belongs with the rung, in
+/// `sandbox::probe::Isolation`, once that file is free to change.)
+pub fn ownership_here() -> crate::layer::Ownership {
+    use crate::sandbox::probe::{Isolation, current};
+    match current() {
+        Isolation::SingleUid => crate::layer::Ownership::emulated(),
+        Isolation::None if !nix::unistd::geteuid().is_root() => crate::layer::Ownership::emulated(),
+        _ => crate::layer::Ownership::Kernel,
+    }
+}
+
+fn ensure_unpacked(
+    store: &Store,
+    desc: &Descriptor,
+    diff_id: &Digest,
+    ownership: crate::layer::Ownership,
+) -> Result<PathBuf> {
     let dir = store.layer_dir(diff_id);
     // Only a directory kiln completed (valid marker) is used; anything else there is replaced
     // by a fresh unpack of the blob when publishing.
@@ -553,8 +587,13 @@ fn ensure_unpacked(store: &Store, desc: &Descriptor, diff_id: &Digest) -> Result
     std::fs::create_dir(&target).with_context(|| format!("creating {}", target.display()))?;
     let blob = std::fs::File::open(store.blob_path(&desc.digest))
         .with_context(|| format!("opening layer blob {}", desc.digest))?;
-    let got = crate::layer::unpack_to_lower(std::io::BufReader::with_capacity(1 << 20, blob), compression, &target)
-        .with_context(|| format!("unpacking layer {}", desc.digest))?;
+    let got = crate::layer::unpack_to_lower(
+        std::io::BufReader::with_capacity(1 << 20, blob),
+        compression,
+        &target,
+        ownership,
+    )
+    .with_context(|| format!("unpacking layer {}", desc.digest))?;
     if &got != diff_id {
         bail!(
             "layer {}: content has diff_id {got}, but the image config says {diff_id}",

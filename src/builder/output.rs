@@ -76,8 +76,13 @@ pub fn write(b: &Builder, image: &Image, state: &StageState, o: &OutputSpec) -> 
             apply_layers(b, state, &root)?;
             let f = std::fs::File::create(dest).with_context(|| format!("creating {}", dest.display()))?;
             let mut w = std::io::BufWriter::new(f);
-            crate::layer::write_tar(crate::layer::DirWalk::new(&root, &[])?, b.req.timestamp, &mut w)
-                .with_context(|| format!("writing {}", dest.display()))?;
+            crate::layer::write_tar(
+                crate::layer::DirWalk::new(&root, &[])?,
+                b.req.timestamp,
+                b.layer_opts.ownership,
+                &mut w,
+            )
+            .with_context(|| format!("writing {}", dest.display()))?;
             w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
             Ok(())
         }
@@ -98,6 +103,7 @@ fn apply_layers(b: &Builder, state: &StageState, dest: &std::path::Path) -> Resu
             &crate::layer::ApplyOptions {
                 chown: None,
                 keep_whiteouts_as_files: false,
+                ownership: b.layer_opts.ownership,
             },
         )
         .with_context(|| format!("applying layer {} to {}", desc.digest, dest.display()))?;

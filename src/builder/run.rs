@@ -192,6 +192,7 @@ fn bind_inputs(
             checksum: None,
             keep_git_dir: false,
             heredocs: Vec::new(),
+            ownership: b.layer_opts.ownership,
         };
         let ignore = if is_context { Some(&b.ignore) } else { None };
         let d = super::copy::source_digest(

@@ -444,6 +444,7 @@ fn copy_request(
         checksum: opt(&c.checksum)?,
         keep_git_dir: c.keep_git_dir,
         heredocs: Vec::new(),
+        ownership: b.layer_opts.ownership,
     };
     for h in &ins.heredocs {
         let content = if h.expand {

@@ -36,8 +36,8 @@ pub struct ImportArgs {
     /// Name for the new image (e.g. mybase:1).
     pub name: String,
     /// Manifest format of the new image.
-    #[arg(long, value_enum, default_value_t = ManifestFormat::Oci)]
-    pub format: ManifestFormat,
+    #[arg(long, value_enum, default_value_t = super::push::FormatArg::Oci)]
+    pub format: super::push::FormatArg,
     /// Comment recorded in the image history.
     #[arg(long, short = 'm')]
     pub message: Option<String>,
@@ -153,8 +153,13 @@ pub fn import(g: &GlobalOpts, a: ImportArgs) -> Result<i32> {
     let opts = archive::ImportOptions {
         message: a.message,
         arch: a.arch,
+        ownership: crate::builder::ownership_here(),
     };
-    let img = archive::import_rootfs_with(&store, &a.source, a.format, &opts)?;
+    let format = match a.format {
+        super::push::FormatArg::Oci => ManifestFormat::Oci,
+        super::push::FormatArg::Docker => ManifestFormat::Docker,
+    };
+    let img = archive::import_rootfs_with(&store, &a.source, format, &opts)?;
     store.tag(&name, &descriptor(&store, &img)?)?;
     outln!("{}", img.id());
     Ok(0)

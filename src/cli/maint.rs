@@ -1,8 +1,9 @@
 //! `kiln fsck` and `kiln prune`: store maintenance.
 
 use super::GlobalOpts;
+use crate::fsutil::size::{human, parse_size};
 use crate::store::fsck::{self, FsckOptions, Severity};
-use crate::store::gc::{self, PruneOptions, human};
+use crate::store::gc::{self, PruneOptions};
 use anyhow::Result;
 
 #[derive(clap::Args, Debug)]
@@ -31,7 +32,7 @@ pub struct PruneArgs {
     pub all: bool,
     /// Then remove unpacked layers of no named image (least recently used first) and build
     /// cache entries (oldest first) until the store uses at most SIZE (e.g. 10GB, 512MB).
-    #[arg(long, value_name = "SIZE", value_parser = gc::parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub keep_storage: Option<u64>,
     /// Wait for running kiln processes to finish instead of failing.
     #[arg(long)]
@@ -50,7 +51,9 @@ pub fn fsck(g: &GlobalOpts, a: FsckArgs) -> Result<i32> {
         &FsckOptions {
             repair: a.repair,
             quick: a.quick,
-            full: a.full,
+            full: a.full.then_some(&crate::layer::verify::AgainstBlob {
+                ownership: crate::builder::ownership_here(),
+            }),
         },
     )?;
     for p in &rep.problems {

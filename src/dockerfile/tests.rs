@@ -750,16 +750,14 @@ fn random_rounds(seed: u64, rounds: usize) {
     ];
     let mut rng = Rng(seed);
     let env: std::collections::BTreeMap<String, String> = [("a".to_string(), "x y".to_string())].into();
-    let opts = crate::plan::BuildOptions::default();
     for _ in 0..rounds {
         let n = (rng.next() % 40) as usize;
         let mut text = String::new();
         for _ in 0..n {
             text.push_str(alphabet[(rng.next() % alphabet.len() as u64) as usize]);
         }
-        if let Ok(df) = parse(&text, "Dockerfile") {
-            let _ = crate::plan::plan(&df, &opts).map(|p| p.render());
-        }
+        // (Planning random Dockerfiles is plan's test: plan sits above the parser.)
+        let _ = parse(&text, "Dockerfile");
         let _ = parse_bytes(text.as_bytes(), "Dockerfile");
         let _ = parse_trigger(&text, '\\');
         let _ = process_word(&text, &env, '\\');

@@ -1,7 +1,11 @@
 //! Filesystem helpers shared by every stage: the root handle (every path inside a root goes
-//! through it, see [`root`]) and atomic file writes.
+//! through it, see [`root`]), the overlay directory format ([`overlay`]: whiteouts, opaque
+//! directories, kiln's xattrs), atomic file writes.
 
+pub mod overlay;
+pub mod remove;
 pub mod root;
+pub mod size;
 pub use root::{Follow, Root};
 
 use anyhow::{Context, Result};

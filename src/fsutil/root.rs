@@ -886,78 +886,8 @@ fn read_dir_fd(dir: OwnedFd) -> io::Result<Vec<(OsString, u8)>> {
     Ok(out)
 }
 
-/// Removes `name` in `dir` and, when it is a directory, everything below it. Iterative: a stack
-/// of directory fds, one level at a time, never following a symlink.
-pub fn remove_tree_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
-    let st = match fstatat_raw(dir.as_raw_fd(), name, libc::AT_SYMLINK_NOFOLLOW) {
-        Ok(st) => st,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
-        // SAFETY: the name is NUL-terminated.
-        return cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) }).map(|_| ());
-    }
-    // (parent fd, name of this dir in it, this dir's fd)
-    let open =
-        |parent: RawFd, n: &CStr| openat_raw(parent, n, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW, 0);
-    let mut stack: Vec<(OwnedFd, CString)> = vec![(open(dir.as_raw_fd(), name)?, name.to_owned())];
-    while let Some((fd, _)) = stack.last() {
-        let fd_raw = fd.as_raw_fd();
-        let entries = read_dir_fd(fd.try_clone()?)?;
-        let mut descended = false;
-        for (n, t) in entries {
-            let c = cstr(n.as_bytes())?;
-            let is_dir = match t {
-                libc::DT_DIR => true,
-                libc::DT_UNKNOWN => fstatat_raw(fd_raw, &c, libc::AT_SYMLINK_NOFOLLOW)
-                    .map(|s| s.st_mode & libc::S_IFMT == libc::S_IFDIR)
-                    .unwrap_or(false),
-                _ => false,
-            };
-            if is_dir {
-                // SAFETY: the name is NUL-terminated.
-                match cvt(unsafe { libc::unlinkat(fd_raw, c.as_ptr(), libc::AT_REMOVEDIR) }) {
-                    Ok(_) => continue,
-                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-                    Err(_) => {
-                        let child = match open(fd_raw, &c) {
-                            // No read or search permission (mode 000, an overlay work dir):
-                            // open it up; it is about to go anyway.
-                            Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
-                                let p = openat_raw(fd_raw, &c, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
-                                chmod_fd(p.as_fd(), 0o700)?;
-                                open(fd_raw, &c)?
-                            }
-                            r => r?,
-                        };
-                        stack.push((child, c));
-                        descended = true;
-                        break;
-                    }
-                }
-            }
-            // SAFETY: the name is NUL-terminated.
-            match cvt(unsafe { libc::unlinkat(fd_raw, c.as_ptr(), 0) }) {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if descended {
-            continue;
-        }
-        let (_, n) = stack.pop().expect("non-empty");
-        let parent = stack.last().map(|(f, _)| f.as_raw_fd()).unwrap_or(dir.as_raw_fd());
-        // SAFETY: the name is NUL-terminated.
-        match cvt(unsafe { libc::unlinkat(parent, n.as_ptr(), libc::AT_REMOVEDIR) }) {
-            Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
+/// The one tree remover (see [`super::remove`]), here for the callers of the root handle's API.
+pub use super::remove::remove_tree_at;
 
 /// `(parent, last)` of a path with a final normal component; `None` for `/`, `.` or a path
 /// ending in `..` (resolved as a whole).

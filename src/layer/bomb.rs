@@ -36,7 +36,7 @@ impl Default for Limits {
 
 fn env_size(name: &str) -> Option<u64> {
     let v = std::env::var(name).ok()?;
-    match crate::store::gc::parse_size(&v) {
+    match crate::fsutil::size::parse_size(&v) {
         Ok(n) => Some(n),
         Err(e) => {
             eprintln!("kiln: warning: ignoring {name}: {e:#}");
@@ -120,7 +120,7 @@ impl<R: Read> Read for Bounded<R> {
         if self.out > l.max_bytes {
             return Err(io::Error::other(format!(
                 "the stream decompresses to more than {} (KILN_MAX_LAYER_SIZE); refusing it",
-                crate::store::gc::human(l.max_bytes)
+                crate::fsutil::size::human(l.max_bytes)
             )));
         }
         if l.max_ratio > 0 && self.out > l.ratio_after {
@@ -129,8 +129,8 @@ impl<R: Read> Read for Bounded<R> {
                 return Err(io::Error::other(format!(
                     "the stream decompresses to {} from {} of input, a ratio above {}:1 (a decompression bomb?); \
                      refusing it (raise KILN_MAX_COMPRESSION_RATIO, or set it to 0, to accept such input)",
-                    crate::store::gc::human(self.out),
-                    crate::store::gc::human(inp),
+                    crate::fsutil::size::human(self.out),
+                    crate::fsutil::size::human(inp),
                     l.max_ratio
                 )));
             }

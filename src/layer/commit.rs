@@ -1,137 +1,16 @@
 //! Upper dir → deterministic tar stream.
 
+use super::owner::Ownership;
 use super::tarw::{TarEntry, TarWriter};
+use crate::fsutil::overlay::{self, DEV_XATTR, OWNER_XATTR, is_overlay_xattr, parse_dev, parse_owner};
 use anyhow::{Context, Result};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Write};
-use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
-
-/// Overlay bookkeeping xattrs: never written into a layer, never restored from one.
-pub(crate) fn is_overlay_xattr(name: &[u8]) -> bool {
-    name.starts_with(b"user.overlay.")
-        || name.starts_with(b"trusted.overlay.")
-        || name.starts_with(b"user.fuseoverlayfs.")
-}
-
-/// Where kiln records the owner a file should have in the layer when it cannot `chown` it:
-/// `"UID:GID"` in decimal. Written when an unprivileged kiln (isolation `none`) unpacks or
-/// copies files owned by other ids, and honoured by [`write_tar`] wherever it is present (the
-/// FUSE overlay's ownership emulation uses the same record); never written into a layer.
-pub const OWNER_XATTR: &str = "user.kiln.owner";
-
-/// Where kiln records a device node it could not create (single-uid user namespace): the file
-/// is an empty regular file with `"c MAJOR MINOR"` or `"b MAJOR MINOR"`; [`write_tar`] writes
-/// a device entry. Never written into a layer.
-pub const DEV_XATTR: &str = "user.kiln.dev";
-
-/// Parses a [`DEV_XATTR`] record: (is a block device, major, minor).
-pub fn parse_dev(v: &[u8]) -> Option<(bool, u32, u32)> {
-    let s = std::str::from_utf8(v).ok()?;
-    let mut it = s.split_whitespace();
-    let block = match it.next()? {
-        "c" => false,
-        "b" => true,
-        _ => return None,
-    };
-    Some((block, it.next()?.parse().ok()?, it.next()?.parse().ok()?))
-}
-
-static OWNER_EMULATION: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Turns ownership emulation on for this process (kiln without privilege and without a user
-/// namespace): files kiln writes are owned by its own uid on disk; in layers that uid/gid is
-/// root and other owners come from [`OWNER_XATTR`].
-pub fn set_owner_emulation(on: bool) {
-    OWNER_EMULATION.store(on, std::sync::atomic::Ordering::SeqCst);
-}
-
-/// Whether [`set_owner_emulation`] is on.
-pub fn owner_emulation() -> bool {
-    OWNER_EMULATION.load(std::sync::atomic::Ordering::SeqCst)
-}
-
-/// Records that `p` belongs to `uid:gid` in the layer (root: the record is removed, since the
-/// builder's own files count as root). Symlinks cannot carry `user.` xattrs: their owner is
-/// root in the layer, and this returns Ok.
-pub fn record_owner(p: &Path, uid: u32, gid: u32) -> io::Result<()> {
-    if (uid, gid) == (0, 0) {
-        return match xattr::remove(p, OWNER_XATTR) {
-            Err(e) if e.raw_os_error() != Some(libc::ENODATA) && e.raw_os_error() != Some(libc::EPERM) => Err(e),
-            _ => Ok(()),
-        };
-    }
-    match xattr::set(p, OWNER_XATTR, format!("{uid}:{gid}").as_bytes()) {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) && fs::symlink_metadata(p).is_ok_and(|m| m.is_symlink()) => {
-            Ok(())
-        }
-        r => r,
-    }
-}
-
-/// [`record_owner`] for the object an fd refers to (an `O_PATH` one included): through
-/// `/proc/self/fd/N` with the calls that follow it, so the record lands on exactly that object
-/// (l*xattr would act on the magic link itself). A symlink carries no record: Ok.
-pub fn record_owner_fd(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> io::Result<()> {
-    if nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFLNK) {
-        return Ok(());
-    }
-    let p = crate::fsutil::root::fd_path(fd);
-    if (uid, gid) == (0, 0) {
-        return match xattr::remove_deref(&p, OWNER_XATTR) {
-            Err(e) if e.raw_os_error() != Some(libc::ENODATA) && e.raw_os_error() != Some(libc::EPERM) => Err(e),
-            _ => Ok(()),
-        };
-    }
-    xattr::set_deref(&p, OWNER_XATTR, format!("{uid}:{gid}").as_bytes())
-}
-
-/// [`effective_owner`] of the object an fd refers to (see [`record_owner_fd`]).
-pub fn effective_owner_fd(fd: BorrowedFd<'_>, md: &fs::Metadata) -> (u32, u32) {
-    let is_link = nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFLNK);
-    if !is_link
-        && let Ok(Some(v)) = xattr::get_deref(crate::fsutil::root::fd_path(fd), OWNER_XATTR)
-        && let Some(o) = parse_owner(&v)
-    {
-        return o;
-    }
-    emulated_ids(md.uid(), md.gid())
-}
-
-fn parse_owner(v: &[u8]) -> Option<(u32, u32)> {
-    let s = std::str::from_utf8(v).ok()?;
-    let (u, g) = s.trim().split_once(':')?;
-    Some((u.parse().ok()?, g.parse().ok()?))
-}
-
-/// The owner `p` has in a layer: the [`OWNER_XATTR`] record, else its owner on disk, with the
-/// builder's own ids counted as root when ownership is emulated.
-pub fn effective_owner(p: &Path, md: &fs::Metadata) -> (u32, u32) {
-    if let Ok(Some(v)) = xattr::get(p, OWNER_XATTR)
-        && let Some(o) = parse_owner(&v)
-    {
-        return o;
-    }
-    emulated_ids(md.uid(), md.gid())
-}
-
-fn emulated_ids(uid: u32, gid: u32) -> (u32, u32) {
-    if !owner_emulation() {
-        return (uid, gid);
-    }
-    let (eu, eg) = unsafe { (libc::geteuid(), libc::getegid()) };
-    (if uid == eu { 0 } else { uid }, if gid == eg { 0 } else { gid })
-}
-
-const OPAQUE_XATTRS: [&str; 3] = [
-    "user.overlay.opaque",
-    "trusted.overlay.opaque",
-    "user.fuseoverlayfs.opaque",
-];
 
 /// One path found under the upper dir.
 pub struct WalkEntry {
@@ -258,7 +137,7 @@ pub fn strip_unarchived(upper: &Path, exclude: &[PathBuf]) -> Result<()> {
         }
         cur.push(OsStr::from_bytes(comps[comps.len() - 1]));
         if fs::symlink_metadata(&cur).is_ok() {
-            crate::store::gc::remove_path(&cur)
+            crate::fsutil::remove::remove_path(&cur)
                 .with_context(|| format!("removing the mount placeholder {} from the layer", cur.display()))?;
         }
     }
@@ -335,9 +214,9 @@ fn read_xattrs(p: &Path) -> Result<Xattrs> {
             }
             continue;
         }
-        if OPAQUE_XATTRS.iter().any(|o| o.as_bytes() == nb) {
+        if overlay::is_opaque_xattr(nb) {
             if let Ok(Some(v)) = xattr::get(p, &name)
-                && v == b"y"
+                && overlay::marks_opaque(nb, &v)
             {
                 opaque = true;
             }
@@ -358,8 +237,9 @@ fn read_xattrs(p: &Path) -> Result<Xattrs> {
 }
 
 /// Writes the tar stream of `walk` to `w` (including the end-of-archive blocks). With
-/// `timestamp`, every mtime later than it is clamped to it.
-pub fn write_tar(mut walk: DirWalk, timestamp: Option<i64>, w: impl Write) -> Result<()> {
+/// `timestamp`, every mtime later than it is clamped to it; `ownership` maps on-disk owners
+/// without an [`OWNER_XATTR`] record to layer owners.
+pub fn write_tar(mut walk: DirWalk, timestamp: Option<i64>, ownership: Ownership, w: impl Write) -> Result<()> {
     let mut tw = TarWriter::new(w);
     let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
     let clamp = |t: i64| -> u64 {
@@ -376,7 +256,7 @@ pub fn write_tar(mut walk: DirWalk, timestamp: Option<i64>, w: impl Write) -> Re
         let ctx = || format!("archiving {}", abs.display());
         let mtime = clamp(md.mtime());
         let mode = md.mode() & 0o7777;
-        let (uid, gid) = emulated_ids(md.uid(), md.gid());
+        let (uid, gid) = ownership.layer_ids(md.uid(), md.gid());
         let (uid, gid) = (uid as u64, gid as u64);
         let base = TarEntry {
             path: &e.rel,
@@ -390,15 +270,14 @@ pub fn write_tar(mut walk: DirWalk, timestamp: Option<i64>, w: impl Write) -> Re
             dev: None,
             pax: BTreeMap::new(),
         };
-        if ft.is_char_device() && md.rdev() == 0 {
+        if overlay::is_whiteout(md) {
             // Overlay whiteout → `.wh.<name>` (as Docker's overlay converter writes it).
             let (dir, name) = split_parent(&e.rel);
             let mut p = dir.to_vec();
             if !p.is_empty() {
                 p.push(b'/');
             }
-            p.extend_from_slice(b".wh.");
-            p.extend_from_slice(name);
+            p.extend_from_slice(&overlay::whiteout_name(name));
             tw.append(
                 &TarEntry {
                     path: &p,
@@ -433,7 +312,7 @@ pub fn write_tar(mut walk: DirWalk, timestamp: Option<i64>, w: impl Write) -> Re
             )
             .with_context(ctx)?;
             if opaque {
-                p.extend_from_slice(b".wh..wh..opq");
+                p.extend_from_slice(overlay::OPAQUE_WHITEOUT);
                 tw.append(
                     &TarEntry {
                         path: &p,

@@ -24,9 +24,11 @@
 
 pub mod bomb;
 mod commit;
+mod owner;
 pub mod pgzip;
 mod tarw;
 mod unpack;
+pub mod verify;
 
 #[cfg(test)]
 mod tests;
@@ -40,10 +42,10 @@ use anyhow::{Context, Result, bail};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
-pub use commit::{
-    DEV_XATTR, DirWalk, OWNER_XATTR, effective_owner, effective_owner_fd, owner_emulation, parse_dev, record_owner,
-    record_owner_fd, set_owner_emulation, strip_unarchived, write_tar,
-};
+/// kiln's records, defined with the rest of the overlay format in [`crate::fsutil::overlay`].
+pub use crate::fsutil::overlay::{DEV_XATTR, OWNER_XATTR, parse_dev};
+pub use commit::{DirWalk, strip_unarchived, write_tar};
+pub use owner::{Ownership, effective_owner, effective_owner_fd, record_owner, record_owner_fd};
 pub use unpack::UnpackStats;
 
 /// Default gzip level (see the table in the module docs).
@@ -59,6 +61,8 @@ pub struct LayerOptions {
     pub level: Option<u32>,
     /// Clamp every mtime to this Unix time (SOURCE_DATE_EPOCH / --timestamp).
     pub timestamp: Option<i64>,
+    /// How on-disk owners become layer owners.
+    pub ownership: Ownership,
 }
 
 impl Default for LayerOptions {
@@ -67,6 +71,7 @@ impl Default for LayerOptions {
             compression: Compression::Gzip,
             level: None,
             timestamp: None,
+            ownership: Ownership::Kernel,
         }
     }
 }
@@ -127,7 +132,7 @@ pub fn compress_tar<W: Write + Send + 'static>(
     let mut enc = Encoder::new(sink, opts.compression, opts.level)?;
     let (diff_id, size) = {
         let mut hw = crate::digest::HashingWriter::new(io::BufWriter::with_capacity(256 * 1024, &mut enc));
-        write_tar(walk, opts.timestamp, &mut hw)?;
+        write_tar(walk, opts.timestamp, opts.ownership, &mut hw)?;
         let (mut bw, d, n) = hw.finish();
         bw.flush().context("flushing the tar stream")?;
         (d, n)
@@ -209,10 +214,16 @@ impl<W: Write + Send + 'static> Write for Encoder<W> {
 /// Unpack a layer stream into an empty dir that becomes an overlay lower: `.wh.x` -> char 0:0
 /// `x`, `.wh..wh..opq` -> xattr user.overlay.opaque=y; ownership, modes, xattrs, times,
 /// hardlinks, symlinks, fifos and (if permitted) devices restored; hostile paths never escape.
-/// Returns the diff_id (sha256 of the whole uncompressed stream, read to its end).
+/// Returns the diff_id (sha256 of the whole uncompressed stream, read to its end). With
+/// [`Ownership::Emulated`], owners and device nodes that cannot be had are recorded instead.
 ///
 /// Decompression and hashing run in a second thread, overlapped with writing the files.
-pub fn unpack_to_lower(blob: impl Read + Send, compression: Compression, dest: &Path) -> Result<Digest> {
+pub fn unpack_to_lower(
+    blob: impl Read + Send,
+    compression: Compression,
+    dest: &Path,
+    ownership: Ownership,
+) -> Result<Digest> {
     std::thread::scope(|s| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(8);
         let producer = std::thread::Builder::new()
@@ -245,7 +256,7 @@ pub fn unpack_to_lower(blob: impl Read + Send, compression: Compression, dest: &
             cur: Vec::new(),
             pos: 0,
         };
-        let unpacked = unpack::unpack(&mut cr, dest, unpack::Mode::Lower, None);
+        let unpacked = unpack::unpack(&mut cr, dest, unpack::Mode::Lower, None, ownership);
         let drained = match &unpacked {
             // Hash the end-of-archive blocks and any padding after them.
             Ok(_) => io::copy(&mut cr, &mut io::sink()).map(|_| ()),
@@ -308,6 +319,8 @@ pub struct ApplyOptions {
     pub chown: Option<(u32, u32)>,
     /// Write `.wh.*` entries as plain files instead of applying them as deletions.
     pub keep_whiteouts_as_files: bool,
+    /// Whether owners that cannot be had are recorded (see [`unpack_to_lower`]).
+    pub ownership: Ownership,
 }
 
 /// Apply a tar stream onto an existing rootfs dir (whiteouts delete) — for -o type=local, ADD
@@ -319,7 +332,7 @@ pub fn apply(r: impl Read, dest: &Path, opts: &ApplyOptions) -> Result<()> {
         unpack::Mode::Apply
     };
     let mut r = r;
-    let stats = unpack::unpack(&mut r, dest, mode, opts.chown)
+    let stats = unpack::unpack(&mut r, dest, mode, opts.chown, opts.ownership)
         .with_context(|| format!("extracting an archive into {}", dest.display()))?;
     stats.report(dest);
     Ok(())
@@ -333,7 +346,7 @@ pub fn apply_with_stats(r: impl Read, dest: &Path, opts: &ApplyOptions) -> Resul
         unpack::Mode::Apply
     };
     let mut r = r;
-    unpack::unpack(&mut r, dest, mode, opts.chown)
+    unpack::unpack(&mut r, dest, mode, opts.chown, opts.ownership)
         .with_context(|| format!("extracting an archive into {}", dest.display()))
 }
 

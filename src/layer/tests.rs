@@ -95,6 +95,7 @@ fn round_trip_upper_to_lower() {
         compression: Compression::Gzip,
         level: None,
         timestamp: None,
+        ..Default::default()
     };
     let (blob, diff_id) = layer_of(&upper, &[PathBuf::from("/mnt")], &opts);
     let tar = gunzip(&blob);
@@ -134,7 +135,7 @@ fn round_trip_upper_to_lower() {
 
     let dest = t.path().join("lower");
     fs::create_dir(&dest).unwrap();
-    let got = unpack_to_lower(Cursor::new(&blob), Compression::Gzip, &dest).unwrap();
+    let got = unpack_to_lower(Cursor::new(&blob), Compression::Gzip, &dest, Ownership::Kernel).unwrap();
     assert_eq!(got, diff_id);
     assert_eq!(fs::read(dest.join("a/f")).unwrap(), b"hello world\n");
     assert_eq!(fs::metadata(dest.join("a/f")).unwrap().mode() & 0o7777, 0o640);
@@ -224,12 +225,16 @@ fn all_compressions_round_trip() {
             compression: c,
             level: None,
             timestamp: None,
+            ..Default::default()
         };
         let (blob, diff_id) = layer_of(&upper, &[], &opts);
         assert_eq!(sniff_compression(&blob), c);
         let dest = t.path().join(format!("d{c:?}"));
         fs::create_dir(&dest).unwrap();
-        assert_eq!(unpack_to_lower(Cursor::new(&blob), c, &dest).unwrap(), diff_id);
+        assert_eq!(
+            unpack_to_lower(Cursor::new(&blob), c, &dest, Ownership::Kernel).unwrap(),
+            diff_id
+        );
         assert_eq!(fs::read(dest.join("f")).unwrap().len(), 1_000_000);
     }
 }
@@ -352,6 +357,7 @@ fn apply_whiteouts_delete_and_chown() {
     let opts = ApplyOptions {
         chown: Some((777, 888)),
         keep_whiteouts_as_files: false,
+        ..Default::default()
     };
     apply(Cursor::new(&tar), dest, &opts).unwrap();
     assert!(!dest.join("x").exists());
@@ -371,6 +377,7 @@ fn apply_whiteouts_delete_and_chown() {
     let opts = ApplyOptions {
         chown: None,
         keep_whiteouts_as_files: true,
+        ..Default::default()
     };
     apply(Cursor::new(&tar), &d2, &opts).unwrap();
     assert!(d2.join(".wh.x").is_file());
@@ -416,7 +423,7 @@ fn hostile(tar: &[u8]) -> (Result<Digest>, tempfile::TempDir) {
     let dest = root.join("dest");
     fs::create_dir_all(&dest).unwrap();
     fs::write(root.join("secret"), b"secret").unwrap();
-    let r = unpack_to_lower(Cursor::new(tar.to_vec()), Compression::None, &dest);
+    let r = unpack_to_lower(Cursor::new(tar.to_vec()), Compression::None, &dest, Ownership::Kernel);
     let mut outside: Vec<_> = fs::read_dir(t.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -564,9 +571,17 @@ fn truncated_and_garbage_streams_fail() {
     let (blob, _) = layer_of(&u, &[], &LayerOptions::default());
     let d = t.path().join("d");
     fs::create_dir(&d).unwrap();
-    assert!(unpack_to_lower(Cursor::new(&blob[..blob.len() / 2]), Compression::Gzip, &d).is_err());
+    assert!(
+        unpack_to_lower(
+            Cursor::new(&blob[..blob.len() / 2]),
+            Compression::Gzip,
+            &d,
+            Ownership::Kernel
+        )
+        .is_err()
+    );
     // A stream not in the declared compression fails.
-    assert!(unpack_to_lower(Cursor::new(&full), Compression::Gzip, &d).is_err());
+    assert!(unpack_to_lower(Cursor::new(&full), Compression::Gzip, &d, Ownership::Kernel).is_err());
 }
 
 #[test]
@@ -647,7 +662,7 @@ fn deep_and_long_paths() {
     let dest = dir.path().join("d");
     fs::create_dir(&dest).unwrap();
     assert_eq!(
-        unpack_to_lower(Cursor::new(&blob), Compression::Gzip, &dest).unwrap(),
+        unpack_to_lower(Cursor::new(&blob), Compression::Gzip, &dest, Ownership::Kernel).unwrap(),
         diff_id
     );
     for q in &paths {
@@ -742,6 +757,7 @@ fn bench_commit_usr_lib() {
             compression: c,
             level,
             timestamp: None,
+            ..Default::default()
         };
         let start = std::time::Instant::now();
         let cpu0 = cpu_time();
@@ -764,7 +780,7 @@ fn bench_commit_usr_lib() {
     fs::create_dir(&dest).unwrap();
     let (blob, _) = layer_of(&upper, &[], &LayerOptions::default());
     let start = std::time::Instant::now();
-    unpack_to_lower(Cursor::new(blob), Compression::Gzip, &dest).unwrap();
+    unpack_to_lower(Cursor::new(blob), Compression::Gzip, &dest, Ownership::Kernel).unwrap();
     let wall = start.elapsed().as_secs_f64();
     println!(
         "unpack_to_lower (gzip default): {:.0} MB/s wall",
@@ -814,7 +830,7 @@ fn very_deep_tree_and_huge_names() {
     let tar = tw.finish().unwrap();
     let t = tempfile::tempdir().unwrap();
     let start = std::time::Instant::now();
-    let id = unpack_to_lower(Cursor::new(&tar), Compression::None, t.path()).unwrap();
+    let id = unpack_to_lower(Cursor::new(&tar), Compression::None, t.path(), Ownership::Kernel).unwrap();
     assert_eq!(id, Digest::of(&tar));
     assert!(start.elapsed().as_secs() < 60, "deep tree took {:?}", start.elapsed());
     assert!(t.path().join("top").is_file());
@@ -899,7 +915,7 @@ fn kernel_overlay_round_trip() {
 
     let l2 = d("l2");
     assert_eq!(
-        unpack_to_lower(Cursor::new(&blob), Compression::Gzip, &l2).unwrap(),
+        unpack_to_lower(Cursor::new(&blob), Compression::Gzip, &l2, Ownership::Kernel).unwrap(),
         diff_id
     );
     let view = d("view");

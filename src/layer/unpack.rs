@@ -8,7 +8,8 @@
 //! `openat2(RESOLVE_IN_ROOT)`. The final component is never followed: it is removed and
 //! recreated with `*at` calls on the parent fd.
 
-use super::commit::is_overlay_xattr;
+use super::Ownership;
+use crate::fsutil::overlay::{self, TarWhiteout, is_overlay_xattr};
 use anyhow::{Context, Result, bail};
 use std::collections::HashSet;
 use std::ffi::{CStr, CString};
@@ -280,6 +281,7 @@ struct Unpacker {
     mode: Mode,
     chown: Option<(u32, u32)>,
     euid: u32,
+    ownership: Ownership,
     stats: UnpackStats,
     /// (parent dev, parent ino, name) of entries written by this archive (Apply mode: opaque
     /// dirs keep them).
@@ -288,12 +290,20 @@ struct Unpacker {
     dirs: Vec<(Vec<u8>, u32, (i64, i64))>,
 }
 
-pub(super) fn unpack(r: &mut dyn Read, dest: &Path, mode: Mode, chown: Option<(u32, u32)>) -> Result<UnpackStats> {
+pub(super) fn unpack(
+    r: &mut dyn Read,
+    dest: &Path,
+    mode: Mode,
+    chown: Option<(u32, u32)>,
+    ownership: Ownership,
+) -> Result<UnpackStats> {
     let mut u = Unpacker {
         res: Resolver::new(dest)?,
         mode,
         chown,
+        // SAFETY: geteuid has no preconditions and cannot fail.
         euid: unsafe { libc::geteuid() },
+        ownership,
         stats: UnpackStats::default(),
         created: HashSet::new(),
         dirs: Vec::new(),
@@ -389,8 +399,10 @@ impl Unpacker {
         };
 
         // Whiteouts.
-        if self.mode != Mode::Plain && last.starts_with(b".wh.") {
-            return self.whiteout(parent, last, meta.mtime);
+        if self.mode != Mode::Plain
+            && let Some(w) = overlay::tar_whiteout(last)
+        {
+            return self.whiteout(parent, last, w, meta.mtime);
         }
 
         // The hardlink target is resolved first (its fd is duplicated: the resolver's fd
@@ -482,9 +494,7 @@ impl Unpacker {
                 match cvt(unsafe { libc::mknodat(pfd, name.as_ptr(), fmt | (meta.mode & 0o777), rdev) }) {
                     Ok(_) => {}
                     Err(e)
-                        if e.raw_os_error() == Some(libc::EPERM)
-                            && kind != T::Fifo
-                            && super::commit::owner_emulation() =>
+                        if e.raw_os_error() == Some(libc::EPERM) && kind != T::Fifo && self.ownership.is_emulated() =>
                     {
                         // Ownership emulation: an empty file records the device for layers.
                         let fd = cvt(unsafe {
@@ -497,7 +507,7 @@ impl Unpacker {
                         })
                         .context("creating the file that records a device node")?;
                         let f = unsafe { File::from_raw_fd(fd) };
-                        let rec = format!("{} {} {}", if kind == T::Char { "c" } else { "b" }, dev.0, dev.1);
+                        let rec = overlay::format_dev(kind != T::Char, dev.0, dev.1);
                         xattr_set_fd(f.as_raw_fd(), super::DEV_XATTR.as_bytes(), rec.as_bytes())
                             .with_context(|| format!("recording a device node in {}", super::DEV_XATTR))?;
                     }
@@ -521,16 +531,16 @@ impl Unpacker {
         Ok(())
     }
 
-    fn whiteout(&mut self, parent: &[&[u8]], last: &[u8], mtime: (i64, i64)) -> Result<()> {
-        if last == b".wh..wh..opq" {
+    fn whiteout(&mut self, parent: &[&[u8]], last: &[u8], w: TarWhiteout<'_>, mtime: (i64, i64)) -> Result<()> {
+        if w == TarWhiteout::Opaque {
             let Some(pfd) = self.res.dir(parent, self.mode == Mode::Lower)? else {
                 return Ok(());
             };
             match self.mode {
                 Mode::Lower => {
                     let d = reopen_dir(pfd)?;
-                    xattr_set_fd(d.as_raw_fd(), b"user.overlay.opaque", b"y")
-                        .context("marking the directory opaque (user.overlay.opaque)")?;
+                    xattr_set_fd(d.as_raw_fd(), overlay::OPAQUE_XATTR.as_bytes(), overlay::OPAQUE_VALUE)
+                        .with_context(|| format!("marking the directory opaque ({})", overlay::OPAQUE_XATTR))?;
                 }
                 Mode::Apply => {
                     // Remove what was there before this archive.
@@ -557,12 +567,15 @@ impl Unpacker {
             }
             return Ok(());
         }
-        if last.starts_with(b".wh..wh.") {
-            // AUFS metadata (.wh..wh.plnk, .wh..wh.aufs): not content.
-            self.stats.skipped_other += 1;
-            return Ok(());
-        }
-        let target = &last[4..];
+        let target = match w {
+            TarWhiteout::Delete(t) => t,
+            TarWhiteout::Opaque => unreachable!("handled above"),
+            TarWhiteout::Meta => {
+                // AUFS metadata (.wh..wh.plnk, .wh..wh.aufs): not content.
+                self.stats.skipped_other += 1;
+                return Ok(());
+            }
+        };
         if target.is_empty() || target == b"." || target == b".." {
             bail!("invalid whiteout name {:?}", show(last));
         }
@@ -612,15 +625,15 @@ impl Unpacker {
             // Like GNU tar as a non-root user: files are owned by the extracting user. With
             // ownership emulation (kiln without privilege), the owner is recorded for layers.
             self.stats.unowned += 1;
-            if super::commit::owner_emulation() && (m.uid, m.gid) != (0, 0) {
+            if self.ownership.is_emulated() && (m.uid, m.gid) != (0, 0) {
                 let r = if name.is_empty() {
                     xattr_set_fd(
                         dirfd,
                         super::OWNER_XATTR.as_bytes(),
-                        format!("{}:{}", m.uid, m.gid).as_bytes(),
+                        overlay::format_owner(m.uid, m.gid).as_bytes(),
                     )
                 } else {
-                    super::commit::record_owner(&proc_path(dirfd, name.to_bytes()), m.uid, m.gid)
+                    super::record_owner(&proc_path(dirfd, name.to_bytes()), m.uid, m.gid)
                 };
                 r.with_context(|| format!("recording owner {}:{} in {}", m.uid, m.gid, super::OWNER_XATTR))?;
             }
@@ -633,17 +646,17 @@ impl Unpacker {
         };
         match cvt(unsafe { libc::fchownat(dirfd, name.as_ptr(), m.uid, m.gid, flags) }) {
             Ok(_) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && super::commit::owner_emulation() => {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && self.ownership.is_emulated() => {
                 // Single-uid user namespace: the owner is recorded for layers instead.
                 self.stats.unowned += 1;
                 let r = if name.is_empty() {
                     xattr_set_fd(
                         dirfd,
                         super::OWNER_XATTR.as_bytes(),
-                        format!("{}:{}", m.uid, m.gid).as_bytes(),
+                        overlay::format_owner(m.uid, m.gid).as_bytes(),
                     )
                 } else {
-                    super::commit::record_owner(&proc_path(dirfd, name.to_bytes()), m.uid, m.gid)
+                    super::record_owner(&proc_path(dirfd, name.to_bytes()), m.uid, m.gid)
                 };
                 r.with_context(|| format!("recording owner {}:{} in {}", m.uid, m.gid, super::OWNER_XATTR))
             }

@@ -511,3 +511,75 @@ fn conformance_env_and_label_values() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     eprintln!("checked {checked} ENV/LABEL values");
 }
+
+/// Random Dockerfiles from instruction-shaped pieces (deterministic xorshift): whatever parses
+/// must plan or fail cleanly, never panic. Moved here from the parser's tests: the parser is
+/// below the planner and must not import it.
+fn plan_random_dockerfiles(mut seed: u64, rounds: usize) {
+    let pieces = [
+        "FROM ",
+        "RUN ",
+        "COPY ",
+        "ADD ",
+        "ENV ",
+        "ARG ",
+        "ONBUILD ",
+        "LABEL ",
+        "WORKDIR ",
+        "USER ",
+        "CMD ",
+        "AS ",
+        "--from=",
+        "--platform=",
+        "--mount=",
+        "type=cache",
+        "type=bind,from=",
+        "target=/x",
+        "scratch",
+        "alpine",
+        "a",
+        "b",
+        "0",
+        "1",
+        "${",
+        "}",
+        "$",
+        ":-",
+        ":+",
+        "=",
+        " ",
+        "\n",
+        "\\\n",
+        "\"",
+        "[",
+        "]",
+        ",",
+        "#",
+        "# escape=`\n",
+        "$TARGETPLATFORM",
+        "$BUILDPLATFORM",
+        "\0",
+        "é",
+    ];
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let opts = BuildOptions::default();
+    for _ in 0..rounds {
+        let n = (next() % 40) as usize;
+        let text: String = (0..n)
+            .map(|_| pieces[(next() % pieces.len() as u64) as usize])
+            .collect();
+        if let Ok(df) = parse(&text, "Dockerfile") {
+            let _ = plan(&df, &opts).map(|p| p.render());
+        }
+    }
+}
+
+#[test]
+fn random_dockerfiles_never_panic_the_planner() {
+    plan_random_dockerfiles(0x9E37_79B9_7F4A_7C15, 3000);
+}

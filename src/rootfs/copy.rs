@@ -12,7 +12,8 @@
 //! No mounts are involved anywhere, which makes this the driver of the chroot and no-privilege
 //! isolation rungs; [`materialise`] gives them read-only views (COPY --from) the same way.
 
-use super::{RootfsDriver, is_overlay_xattr};
+use super::RootfsDriver;
+use crate::fsutil::overlay::{self, is_opaque, is_overlay_xattr, is_whiteout};
 use anyhow::{Context, Result, bail};
 use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, OsString};
@@ -20,8 +21,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-
-const OPAQUE: &str = "user.overlay.opaque";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Snap {
@@ -218,16 +217,6 @@ fn same_content(a: &Path, b: &Path) -> bool {
             return false;
         }
     }
-}
-
-fn is_whiteout(md: &std::fs::Metadata) -> bool {
-    md.file_type().is_char_device() && md.rdev() == 0
-}
-
-fn is_opaque(p: &Path) -> bool {
-    ["user.overlay.opaque", "trusted.overlay.opaque"]
-        .iter()
-        .any(|n| matches!(xattr::get(p, n), Ok(Some(v)) if v == b"y"))
 }
 
 fn remove_any(p: &Path) -> Result<()> {
@@ -442,7 +431,8 @@ impl Differ<'_> {
                     self.ensure_upper_dir(rel)?;
                     self.copy_all(&r)?;
                     if md.is_dir() && old.kind() == libc::S_IFDIR {
-                        xattr::set(self.st.upper.join(&r), OPAQUE, b"y").context("cannot mark a directory opaque")?;
+                        xattr::set(self.st.upper.join(&r), overlay::OPAQUE_XATTR, overlay::OPAQUE_VALUE)
+                            .context("cannot mark a directory opaque")?;
                     }
                     changed = true;
                 }
@@ -558,10 +548,12 @@ mod tests {
         let md = std::fs::symlink_metadata(up.join("rmme")).unwrap();
         assert!(md.file_type().is_char_device() && md.rdev() == 0);
         assert_eq!(
-            xattr::get(up.join("etc/old"), OPAQUE).unwrap().as_deref(),
+            xattr::get(up.join("etc/old"), overlay::OPAQUE_XATTR)
+                .unwrap()
+                .as_deref(),
             Some(&b"y"[..])
         );
-        assert_eq!(xattr::get(up.join("dir"), OPAQUE).unwrap(), None);
+        assert_eq!(xattr::get(up.join("dir"), overlay::OPAQUE_XATTR).unwrap(), None);
         assert_eq!(std::fs::metadata(up.join("dir/x")).unwrap().mode() & 0o7777, 0o4755);
         assert_eq!(
             std::fs::metadata(up.join("new")).unwrap().ino(),

@@ -17,6 +17,7 @@ pub use fuse::FuseOverlay;
 pub use overlay::{KernelOverlay, mount_overlay_readonly};
 
 use crate::events::Reporter;
+use crate::fsutil::overlay::{self as ovl_format, is_overlay_xattr};
 use crate::fsutil::{Follow, Root};
 use crate::store::Store;
 use crate::sys::Confinement;
@@ -217,13 +218,6 @@ fn kernel_overlay_disabled() -> bool {
     std::env::var_os("KILN_DISABLE_KERNEL_OVERLAY").is_some_and(|v| v == "1")
 }
 
-/// Overlay bookkeeping xattrs that must never reach a layer.
-pub fn is_overlay_xattr(name: &[u8]) -> bool {
-    name.starts_with(b"user.overlay.")
-        || name.starts_with(b"trusted.overlay.")
-        || name.starts_with(b"user.fuseoverlayfs.")
-}
-
 /// A sibling directory of `p` guaranteed to exist and be empty (for FROM scratch lowers).
 pub(crate) fn empty_sibling(p: &Path) -> Result<PathBuf> {
     let name = p
@@ -284,9 +278,7 @@ pub fn clean_upper(upper: &Path, lowers: &[PathBuf], placeholders: &[PathBuf]) -
             .list_xattrs(&rel)
             .map(|l| l.into_iter().any(|n| !is_overlay_xattr(n.as_encoded_bytes())))
             .unwrap_or(true);
-        let opaque = ["user.overlay.opaque", "trusted.overlay.opaque"]
-            .iter()
-            .any(|n| matches!(up.get_xattr(&rel, n), Ok(Some(_))));
+        let opaque = ovl_format::is_opaque_with(|n| up.get_xattr(&rel, n).ok().flatten());
         if own_xattrs || opaque {
             continue;
         }

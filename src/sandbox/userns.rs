@@ -123,16 +123,10 @@ fn set_rung(i: Isolation, why: &str) {
 pub fn ensure_with(reporter: &Reporter, forced: Option<Isolation>) -> Result<()> {
     if std::env::var(ENV_USERNS).as_deref() == Ok("1") {
         if let Ok(r) = std::env::var(probe::ENV_RUNG)
-            && let Ok(Some(rung)) = Isolation::parse(&r)
+            && let Ok(Some(_)) = Isolation::parse(&r)
         {
             // Decided by the kiln that started us. Files of ids that cannot be owned here (no
             // privilege; a single mapped id) get their owner recorded for the layer instead.
-            let own_only = match rung {
-                Isolation::SingleUid => true,
-                Isolation::None => !nix::unistd::geteuid().is_root(),
-                _ => false,
-            };
-            crate::layer::set_owner_emulation(own_only);
             return Ok(());
         }
         if nix::unistd::geteuid().is_root() || !in_initial_userns() {
@@ -143,9 +137,6 @@ pub fn ensure_with(reporter: &Reporter, forced: Option<Isolation>) -> Result<()>
     match forced {
         Some(Isolation::None) => {
             set_rung(Isolation::None, "forced with --isolation none");
-            if !root {
-                crate::layer::set_owner_emulation(true);
-            }
             return Ok(());
         }
         Some(Isolation::Chroot) => {
@@ -205,9 +196,6 @@ pub fn ensure_with(reporter: &Reporter, forced: Option<Isolation>) -> Result<()>
     }
     reporter.debug("sandbox", || format!("isolation rung {} ({rung}): {why}", rung.rung()));
     set_rung(rung, &why);
-    if rung == Isolation::None && !root {
-        crate::layer::set_owner_emulation(true);
-    }
     Ok(())
 }
 

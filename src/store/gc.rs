@@ -20,6 +20,8 @@
 
 use super::{ANNOTATION_KILN_REF_NAME, ANNOTATION_REF_NAME, Store};
 use crate::digest::Digest;
+use crate::fsutil::remove::remove_path;
+use crate::fsutil::size::human;
 use crate::image::{Descriptor, Index, Manifest, is_index};
 use anyhow::{Context, Result, bail};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -132,8 +134,8 @@ pub fn tmp_owner(name: &str) -> Option<u32> {
 }
 
 /// Removes the `tmp/` entries of the kiln process `pid`, which has exited (called by the
-/// original process once its user-namespace child is gone, see
-/// `crate::sandbox::userns::on_child_exit`). Best effort and silent: entries it cannot remove
+/// original process once its user-namespace child is gone: the sandbox's `on_child_exit`
+/// hook). Best effort and silent: entries it cannot remove
 /// (files of subordinate ids, seen from outside the namespace) are left for `kiln fsck
 /// --repair` / `kiln prune`. Does nothing when a live process holds `pid`'s lock again.
 pub fn sweep_tmp_of(root: &Path, pid: u32) {
@@ -291,7 +293,7 @@ pub struct TmpEntry {
     pub stale: bool,
 }
 
-/// `cache/context-stat/`: COPY's per-context file hashes (see `crate::builder::cache::StatCache`).
+/// `cache/context-stat/`: COPY's per-context file hashes (see [`super::cache::StatCache`]).
 pub const CONTEXT_STAT: &str = "context-stat";
 
 /// Entries without an owner pid (from older kiln versions and their overlay probes, or atomic-write
@@ -347,157 +349,6 @@ pub fn temp_entries(store: &Store, exclusive: bool) -> Result<Vec<TmpEntry>> {
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
-}
-
-/// Removes a file or a whole directory tree (which may hold read-only directories).
-pub fn remove_path(p: &Path) -> Result<()> {
-    let md = match fs::symlink_metadata(p) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("inspecting {}", p.display())),
-    };
-    if !md.is_dir() {
-        return fs::remove_file(p).with_context(|| format!("removing {}", p.display()));
-    }
-    if fs::remove_dir_all(p).is_ok() {
-        return Ok(());
-    }
-    // Directories without write or search permission (e.g. mode 0555 from an image), or
-    // trees deeper than PATH_MAX and the fd limit allow: one directory fd at a time.
-    remove_tree(p).with_context(|| {
-        format!(
-            "removing {} (files owned by other ids can only be removed inside kiln's user namespace)",
-            p.display()
-        )
-    })
-}
-
-/// Removes a directory tree of any depth with `*at` calls, holding one directory fd at a time
-/// (going back up through `..`), opening up directories that lack write or search permission.
-pub fn remove_tree(p: &Path) -> Result<()> {
-    use std::ffi::CString;
-    use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-    fn open_dir(at: RawFd, name: &std::ffi::CStr) -> std::io::Result<OwnedFd> {
-        let fd = unsafe {
-            libc::openat(
-                at,
-                name.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-    }
-    /// Unlinks every non-directory in `dir`; returns the name of one subdirectory, if any.
-    fn clear(dir: &OwnedFd) -> std::io::Result<Option<CString>> {
-        unsafe { libc::fchmod(dir.as_raw_fd(), 0o700) };
-        let dup = unsafe { libc::fcntl(dir.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-        if dup < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let dirp = unsafe { libc::fdopendir(dup) };
-        if dirp.is_null() {
-            unsafe { libc::close(dup) };
-            return Err(std::io::Error::last_os_error());
-        }
-        unsafe { libc::rewinddir(dirp) };
-        let mut sub = None;
-        let mut res = Ok(());
-        loop {
-            let ent = unsafe { libc::readdir(dirp) };
-            if ent.is_null() {
-                break;
-            }
-            let name = unsafe { std::ffi::CStr::from_ptr((*ent).d_name.as_ptr()) };
-            let b = name.to_bytes();
-            if b == b"." || b == b".." {
-                continue;
-            }
-            let mut st: libc::stat = unsafe { std::mem::zeroed() };
-            if unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) } != 0 {
-                continue;
-            }
-            if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-                if sub.is_none() {
-                    sub = Some(name.to_owned());
-                }
-            } else if unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) } != 0 {
-                res = Err(std::io::Error::last_os_error());
-            }
-        }
-        unsafe { libc::closedir(dirp) };
-        res.map(|_| sub)
-    }
-    let top = CString::new(std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()))?;
-    let mut cur = open_dir(libc::AT_FDCWD, &top).with_context(|| format!("opening {}", p.display()))?;
-    let mut depth = 0usize;
-    loop {
-        match clear(&cur).with_context(|| format!("clearing a directory under {}", p.display()))? {
-            Some(name) => {
-                let sub = match open_dir(cur.as_raw_fd(), &name) {
-                    // No read or search permission (an overlay work dir is 000): open it up.
-                    Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
-                        // SAFETY: `name` is NUL-terminated; it was just seen to be a directory.
-                        unsafe { libc::fchmodat(cur.as_raw_fd(), name.as_ptr(), 0o700, 0) };
-                        open_dir(cur.as_raw_fd(), &name)
-                    }
-                    r => r,
-                };
-                cur = sub.with_context(|| format!("descending under {}", p.display()))?;
-                depth += 1;
-            }
-            None if depth == 0 => break,
-            None => {
-                // Empty now: go up and remove it (it was the first subdirectory listed, or
-                // any other; the parent is scanned again).
-                let parent = open_dir(cur.as_raw_fd(), c"..")?;
-                let mut st: libc::stat = unsafe { std::mem::zeroed() };
-                unsafe { libc::fstat(cur.as_raw_fd(), &mut st) };
-                drop(cur);
-                cur = parent;
-                depth -= 1;
-                remove_subdir_by_inode(&cur, st.st_ino)?;
-            }
-        }
-    }
-    drop(cur);
-    fs::remove_dir(p).with_context(|| format!("removing {}", p.display()))
-}
-
-/// Removes the (empty) subdirectory of `dir` with inode `ino`.
-fn remove_subdir_by_inode(dir: &std::os::fd::OwnedFd, ino: libc::ino_t) -> Result<()> {
-    let dup = unsafe { libc::fcntl(dir.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-    if dup < 0 {
-        return Err(std::io::Error::last_os_error()).context("duplicating a directory fd");
-    }
-    let dirp = unsafe { libc::fdopendir(dup) };
-    if dirp.is_null() {
-        unsafe { libc::close(dup) };
-        return Err(std::io::Error::last_os_error()).context("reading a directory");
-    }
-    unsafe { libc::rewinddir(dirp) };
-    let mut result = Ok(());
-    loop {
-        let ent = unsafe { libc::readdir(dirp) };
-        if ent.is_null() {
-            break;
-        }
-        if unsafe { (*ent).d_ino } != ino {
-            continue;
-        }
-        let name = unsafe { std::ffi::CStr::from_ptr((*ent).d_name.as_ptr()) };
-        if name.to_bytes() == b"." || name.to_bytes() == b".." {
-            continue;
-        }
-        if unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) } != 0 {
-            result = Err(std::io::Error::last_os_error()).context("removing an emptied directory");
-        }
-        break;
-    }
-    unsafe { libc::closedir(dirp) };
-    result
 }
 
 /// Where [`remove_layer_dir`] moves a layer dir before deleting it: `tmp/gc-<pid>.<hex>`
@@ -610,7 +461,7 @@ fn mark(store: &Store, d: &Digest, blobs: &mut HashSet<Digest>, diff_ids: &mut H
 /// layer. An error when it cannot be decoded.
 pub fn read_cache_entry(path: &Path) -> Result<Option<(Digest, Digest)>> {
     let data = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let e: crate::builder::cache::Entry =
+    let e: super::cache::Entry =
         serde_json::from_slice(&data).with_context(|| format!("{} is not a build cache entry", path.display()))?;
     Ok(e.layer.map(|(d, diff)| (d.digest, diff)))
 }
@@ -678,41 +529,6 @@ pub fn disk_usage(p: &Path) -> u64 {
         }
     }
     n
-}
-
-/// Parses a size: `123`, `10k`, `512MB`, `1.5GiB`, `2g` (k/M/G/T are powers of 1024).
-pub fn parse_size(s: &str) -> Result<u64> {
-    let t = s.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .with_context(|| format!("invalid size {s:?}: expected a number with an optional unit (e.g. 10GB)"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        "t" | "tb" | "tib" => 1 << 40,
-        u => bail!("invalid size {s:?}: unknown unit {u:?} (use B, KB, MB, GB or TB)"),
-    };
-    Ok((n * mult as f64) as u64)
-}
-
-/// Human-readable size.
-pub fn human(n: u64) -> String {
-    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < U.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", U[i])
-    }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1019,37 +835,6 @@ mod tests {
     }
 
     #[test]
-    fn removes_deep_and_read_only_trees() {
-        use std::os::unix::fs::PermissionsExt;
-        let t = tempfile::tempdir().unwrap();
-        let top = t.path().join("tree");
-        // Deeper than PATH_MAX: built with relative paths from inside.
-        fs::create_dir(&top).unwrap();
-        let mut cur = File::open(&top).unwrap();
-        for i in 0..1500 {
-            let name = std::ffi::CString::new("dd").unwrap();
-            assert_eq!(unsafe { libc::mkdirat(cur.as_raw_fd(), name.as_ptr(), 0o755) }, 0);
-            let fd = unsafe { libc::openat(cur.as_raw_fd(), name.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY) };
-            assert!(fd >= 0);
-            cur = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-            if i % 500 == 0 {
-                let f = std::ffi::CString::new("file").unwrap();
-                let fd = unsafe { libc::openat(cur.as_raw_fd(), f.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o644) };
-                assert!(fd >= 0);
-                unsafe { libc::close(fd) };
-            }
-        }
-        drop(cur);
-        fs::create_dir_all(top.join("ro/sub")).unwrap();
-        fs::write(top.join("ro/sub/f"), b"x").unwrap();
-        fs::set_permissions(top.join("ro/sub"), fs::Permissions::from_mode(0o500)).unwrap();
-        fs::set_permissions(top.join("ro"), fs::Permissions::from_mode(0o000)).unwrap();
-        remove_tree(&top).unwrap();
-        assert!(!top.exists());
-        assert_eq!(fs::read_dir(t.path()).unwrap().count(), 0);
-    }
-
-    #[test]
     fn dead_processes_tmp_entries_are_swept_live_ones_kept() {
         let t = tempfile::tempdir().unwrap();
         let s = Store::open(t.path()).unwrap();
@@ -1071,18 +856,6 @@ mod tests {
         assert!(!step.exists());
         sweep_tmp_of(s.root(), std::process::id());
         assert!(mine.exists(), "never the caller's own entries");
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("123").unwrap(), 123);
-        assert_eq!(parse_size("10k").unwrap(), 10240);
-        assert_eq!(parse_size("1.5GiB").unwrap(), 3 << 29);
-        assert_eq!(parse_size("2 MB").unwrap(), 2 << 20);
-        assert!(parse_size("ten").is_err());
-        assert!(parse_size("3 parsecs").is_err());
-        assert_eq!(human(512), "512 B");
-        assert_eq!(human(3 << 20), "3.0 MiB");
     }
 
     #[test]
@@ -1149,7 +922,7 @@ mod tests {
         // A cache entry whose blob is gone, and a valid one.
         let cached = s.put_bytes(b"cached layer").unwrap();
         let entry = |d: &Digest, diff: &Digest| {
-            serde_json::to_vec(&crate::builder::cache::Entry {
+            serde_json::to_vec(&crate::store::cache::Entry {
                 layer: Some((Descriptor::new(MT_OCI_LAYER, d.clone(), 1), diff.clone())),
                 created: None,
             })

@@ -1,5 +1,6 @@
-//! Unpacked layers (`layers/<diff_id hex>/`, used as overlay lowers): completion markers,
-//! publishing, and verification against the layer blob.
+//! Unpacked layers (`layers/<diff_id hex>/`, used as overlay lowers): completion markers and
+//! publishing. (Their verification against the layer blob, `fsck --full`, unpacks the blob:
+//! that is the layer module's job: its `verify` module.)
 //!
 //! ## Completion marker
 //! A layer directory is trusted only when kiln itself completed it: after the directory is
@@ -22,11 +23,9 @@
 use super::Store;
 use super::gc;
 use crate::digest::Digest;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use std::fs;
-use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// File name suffix of a completion marker: `layers/<diff_id hex>.complete`.
@@ -162,7 +161,7 @@ impl Store {
         // layers/ is free now. What cannot be removed here (files of other ids, seen from
         // outside the namespace) is this process's tmp entry: the next kiln to open the store
         // sweeps it, and `kiln fsck --repair` reports it, so there is nothing to warn about.
-        let _ = gc::remove_path(&grave);
+        let _ = crate::fsutil::remove::remove_path(&grave);
         Ok(())
     }
 }
@@ -182,177 +181,6 @@ pub fn marker_of(dir: &Path) -> PathBuf {
     let mut s = dir.as_os_str().to_os_string();
     s.push(MARKER_SUFFIX);
     PathBuf::from(s)
-}
-
-/// `kiln fsck --full`: compares `layers/<diff_id>` with a fresh unpack of its blob `desc`.
-/// Returns the first difference, or None when they are equal.
-///
-/// Why not re-tar the directory and hash it against the diff_id: that reproduces the diff_id
-/// only for blobs kiln's own tar writer produced (and only without `--timestamp` clamping);
-/// layers pulled from registries were written by other tar writers (other entry order, `./`
-/// prefixes, PAX records, mtimes of implicit parents), so their re-tar never matches. An unpack
-/// of the blob with kiln's unpacker ([`crate::layer::unpack_to_lower`], which also checks the
-/// blob against the diff_id) is what the directory must equal for any blob, so the two trees
-/// are compared entry by entry: same paths, types, modes, owners (as a layer records them),
-/// sizes, contents, link targets, device numbers and xattrs (overlay bookkeeping other than
-/// opacity left out). mtimes are not compared (they carry no content and the unpacker restores
-/// them anyway).
-pub fn verify_against_blob(store: &Store, diff_id: &Digest, desc: &crate::image::Descriptor) -> Result<Option<String>> {
-    let compression = crate::image::Compression::of_media_type(&desc.media_type)
-        .with_context(|| format!("layer {}: unsupported media type {}", desc.digest, desc.media_type))?;
-    let tmp = store.tmp_dir("fsck-")?;
-    let fresh = tmp.path().join("layer");
-    fs::create_dir(&fresh).with_context(|| format!("creating {}", fresh.display()))?;
-    let blob = store.open_blob(&desc.digest)?;
-    let got = crate::layer::unpack_to_lower(std::io::BufReader::with_capacity(1 << 20, blob), compression, &fresh)
-        .with_context(|| format!("unpacking layer {}", desc.digest))?;
-    if &got != diff_id {
-        bail!("layer blob {} has diff_id {got}, not {diff_id}", desc.digest);
-    }
-    let r = compare_trees(&store.layer_dir(diff_id), &fresh);
-    // The fresh copy may hold read-only directories.
-    let _ = gc::remove_path(&fresh);
-    r
-}
-
-/// Compares two directory trees (see [`verify_against_blob`]); the first difference, named by
-/// its path relative to the roots.
-pub fn compare_trees(have: &Path, want: &Path) -> Result<Option<String>> {
-    use crate::layer::DirWalk;
-    let mut a = DirWalk::new(have, &[])?;
-    let mut b = DirWalk::new(want, &[])?;
-    loop {
-        let (ea, eb) = (a.next_entry()?, b.next_entry()?);
-        let (ea, eb) = match (ea, eb) {
-            (None, None) => return Ok(None),
-            (Some(e), None) => return Ok(Some(format!("/{} is not in the blob", show(&e.rel)))),
-            (None, Some(e)) => return Ok(Some(format!("/{} is missing", show(&e.rel)))),
-            (Some(x), Some(y)) => (x, y),
-        };
-        if ea.rel != eb.rel {
-            return Ok(Some(if ea.rel < eb.rel {
-                format!("/{} is not in the blob", show(&ea.rel))
-            } else {
-                format!("/{} is missing", show(&eb.rel))
-            }));
-        }
-        let pa = have.join(std::ffi::OsStr::from_bytes(&ea.rel));
-        let pb = want.join(std::ffi::OsStr::from_bytes(&eb.rel));
-        if let Some(d) = entry_difference(&pa, &ea.md, &pb, &eb.md)? {
-            return Ok(Some(format!("/{}: {d}", show(&ea.rel))));
-        }
-    }
-}
-
-fn show(rel: &[u8]) -> String {
-    String::from_utf8_lossy(rel).into_owned()
-}
-
-fn kind(md: &fs::Metadata) -> &'static str {
-    let ft = md.file_type();
-    if ft.is_dir() {
-        "directory"
-    } else if ft.is_symlink() {
-        "symlink"
-    } else if ft.is_file() {
-        "file"
-    } else if ft.is_char_device() {
-        "char device"
-    } else if ft.is_block_device() {
-        "block device"
-    } else if ft.is_fifo() {
-        "fifo"
-    } else {
-        "socket"
-    }
-}
-
-/// Xattrs as a layer records them: overlay bookkeeping left out except opacity (normalised),
-/// the owner record left out (compared through the effective owner).
-fn layer_xattrs(p: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut v = Vec::new();
-    let Ok(names) = xattr::list(p) else { return v };
-    for n in names {
-        let nb = n.as_bytes();
-        if nb == crate::layer::OWNER_XATTR.as_bytes() {
-            continue;
-        }
-        let val = xattr::get(p, &n).ok().flatten().unwrap_or_default();
-        if nb.ends_with(b".opaque") && crate::rootfs::is_overlay_xattr(nb) {
-            if val == b"y" {
-                v.push((b"opaque".to_vec(), val));
-            }
-            continue;
-        }
-        if crate::rootfs::is_overlay_xattr(nb) {
-            continue;
-        }
-        v.push((nb.to_vec(), val));
-    }
-    v.sort();
-    v.dedup();
-    v
-}
-
-fn file_digest(p: &Path) -> Result<Digest> {
-    let f = fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
-    let mut r = crate::digest::HashingReader::new(std::io::BufReader::with_capacity(1 << 20, f));
-    let mut buf = [0u8; 64 * 1024];
-    loop {
-        let n = r.read(&mut buf).with_context(|| format!("reading {}", p.display()))?;
-        if n == 0 {
-            break;
-        }
-    }
-    Ok(r.finish().1)
-}
-
-fn entry_difference(pa: &Path, a: &fs::Metadata, pb: &Path, b: &fs::Metadata) -> Result<Option<String>> {
-    if kind(a) != kind(b) {
-        return Ok(Some(format!("is a {}, the blob has a {}", kind(a), kind(b))));
-    }
-    if !a.is_symlink() && a.mode() & 0o7777 != b.mode() & 0o7777 {
-        return Ok(Some(format!(
-            "mode {:o}, the blob has {:o}",
-            a.mode() & 0o7777,
-            b.mode() & 0o7777
-        )));
-    }
-    let (oa, ob) = (
-        crate::layer::effective_owner(pa, a),
-        crate::layer::effective_owner(pb, b),
-    );
-    if oa != ob {
-        return Ok(Some(format!("owner {}:{}, the blob has {}:{}", oa.0, oa.1, ob.0, ob.1)));
-    }
-    if a.is_file() {
-        if a.len() != b.len() {
-            return Ok(Some(format!("{} bytes, the blob has {}", a.len(), b.len())));
-        }
-        if file_digest(pa)? != file_digest(pb)? {
-            return Ok(Some("its content differs from the blob's".into()));
-        }
-    }
-    if a.is_symlink() {
-        let (la, lb) = (
-            fs::read_link(pa).with_context(|| format!("reading {}", pa.display()))?,
-            fs::read_link(pb).with_context(|| format!("reading {}", pb.display()))?,
-        );
-        if la != lb {
-            return Ok(Some(format!(
-                "points to {}, the blob to {}",
-                la.display(),
-                lb.display()
-            )));
-        }
-    }
-    if (a.file_type().is_char_device() || a.file_type().is_block_device()) && a.rdev() != b.rdev() {
-        return Ok(Some("device numbers differ from the blob's".into()));
-    }
-    if !a.is_symlink() && layer_xattrs(pa) != layer_xattrs(pb) {
-        return Ok(Some("xattrs differ from the blob's".into()));
-    }
-    Ok(None)
 }
 
 #[cfg(test)]
@@ -409,34 +237,9 @@ mod tests {
         assert!(!s.layer_dir(&d).join("pwned").exists());
         assert!(s.layer_dir(&d).join("etc/conf").is_file());
         // A marker whose directory was swapped for another is invalid too.
-        gc::remove_path(&s.layer_dir(&d)).unwrap();
+        crate::fsutil::remove::remove_path(&s.layer_dir(&d)).unwrap();
         fs::create_dir(s.layer_dir(&d)).unwrap();
         assert!(!s.layer_ready(&d));
         assert!(fs::read(s.layer_marker(&d)).is_ok());
-    }
-
-    #[test]
-    fn tree_comparison_finds_extra_missing_and_changed_entries() {
-        let t = tempfile::tempdir().unwrap();
-        let (a, b) = (t.path().join("a"), t.path().join("b"));
-        for r in [&a, &b] {
-            fs::create_dir_all(r.join("etc")).unwrap();
-            fs::write(r.join("etc/conf"), b"hello").unwrap();
-            std::os::unix::fs::symlink("conf", r.join("etc/link")).unwrap();
-        }
-        assert_eq!(compare_trees(&a, &b).unwrap(), None);
-        fs::write(a.join("etc/conf"), b"jello").unwrap();
-        assert!(
-            compare_trees(&a, &b)
-                .unwrap()
-                .unwrap()
-                .contains("/etc/conf: its content differs")
-        );
-        fs::write(a.join("etc/conf"), b"hello").unwrap();
-        fs::write(a.join("pwned"), b"").unwrap();
-        assert_eq!(compare_trees(&a, &b).unwrap().unwrap(), "/pwned is not in the blob");
-        fs::remove_file(a.join("pwned")).unwrap();
-        fs::remove_file(a.join("etc/link")).unwrap();
-        assert_eq!(compare_trees(&a, &b).unwrap().unwrap(), "/etc/link is missing");
     }
 }

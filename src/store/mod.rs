@@ -32,6 +32,7 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+pub mod cache;
 pub mod fsck;
 pub mod gc;
 pub mod layers;
@@ -40,7 +41,7 @@ pub mod layers;
 pub const OCI_LAYOUT_JSON: &str = r#"{"imageLayoutVersion":"1.0.0"}"#;
 
 /// Which media types a written manifest uses.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ManifestFormat {
     /// OCI image manifest and config media types.
     #[default]

@@ -27,6 +27,7 @@ use xattr::FileExt as _;
 pub(super) struct Copier {
     pub(super) root: Root,
     pub(super) chown: Option<(u32, u32)>,
+    pub(super) ownership: crate::layer::Ownership,
     pub(super) chmod: Option<Chmod>,
     /// (dev, ino) of multiply-linked source files → their first copy.
     pub(super) links: HashMap<(u64, u64), PathBuf>,
@@ -48,10 +49,10 @@ pub(super) fn ts(secs: i64, nsec: i64) -> libc::timespec {
 
 /// Xattrs that are kiln's or the storage driver's own, never copied.
 pub(super) fn private_xattr(s: &str) -> bool {
-    s.starts_with("user.overlay.")
-        || s.starts_with("user.kiln.")
+    use crate::fsutil::overlay::{is_kiln_xattr, is_overlay_xattr};
+    is_overlay_xattr(s.as_bytes())
+        || is_kiln_xattr(s.as_bytes())
         || s.starts_with("trusted.")
-        || s.starts_with("user.fuseoverlayfs.")
         || s == "security.selinux"
 }
 
@@ -74,11 +75,11 @@ impl Copier {
     /// for a symlink, which carries no such record).
     fn owner_of_source(&self, fd: Option<BorrowedFd<'_>>, md: &Metadata, keep_owner: bool) -> (u32, u32) {
         match self.chown {
-            None if keep_owner && crate::layer::owner_emulation() => {
+            None if keep_owner && self.ownership.is_emulated() => {
                 // A symlink has no record: the on-disk owner (mapped) is used.
                 match fd {
-                    Some(fd) => crate::layer::effective_owner_fd(fd, md),
-                    None => crate::layer::effective_owner(Path::new(""), md),
+                    Some(fd) => crate::layer::effective_owner_fd(fd, md, self.ownership),
+                    None => crate::layer::effective_owner(Path::new(""), md, self.ownership),
                 }
             }
             _ => self.owner(md, keep_owner),
@@ -196,6 +197,7 @@ impl Copier {
         let opts = crate::layer::ApplyOptions {
             chown: self.chown,
             keep_whiteouts_as_files: true,
+            ownership: self.ownership,
         };
         let name = inside.file_name().unwrap_or_default().display().to_string();
         let mut counted = CountingReader { inner: reader, n: 0 };
@@ -503,7 +505,7 @@ impl Copier {
 
     /// Sets the owner of the new file `out` (`show` names it).
     fn chown_file(&self, out: &File, show: &str, uid: u32, gid: u32) -> Result<()> {
-        if crate::layer::owner_emulation() {
+        if self.ownership.is_emulated() {
             // kiln without privilege: the layer carries the owner (see layer::OWNER_XATTR).
             return crate::layer::record_owner_fd(out.as_fd(), uid, gid)
                 .with_context(|| format!("recording the owner {uid}:{gid} of {show}"));
@@ -520,7 +522,7 @@ impl Copier {
     /// Sets the owner of `p` inside the rootfs, never following it.
     fn chown_path(&self, p: &Path, uid: u32, gid: u32, is_link: bool) -> Result<()> {
         let show = || self.root.show(p);
-        if crate::layer::owner_emulation() {
+        if self.ownership.is_emulated() {
             // Symlinks cannot carry the record: their owner is root in the layer.
             if is_link {
                 return Ok(());

@@ -68,6 +68,8 @@ pub struct CopyRequest {
     pub keep_git_dir: bool,
     /// Heredoc bodies (name, content) for sources named `<<NAME`.
     pub heredocs: Vec<(String, String)>,
+    /// Whether owners are set or recorded (see [`crate::layer::Ownership`]).
+    pub ownership: crate::layer::Ownership,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -92,6 +94,7 @@ pub fn copy_into(rootfs: &Path, src: &CopySource, req: &CopyRequest) -> Result<(
     let mut cx = Copier {
         root,
         chown,
+        ownership: req.ownership,
         chmod,
         links: HashMap::new(),
         dir_fixups: Vec::new(),

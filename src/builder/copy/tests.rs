@@ -430,6 +430,7 @@ fn a_source_dir_swapped_for_a_symlink_is_not_followed_to_the_host() {
     let mut cx = Copier {
         root: Root::open(f.root.path()).unwrap(),
         chown: None,
+        ownership: Default::default(),
         chmod: None,
         links: HashMap::new(),
         dir_fixups: Vec::new(),

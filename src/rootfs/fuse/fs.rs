@@ -31,8 +31,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-/// The opaque-directory marker (kernel overlay with `userxattr`).
-pub const OPAQUE_XATTR: &[u8] = b"user.overlay.opaque";
+use crate::fsutil::overlay;
+
+/// The opaque-directory marker this overlay reads and writes. Only kiln's own name: the
+/// lowers are kiln's unpacked layers and the upper is this overlay's own, so no other name can
+/// be there (see [`crate::fsutil::overlay`]), and a lookup costs one `getxattr`, not three.
+const OPAQUE_XATTR: &[u8] = overlay::OPAQUE_XATTR.as_bytes();
 /// How long the kernel may cache entries and attributes: everything changes through us.
 const TTL: Duration = Duration::from_secs(86400);
 const ROOT: u64 = 1;
@@ -62,7 +66,7 @@ fn fstat(fd: RawFd) -> io::Result<libc::stat64> {
 }
 
 fn is_whiteout(st: &libc::stat64) -> bool {
-    st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0
+    overlay::is_whiteout_mode(st.st_mode, st.st_rdev)
 }
 
 fn is_dir(st: &libc::stat64) -> bool {
@@ -74,11 +78,7 @@ fn absent(e: &io::Error) -> bool {
 }
 
 /// Overlay bookkeeping xattrs: hidden from the merged view, never copied up.
-pub fn is_private_xattr(name: &[u8]) -> bool {
-    name.starts_with(b"user.overlay.")
-        || name.starts_with(b"trusted.overlay.")
-        || name.starts_with(b"user.fuseoverlayfs.")
-}
+use crate::fsutil::overlay::is_overlay_xattr as is_private_xattr;
 
 fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
     if parent == b"." {
@@ -260,7 +260,7 @@ impl OverlayFs {
     }
 
     fn is_opaque(&self, layer: usize, rel: &[u8]) -> bool {
-        matches!(self.get_xattr(layer, rel, OPAQUE_XATTR), Ok(Some(v)) if v == b"y")
+        matches!(self.get_xattr(layer, rel, OPAQUE_XATTR), Ok(Some(v)) if v == overlay::OPAQUE_VALUE)
     }
 
     fn get_xattr(&self, layer: usize, rel: &[u8], name: &[u8]) -> io::Result<Option<Vec<u8>>> {
@@ -620,7 +620,7 @@ impl OverlayFs {
             && let Some((u, g)) = crate::sys::idstate::fs_ids(dir, ctx.pid as u32)
         {
             let g = if pst.st_mode & libc::S_ISGID != 0 {
-                self.get_xattr(0, prel.to_bytes(), crate::layer::OWNER_XATTR.as_bytes())?
+                self.get_xattr(0, prel.to_bytes(), overlay::OWNER_XATTR.as_bytes())?
                     .and_then(|v| String::from_utf8(v).ok())
                     .and_then(|v| v.split_once(':').and_then(|(_, g)| g.trim().parse().ok()))
                     .unwrap_or(pst.st_gid)
@@ -628,13 +628,7 @@ impl OverlayFs {
                 g
             };
             let v = format!("{u}:{g}");
-            self.set_xattr(
-                0,
-                crel.to_bytes(),
-                crate::layer::OWNER_XATTR.as_bytes(),
-                v.as_bytes(),
-                0,
-            )?;
+            self.set_xattr(0, crel.to_bytes(), overlay::OWNER_XATTR.as_bytes(), v.as_bytes(), 0)?;
         }
         Ok(())
     }
