@@ -47,7 +47,7 @@ pub struct RunRequest {
     pub cap_drop: Vec<String>,
     pub no_new_privs: bool,
     pub tty: bool,
-    pub storage_driver: Option<String>,
+    pub storage_driver: Option<crate::rootfs::StorageDriver>,
     pub reporter: Reporter,
 }
 
@@ -206,12 +206,7 @@ pub fn run(store: &Store, req: &RunRequest) -> Result<i32> {
     let env = merge_env(&config.env.clone().unwrap_or_default(), &req.env);
     publish(req)?;
 
-    let driver = crate::rootfs::choose_driver(
-        store,
-        &sandbox::confinement(),
-        req.storage_driver.as_deref(),
-        &req.reporter,
-    )?;
+    let driver = crate::rootfs::choose_driver(store, &sandbox::confinement(), req.storage_driver, &req.reporter)?;
     let tmp = store.tmp_dir("run-")?;
     let upper = match &req.upper {
         Some(u) => {

@@ -80,43 +80,81 @@ impl SecretSpec {
     }
 }
 
-/// Everything `kiln build` was asked to do.
+/// Everything `kiln build` was asked to do, by concern.
 #[derive(Clone, Debug)]
 pub struct BuildRequest {
-    pub context: PathBuf,
-    pub dockerfile: PathBuf,
-    pub tags: Vec<String>,
-    pub build_args: BTreeMap<String, String>,
-    pub target: Option<String>,
-    pub no_cache: bool,
-    pub no_cache_filter: Vec<String>,
-    pub pull: bool,
-    pub platform: Option<String>,
-    pub format: ManifestFormat,
-    pub labels: BTreeMap<String, String>,
-    pub iidfile: Option<PathBuf>,
-    pub outputs: Vec<OutputSpec>,
-    pub network: Network,
-    pub secrets: Vec<SecretSpec>,
-    pub ssh: BTreeMap<String, PathBuf>,
-    pub timestamp: Option<i64>,
-    pub compression: Compression,
-    pub compression_level: Option<u32>,
+    pub source: Source,
+    pub frontend: Frontend,
+    pub cache: CachePolicy,
+    pub run: RunPolicy,
+    pub output: OutputPolicy,
     /// How base images are pulled and the remote cache reached.
     pub registry: crate::registry::RegistryOptions,
-    pub cap_add: Vec<String>,
-    pub cap_drop: Vec<String>,
-    pub seccomp: SeccompChoice,
-    pub no_new_privs: bool,
+    /// Pull base images even when the store has them (`--pull`).
+    pub pull: bool,
+    /// Independent stages built at once (`--jobs`).
+    pub jobs: usize,
     /// Where steps, RUN output, warnings and the summary are reported.
     pub reporter: crate::events::Reporter,
+}
+
+/// What is built: the context directory and the Dockerfile (`-` for stdin).
+#[derive(Clone, Debug, Default)]
+pub struct Source {
+    pub context: PathBuf,
+    pub dockerfile: PathBuf,
+}
+
+/// How the Dockerfile is read into a plan.
+#[derive(Clone, Debug, Default)]
+pub struct Frontend {
+    pub build_args: BTreeMap<String, String>,
+    /// `--target`: the stage to build (default: the last).
+    pub target: Option<String>,
+    /// `--platform` (`os/arch[/variant]`); default the host's.
+    pub platform: Option<String>,
+    /// Print the resolved plan and stop.
     pub dry_run: bool,
-    pub jobs: usize,
-    pub storage_driver: Option<String>,
+}
+
+/// Which step results may come from a cache, and which caches are shared.
+#[derive(Clone, Debug, Default)]
+pub struct CachePolicy {
+    pub no_cache: bool,
+    /// Stages (names or indexes) whose steps are always run (`--no-cache-filter`).
+    pub no_cache_filter: Vec<String>,
     /// Registry repositories to push step results to (`--cache-to`).
     pub cache_to: Vec<Reference>,
     /// Registry repositories to look step results up in (`--cache-from`).
     pub cache_from: Vec<Reference>,
+}
+
+/// What RUN steps get.
+#[derive(Clone, Debug, Default)]
+pub struct RunPolicy {
+    pub network: Network,
+    pub secrets: Vec<SecretSpec>,
+    pub ssh: BTreeMap<String, PathBuf>,
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+    pub seccomp: SeccompChoice,
+    pub no_new_privs: bool,
+    /// `--storage-driver`: forced, or chosen by probing (None).
+    pub storage_driver: Option<crate::rootfs::StorageDriver>,
+}
+
+/// What the build produces and where it goes.
+#[derive(Clone, Debug)]
+pub struct OutputPolicy {
+    pub tags: Vec<String>,
+    pub format: ManifestFormat,
+    pub labels: BTreeMap<String, String>,
+    pub iidfile: Option<PathBuf>,
+    pub outputs: Vec<OutputSpec>,
+    /// `--timestamp` / SOURCE_DATE_EPOCH: the created time and the clamp of file times.
+    pub timestamp: Option<i64>,
+    pub compression: Compression,
+    pub compression_level: Option<u32>,
 }
 
 /// The state of one stage while it is built.
@@ -176,32 +214,32 @@ pub fn build(store: &Store, req: &BuildRequest) -> Result<Option<Image>> {
     let (text, df_name) = read_dockerfile(req)?;
     let df = dockerfile::parse(&text, &df_name)?;
     let plan_opts = plan::BuildOptions {
-        build_args: req.build_args.clone(),
-        target: req.target.clone(),
-        platform: req.platform.clone(),
+        build_args: req.frontend.build_args.clone(),
+        target: req.frontend.target.clone(),
+        platform: req.frontend.platform.clone(),
     };
     let plan = plan::plan(&df, &plan_opts)?;
-    let ignore = if req.dockerfile.as_os_str() == "-" {
-        dockerfile::ignore::IgnoreMatcher::load(&req.context, &req.context.join("Dockerfile"))?
+    let ignore = if req.source.dockerfile.as_os_str() == "-" {
+        dockerfile::ignore::IgnoreMatcher::load(&req.source.context, &req.source.context.join("Dockerfile"))?
     } else {
-        dockerfile::ignore::IgnoreMatcher::load(&req.context, &req.dockerfile)?
+        dockerfile::ignore::IgnoreMatcher::load(&req.source.context, &req.source.dockerfile)?
     };
-    if req.dry_run {
+    if req.frontend.dry_run {
         print!("{}", plan.render());
         return Ok(None);
     }
-    if !req.context.is_dir() {
-        bail!("build context {} is not a directory", req.context.display());
+    if !req.source.context.is_dir() {
+        bail!("build context {} is not a directory", req.source.context.display());
     }
     run::refuse_run_without_privilege(&plan)?;
-    let created = match req.timestamp {
+    let created = match req.output.timestamp {
         Some(t) => rfc3339(t),
         None => humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
     };
     let driver = crate::rootfs::choose_driver(
         store,
         &crate::sandbox::confinement(),
-        req.storage_driver.as_deref(),
+        req.run.storage_driver,
         &req.reporter,
     )?;
     let b = Builder {
@@ -212,16 +250,16 @@ pub fn build(store: &Store, req: &BuildRequest) -> Result<Option<Image>> {
         ignore,
         progress: progress::Steps::new(req.reporter.clone()),
         layer_opts: LayerOptions {
-            compression: req.compression,
-            level: req.compression_level,
-            timestamp: req.timestamp,
+            compression: req.output.compression,
+            level: req.output.compression_level,
+            timestamp: req.output.timestamp,
             ownership: ownership_here(),
         },
         driver,
         done: Mutex::new(HashMap::new()),
         images: Mutex::new(HashMap::new()),
         created,
-        remote: remote_cache::RemoteCache::new(&req.cache_from, &req.cache_to, &req.registry),
+        remote: remote_cache::RemoteCache::new(&req.cache.cache_from, &req.cache.cache_to, &req.registry),
         bind_context: Mutex::new(None),
     };
     for unused in &b.plan.unused_build_args {
@@ -237,7 +275,7 @@ pub fn build(store: &Store, req: &BuildRequest) -> Result<Option<Image>> {
         });
     }
     let image = b.commit_image(state?)?;
-    b.progress.summary(&image, &req.tags, started.elapsed());
+    b.progress.summary(&image, &req.output.tags, started.elapsed());
     Ok(Some(image))
 }
 
@@ -245,7 +283,7 @@ pub fn build(store: &Store, req: &BuildRequest) -> Result<Option<Image>> {
 pub const MAX_DOCKERFILE_SIZE: u64 = 32 << 20;
 
 fn read_dockerfile(req: &BuildRequest) -> Result<(String, String)> {
-    if req.dockerfile.as_os_str() == "-" {
+    if req.source.dockerfile.as_os_str() == "-" {
         let mut s = String::new();
         std::io::Read::read_to_string(
             &mut std::io::Read::take(std::io::stdin(), MAX_DOCKERFILE_SIZE + 1),
@@ -258,13 +296,14 @@ fn read_dockerfile(req: &BuildRequest) -> Result<(String, String)> {
         return Ok((s, "Dockerfile".to_string()));
     }
     let name = req
+        .source
         .dockerfile
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     // A regular file only (a FIFO cannot hang the build), of a bounded size.
-    let bytes = crate::fsutil::Root::read_host_regular(&req.dockerfile, MAX_DOCKERFILE_SIZE)
-        .with_context(|| format!("reading Dockerfile {}", req.dockerfile.display()))?;
+    let bytes = crate::fsutil::Root::read_host_regular(&req.source.dockerfile, MAX_DOCKERFILE_SIZE)
+        .with_context(|| format!("reading Dockerfile {}", req.source.dockerfile.display()))?;
     let text = String::from_utf8(bytes).map_err(|e| {
         anyhow::anyhow!(
             "{name}: the file is not UTF-8 text (invalid byte at offset {}): is it a Dockerfile?",
@@ -384,7 +423,7 @@ impl<'a> Builder<'a> {
     }
 
     fn plan_platform(&self) -> Option<(String, String, Option<String>)> {
-        let p = self.req.platform.as_deref()?;
+        let p = self.req.frontend.platform.as_deref()?;
         let mut parts = p.split('/');
         let os = parts.next()?.to_string();
         let arch = parts.next()?.to_string();
@@ -419,7 +458,7 @@ impl<'a> Builder<'a> {
             return Ok(img);
         }
         let opts = crate::registry::RegistryOptions {
-            platform: self.req.platform.clone(),
+            platform: self.req.frontend.platform.clone(),
             ..self.req.registry.clone()
         };
         let reporter = self.progress.reporter();
@@ -462,14 +501,14 @@ impl<'a> Builder<'a> {
 
     /// Writes the final image: labels from the command line, created time, tags, outputs.
     fn commit_image(&self, mut state: StageState) -> Result<Image> {
-        if !self.req.labels.is_empty() {
+        if !self.req.output.labels.is_empty() {
             let labels = state.config.config.labels.get_or_insert_with(BTreeMap::new);
-            for (k, v) in &self.req.labels {
+            for (k, v) in &self.req.output.labels {
                 labels.insert(k.clone(), v.clone());
             }
         }
         // The newest step's time (every step's, when all were cached), or --timestamp.
-        state.config.created = match self.req.timestamp {
+        state.config.created = match self.req.output.timestamp {
             Some(_) => Some(self.created.clone()),
             None => state
                 .config
@@ -481,8 +520,8 @@ impl<'a> Builder<'a> {
         };
         let image = self
             .store
-            .write_image(&state.config, state.layers.clone(), self.req.format)?;
-        for t in &self.req.tags {
+            .write_image(&state.config, state.layers.clone(), self.req.output.format)?;
+        for t in &self.req.output.tags {
             let r = Reference::parse(t).with_context(|| format!("-t {t}"))?;
             let desc = Descriptor::new(
                 image
@@ -495,10 +534,10 @@ impl<'a> Builder<'a> {
             );
             self.store.tag(&r.to_string(), &desc)?;
         }
-        if let Some(p) = &self.req.iidfile {
+        if let Some(p) = &self.req.output.iidfile {
             std::fs::write(p, image.id().as_str()).with_context(|| format!("writing --iidfile {}", p.display()))?;
         }
-        for o in &self.req.outputs {
+        for o in &self.req.output.outputs {
             output::write(self, &image, &state, o)?;
         }
         Ok(image)

@@ -48,6 +48,7 @@ impl OutputSpec {
 pub fn write(b: &Builder, image: &Image, state: &StageState, o: &OutputSpec) -> Result<()> {
     let name = b
         .req
+        .output
         .tags
         .first()
         .cloned()
@@ -78,7 +79,7 @@ pub fn write(b: &Builder, image: &Image, state: &StageState, o: &OutputSpec) -> 
             let mut w = std::io::BufWriter::new(f);
             crate::layer::write_tar(
                 crate::layer::DirWalk::new(&root, &[])?,
-                b.req.timestamp,
+                b.req.output.timestamp,
                 b.layer_opts.ownership,
                 &mut w,
             )

@@ -115,7 +115,7 @@ fn run_env(b: &Builder, state: &StageState) -> Vec<String> {
             env.push(format!("{k}={v}"));
         }
     }
-    for (k, v) in &b.req.build_args {
+    for (k, v) in &b.req.frontend.build_args {
         if PROXY_ARGS.contains(&k.to_ascii_uppercase().as_str()) {
             for name in [k.to_ascii_uppercase(), k.to_ascii_lowercase()] {
                 if !env.iter().any(|kv| kv.split('=').next() == Some(&name)) {
@@ -166,7 +166,7 @@ fn bind_inputs(
                 ro_roots.push(r);
                 p
             }
-            None => b.req.context.clone(),
+            None => b.req.source.context.clone(),
         };
         let src_rel = m.source.clone().unwrap_or_else(|| "/".to_string());
         // The symlink-free path of the source inside its root (the stage's rootfs is mounted
@@ -232,7 +232,7 @@ pub fn run_step(
     for f in &run.mounts {
         mount_specs.push(parse_mount(&word(f)?).with_context(|| format!("{}", f.loc))?);
     }
-    let mut network = b.req.network;
+    let mut network = b.req.run.network;
     if let Some(f) = &run.network {
         network = match NetworkMode::parse(&word(f)?).map_err(|e| f.loc.error(e))? {
             NetworkMode::None => Network::None,
@@ -323,10 +323,10 @@ pub fn run_step(
                 network,
                 hostname: "kiln".to_string(),
                 mounts,
-                seccomp: b.req.seccomp.clone(),
-                cap_add: b.req.cap_add.clone(),
-                cap_drop: b.req.cap_drop.clone(),
-                no_new_privs: b.req.no_new_privs,
+                seccomp: b.req.run.seccomp.clone(),
+                cap_add: b.req.run.cap_add.clone(),
+                cap_drop: b.req.run.cap_drop.clone(),
+                no_new_privs: b.req.run.no_new_privs,
                 stdin: None,
                 output: crate::sandbox::Output::Events {
                     reporter: b.progress.reporter().clone(),
@@ -474,7 +474,7 @@ fn add_mount(
         }),
         MountKind::Secret => {
             let id = m.id.clone().or(m.source.clone()).unwrap_or_default();
-            let Some(secret) = b.req.secrets.iter().find(|s| s.id == id) else {
+            let Some(secret) = b.req.run.secrets.iter().find(|s| s.id == id) else {
                 if m.required {
                     bail!("secret {id} is required but was not given with --secret id={id},src=FILE");
                 }
@@ -510,7 +510,7 @@ fn add_mount(
         }
         MountKind::Ssh => {
             let id = m.id.clone().unwrap_or_else(|| "default".to_string());
-            let Some(sock) = b.req.ssh.get(&id) else {
+            let Some(sock) = b.req.run.ssh.get(&id) else {
                 if m.required {
                     bail!("ssh agent {id} is required but was not given with --ssh {id}");
                 }
@@ -533,19 +533,19 @@ fn add_mount(
 /// made once per build and shared by all its RUN steps.
 fn filtered_context(b: &Builder) -> Result<PathBuf> {
     if b.ignore.is_empty() {
-        return Ok(b.req.context.clone());
+        return Ok(b.req.source.context.clone());
     }
     let mut slot = b.bind_context.lock().unwrap();
     if let Some(d) = slot.as_ref() {
         return Ok(d.path().to_path_buf());
     }
     let dir = b.store.tmp_dir("bindctx-")?;
-    let src = crate::fsutil::Root::open(&b.req.context)
-        .with_context(|| format!("opening the build context {}", b.req.context.display()))?;
+    let src = crate::fsutil::Root::open(&b.req.source.context)
+        .with_context(|| format!("opening the build context {}", b.req.source.context.display()))?;
     let dst = crate::fsutil::Root::open(dir.path()).with_context(|| format!("opening {}", dir.path().display()))?;
     let mode = src
         .stat("", crate::fsutil::Follow::All)
-        .with_context(|| format!("reading {}", b.req.context.display()))?
+        .with_context(|| format!("reading {}", b.req.source.context.display()))?
         .st_mode;
     dst.chmod("", mode & 0o7777)
         .with_context(|| format!("chmod of {}", dir.path().display()))?;

@@ -198,7 +198,7 @@ fn meta(b: &Builder, state: &mut StageState, ins: &Instruction, history: bool) -
         // Metadata steps take the time of the step before them, so that cached rebuilds
         // reproduce the same config.
         let mut h = b.history(created_by_meta(ins, state), true);
-        if b.req.timestamp.is_none()
+        if b.req.output.timestamp.is_none()
             && let Some(t) = state.config.history.last().and_then(|h| h.created.clone())
         {
             h.created = Some(t);
@@ -242,9 +242,10 @@ pub fn fs_step(
         .iter()
         .find(|s| s.index == stage_index)
         .and_then(|s| s.name.clone());
-    let use_cache = !b.req.no_cache
+    let use_cache = !b.req.cache.no_cache
         && !b
             .req
+            .cache
             .no_cache_filter
             .iter()
             .any(|f| Some(f.to_lowercase()) == stage_name || f == &stage_index.to_string());
@@ -263,7 +264,7 @@ pub fn fs_step(
             rc.record(&key, &hit);
         }
         let mut h = b.history(created_by, false);
-        if b.req.timestamp.is_none() && hit.created.is_some() {
+        if b.req.output.timestamp.is_none() && hit.created.is_some() {
             h.created = hit.created;
         }
         apply_layer(state, hit.layer, h, key);
@@ -290,7 +291,7 @@ pub fn fs_step(
     // Mount placeholders and directories copied up only to hold them are not changes.
     crate::rootfs::clean_upper(&upper, &lowers, &placeholders)?;
     let t_clean = t0.elapsed();
-    let layer = crate::layer::commit_dir(b.store, &upper, &placeholders, &b.layer_opts, b.req.format)?;
+    let layer = crate::layer::commit_dir(b.store, &upper, &placeholders, &b.layer_opts, b.req.output.format)?;
     let t_commit = t0.elapsed();
     if let Some(l) = &layer {
         // The upper dir becomes the layer's lower: it must hold exactly what the blob holds.
@@ -359,7 +360,7 @@ fn copy_step(
     };
     let src_root: PathBuf = match &src_mount {
         Some(m) => m.path.clone(),
-        None => b.req.context.clone(),
+        None => b.req.source.context.clone(),
     };
     let ignore = if is_context { Some(&b.ignore) } else { None };
     let source = CopySource {
@@ -369,7 +370,7 @@ fn copy_step(
     };
     let t_hash = std::time::Instant::now();
     // The build context's stat cache: unchanged files are not read again (see StatCache).
-    let stat = is_context.then(|| cache::StatCache::for_context(b.store, &b.req.context));
+    let stat = is_context.then(|| cache::StatCache::for_context(b.store, &b.req.source.context));
     let digest = super::copy::source_digest_cached(&source, &req, stat.as_deref())?;
     if let Some(Err(e)) = stat.as_ref().map(|s| s.save()) {
         // Only a cache: the next build hashes the files again.

@@ -188,46 +188,57 @@ pub fn run(g: &GlobalOpts, a: BuildArgs) -> Result<i32> {
     let context = a.context.clone();
     let dockerfile = a.file.clone().unwrap_or_else(|| context.join("Dockerfile"));
     let req = BuildRequest {
-        context,
-        dockerfile,
-        tags: a.tags.clone(),
-        build_args,
-        target: a.target.clone(),
-        no_cache: a.no_cache,
-        no_cache_filter: a.no_cache_filter.clone(),
-        pull: a.pull.unwrap_or(false),
-        platform: a.platform.clone(),
-        format,
-        labels,
-        iidfile: a.iidfile.clone(),
-        outputs,
-        network,
-        secrets,
-        ssh,
-        timestamp: a.timestamp,
-        compression,
-        compression_level: a.compression_level,
+        source: crate::builder::Source { context, dockerfile },
+        frontend: crate::builder::Frontend {
+            build_args,
+            target: a.target.clone(),
+            platform: a.platform.clone(),
+            dry_run: a.dry_run,
+        },
+        cache: crate::builder::CachePolicy {
+            no_cache: a.no_cache,
+            no_cache_filter: a.no_cache_filter.clone(),
+            cache_to: a
+                .cache_to
+                .iter()
+                .map(|r| crate::builder::remote_cache::parse_cache_ref(r))
+                .collect::<Result<_>>()?,
+            cache_from: a
+                .cache_from
+                .iter()
+                .map(|r| crate::builder::remote_cache::parse_cache_ref(r))
+                .collect::<Result<_>>()?,
+        },
+        run: crate::builder::RunPolicy {
+            network,
+            secrets,
+            ssh,
+            cap_add: a.cap_add.clone(),
+            cap_drop: a.cap_drop.clone(),
+            seccomp,
+            no_new_privs,
+            storage_driver: a
+                .storage_driver
+                .as_deref()
+                .map(|d| d.parse().context("--storage-driver"))
+                .transpose()?,
+        },
+        output: crate::builder::OutputPolicy {
+            tags: a.tags.clone(),
+            format,
+            labels,
+            iidfile: a.iidfile.clone(),
+            outputs,
+            timestamp: a.timestamp,
+            compression,
+            compression_level: a.compression_level,
+        },
         registry: g.registry_options(a.tls_verify, None),
-        cap_add: a.cap_add.clone(),
-        cap_drop: a.cap_drop.clone(),
-        seccomp,
-        no_new_privs,
-        reporter: reporter.clone(),
-        dry_run: a.dry_run,
+        pull: a.pull.unwrap_or(false),
         jobs: a
             .jobs
             .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
-        storage_driver: a.storage_driver.clone(),
-        cache_to: a
-            .cache_to
-            .iter()
-            .map(|r| crate::builder::remote_cache::parse_cache_ref(r))
-            .collect::<Result<_>>()?,
-        cache_from: a
-            .cache_from
-            .iter()
-            .map(|r| crate::builder::remote_cache::parse_cache_ref(r))
-            .collect::<Result<_>>()?,
+        reporter: reporter.clone(),
     };
     let outcome = crate::builder::build(&store, &req)?;
     let Some(image) = outcome else { return Ok(0) };

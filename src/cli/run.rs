@@ -173,7 +173,11 @@ pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<i32> {
         cap_drop: a.cap_drop.clone(),
         no_new_privs,
         tty: a.tty || a.interactive,
-        storage_driver: a.storage_driver.clone(),
+        storage_driver: a
+            .storage_driver
+            .as_deref()
+            .map(|d| d.parse().context("--storage-driver"))
+            .transpose()?,
         reporter: g.reporter(),
     };
     runner::run(&store, &req)

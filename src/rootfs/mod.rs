@@ -115,6 +115,39 @@ pub fn probe(dir: &Path, single_uid: bool) -> DriverChoice {
         .clone()
 }
 
+/// A storage driver the user can force (`--storage-driver`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageDriver {
+    /// Kernel overlayfs in the user namespace.
+    Overlay,
+    /// kiln's FUSE overlay.
+    Fuse,
+    /// Copy snapshots (also spelled `vfs`, as in Buildah).
+    Copy,
+}
+
+impl std::str::FromStr for StorageDriver {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<StorageDriver> {
+        Ok(match s {
+            "overlay" => StorageDriver::Overlay,
+            "fuse" => StorageDriver::Fuse,
+            "copy" | "vfs" => StorageDriver::Copy,
+            other => bail!("unknown storage driver {other:?}: expected overlay, fuse or copy"),
+        })
+    }
+}
+
+impl std::fmt::Display for StorageDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StorageDriver::Overlay => "overlay",
+            StorageDriver::Fuse => "fuse",
+            StorageDriver::Copy => "copy",
+        })
+    }
+}
+
 /// Picks the driver for this process: `forced` (`overlay`, `fuse` or `copy`, from
 /// `--storage-driver`) or, by default, what [`probe`] finds in the store's tmp dir. What the
 /// isolation allows comes from the caller (`sandbox::confinement()`). Says which and why as
@@ -122,7 +155,7 @@ pub fn probe(dir: &Path, single_uid: bool) -> DriverChoice {
 pub fn choose_driver(
     store: &Store,
     confinement: &Confinement,
-    forced: Option<&str>,
+    forced: Option<StorageDriver>,
     reporter: &Reporter,
 ) -> Result<Box<dyn RootfsDriver>> {
     let tmp = store.root().join("tmp");
@@ -134,18 +167,15 @@ pub fn choose_driver(
 pub fn choose_driver_in(
     dir: &Path,
     confinement: &Confinement,
-    forced: Option<&str>,
+    forced: Option<StorageDriver>,
     reporter: &Reporter,
 ) -> Result<Box<dyn RootfsDriver>> {
     let say = |text: String| reporter.debug("rootfs", || text);
     let rung = confinement.isolation;
     if !confinement.can_mount {
         // Chroot / no-privilege isolation: nothing may be mounted, layers are plain directories.
-        if matches!(forced, Some(f) if f != "copy" && f != "vfs") {
-            bail!(
-                "--storage-driver {}: isolation {rung} cannot mount anything here; only the copy driver works",
-                forced.unwrap_or_default()
-            );
+        if let Some(f) = forced.filter(|f| *f != StorageDriver::Copy) {
+            bail!("--storage-driver {f}: isolation {rung} cannot mount anything here; only the copy driver works");
         }
         say(format!(
             "rootfs driver: copy snapshots (isolation {rung}: no mounts allowed)"
@@ -153,22 +183,21 @@ pub fn choose_driver_in(
         return Ok(Box::new(CopySnapshot::default()));
     }
     match forced {
-        Some("copy") | Some("vfs") => {
+        Some(StorageDriver::Copy) => {
             say("rootfs driver: copy snapshots (--storage-driver)".into());
             return Ok(Box::new(CopySnapshot::default()));
         }
-        Some("fuse") => {
+        Some(StorageDriver::Fuse) => {
             if let Err(e) = probe_fuse(dir) {
                 bail!("--storage-driver fuse: kiln's FUSE overlay does not work here: {e}");
             }
             say("rootfs driver: kiln's FUSE overlay (--storage-driver fuse)".into());
             return Ok(Box::new(FuseOverlay::default()));
         }
-        Some("overlay") | None => {}
-        Some(other) => bail!("unknown storage driver {other:?}: expected overlay, fuse or copy"),
+        Some(StorageDriver::Overlay) | None => {}
     }
     let c = probe(dir, confinement.single_uid);
-    if forced == Some("overlay") && !c.overlay {
+    if forced == Some(StorageDriver::Overlay) && !c.overlay {
         bail!("--storage-driver overlay: {}", c.reason);
     }
     say(match c.name {
