@@ -678,19 +678,21 @@ impl SecretFs {
         std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("chmod of {}", dir.display()))?;
+        use crate::sys::Syscall as _;
         use nix::mount::MsFlags;
         // Chroot isolation has no mount namespace of its own: no mount there (it would
         // outlive a killed kiln in the host's namespace).
         let own_ns = crate::sandbox::probe::current() != crate::sandbox::probe::Isolation::Chroot;
         let mounted = own_ns
-            && nix::mount::mount(
-                Some("tmpfs"),
-                &dir,
-                Some("tmpfs"),
-                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-                Some("mode=0700,size=64m"),
-            )
-            .is_ok();
+            && crate::sys::RealSyscall
+                .mount(
+                    Some("tmpfs"),
+                    crate::sys::Target::host(&dir),
+                    Some("tmpfs"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                    Some("mode=0700,size=64m"),
+                )
+                .is_ok();
         if mounted {
             return Ok(SecretFs { dir, mounted });
         }
@@ -731,7 +733,8 @@ impl SecretFs {
 impl Drop for SecretFs {
     fn drop(&mut self) {
         if self.mounted {
-            let _ = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH);
+            use crate::sys::Syscall as _;
+            let _ = crate::sys::RealSyscall.umount(&self.dir, nix::mount::MntFlags::MNT_DETACH);
             let _ = std::fs::remove_dir(&self.dir);
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
