@@ -252,3 +252,56 @@ fn run_mounts_cache_bind_tmpfs_secret() {
         "the secret must not land in a layer"
     );
 }
+
+#[test]
+fn rawjson_progress_is_one_event_per_line_and_quiet_shows_a_failed_steps_output() {
+    let s = Scratch::new("build-rawjson");
+    let root = store_with_busybox(&s);
+    s.write(
+        "ctx/Dockerfile",
+        "FROM busybox:latest\nRUN echo out-line && echo err-line >&2\nENV A=1\n",
+    );
+    let out = Kiln::with_root(&root)
+        .args(["build", "-t", "raw:1", "--progress=rawjson"])
+        .arg(s.join("ctx"))
+        .output();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let events: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}\n{err}")))
+        .collect();
+    let of = |t: &str| events.iter().filter(|e| e["type"] == t).collect::<Vec<_>>();
+    let run = of("step_start")
+        .into_iter()
+        .find(|e| e["text"].as_str().unwrap_or("").starts_with("RUN"))
+        .unwrap_or_else(|| panic!("no RUN step_start: {err}"));
+    let step = run["step"].clone();
+    let logs: Vec<_> = of("step_log").into_iter().filter(|e| e["step"] == step).collect();
+    assert!(
+        logs.iter().any(|e| e["line"] == "out-line" && e["stream"] == "stdout")
+            && logs.iter().any(|e| e["line"] == "err-line" && e["stream"] == "stderr"),
+        "{err}"
+    );
+    assert!(
+        of("step_done")
+            .iter()
+            .any(|e| e["step"] == step && e["cached"] == false),
+        "{err}"
+    );
+    assert_eq!(of("build_done").len(), 1, "{err}");
+
+    s.write(
+        "ctx/Dockerfile",
+        "FROM busybox:latest\nRUN echo quiet-ok\nRUN echo before-failing && exit 3\n",
+    );
+    let out = Kiln::with_root(&root).args(["build", "-q"]).arg(s.join("ctx")).output();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("before-failing"),
+        "the failed step's output is shown: {err}"
+    );
+    assert!(!err.contains("quiet-ok"), "a step that worked stays quiet: {err}");
+    assert!(err.contains("exit code: 3"), "{err}");
+}
