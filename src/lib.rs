@@ -6,6 +6,8 @@
 //! hash + compress) → `store` (OCI layout) → `registry` / `archive`.
 
 pub mod archive;
+pub mod artifact;
+pub mod attest;
 pub mod builder;
 pub mod cli;
 pub mod digest;
