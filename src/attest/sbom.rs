@@ -385,11 +385,10 @@ fn dpkg(files: &Files, distro: &(String, String), out: &mut Vec<Package>) {
             let (Some(name), Some(version)) = (st.get("Package"), st.get("Version")) else {
                 continue;
             };
-            if path == "var/lib/dpkg/status"
-                && !st
-                    .get("Status")
-                    .is_some_and(|s| s.split_whitespace().nth(2) == Some("installed"))
-            {
+            let installed = st
+                .get("Status")
+                .is_some_and(|s| s.split_whitespace().nth(2) == Some("installed"));
+            if path == "var/lib/dpkg/status" && !installed {
                 continue;
             }
             let arch = st.get("Architecture").cloned().unwrap_or_default();
