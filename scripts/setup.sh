@@ -8,7 +8,7 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 user=${KILN_TEST_USER:-tester}
 need=(uidmap docker-registry busybox-static mmdebstrap fuse3 fuse-overlayfs skopeo umoci buildah
-      libseccomp-dev pkg-config gcc g++ curl python3 ca-certificates openssl git xz-utils bzip2 zstd
+      libseccomp-dev pkg-config gcc g++ curl python3 python3-venv ca-certificates openssl git xz-utils bzip2 zstd
       time util-linux libcap2-bin)
 missing=()
 for p in "${need[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
@@ -20,6 +20,16 @@ fi
 # listens; tests start their own registries on free ports, so the service is not needed.
 if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
   systemctl disable --now docker-registry >/dev/null 2>&1 || true
+fi
+# The supply-chain tests (tests/attest.rs) check kiln's SBOMs with real validators from PyPI
+# (spdx-tools' pyspdxtools, cyclonedx-python-lib's JSON validator) and its cosign-format keys
+# and signatures against an independent implementation (PyNaCl + pyca/cryptography), all in
+# one venv. pip uses the host's CA bundle where the system has one.
+venv=/opt/kiln-validators
+if ! "$venv/bin/python" -c 'import spdx_tools, cyclonedx.validation.json, nacl.secret, cryptography' 2>/dev/null; then
+  /usr/bin/python3 -m venv "$venv"
+  cert=(); [[ -r /etc/ssl/certs/ca-certificates.crt ]] && cert=(--cert /etc/ssl/certs/ca-certificates.crt)
+  "$venv/bin/pip" install -q "${cert[@]}" spdx-tools 'cyclonedx-python-lib[json-validation]' pynacl cryptography
 fi
 id "$user" >/dev/null 2>&1 || useradd -m -s /bin/bash "$user"
 uid=$(id -u "$user")

@@ -11,6 +11,8 @@
 //! 7 `cli`.
 
 pub mod archive;
+pub mod artifact;
+pub mod attest;
 pub mod builder;
 pub mod cli;
 pub mod digest;

@@ -21,12 +21,15 @@ const LEVELS: &[(&str, u32)] = &[
     ("users", 0),
     ("sys", 0),
     ("events", 0),
+    ("artifact", 0),
     // 1: the local content store.
     ("store", 1),
     // 2: what moves layers and images in and out of the store.
     ("layer", 2),
     ("archive", 2),
     ("registry", 2),
+    // 2: SBOM, provenance and signatures of an image in the store.
+    ("attest", 2),
     // 3: the step's filesystem and its isolation.
     ("rootfs", 3),
     ("sandbox", 3),

@@ -32,8 +32,9 @@ pub fn import_archive(store: &Store, src: &Path) -> Result<Vec<(Option<String>, 
     ar.read(store, src)?;
     if let Some(index) = ar.small.get("index.json") {
         JsonKind::Manifest.check(&format!("index.json in {}", src.display()), index.len() as u64)?;
-        let index: Index = serde_json::from_slice(index)
+        let mut index: Index = serde_json::from_slice(index)
             .with_context(|| format!("index.json in {} is not a valid OCI image index", src.display()))?;
+        index.manifests.retain(|e| !crate::store::referrers::is_attachment(e));
         return import_index(store, &index, &format!("the archive {}", src.display()));
     }
     if let Some(manifest) = ar.small.get("manifest.json") {
@@ -422,8 +423,9 @@ fn import_layout_dir(store: &Store, dir: &Path) -> Result<Vec<(Option<String>, I
     let index_bytes = read_at_most(f, JsonKind::Manifest.cap())
         .with_context(|| format!("reading {}", ipath.display()))?
         .ok_or_else(|| JsonKind::Manifest.over_cap(&index_name))?;
-    let index: Index = serde_json::from_slice(&index_bytes)
+    let mut index: Index = serde_json::from_slice(&index_bytes)
         .with_context(|| format!("{} is not a valid OCI image index", ipath.display()))?;
+    index.manifests.retain(|e| !crate::store::referrers::is_attachment(e));
     let blobs = dir.join("blobs/sha256");
     for d in [dir.join("blobs"), blobs.clone()] {
         if fs::symlink_metadata(&d).is_ok_and(|m| !m.is_dir()) {

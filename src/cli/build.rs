@@ -106,6 +106,15 @@ pub struct BuildArgs {
     /// Look step results up in this registry repository (repeatable).
     #[arg(long = "cache-from", value_name = "REPO")]
     pub cache_from: Vec<String>,
+    /// Attach an SBOM of the image: spdx (default), cyclonedx, or both (spdx,cyclonedx).
+    #[arg(long, value_name = "FORMAT", num_args = 0..=1, default_missing_value = "spdx")]
+    pub sbom: Option<String>,
+    /// Attach SLSA v1 provenance (an in-toto statement; secret values never appear).
+    #[arg(long)]
+    pub provenance: bool,
+    /// Sign the image and its attestations with this cosign-format key ($COSIGN_PASSWORD).
+    #[arg(long = "sign-key", value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
 }
 
 pub fn run(g: &GlobalOpts, a: BuildArgs) -> Result<i32> {
@@ -240,15 +249,26 @@ pub fn run(g: &GlobalOpts, a: BuildArgs) -> Result<i32> {
             .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
         reporter: reporter.clone(),
     };
+    let want = super::attest::BuildAttest {
+        sbom: super::attest::parse_sbom_flag(a.sbom.as_deref())?,
+        provenance: a.provenance,
+        sign_key: a.sign_key.clone(),
+    };
+    let started = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let outcome = crate::builder::build(&store, &req)?;
     let Some(image) = outcome else { return Ok(0) };
+    if want.wanted() {
+        let facts = super::attest::BuildFacts { req: &req, started };
+        super::attest::after_build(&store, &image, &want, &facts)?;
+    }
     if a.push {
         let opts = g.registry_options(a.tls_verify, None);
         for t in &a.tags {
             let dest = crate::reference::Reference::parse(t)?;
             let say = |m: &str| reporter.info("registry", m);
-            crate::registry::push(&store, &image, &dest, &opts, Some(format), &say)
+            let pushed = crate::registry::push(&store, &image, &dest, &opts, Some(format), &say)
                 .with_context(|| format!("pushing {dest}"))?;
+            super::attest::push_attached(&store, &image, &dest, &opts, &pushed)?;
         }
     }
     if a.quiet {

@@ -437,6 +437,7 @@ pub fn save(g: &GlobalOpts, a: SaveArgs) -> Result<i32> {
         ArchiveFormat::DockerArchive => Transport::DockerArchive(a.output.clone(), None),
     };
     archive::export(&store, &img, &name, &dest)?;
+    crate::attest::layout::export(&store, &img, &dest)?;
     Ok(0)
 }
 

@@ -5,6 +5,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 
+mod attest;
 mod build;
 mod images;
 mod login;
@@ -151,6 +152,16 @@ pub enum Command {
     Fsck(maint::FsckArgs),
     /// Remove unnamed images, unused build cache, unreferenced blobs and unpacked layers.
     Prune(maint::PruneArgs),
+    /// Make a cosign-format key pair (cosign.key encrypted with $COSIGN_PASSWORD, cosign.pub).
+    GenerateKeyPair(attest::GenerateKeyPairArgs),
+    /// Sign an image (cosign format, stored as cosign does).
+    Sign(attest::SignArgs),
+    /// Verify an image's signatures (and, with --policy, its attestations).
+    Verify(attest::VerifyArgs),
+    /// Print the SBOM attached to an image.
+    Sbom(attest::SbomArgs),
+    /// List what refers to an image (SBOMs, provenance, signatures).
+    Attestations(attest::AttestationsArgs),
     /// Internal: the sandbox helper process (not for users).
     #[command(name = "__sandbox", hide = true)]
     Sandbox(run::SandboxArgs),
@@ -216,6 +227,11 @@ pub fn main() -> i32 {
         Command::Info(a) => run::info(&cli.global, a),
         Command::Fsck(a) => maint::fsck(&cli.global, a),
         Command::Prune(a) => maint::prune(&cli.global, a),
+        Command::GenerateKeyPair(a) => attest::generate_key_pair(&cli.global, a),
+        Command::Sign(a) => attest::sign_cmd(&cli.global, a),
+        Command::Verify(a) => attest::verify_cmd(&cli.global, a),
+        Command::Sbom(a) => attest::sbom_cmd(&cli.global, a),
+        Command::Attestations(a) => attest::attestations_cmd(&cli.global, a),
         Command::Sandbox(a) => run::sandbox(a),
     };
     match result {

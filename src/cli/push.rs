@@ -69,6 +69,7 @@ pub fn run(g: &GlobalOpts, a: PushArgs) -> Result<i32> {
             bail!("--format applies to registry pushes; an archive keeps the stored manifest format");
         }
         crate::archive::export(&store, &image, &source_name, &t).with_context(|| format!("writing {dest}"))?;
+        crate::attest::layout::export(&store, &image, &t).with_context(|| format!("writing {dest}"))?;
         image.manifest_digest.clone()
     } else {
         push_registry(g, &store, &image, &dest, &a, &progress)?
@@ -97,5 +98,7 @@ fn push_registry(
         FormatArg::Oci => ManifestFormat::Oci,
         FormatArg::Docker => ManifestFormat::Docker,
     });
-    registry::push(store, image, &reference, &opts, format, progress)
+    let pushed = registry::push(store, image, &reference, &opts, format, progress)?;
+    super::attest::push_attached(store, image, &reference, &opts, &pushed)?;
+    Ok(pushed)
 }

@@ -11,6 +11,7 @@ pub mod client;
 pub mod platform;
 mod pull;
 mod push;
+pub mod referrers;
 
 pub(crate) use pull::fetch_blob;
 pub use pull::pull;

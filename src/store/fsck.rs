@@ -324,7 +324,7 @@ pub fn fsck(store: &Store, opts: &FsckOptions) -> Result<FsckReport> {
     // Refs.
     if let Some(idx) = &index {
         rep.images = idx.manifests.len();
-        for e in &idx.manifests {
+        for e in idx.manifests.iter().filter(|e| !super::referrers::is_attachment(e)) {
             let label = e
                 .annotations
                 .get(crate::image::ANNOTATION_REF_NAME)

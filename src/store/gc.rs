@@ -421,7 +421,9 @@ pub struct CacheRef {
 
 /// Is an index entry named (by the standard or kiln's annotation)?
 pub fn is_named(e: &Descriptor) -> bool {
-    e.annotations.contains_key(ANNOTATION_REF_NAME) || e.annotations.contains_key(ANNOTATION_KILN_REF_NAME)
+    e.annotations.contains_key(ANNOTATION_REF_NAME)
+        || e.annotations.contains_key(ANNOTATION_KILN_REF_NAME)
+        || super::referrers::is_attachment(e)
 }
 
 /// Adds everything `d` (a manifest or index) references to `blobs` and `diff_ids`. Missing or
@@ -643,6 +645,9 @@ pub fn prune(store: &Store, opts: &PruneOptions) -> Result<PruneReport> {
         })?;
     }
     rep.images = dangling;
+    if !dry {
+        store.remove_orphan_attachments()?;
+    }
 
     // 3. Cache entries: broken ones always, every one with --all.
     let r = roots(store)?;

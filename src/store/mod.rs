@@ -36,6 +36,7 @@ pub mod cache;
 pub mod fsck;
 pub mod gc;
 pub mod layers;
+pub mod referrers;
 
 /// The content of the `oci-layout` file.
 pub const OCI_LAYOUT_JSON: &str = r#"{"imageLayoutVersion":"1.0.0"}"#;
@@ -642,7 +643,7 @@ impl Store {
     /// index.json entries without the OCI views of Docker manifests (see [`Store::tag`]).
     fn entries(&self) -> Result<Vec<Descriptor>> {
         let mut m = self.read_index()?.manifests;
-        m.retain(|e| !e.annotations.contains_key(ANNOTATION_OCI_VIEW_OF));
+        m.retain(|e| !e.annotations.contains_key(ANNOTATION_OCI_VIEW_OF) && !referrers::is_attachment(e));
         Ok(m)
     }
 

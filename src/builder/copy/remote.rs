@@ -52,6 +52,7 @@ pub(super) fn download(url: &str, checksum: Option<&str>) -> Result<Arc<Download
         }
     };
     drop(guard);
+    crate::attest::materials::record_url(url, &d.digest);
     if let Some(c) = checksum {
         let want = Digest::parse(c).with_context(|| format!("ADD --checksum={c}: expected sha256:<64 hex digits>"))?;
         if want.as_str() != d.digest {
@@ -218,6 +219,14 @@ pub(super) fn git_checkout(spec: &str, keep_git_dir: bool) -> Result<(Arc<tempfi
     if d.join(".gitmodules").exists() {
         git(&["submodule", "update", "-q", "--init", "--recursive", "--depth", "1"])
             .with_context(|| format!("ADD {spec}: updating submodules"))?;
+    }
+    if let Ok(o) = std::process::Command::new("git")
+        .arg("-C")
+        .arg(d)
+        .args(["rev-parse", "HEAD"])
+        .output()
+    {
+        crate::attest::materials::record_git(url, reference, &String::from_utf8_lossy(&o.stdout));
     }
     if !keep_git_dir {
         fs::remove_dir_all(d.join(".git")).context("removing .git from a clone")?;
