@@ -43,21 +43,31 @@ pub struct UnpackStats {
 }
 
 impl UnpackStats {
-    pub(super) fn report(&self, dest: &Path) {
+    /// The warnings this unpack deserves (what could not be restored in `dest`), sent to
+    /// `reporter`.
+    pub(super) fn report(&self, dest: &Path, reporter: &crate::events::Reporter) {
+        for w in self.warnings(dest) {
+            reporter.warn("layer", w);
+        }
+    }
+
+    pub(super) fn warnings(&self, dest: &Path) -> Vec<String> {
+        let mut out = Vec::new();
         if self.skipped_devices > 0 {
-            eprintln!(
-                "warning: {} device node(s) not created in {} (mknod is not permitted in a user namespace)",
+            out.push(format!(
+                "{} device node(s) not created in {} (mknod is not permitted in a user namespace)",
                 self.skipped_devices,
                 dest.display()
-            );
+            ));
         }
         if self.skipped_xattrs > 0 {
-            eprintln!(
-                "warning: {} extended attribute(s) could not be set in {}",
+            out.push(format!(
+                "{} extended attribute(s) could not be set in {}",
                 self.skipped_xattrs,
                 dest.display()
-            );
+            ));
         }
+        out
     }
 }
 
