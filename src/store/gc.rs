@@ -45,6 +45,7 @@ static HELD: Mutex<Vec<Held>> = Mutex::new(Vec::new());
 
 fn flock_raw(f: &File, op: libc::c_int) -> std::io::Result<()> {
     loop {
+        // SAFETY: the fd is open (owned by `f`, borrowed for the call); flock takes only integers.
         if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
             return Ok(());
         }
