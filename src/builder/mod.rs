@@ -631,6 +631,7 @@ fn ensure_unpacked(
         compression,
         &target,
         ownership,
+        store.reporter(),
     )
     .with_context(|| format!("unpacking layer {}", desc.digest))?;
     if &got != diff_id {

@@ -105,6 +105,7 @@ fn apply_layers(b: &Builder, state: &StageState, dest: &std::path::Path) -> Resu
                 chown: None,
                 keep_whiteouts_as_files: false,
                 ownership: b.layer_opts.ownership,
+                reporter: b.store.reporter().clone(),
             },
         )
         .with_context(|| format!("applying layer {} to {}", desc.digest, dest.display()))?;

@@ -96,9 +96,9 @@ impl GlobalOpts {
         Ok(PathBuf::from(home).join(".local/share/kiln"))
     }
 
-    /// Opens the store at the storage root.
+    /// Opens the store at the storage root; its notices and warnings go to [`Self::reporter`].
     pub fn store(&self) -> Result<crate::store::Store> {
-        crate::store::Store::open(&self.store_root()?)
+        crate::store::Store::open_reporting(&self.store_root()?, self.reporter())
     }
 }
 
@@ -190,6 +190,15 @@ pub fn main() -> i32 {
         return 125;
     }
     let cli = Cli::parse();
+    // Decompression bounds (KILN_MAX_LAYER_SIZE, KILN_MAX_COMPRESSION_RATIO,
+    // KILN_RATIO_CHECK_AFTER): read here, a bad value is an error.
+    match crate::layer::bomb::Limits::from_env(&|k| std::env::var(k).ok()) {
+        Ok(l) => crate::layer::bomb::configure(l),
+        Err(e) => {
+            eprintln!("kiln: error: {e:#}");
+            return 125;
+        }
+    }
     if cli.command.needs_userns()
         && let Ok(root) = cli.global.store_root()
     {

@@ -15,7 +15,7 @@ use std::io::{self, BufRead, Read};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The bounds in force (from the environment, read once per call).
+/// The bounds in force (see [`configure`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     pub max_bytes: u64,
@@ -34,26 +34,42 @@ impl Default for Limits {
     }
 }
 
-fn env_size(name: &str) -> Option<u64> {
-    let v = std::env::var(name).ok()?;
-    match crate::fsutil::size::parse_size(&v) {
-        Ok(n) => Some(n),
-        Err(e) => {
-            eprintln!("kiln: warning: ignoring {name}: {e:#}");
-            None
-        }
+impl Limits {
+    /// The limits from the environment variables named above (`env` looks one up), unset
+    /// ones at their default. A value that does not parse is an error naming the variable.
+    /// The CLI calls this; the library reads no variable.
+    pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Limits> {
+        let d = Limits::default();
+        let get = |name: &str, default: u64| -> anyhow::Result<u64> {
+            match env(name) {
+                None => Ok(default),
+                Some(v) => crate::fsutil::size::parse_size(&v)
+                    .map_err(|e| anyhow::anyhow!("{name}={v:?} is not a valid size: {e:#}")),
+            }
+        };
+        Ok(Limits {
+            max_bytes: get("KILN_MAX_LAYER_SIZE", d.max_bytes)?,
+            max_ratio: get("KILN_MAX_COMPRESSION_RATIO", d.max_ratio)?,
+            ratio_after: get("KILN_RATIO_CHECK_AFTER", d.ratio_after)?,
+        })
     }
 }
 
-impl Limits {
-    pub fn from_env() -> Limits {
-        let d = Limits::default();
-        Limits {
-            max_bytes: env_size("KILN_MAX_LAYER_SIZE").unwrap_or(d.max_bytes),
-            max_ratio: env_size("KILN_MAX_COMPRESSION_RATIO").unwrap_or(d.max_ratio),
-            ratio_after: env_size("KILN_RATIO_CHECK_AFTER").unwrap_or(d.ratio_after),
-        }
-    }
+/// The limits of this process, set once by the caller (the CLI, from the environment) before
+/// any stream is read; [`Limits::default`] until then. A process-wide setting rather than an
+/// option of every call: decompression happens in layer, archive and the builder's ADD, deep
+/// below options structs that do not otherwise need it, and the bounds are a policy of the
+/// whole invocation (like the thread pool size), not of one call.
+static LIMITS: std::sync::OnceLock<Limits> = std::sync::OnceLock::new();
+
+/// Sets the process's limits. Only the first call has an effect.
+pub fn configure(limits: Limits) {
+    let _ = LIMITS.set(limits);
+}
+
+/// The limits in force (see [`configure`]).
+pub fn limits() -> Limits {
+    LIMITS.get().copied().unwrap_or_default()
 }
 
 /// Counts the compressed bytes a decoder consumes.
@@ -100,7 +116,7 @@ pub struct Bounded<R> {
 
 /// Bounds the decoder output `r`, whose compressed input is counted by `input`.
 pub fn bounded<R: Read>(r: R, input: InputCount) -> Bounded<R> {
-    bounded_with(r, input, Limits::from_env())
+    bounded_with(r, input, limits())
 }
 
 pub fn bounded_with<R: Read>(r: R, input: InputCount, limits: Limits) -> Bounded<R> {
@@ -184,5 +200,16 @@ mod tests {
         let (c, n) = counted(&gz[..]);
         let mut r = bounded_with(flate2::read::GzDecoder::new(c), n, Limits::default());
         assert_eq!(io::copy(&mut r, &mut io::sink()).unwrap(), 64 << 20);
+    }
+
+    #[test]
+    fn limits_from_env() {
+        let none = |_: &str| None;
+        assert_eq!(Limits::from_env(&none).unwrap(), Limits::default());
+        let env = |k: &str| (k == "KILN_MAX_LAYER_SIZE").then(|| "10MiB".to_string());
+        assert_eq!(Limits::from_env(&env).unwrap().max_bytes, 10 << 20);
+        let bad = |k: &str| (k == "KILN_MAX_COMPRESSION_RATIO").then(|| "lots".to_string());
+        let err = Limits::from_env(&bad).unwrap_err().to_string();
+        assert!(err.contains("KILN_MAX_COMPRESSION_RATIO"), "{err}");
     }
 }

@@ -218,11 +218,13 @@ impl<W: Write + Send + 'static> Write for Encoder<W> {
 /// [`Ownership::Emulated`], owners and device nodes that cannot be had are recorded instead.
 ///
 /// Decompression and hashing run in a second thread, overlapped with writing the files.
+/// What could not be restored (device nodes, xattrs) is a warning to `reporter`.
 pub fn unpack_to_lower(
     blob: impl Read + Send,
     compression: Compression,
     dest: &Path,
     ownership: Ownership,
+    reporter: &crate::events::Reporter,
 ) -> Result<Digest> {
     std::thread::scope(|s| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(8);
@@ -268,7 +270,7 @@ pub fn unpack_to_lower(
             .map_err(|_| anyhow::anyhow!("the decompressor thread panicked"))?;
         let stats = unpacked.with_context(|| format!("unpacking a layer into {}", dest.display()))?;
         drained.context("reading the end of the layer stream")?;
-        stats.report(dest);
+        stats.report(dest, reporter);
         digest
     })
 }
@@ -321,6 +323,8 @@ pub struct ApplyOptions {
     pub keep_whiteouts_as_files: bool,
     /// Whether owners that cannot be had are recorded (see [`unpack_to_lower`]).
     pub ownership: Ownership,
+    /// Where the warnings go (device nodes and xattrs that could not be restored).
+    pub reporter: crate::events::Reporter,
 }
 
 /// Apply a tar stream onto an existing rootfs dir (whiteouts delete) — for -o type=local, ADD
@@ -334,7 +338,7 @@ pub fn apply(r: impl Read, dest: &Path, opts: &ApplyOptions) -> Result<()> {
     let mut r = r;
     let stats = unpack::unpack(&mut r, dest, mode, opts.chown, opts.ownership)
         .with_context(|| format!("extracting an archive into {}", dest.display()))?;
-    stats.report(dest);
+    stats.report(dest, &opts.reporter);
     Ok(())
 }
 

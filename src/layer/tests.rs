@@ -135,7 +135,14 @@ fn round_trip_upper_to_lower() {
 
     let dest = t.path().join("lower");
     fs::create_dir(&dest).unwrap();
-    let got = unpack_to_lower(Cursor::new(&blob), Compression::Gzip, &dest, Ownership::Kernel).unwrap();
+    let got = unpack_to_lower(
+        Cursor::new(&blob),
+        Compression::Gzip,
+        &dest,
+        Ownership::Kernel,
+        &crate::events::Reporter::silent(),
+    )
+    .unwrap();
     assert_eq!(got, diff_id);
     assert_eq!(fs::read(dest.join("a/f")).unwrap(), b"hello world\n");
     assert_eq!(fs::metadata(dest.join("a/f")).unwrap().mode() & 0o7777, 0o640);
@@ -232,7 +239,14 @@ fn all_compressions_round_trip() {
         let dest = t.path().join(format!("d{c:?}"));
         fs::create_dir(&dest).unwrap();
         assert_eq!(
-            unpack_to_lower(Cursor::new(&blob), c, &dest, Ownership::Kernel).unwrap(),
+            unpack_to_lower(
+                Cursor::new(&blob),
+                c,
+                &dest,
+                Ownership::Kernel,
+                &crate::events::Reporter::silent()
+            )
+            .unwrap(),
             diff_id
         );
         assert_eq!(fs::read(dest.join("f")).unwrap().len(), 1_000_000);
@@ -423,7 +437,13 @@ fn hostile(tar: &[u8]) -> (Result<Digest>, tempfile::TempDir) {
     let dest = root.join("dest");
     fs::create_dir_all(&dest).unwrap();
     fs::write(root.join("secret"), b"secret").unwrap();
-    let r = unpack_to_lower(Cursor::new(tar.to_vec()), Compression::None, &dest, Ownership::Kernel);
+    let r = unpack_to_lower(
+        Cursor::new(tar.to_vec()),
+        Compression::None,
+        &dest,
+        Ownership::Kernel,
+        &crate::events::Reporter::silent(),
+    );
     let mut outside: Vec<_> = fs::read_dir(t.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -576,12 +596,22 @@ fn truncated_and_garbage_streams_fail() {
             Cursor::new(&blob[..blob.len() / 2]),
             Compression::Gzip,
             &d,
-            Ownership::Kernel
+            Ownership::Kernel,
+            &crate::events::Reporter::silent()
         )
         .is_err()
     );
     // A stream not in the declared compression fails.
-    assert!(unpack_to_lower(Cursor::new(&full), Compression::Gzip, &d, Ownership::Kernel).is_err());
+    assert!(
+        unpack_to_lower(
+            Cursor::new(&full),
+            Compression::Gzip,
+            &d,
+            Ownership::Kernel,
+            &crate::events::Reporter::silent()
+        )
+        .is_err()
+    );
 }
 
 #[test]
@@ -662,7 +692,14 @@ fn deep_and_long_paths() {
     let dest = dir.path().join("d");
     fs::create_dir(&dest).unwrap();
     assert_eq!(
-        unpack_to_lower(Cursor::new(&blob), Compression::Gzip, &dest, Ownership::Kernel).unwrap(),
+        unpack_to_lower(
+            Cursor::new(&blob),
+            Compression::Gzip,
+            &dest,
+            Ownership::Kernel,
+            &crate::events::Reporter::silent()
+        )
+        .unwrap(),
         diff_id
     );
     for q in &paths {
@@ -780,7 +817,14 @@ fn bench_commit_usr_lib() {
     fs::create_dir(&dest).unwrap();
     let (blob, _) = layer_of(&upper, &[], &LayerOptions::default());
     let start = std::time::Instant::now();
-    unpack_to_lower(Cursor::new(blob), Compression::Gzip, &dest, Ownership::Kernel).unwrap();
+    unpack_to_lower(
+        Cursor::new(blob),
+        Compression::Gzip,
+        &dest,
+        Ownership::Kernel,
+        &crate::events::Reporter::silent(),
+    )
+    .unwrap();
     let wall = start.elapsed().as_secs_f64();
     println!(
         "unpack_to_lower (gzip default): {:.0} MB/s wall",
@@ -830,7 +874,14 @@ fn very_deep_tree_and_huge_names() {
     let tar = tw.finish().unwrap();
     let t = tempfile::tempdir().unwrap();
     let start = std::time::Instant::now();
-    let id = unpack_to_lower(Cursor::new(&tar), Compression::None, t.path(), Ownership::Kernel).unwrap();
+    let id = unpack_to_lower(
+        Cursor::new(&tar),
+        Compression::None,
+        t.path(),
+        Ownership::Kernel,
+        &crate::events::Reporter::silent(),
+    )
+    .unwrap();
     assert_eq!(id, Digest::of(&tar));
     assert!(start.elapsed().as_secs() < 60, "deep tree took {:?}", start.elapsed());
     assert!(t.path().join("top").is_file());
@@ -915,7 +966,14 @@ fn kernel_overlay_round_trip() {
 
     let l2 = d("l2");
     assert_eq!(
-        unpack_to_lower(Cursor::new(&blob), Compression::Gzip, &l2, Ownership::Kernel).unwrap(),
+        unpack_to_lower(
+            Cursor::new(&blob),
+            Compression::Gzip,
+            &l2,
+            Ownership::Kernel,
+            &crate::events::Reporter::silent()
+        )
+        .unwrap(),
         diff_id
     );
     let view = d("view");

@@ -43,21 +43,31 @@ pub struct UnpackStats {
 }
 
 impl UnpackStats {
-    pub(super) fn report(&self, dest: &Path) {
+    /// The warnings this unpack deserves (what could not be restored in `dest`), sent to
+    /// `reporter`.
+    pub(super) fn report(&self, dest: &Path, reporter: &crate::events::Reporter) {
+        for w in self.warnings(dest) {
+            reporter.warn("layer", w);
+        }
+    }
+
+    pub(super) fn warnings(&self, dest: &Path) -> Vec<String> {
+        let mut out = Vec::new();
         if self.skipped_devices > 0 {
-            eprintln!(
-                "warning: {} device node(s) not created in {} (mknod is not permitted in a user namespace)",
+            out.push(format!(
+                "{} device node(s) not created in {} (mknod is not permitted in a user namespace)",
                 self.skipped_devices,
                 dest.display()
-            );
+            ));
         }
         if self.skipped_xattrs > 0 {
-            eprintln!(
-                "warning: {} extended attribute(s) could not be set in {}",
+            out.push(format!(
+                "{} extended attribute(s) could not be set in {}",
                 self.skipped_xattrs,
                 dest.display()
-            );
+            ));
         }
+        out
     }
 }
 
@@ -73,6 +83,8 @@ fn cstring(b: &[u8]) -> Result<CString> {
 }
 
 fn open_dir_path(dirfd: RawFd, name: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for it; the new
+    // fd is checked (cvt) before it gets an owner.
     let fd = cvt(unsafe {
         libc::openat(
             dirfd,
@@ -80,23 +92,32 @@ fn open_dir_path(dirfd: RawFd, name: &CStr) -> io::Result<OwnedFd> {
             libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
         )
     })?;
+    // SAFETY: the fd was just returned by a successful call (checked) and has no other owner, so it is
+    // closed once.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn lstat_at(dirfd: RawFd, name: &CStr) -> io::Result<libc::stat> {
+    // SAFETY: a C struct of integers: all-zero bytes are a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for it; `st` is
+    // a writable `stat` the call fills.
     cvt(unsafe { libc::fstatat(dirfd, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) })?;
     Ok(st)
 }
 
 fn fstat(fd: RawFd) -> io::Result<libc::stat> {
+    // SAFETY: a C struct of integers: all-zero bytes are a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is open for the call and `st` is a writable `stat` the call fills.
     cvt(unsafe { libc::fstat(fd, &mut st) })?;
     Ok(st)
 }
 
 fn readlink_at(dirfd: RawFd, name: &CStr) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; 4096];
+    // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for it; `buf`
+    // is writable for `buf.len()` bytes, the most the call writes.
     let n = unsafe { libc::readlinkat(dirfd, name.as_ptr(), buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
     if n < 0 {
         return Err(io::Error::last_os_error());
@@ -139,9 +160,13 @@ struct Resolver {
 impl Resolver {
     fn new(root: &Path) -> Result<Resolver> {
         let c = CString::new(std::os::unix::ffi::OsStrExt::as_bytes(root.as_os_str()))?;
+        // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for it; the
+        // new fd is checked (cvt) before it gets an owner.
         let fd = cvt(unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) })
             .with_context(|| format!("opening {}", root.display()))?;
         Ok(Resolver {
+            // SAFETY: the fd was just returned by a successful call (checked) and has no other owner, so it
+            // is closed once.
             root: unsafe { OwnedFd::from_raw_fd(fd) },
             stack: Vec::new(),
         })
@@ -215,6 +240,8 @@ impl Resolver {
                     if !create {
                         return Ok(None);
                     }
+                    // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open
+                    // for it.
                     match cvt(unsafe { libc::mkdirat(self.top(), name.as_ptr(), 0o755) }) {
                         Ok(_) => {}
                         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
@@ -310,6 +337,7 @@ pub(super) fn unpack(
     };
     if mode == Mode::Lower {
         // A layer root is 0755 unless the archive says otherwise ("./" entry).
+        // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for it.
         cvt(unsafe { libc::fchmodat(u.res.root.as_raw_fd(), c".".as_ptr(), 0o755, 0) })
             .with_context(|| format!("setting the mode of {}", dest.display()))?;
     }
@@ -417,7 +445,11 @@ impl Unpacker {
                 .res
                 .dir(tparent, false)?
                 .with_context(|| format!("hardlink target {:?} does not exist", show(l)))?;
+            // SAFETY: the fd is open for the call (owned here or by a live handle); the call reads no
+            // memory of ours.
             let dup = cvt(unsafe { libc::fcntl(tfd, libc::F_DUPFD_CLOEXEC, 0) })?;
+            // SAFETY: the fd was just returned by a successful call (checked) and has no other owner, so it
+            // is closed once.
             Some((unsafe { OwnedFd::from_raw_fd(dup) }, cstring(tlast)?, l.to_vec()))
         } else {
             None
@@ -443,6 +475,8 @@ impl Unpacker {
         }
         match kind {
             T::Regular | T::Continuous | T::GNUSparse => {
+                // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for
+                // it; the new fd is checked (cvt) before it gets an owner.
                 let fd = cvt(unsafe {
                     libc::openat(
                         pfd,
@@ -452,18 +486,25 @@ impl Unpacker {
                     )
                 })
                 .context("creating the file")?;
+                // SAFETY: the fd was just returned by a successful call (checked) and has no other owner,
+                // so it is closed once.
                 let mut f = unsafe { File::from_raw_fd(fd) };
                 copy_sparse(entry, &mut f).context("writing the file")?;
                 self.set_owner(f.as_raw_fd(), c"", &meta, false)?;
+                // SAFETY: the fd is open for the call (owned here or by a live handle); the call reads no
+                // memory of ours.
                 cvt(unsafe { libc::fchmod(f.as_raw_fd(), meta.mode) }).context("setting the mode")?;
                 self.set_xattrs_fd(&f, &meta)?;
                 let ts = libc::timespec {
                     tv_sec: meta.mtime.0 as libc::time_t,
                     tv_nsec: meta.mtime.1 as libc::c_long,
                 };
+                // SAFETY: the fd is open for the call and the times point to a live array of two timespecs.
                 cvt(unsafe { libc::futimens(f.as_raw_fd(), [ts, ts].as_ptr()) }).context("setting the mtime")?;
             }
             T::Directory => {
+                // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for
+                // it.
                 match cvt(unsafe { libc::mkdirat(pfd, name.as_ptr(), 0o700) }) {
                     Ok(_) => {}
                     Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
@@ -475,6 +516,8 @@ impl Unpacker {
             }
             T::Symlink => {
                 let target = cstring(link.as_deref().context("symlink entry without a target")?)?;
+                // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for
+                // it.
                 cvt(unsafe { libc::symlinkat(target.as_ptr(), pfd, name.as_ptr()) }).context("creating the symlink")?;
                 self.set_owner(pfd, &name, &meta, true)?;
                 self.set_xattrs_at(pfd, last, &meta, false)?;
@@ -482,6 +525,8 @@ impl Unpacker {
             }
             T::Link => {
                 let (tfd, tname, tpath) = link_target.expect("resolved above");
+                // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for
+                // it.
                 cvt(unsafe { libc::linkat(tfd.as_raw_fd(), tname.as_ptr(), pfd, name.as_ptr(), 0) })
                     .with_context(|| format!("creating a hardlink to {:?}", show(&tpath)))?;
             }
@@ -491,12 +536,16 @@ impl Unpacker {
                     T::Char => (libc::S_IFCHR, libc::makedev(dev.0, dev.1)),
                     _ => (libc::S_IFBLK, libc::makedev(dev.0, dev.1)),
                 };
+                // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for
+                // it.
                 match cvt(unsafe { libc::mknodat(pfd, name.as_ptr(), fmt | (meta.mode & 0o777), rdev) }) {
                     Ok(_) => {}
                     Err(e)
                         if e.raw_os_error() == Some(libc::EPERM) && kind != T::Fifo && self.ownership.is_emulated() =>
                     {
                         // Ownership emulation: an empty file records the device for layers.
+                        // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are
+                        // open for it; the new fd is checked (cvt) before it gets an owner.
                         let fd = cvt(unsafe {
                             libc::openat(
                                 pfd,
@@ -506,6 +555,8 @@ impl Unpacker {
                             )
                         })
                         .context("creating the file that records a device node")?;
+                        // SAFETY: the fd was just returned by a successful call (checked) and has no other
+                        // owner, so it is closed once.
                         let f = unsafe { File::from_raw_fd(fd) };
                         let rec = overlay::format_dev(kind != T::Char, dev.0, dev.1);
                         xattr_set_fd(f.as_raw_fd(), super::DEV_XATTR.as_bytes(), rec.as_bytes())
@@ -518,6 +569,8 @@ impl Unpacker {
                     Err(e) => return Err(e).context("creating the special file"),
                 }
                 self.set_owner(pfd, &name, &meta, true)?;
+                // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for
+                // it.
                 cvt(unsafe { libc::fchmodat(pfd, name.as_ptr(), meta.mode, 0) }).context("setting the mode")?;
                 self.set_xattrs_at(pfd, last, &meta, false)?;
                 set_times(pfd, &name, meta.mtime, libc::AT_SYMLINK_NOFOLLOW).context("setting the mtime")?;
@@ -557,6 +610,9 @@ impl Unpacker {
                         }
                     }
                     let pfd = self.res.dir(parent, false)?.context("opaque directory vanished")?;
+                    // SAFETY: `pfd` is an open directory fd borrowed for the call; the duplicate
+                    // F_DUPFD_CLOEXEC returns is checked by cvt and owned by nothing else, so the OwnedFd
+                    // closes it exactly once.
                     let dup = unsafe { OwnedFd::from_raw_fd(cvt(libc::fcntl(pfd, libc::F_DUPFD_CLOEXEC, 0))?) };
                     for n in victims {
                         let st = lstat_at(dup.as_raw_fd(), &cstring(&n)?)?;
@@ -587,6 +643,8 @@ impl Unpacker {
                     self.remove(pfd, target, is_type(&st, libc::S_IFDIR))?;
                 }
                 let pfd = self.res.dir(parent, true)?.expect("created");
+                // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for
+                // it.
                 cvt(unsafe { libc::mknodat(pfd, tname.as_ptr(), libc::S_IFCHR, libc::makedev(0, 0)) })
                     .context("creating an overlay whiteout (char device 0:0)")?;
                 set_times(pfd, &tname, mtime, libc::AT_SYMLINK_NOFOLLOW).context("setting the mtime of a whiteout")?;
@@ -614,6 +672,7 @@ impl Unpacker {
                 .with_context(|| format!("removing directory {}", show(name)))?;
         } else {
             let c = cstring(name)?;
+            // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for it.
             cvt(unsafe { libc::unlinkat(dirfd, c.as_ptr(), 0) }).with_context(|| format!("removing {}", show(name)))?;
         }
         Ok(())
@@ -644,6 +703,7 @@ impl Unpacker {
         } else {
             libc::AT_SYMLINK_NOFOLLOW
         };
+        // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for it.
         match cvt(unsafe { libc::fchownat(dirfd, name.as_ptr(), m.uid, m.gid, flags) }) {
             Ok(_) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) && self.ownership.is_emulated() => {
@@ -740,6 +800,7 @@ impl Unpacker {
                 Ok(st) if is_type(&st, libc::S_IFDIR) => {}
                 _ => continue,
             }
+            // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for it.
             cvt(unsafe { libc::fchmodat(fd, name.as_ptr(), *mode, 0) })
                 .with_context(|| format!("setting the mode of directory {:?}", show(path)))?;
             set_times(fd, &name, *mtime, libc::AT_SYMLINK_NOFOLLOW)
@@ -750,13 +811,19 @@ impl Unpacker {
 }
 
 fn reopen_dir(fd: RawFd) -> Result<OwnedFd> {
+    // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for it; the new
+    // fd is checked (cvt) before it gets an owner.
     let r = cvt(unsafe { libc::openat(fd, c".".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) })
         .context("opening a directory")?;
+    // SAFETY: the fd was just returned by a successful call (checked) and has no other owner, so it is
+    // closed once.
     Ok(unsafe { OwnedFd::from_raw_fd(r) })
 }
 
 fn xattr_set_fd(fd: RawFd, name: &[u8], value: &[u8]) -> io::Result<()> {
     let n = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `fd` is open for the call, the name is a NUL-terminated C string and the value pointer and
+    // length come from one live slice; the kernel only reads them.
     cvt(unsafe { libc::fsetxattr(fd, n.as_ptr(), value.as_ptr() as *const libc::c_void, value.len(), 0) })?;
     Ok(())
 }
@@ -767,6 +834,8 @@ fn set_times(dirfd: RawFd, name: &CStr, (secs, nanos): (i64, i64), flags: libc::
         tv_nsec: nanos as libc::c_long,
     };
     let times = [ts, ts];
+    // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for it; the
+    // times point to a live array of two timespecs.
     cvt(unsafe { libc::utimensat(dirfd, name.as_ptr(), times.as_ptr(), flags) })?;
     Ok(())
 }

@@ -60,6 +60,7 @@ pub fn verify_against_blob(
         compression,
         &fresh,
         ownership,
+        store.reporter(),
     )
     .with_context(|| format!("unpacking layer {}", desc.digest))?;
     if &got != diff_id {
@@ -229,7 +230,8 @@ mod tests {
             let c = Compression::of_media_type(&l.media_type).unwrap();
             let blob = std::io::BufReader::new(s.open_blob(&l.digest).unwrap());
             assert_eq!(
-                &super::super::unpack_to_lower(blob, c, &dir, Ownership::Kernel).unwrap(),
+                &super::super::unpack_to_lower(blob, c, &dir, Ownership::Kernel, &crate::events::Reporter::silent())
+                    .unwrap(),
                 d
             );
             s.publish_layer(&dir, d).unwrap();

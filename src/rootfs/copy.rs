@@ -234,12 +234,14 @@ fn cpath(p: &Path) -> CString {
 /// Copies owner, mode, xattrs (minus overlay bookkeeping) and times of `md` (from `src`) onto `dst`.
 fn copy_meta(src: &Path, dst: &Path, md: &std::fs::Metadata) -> Result<()> {
     let c = cpath(dst);
+    // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for it.
     if unsafe { libc::lchown(c.as_ptr(), md.uid(), md.gid()) } != 0 {
         let e = std::io::Error::last_os_error();
         return Err(e).with_context(|| format!("cannot chown {} to {}:{}", dst.display(), md.uid(), md.gid()));
     }
     if !md.file_type().is_symlink() {
         let mode = md.mode() & 0o7777;
+        // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for it.
         if unsafe { libc::chmod(c.as_ptr(), mode) } != 0 {
             return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot chmod {}", dst.display()));
         }
@@ -276,6 +278,7 @@ fn copy_leaf(src: &Path, dst: &Path, md: &std::fs::Metadata, links: &mut HashMap
         std::os::unix::fs::symlink(&t, dst).with_context(|| format!("cannot create symlink {}", dst.display()))?;
     } else if ft.is_fifo() || ft.is_char_device() || ft.is_block_device() {
         let c = cpath(dst);
+        // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for it.
         if unsafe { libc::mknod(c.as_ptr(), md.mode(), md.rdev()) } != 0 {
             return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot create {}", dst.display()));
         }
@@ -459,6 +462,8 @@ impl Differ<'_> {
                     self.ensure_upper_dir(rel)?;
                     let w = self.st.upper.join(rel).join(name);
                     let c = cpath(&w);
+                    // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open
+                    // for it.
                     if unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, 0) } != 0 {
                         let e = std::io::Error::last_os_error();
                         return Err(e).with_context(|| {

@@ -45,6 +45,7 @@ static HELD: Mutex<Vec<Held>> = Mutex::new(Vec::new());
 
 fn flock_raw(f: &File, op: libc::c_int) -> std::io::Result<()> {
     loop {
+        // SAFETY: the fd is open (owned by `f`, borrowed for the call); flock takes only integers.
         if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
             return Ok(());
         }
@@ -74,7 +75,7 @@ fn proc_lock_path(root: &Path, pid: u32) -> PathBuf {
 
 /// Registers this process as a user of the store at `root` (idempotent per process and root).
 /// Waits while a `kiln prune` or `kiln fsck --repair` holds the store.
-pub fn register(root: &Path) -> Result<()> {
+pub fn register(root: &Path, reporter: &crate::events::Reporter) -> Result<()> {
     let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
     if held.iter().any(|h| h.root == root) {
         return Ok(());
@@ -85,9 +86,12 @@ pub fn register(root: &Path) -> Result<()> {
         if !would_block(&e) {
             return Err(e).with_context(|| format!("locking {}", active_path.display()));
         }
-        eprintln!(
-            "kiln: waiting for a garbage collection (kiln prune / kiln fsck --repair) of {} to finish",
-            root.display()
+        reporter.info(
+            "store",
+            format!(
+                "waiting for a garbage collection (kiln prune / kiln fsck --repair) of {} to finish",
+                root.display()
+            ),
         );
         flock_raw(&active, libc::LOCK_SH).with_context(|| format!("locking {}", active_path.display()))?;
     }
@@ -236,7 +240,7 @@ impl Exclusive {
     /// Takes exclusive use of the store, or fails naming the processes that use it.
     /// With `wait`, blocks until they are done instead.
     pub fn acquire(store: &Store, wait: bool) -> Result<Exclusive> {
-        register(store.root())?;
+        register(store.root(), store.reporter())?;
         let store_lock = store.lock()?;
         let held = HELD.lock().unwrap_or_else(|e| e.into_inner());
         let h = held
@@ -689,7 +693,7 @@ pub fn prune(store: &Store, opts: &PruneOptions) -> Result<PruneReport> {
         rep.layers += 1;
         rep.layer_bytes += disk_usage(path);
         if !dry && let Err(e) = remove_layer_dir(store, path) {
-            eprintln!("kiln: warning: {e:#}");
+            store.reporter().warn("store", format!("{e:#}"));
         }
         false
     });
@@ -768,9 +772,12 @@ pub fn prune(store: &Store, opts: &PruneOptions) -> Result<PruneReport> {
             }
         }
         if size > limit {
-            eprintln!(
-                "kiln: the store still uses {} after pruning: named images are never removed by --keep-storage (remove them with kiln rmi)",
-                human(size)
+            store.reporter().info(
+                "store",
+                format!(
+                    "the store still uses {} after pruning: named images are never removed by --keep-storage (remove them with kiln rmi)",
+                    human(size)
+                ),
             );
         }
     }

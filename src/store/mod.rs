@@ -171,6 +171,9 @@ pub fn open_regular(path: &Path) -> io::Result<(File, u64)> {
 #[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
+    /// Where the store's notices and warnings go (waiting for a collector, a layer dir that
+    /// cannot be removed, what `--keep-storage` could not free). Silent by default.
+    reporter: crate::events::Reporter,
 }
 
 /// An exclusive lock on the whole store; released when dropped.
@@ -199,7 +202,14 @@ fn flock(path: &Path) -> Result<StoreLock> {
 
 impl Store {
     /// Opens the store at `root`, creating the layout and kiln's directories if missing.
+    /// Says nothing; see [`Store::open_reporting`].
     pub fn open(root: &Path) -> Result<Store> {
+        Store::open_reporting(root, crate::events::Reporter::silent())
+    }
+
+    /// Like [`Store::open`], with the notices and warnings of the store's operations (and of
+    /// the open itself: waiting for a garbage collection) sent to `reporter`.
+    pub fn open_reporting(root: &Path, reporter: crate::events::Reporter) -> Result<Store> {
         let root = if root.is_absolute() {
             root.to_path_buf()
         } else {
@@ -207,13 +217,13 @@ impl Store {
                 .context("finding the current directory")?
                 .join(root)
         };
-        let store = Store { root };
+        let store = Store { root, reporter };
         for d in ["blobs/sha256", "tmp", "layers", "cache", "locks"] {
             let p = store.root.join(d);
             fs::create_dir_all(&p).with_context(|| format!("creating the store directory {}", p.display()))?;
         }
         // Registered as a user of the store before anything is written (see gc).
-        gc::register(&store.root)?;
+        gc::register(&store.root, &store.reporter)?;
         store.clean_stale_tmp();
         let layout = store.root.join("oci-layout");
         if !layout.exists() {
@@ -252,6 +262,11 @@ impl Store {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Where this store's notices and warnings go.
+    pub fn reporter(&self) -> &crate::events::Reporter {
+        &self.reporter
     }
 
     fn index_path(&self) -> PathBuf {

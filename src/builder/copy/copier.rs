@@ -198,6 +198,7 @@ impl Copier {
             chown: self.chown,
             keep_whiteouts_as_files: true,
             ownership: self.ownership,
+            reporter: Default::default(),
         };
         let name = inside.file_name().unwrap_or_default().display().to_string();
         let mut counted = CountingReader { inner: reader, n: 0 };

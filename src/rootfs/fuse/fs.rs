@@ -54,13 +54,18 @@ fn cstring(b: &[u8]) -> io::Result<CString> {
 }
 
 fn stat_at(dirfd: RawFd, rel: &CStr) -> io::Result<libc::stat64> {
+    // SAFETY: a C struct of integers: all-zero bytes are a valid value.
     let mut st: libc::stat64 = unsafe { std::mem::zeroed() };
+    // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for it; `st` is
+    // a writable `stat64` the call fills.
     cvt(unsafe { libc::fstatat64(dirfd, rel.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) })?;
     Ok(st)
 }
 
 fn fstat(fd: RawFd) -> io::Result<libc::stat64> {
+    // SAFETY: a C struct of integers: all-zero bytes are a valid value.
     let mut st: libc::stat64 = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is open for the call and `st` is a writable `stat64` the call fills.
     cvt(unsafe { libc::fstat64(fd, &mut st) })?;
     Ok(st)
 }
@@ -100,8 +105,12 @@ pub struct Layer {
 impl Layer {
     pub fn open(path: &Path) -> io::Result<Layer> {
         let c = cstring(path.as_os_str().as_bytes())?;
+        // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for it; the
+        // new fd is checked (cvt) before it gets an owner.
         let fd = cvt(unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) })?;
         Ok(Layer {
+            // SAFETY: the fd was just returned by a successful call (checked) and has no other owner, so it
+            // is closed once.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
             path: path.to_path_buf(),
         })
@@ -269,6 +278,8 @@ impl OverlayFs {
         let mut buf = vec![0u8; 256];
         loop {
             let r =
+                // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for
+                // it; `buf` is writable for `buf.len()` bytes, the most the call writes.
                 unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
             if r >= 0 {
                 buf.truncate(r as usize);
@@ -287,6 +298,8 @@ impl OverlayFs {
         let p = self.layers[layer].abs(rel)?;
         let mut buf = vec![0u8; 1024];
         loop {
+            // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for it;
+            // `buf` is writable for `buf.len()` bytes, the most the call writes.
             let r = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
             if r >= 0 {
                 buf.truncate(r as usize);
@@ -309,6 +322,8 @@ impl OverlayFs {
     fn set_xattr(&self, layer: usize, rel: &[u8], name: &[u8], value: &[u8], flags: i32) -> io::Result<()> {
         let p = self.layers[layer].abs(rel)?;
         let n = cstring(name)?;
+        // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for it; the
+        // value pointer and length come from one live slice.
         cvt(unsafe {
             libc::lsetxattr(
                 p.as_ptr(),
@@ -438,12 +453,18 @@ impl OverlayFs {
         let st = stat_at(src.fd(), &crel)?;
         match kind {
             libc::S_IFDIR => {
+                // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for
+                // it.
                 match cvt(unsafe { libc::mkdirat(up, crel.as_ptr(), st.st_mode & 0o7777) }) {
                     Ok(_) => {}
                     Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
                     Err(e) => return Err(e),
                 }
+                // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for
+                // it.
                 cvt(unsafe { libc::fchownat(up, crel.as_ptr(), st.st_uid, st.st_gid, libc::AT_SYMLINK_NOFOLLOW) })?;
+                // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for
+                // it.
                 cvt(unsafe { libc::fchmodat(up, crel.as_ptr(), st.st_mode & 0o7777, 0) })?;
                 self.copy_xattrs(src_layer, &rel, 0, &rel)?;
                 set_times_at(up, &crel, &st)?;
@@ -452,7 +473,11 @@ impl OverlayFs {
                 let target = readlink_at(src.fd(), &crel)?;
                 let t = cstring(&target)?;
                 let tmp = self.tmp_name(inner);
+                // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for
+                // it.
                 cvt(unsafe { libc::symlinkat(t.as_ptr(), self.work.fd(), tmp.as_ptr()) })?;
+                // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for
+                // it.
                 cvt(unsafe {
                     libc::fchownat(
                         self.work.fd(),
@@ -463,9 +488,13 @@ impl OverlayFs {
                     )
                 })?;
                 set_times_at(self.work.fd(), &tmp, &st)?;
+                // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for
+                // it.
                 cvt(unsafe { libc::renameat(self.work.fd(), tmp.as_ptr(), up, crel.as_ptr()) })?;
             }
             libc::S_IFREG => {
+                // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for
+                // it; the new fd is checked (cvt) before it gets an owner.
                 let sfd = cvt(unsafe {
                     libc::openat(
                         src.fd(),
@@ -473,8 +502,12 @@ impl OverlayFs {
                         libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
                     )
                 })?;
+                // SAFETY: the fd was just returned by a successful call (checked) and has no other owner,
+                // so it is closed once.
                 let sfile = unsafe { File::from_raw_fd(sfd) };
                 let tmp = self.tmp_name(inner);
+                // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for
+                // it; the new fd is checked (cvt) before it gets an owner.
                 let dfd = cvt(unsafe {
                     libc::openat(
                         self.work.fd(),
@@ -483,19 +516,31 @@ impl OverlayFs {
                         0o600,
                     )
                 })?;
+                // SAFETY: the fd was just returned by a successful call (checked) and has no other owner,
+                // so it is closed once.
                 let dfile = unsafe { File::from_raw_fd(dfd) };
                 let r = (|| -> io::Result<()> {
                     copy_data(&sfile, &dfile, st.st_size as u64)?;
+                    // SAFETY: the fd is open for the call (owned here or by a live handle); the call reads
+                    // no memory of ours.
                     cvt(unsafe { libc::fchown(dfd, st.st_uid, st.st_gid) })?;
+                    // SAFETY: the fd is open for the call (owned here or by a live handle); the call reads
+                    // no memory of ours.
                     cvt(unsafe { libc::fchmod(dfd, st.st_mode & 0o7777) })?;
                     let tmp_rel = tmp.as_bytes();
                     self.copy_xattrs_to_work(src_layer, &rel, tmp_rel)?;
                     let ts = [st_atime(&st), st_mtime(&st)];
+                    // SAFETY: the fd is open for the call and the times point to a live array of two
+                    // timespecs.
                     cvt(unsafe { libc::futimens(dfd, ts.as_ptr()) })?;
+                    // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open
+                    // for it.
                     cvt(unsafe { libc::renameat(self.work.fd(), tmp.as_ptr(), up, crel.as_ptr()) })?;
                     Ok(())
                 })();
                 if r.is_err() {
+                    // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open
+                    // for it.
                     unsafe { libc::unlinkat(self.work.fd(), tmp.as_ptr(), 0) };
                 }
                 r?;
@@ -503,7 +548,11 @@ impl OverlayFs {
             _ => {
                 // fifos, sockets (device nodes cannot be created in a user namespace).
                 let tmp = self.tmp_name(inner);
+                // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for
+                // it.
                 cvt(unsafe { libc::mknodat(self.work.fd(), tmp.as_ptr(), st.st_mode, st.st_rdev) })?;
+                // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for
+                // it.
                 cvt(unsafe {
                     libc::fchownat(
                         self.work.fd(),
@@ -513,9 +562,13 @@ impl OverlayFs {
                         libc::AT_SYMLINK_NOFOLLOW,
                     )
                 })?;
+                // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for
+                // it.
                 cvt(unsafe { libc::fchmodat(self.work.fd(), tmp.as_ptr(), st.st_mode & 0o7777, 0) })?;
                 self.copy_xattrs_to_work(src_layer, &rel, tmp.as_bytes())?;
                 set_times_at(self.work.fd(), &tmp, &st)?;
+                // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for
+                // it.
                 cvt(unsafe { libc::renameat(self.work.fd(), tmp.as_ptr(), up, crel.as_ptr()) })?;
             }
         }
@@ -561,6 +614,8 @@ impl OverlayFs {
             if let Some(v) = self.get_xattr(from, rel, &name)? {
                 let n = cstring(&name)?;
                 let r =
+                    // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open
+                    // for it; the value pointer and length come from one live slice.
                     unsafe { libc::lsetxattr(p.as_ptr(), n.as_ptr(), v.as_ptr() as *const libc::c_void, v.len(), 0) };
                 if r < 0 {
                     let e = io::Error::last_os_error();
@@ -586,6 +641,7 @@ impl OverlayFs {
         if let Ok(st) = stat_at(up, &crel)
             && is_whiteout(&st)
         {
+            // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for it.
             cvt(unsafe { libc::unlinkat(up, crel.as_ptr(), 0) })?;
         }
         let hides = self.lower_has(inner, parent, &crel)?;
@@ -603,6 +659,7 @@ impl OverlayFs {
         };
         let st = stat_at(self.layers[0].fd(), crel)?;
         if st.st_uid != ctx.uid || st.st_gid != gid {
+            // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for it.
             cvt(unsafe {
                 libc::fchownat(
                     self.layers[0].fd(),
@@ -668,6 +725,8 @@ impl OverlayFs {
         let mut out = Vec::new();
         for &l in &n.dirs {
             let lfd = self.layers[l].fd();
+            // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for it;
+            // the new fd is checked (cvt) before it gets an owner.
             let dfd = match cvt(unsafe {
                 libc::openat(
                     lfd,
@@ -679,6 +738,8 @@ impl OverlayFs {
                 Err(e) if absent(&e) => continue,
                 Err(e) => return Err(e),
             };
+            // SAFETY: the fd was just returned by a successful call (checked) and has no other owner, so it
+            // is closed once.
             let dir = nix::dir::Dir::from_fd(unsafe { OwnedFd::from_raw_fd(dfd) }).map_err(|e| err(e as i32))?;
             let dirfd = dir.as_raw_fd();
             let mut dir = dir;
@@ -726,6 +787,8 @@ impl OverlayFs {
     /// replaced.
     fn clear_whiteouts(&self, crel: &CStr) -> io::Result<()> {
         let up = self.layers[0].fd();
+        // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for it; the
+        // new fd is checked (cvt) before it gets an owner.
         let dfd = match cvt(unsafe {
             libc::openat(
                 up,
@@ -737,6 +800,8 @@ impl OverlayFs {
             Err(e) if absent(&e) => return Ok(()),
             Err(e) => return Err(e),
         };
+        // SAFETY: the fd was just returned by a successful call (checked) and has no other owner, so it is
+        // closed once.
         let mut dir = nix::dir::Dir::from_fd(unsafe { OwnedFd::from_raw_fd(dfd) }).map_err(|e| err(e as i32))?;
         let dirfd = dir.as_raw_fd();
         let names: Vec<CString> = dir
@@ -750,6 +815,7 @@ impl OverlayFs {
             if !is_whiteout(&st) {
                 return Err(err(libc::ENOTEMPTY));
             }
+            // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for it.
             cvt(unsafe { libc::unlinkat(dirfd, n.as_ptr(), 0) })?;
         }
         Ok(())
@@ -777,12 +843,17 @@ impl OverlayFs {
         if inner.node(ino)?.layer == 0 {
             if dir {
                 self.clear_whiteouts(&crel)?;
+                // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for
+                // it.
                 cvt(unsafe { libc::unlinkat(up, crel.as_ptr(), libc::AT_REMOVEDIR) })?;
             } else {
+                // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for
+                // it.
                 cvt(unsafe { libc::unlinkat(up, crel.as_ptr(), 0) })?;
             }
         }
         if self.lower_has(inner, parent, &crel)? {
+            // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for it.
             cvt(unsafe { libc::mknodat(up, crel.as_ptr(), libc::S_IFCHR, 0) })?;
         }
         self.detach(inner, parent, name, ino);
@@ -879,16 +950,20 @@ impl OverlayFs {
         let src_lower = self.lower_has(inner, olddir, &csrc)?;
         match stat_at(up, &cdst) {
             Ok(st) if is_whiteout(&st) => {
+                // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for
+                // it.
                 cvt(unsafe { libc::unlinkat(up, cdst.as_ptr(), 0) })?;
             }
             Ok(st) if is_dir(&st) => self.clear_whiteouts(&cdst)?,
             _ => {}
         }
+        // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for it.
         cvt(unsafe { libc::renameat(up, csrc.as_ptr(), up, cdst.as_ptr()) })?;
         if src_is_dir && dst_lower {
             self.set_xattr(0, &dst_rel, OPAQUE_XATTR, b"y", 0)?;
         }
         if src_lower {
+            // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for it.
             cvt(unsafe { libc::mknodat(up, csrc.as_ptr(), libc::S_IFCHR, 0) })?;
         }
         if let Some(d) = dst {
@@ -942,12 +1017,16 @@ fn st_mtime(st: &libc::stat64) -> libc::timespec {
 
 fn set_times_at(dirfd: RawFd, name: &CStr, st: &libc::stat64) -> io::Result<()> {
     let ts = [st_atime(st), st_mtime(st)];
+    // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for it; the
+    // times point to a live array of two timespecs.
     cvt(unsafe { libc::utimensat(dirfd, name.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })?;
     Ok(())
 }
 
 fn readlink_at(dirfd: RawFd, name: &CStr) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for it; `buf`
+    // is writable for `buf.len()` bytes, the most the call writes.
     let n = unsafe { libc::readlinkat(dirfd, name.as_ptr(), buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
     if n < 0 {
         return Err(io::Error::last_os_error());
@@ -959,11 +1038,15 @@ fn readlink_at(dirfd: RawFd, name: &CStr) -> io::Result<Vec<u8>> {
 /// Copies `len` bytes (in-kernel when possible: reflink or copy_file_range).
 fn copy_data(src: &File, dst: &File, len: u64) -> io::Result<()> {
     const FICLONE: libc::c_ulong = 0x4004_9409;
+    // SAFETY: both fds are open (borrowed Files); FICLONE takes the source fd as an integer and touches no
+    // memory of ours.
     if len > 0 && unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE, src.as_raw_fd()) } == 0 {
         return Ok(());
     }
     let mut done = 0u64;
     while done < len {
+        // SAFETY: both fds are open (borrowed Files) and the offset pointers are null (the files' own
+        // offsets are used), so the call touches no memory of ours.
         let n = unsafe {
             libc::copy_file_range(
                 src.as_raw_fd(),
@@ -1019,6 +1102,7 @@ impl FileSystem for OverlayFs {
             None => Ok(Entry {
                 inode: 0,
                 generation: 0,
+                // SAFETY: a C struct of integers: all-zero bytes are a valid value.
                 attr: unsafe { std::mem::zeroed() },
                 attr_flags: 0,
                 attr_timeout: TTL,
@@ -1094,21 +1178,31 @@ impl FileSystem for OverlayFs {
             } else {
                 u32::MAX
             };
+            // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for it.
             cvt(unsafe { libc::fchownat(up, crel.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW) })?;
         }
         if valid.contains(SetattrValid::MODE) && kind != libc::S_IFLNK {
+            // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for it.
             cvt(unsafe { libc::fchmodat(up, crel.as_ptr(), attr.st_mode & 0o7777, 0) })?;
         }
         if valid.contains(SetattrValid::SIZE) {
             match &file {
                 Some(f) if !is_readonly(f) => {
+                    // SAFETY: the fd is open for the call (owned here or by a live handle); the call reads
+                    // no memory of ours.
                     cvt(unsafe { libc::ftruncate64(f.as_raw_fd(), attr.st_size) })?;
                 }
                 _ => {
+                    // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open
+                    // for it; the new fd is checked (cvt) before it gets an owner.
                     let fd = cvt(unsafe {
                         libc::openat(up, crel.as_ptr(), libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
                     })?;
+                    // SAFETY: the fd was just returned by a successful call (checked) and has no other
+                    // owner, so it is closed once.
                     let f = unsafe { File::from_raw_fd(fd) };
+                    // SAFETY: the fd is open for the call (owned here or by a live handle); the call reads
+                    // no memory of ours.
                     cvt(unsafe { libc::ftruncate64(f.as_raw_fd(), attr.st_size) })?;
                 }
             }
@@ -1143,6 +1237,8 @@ impl FileSystem for OverlayFs {
                 omit
             };
             let ts = [a, m];
+            // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for it;
+            // the times point to a live array of two timespecs.
             cvt(unsafe { libc::utimensat(up, crel.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })?;
         }
         inner.journal.insert(rel);
@@ -1160,6 +1256,7 @@ impl FileSystem for OverlayFs {
         let inner = &mut *inner;
         let (rel, _) = self.prepare_new(inner, parent, name.to_bytes())?;
         let crel = cstring(&rel)?;
+        // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for it.
         cvt(unsafe { libc::symlinkat(linkname.as_ptr(), self.layers[0].fd(), crel.as_ptr()) })?;
         self.own(inner, ctx, parent, &crel)?;
         self.new_node(inner, parent, name.to_bytes(), rel)
@@ -1170,6 +1267,7 @@ impl FileSystem for OverlayFs {
         let inner = &mut *inner;
         let (rel, _) = self.prepare_new(inner, parent, name.to_bytes())?;
         let crel = cstring(&rel)?;
+        // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for it.
         cvt(unsafe { libc::mknodat(self.layers[0].fd(), crel.as_ptr(), mode, rdev as libc::dev_t) })?;
         self.own(inner, ctx, parent, &crel)?;
         self.new_node(inner, parent, name.to_bytes(), rel)
@@ -1180,6 +1278,7 @@ impl FileSystem for OverlayFs {
         let inner = &mut *inner;
         let (rel, hides) = self.prepare_new(inner, parent, name.to_bytes())?;
         let crel = cstring(&rel)?;
+        // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for it.
         cvt(unsafe { libc::mkdirat(self.layers[0].fd(), crel.as_ptr(), mode & 0o7777) })?;
         if hides {
             self.set_xattr(0, &rel, OPAQUE_XATTR, b"y", 0)?;
@@ -1219,6 +1318,7 @@ impl FileSystem for OverlayFs {
         let (rel, _) = self.prepare_new(inner, newparent, newname.to_bytes())?;
         let crel = cstring(&rel)?;
         let up = self.layers[0].fd();
+        // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for it.
         cvt(unsafe { libc::linkat(up, src.as_ptr(), up, crel.as_ptr(), 0) })?;
         // The kernel expects the linked inode back: one node, one more name.
         let name = newname.to_bytes().to_vec();
@@ -1246,6 +1346,8 @@ impl FileSystem for OverlayFs {
         let layer = n.layer;
         let rel = inner.rel(inode)?;
         let clean = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_APPEND);
+        // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for it; the
+        // new fd is checked (cvt) before it gets an owner.
         let fd = cvt(unsafe {
             libc::openat(
                 self.layers[layer].fd(),
@@ -1253,6 +1355,8 @@ impl FileSystem for OverlayFs {
                 clean | libc::O_NOFOLLOW | libc::O_CLOEXEC,
             )
         })?;
+        // SAFETY: the fd was just returned by a successful call (checked) and has no other owner, so it is
+        // closed once.
         let f = unsafe { File::from_raw_fd(fd) };
         let st = fstat(fd)?;
         if write {
@@ -1279,6 +1383,8 @@ impl FileSystem for OverlayFs {
         let (rel, _) = self.prepare_new(inner, parent, name.to_bytes())?;
         let crel = cstring(&rel)?;
         let flags = (args.flags as i32) & !(libc::O_NOCTTY | libc::O_APPEND);
+        // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for it; the
+        // new fd is checked (cvt) before it gets an owner.
         let fd = cvt(unsafe {
             libc::openat(
                 self.layers[0].fd(),
@@ -1287,6 +1393,8 @@ impl FileSystem for OverlayFs {
                 args.mode & 0o7777,
             )
         })?;
+        // SAFETY: the fd was just returned by a successful call (checked) and has no other owner, so it is
+        // closed once.
         let f = unsafe { File::from_raw_fd(fd) };
         self.own(inner, ctx, parent, &crel)?;
         let e = self.new_node(inner, parent, name.to_bytes(), rel)?;
@@ -1306,6 +1414,8 @@ impl FileSystem for OverlayFs {
         _flags: u32,
     ) -> io::Result<usize> {
         let f = self.handle_file(handle)?;
+        // SAFETY: the fd stays owned by the handle's File `f`, alive for this call; the second File over it
+        // is in ManuallyDrop, so it is never closed twice.
         let mut f = ManuallyDrop::new(unsafe { File::from_raw_fd(f.as_raw_fd()) });
         w.write_from(&mut *f, size as usize, offset)
     }
@@ -1324,6 +1434,8 @@ impl FileSystem for OverlayFs {
         _fuse_flags: u32,
     ) -> io::Result<usize> {
         let f = self.handle_file(handle)?;
+        // SAFETY: the fd stays owned by the handle's File `f`, alive for this call; the second File over it
+        // is in ManuallyDrop, so it is never closed twice.
         let mut f = ManuallyDrop::new(unsafe { File::from_raw_fd(f.as_raw_fd()) });
         r.read_to(&mut *f, size as usize, offset)
     }
@@ -1349,6 +1461,8 @@ impl FileSystem for OverlayFs {
         length: u64,
     ) -> io::Result<()> {
         let f = self.handle_file(handle)?;
+        // SAFETY: the fd is open for the call (owned here or by a live handle); the call reads no memory of
+        // ours.
         cvt(unsafe { libc::fallocate64(f.as_raw_fd(), mode as i32, offset as i64, length as i64) })?;
         Ok(())
     }
@@ -1368,7 +1482,10 @@ impl FileSystem for OverlayFs {
     }
 
     fn statfs(&self, _ctx: &Context, _inode: u64) -> io::Result<libc::statvfs64> {
+        // SAFETY: a C struct of integers: all-zero bytes are a valid value.
         let mut st: libc::statvfs64 = unsafe { std::mem::zeroed() };
+        // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for it; the
+        // new fd is checked (cvt) before it gets an owner.
         let fd = cvt(unsafe {
             libc::openat(
                 self.layers[0].fd(),
@@ -1376,7 +1493,10 @@ impl FileSystem for OverlayFs {
                 libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
             )
         })?;
+        // SAFETY: the fd was just returned by a successful call (checked) and has no other owner, so it is
+        // closed once.
         let f = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: the fd is open (owned by `f`) and `st` is a writable `statvfs64` the call fills.
         cvt(unsafe { libc::fstatvfs64(f.as_raw_fd(), &mut st) })?;
         Ok(st)
     }
@@ -1442,6 +1562,7 @@ impl FileSystem for OverlayFs {
         self.copy_up(inner, inode)?;
         let rel = inner.rel(inode)?;
         let p = self.layers[0].abs(&rel)?;
+        // SAFETY: paths are NUL-terminated C strings alive across the call and the fds are open for it.
         cvt(unsafe { libc::lremovexattr(p.as_ptr(), name.as_ptr()) })?;
         inner.journal.insert(rel);
         Ok(())
@@ -1525,6 +1646,7 @@ impl FileSystem for OverlayFs {
             let e = entry.unwrap_or(Entry {
                 inode: 0,
                 generation: 0,
+                // SAFETY: a C struct of integers: all-zero bytes are a valid value.
                 attr: unsafe { std::mem::zeroed() },
                 attr_flags: 0,
                 attr_timeout: Duration::ZERO,
@@ -1583,12 +1705,18 @@ fn setattr_fd(f: &File, attr: &libc::stat64, valid: SetattrValid) -> io::Result<
         } else {
             u32::MAX
         };
+        // SAFETY: the fd is open for the call (owned here or by a live handle); the call reads no memory of
+        // ours.
         cvt(unsafe { libc::fchown(fd, uid, gid) })?;
     }
     if valid.contains(SetattrValid::MODE) {
+        // SAFETY: the fd is open for the call (owned here or by a live handle); the call reads no memory of
+        // ours.
         cvt(unsafe { libc::fchmod(fd, attr.st_mode & 0o7777) })?;
     }
     if valid.contains(SetattrValid::SIZE) {
+        // SAFETY: the fd is open for the call (owned here or by a live handle); the call reads no memory of
+        // ours.
         cvt(unsafe { libc::ftruncate64(fd, attr.st_size) })?;
     }
     let omit = libc::timespec {
@@ -1613,12 +1741,15 @@ fn setattr_fd(f: &File, attr: &libc::stat64, valid: SetattrValid) -> io::Result<
         pick(SetattrValid::MTIME_NOW, SetattrValid::MTIME, st_mtime(attr)),
     ];
     if ts.iter().any(|t| t.tv_nsec != libc::UTIME_OMIT) {
+        // SAFETY: the fd is open for the call and the times point to a live array of two timespecs.
         cvt(unsafe { libc::futimens(fd, ts.as_ptr()) })?;
     }
     fstat(fd)
 }
 
 fn is_readonly(f: &File) -> bool {
+    // SAFETY: the fd is open for the call (owned here or by a live handle); the call reads no memory of
+    // ours.
     let fl = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
     fl >= 0 && fl & libc::O_ACCMODE == libc::O_RDONLY
 }
