@@ -23,13 +23,31 @@ pub struct RunArgs {
     /// User (`name|uid[:group|gid]`).
     #[arg(short = 'u', long = "user")]
     pub user: Option<String>,
-    /// `host` (default) or `none`.
-    #[arg(long, default_value = "host")]
+    /// `private` (default, also `bridge`): the container's own network namespace, connected by
+    /// pasta or else slirp4netns (`pasta` or `slirp4netns` picks one); `host`: this machine's
+    /// network; `none`: loopback only.
+    #[arg(long, default_value = "private")]
     pub network: String,
-    /// Publish a port: `[IP:]HOST:CONTAINER[/tcp]`. With host networking equal ports need
-    /// nothing; different ports get a userspace TCP forwarder.
-    #[arg(short = 'p', long = "publish", value_name = "HOST:CONTAINER")]
+    /// Publish a port: `[IP:]HOST:CONTAINER[/tcp|/udp]`, or `CONTAINER` for a free host port
+    /// (printed). With `--network host` equal ports need nothing; different ones get a
+    /// userspace TCP forwarder.
+    #[arg(short = 'p', long = "publish", value_name = "[IP:]HOST:CONTAINER")]
     pub publish: Vec<String>,
+    /// Publish every port the image EXPOSEs to a free host port (printed).
+    #[arg(short = 'P', long = "publish-all")]
+    pub publish_all: bool,
+    /// A nameserver for the container's /etc/resolv.conf (replaces the host's).
+    #[arg(long, value_name = "IP")]
+    pub dns: Vec<String>,
+    /// A search domain for /etc/resolv.conf (`.`: none).
+    #[arg(long = "dns-search", value_name = "DOMAIN")]
+    pub dns_search: Vec<String>,
+    /// An option for /etc/resolv.conf (`ndots:2`, ...).
+    #[arg(long = "dns-option", value_name = "OPT")]
+    pub dns_option: Vec<String>,
+    /// Add `NAME:IP` to /etc/hosts (`host-gateway`: the host as the container reaches it).
+    #[arg(long = "add-host", value_name = "NAME:IP")]
+    pub add_host: Vec<String>,
     /// Override the image's ENTRYPOINT (`""` clears it).
     #[arg(long)]
     pub entrypoint: Option<String>,
@@ -115,11 +133,27 @@ fn parse_security_opts(opts: &[String]) -> Result<(SeccompChoice, bool)> {
 
 /// `kiln run`: flags → [`runner::RunRequest`].
 pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<i32> {
-    let network = match a.network.as_str() {
-        "host" | "default" => Network::Host,
-        "none" => Network::None,
-        n => bail!("--network {n}: expected host or none"),
+    let (network, want) = match a.network.as_str() {
+        "private" | "bridge" | "default" => (Network::Private, None),
+        "pasta" | "slirp4netns" => (Network::Private, Some(a.network.as_str())),
+        "host" => (Network::Host, None),
+        "none" => (Network::None, None),
+        n => bail!("--network {n}: expected private (bridge), pasta, slirp4netns, host or none"),
     };
+    let found = sandbox::net::detect(std::env::var_os("PATH").as_deref(), want);
+    if want.is_some() && found.backend.is_none() {
+        bail!("--network {}: {}", a.network, found.why);
+    }
+    for d in &a.dns {
+        if d.parse::<std::net::IpAddr>().is_err() {
+            bail!("--dns {d}: not an IP address");
+        }
+    }
+    let add_hosts = a
+        .add_host
+        .iter()
+        .map(|h| sandbox::net::parse_add_host(h))
+        .collect::<Result<Vec<_>>>()?;
     let (seccomp, no_new_privs) = parse_security_opts(&a.security_opt)?;
     let ports = a
         .publish
@@ -166,7 +200,14 @@ pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<i32> {
         user: a.user.clone(),
         hostname: a.hostname.clone(),
         network,
+        backend: found.backend,
+        backend_why: found.why,
         ports,
+        publish_all: a.publish_all,
+        dns: a.dns.clone(),
+        dns_search: a.dns_search.clone(),
+        dns_options: a.dns_option.clone(),
+        add_hosts,
         mounts,
         seccomp,
         cap_add: a.cap_add.clone(),
@@ -264,6 +305,8 @@ pub fn info(g: &GlobalOpts, a: InfoArgs) -> Result<i32> {
             Err(format!("isolation {rung} allows no mounts")),
         )
     };
+    let run_net = sandbox::net::detect(std::env::var_os("PATH").as_deref(), None);
+    let run_net_name = run_net.backend.as_ref().map_or("loopback only", |b| b.name());
     let profile = sandbox::seccomp::parse_profile(sandbox::seccomp::DEFAULT_PROFILE)?;
     let kernel = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().to_string())
@@ -300,6 +343,8 @@ pub fn info(g: &GlobalOpts, a: InfoArgs) -> Result<i32> {
             "seccomp": seccomp_text,
             "capabilities": format!("{:016x}", sandbox::caps::mask(&caps)),
             "cgroups": "not used (kiln sets no resource limits)",
+            "runNetwork": run_net_name,
+            "runNetworkReason": run_net.why,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(0);
@@ -344,6 +389,7 @@ pub fn info(g: &GlobalOpts, a: InfoArgs) -> Result<i32> {
         sandbox::caps::mask(&caps)
     )?;
     writeln!(o, "cgroups:       not used (kiln sets no resource limits)")?;
+    writeln!(o, "run network:   {run_net_name} ({})", run_net.why)?;
     writeln!(o, "facts (where kiln was started):")?;
     for (k, v) in probe::facts_table(&facts) {
         writeln!(o, "  {:<13} {v}", format!("{k}:"))?;

@@ -243,7 +243,7 @@ impl Prepared {
 
 /// Puts /dev nodes, /etc files and the step's mounts into `spec.rootfs` (see the module doc).
 pub fn prepare(spec: &RunSpec, hostname: &str) -> Result<Prepared> {
-    if spec.network == Network::None {
+    if spec.network != Network::Host {
         bail!(
             "RUN --network=none needs a network namespace, which chroot isolation cannot create here \
              (the container runtime forbids unshare); drop --network=none or allow unshare \

@@ -28,6 +28,14 @@ pub struct HelperInput {
     /// prepared by the caller.
     #[serde(default)]
     pub chroot: bool,
+    /// The private network's link, ports and /etc inputs (see [`super::net`]).
+    #[serde(default)]
+    pub net: super::net::NetSpec,
+    /// A private network to be connected by the caller: the helper's end of a socket pair on
+    /// which it says `R` once its network namespace exists and waits for `G` (the link is up)
+    /// before the step starts; anything else (the caller failed) ends the helper.
+    #[serde(default)]
+    pub net_sync: Option<i32>,
 }
 
 /// Reads (and deletes) the input file written by [`super::run`].
@@ -66,18 +74,15 @@ pub fn compiled_filter(spec: &RunSpec) -> Result<Option<std::sync::Arc<Vec<u8>>>
 }
 
 /// Files generated for the step's /etc.
-fn generate(dir: &Path, spec: &RunSpec, hostname: &str) -> Result<Generated> {
+fn generate(dir: &Path, spec: &RunSpec, net: &super::net::NetSpec, hostname: &str) -> Result<Generated> {
     let g = Generated {
         resolv_conf: dir.join("resolv.conf"),
         hosts: dir.join("hosts"),
         hostname: dir.join("hostname"),
     };
-    let resolv = match spec.network {
-        Network::Host => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
-        Network::None => String::new(),
-    };
-    std::fs::write(&g.resolv_conf, resolv)?;
-    std::fs::write(&g.hosts, mounts::hosts_file(spec.network, hostname))?;
+    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    std::fs::write(&g.resolv_conf, super::net::resolv_conf(&host, spec.network, net))?;
+    std::fs::write(&g.hosts, mounts::hosts_file_with(spec.network, hostname, net))?;
     std::fs::write(&g.hostname, format!("{hostname}\n"))?;
     for p in [&g.resolv_conf, &g.hosts, &g.hostname] {
         use std::os::unix::fs::PermissionsExt;
@@ -181,7 +186,7 @@ pub fn helper_main(input: HelperInput) -> Result<StepExit> {
     let generated = if chroot {
         None
     } else {
-        Some(generate(gen_dir.path(), &spec, &hostname)?)
+        Some(generate(gen_dir.path(), &spec, &input.net, &hostname)?)
     };
 
     // The working directory, created as root inside the rootfs.
@@ -223,7 +228,7 @@ pub fn helper_main(input: HelperInput) -> Result<StepExit> {
             Entry::Namespaces
         },
         plan: match &generated {
-            Some(g) => mounts::plan(&spec, g, spec.network == Network::None)?,
+            Some(g) => mounts::plan(&spec, g, spec.network != Network::Host)?,
             None => Vec::new(),
         },
         rootfs: rootfs.clone(),
@@ -256,15 +261,21 @@ pub fn helper_main(input: HelperInput) -> Result<StepExit> {
     };
     if !chroot {
         let mut flags = CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
-        if spec.network == Network::None {
+        if spec.network != Network::Host {
             flags |= CloneFlags::CLONE_NEWNET;
         }
         sys.unshare(flags)
-            .context("cannot create the step's namespaces (pid, ipc, uts)")?;
-        if spec.network == Network::None {
+            .context("cannot create the step's namespaces (pid, ipc, uts, net)")?;
+        if spec.network != Network::Host {
             sys.loopback_up().context("cannot bring the loopback interface up")?;
         }
         sys.sethostname(&hostname).context("cannot set the hostname")?;
+        if let Some(fd) = input.net_sync
+            && !await_link(fd)
+        {
+            // The caller could not connect the network and says why.
+            return Ok(StepExit { code: 125, error: None });
+        }
     }
     let mut exit = run_init(&prepared, gen_dir, idemu_child)?;
     if let Some(handle) = supervisor {
@@ -282,6 +293,18 @@ pub fn helper_main(input: HelperInput) -> Result<StepExit> {
         }
     }
     Ok(exit)
+}
+
+/// Tells the caller the network namespace exists, then waits until it is connected (see
+/// [`HelperInput::net_sync`]); false when the caller gave up.
+fn await_link(fd: i32) -> bool {
+    use std::io::{Read, Write};
+    use std::os::fd::FromRawFd;
+    // SAFETY: `fd` is the socket the caller made inheritable for this process and named in the
+    // spec; nothing else in this process owns it, and the stream closes it on drop.
+    let mut sync = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
+    let mut b = [0u8; 1];
+    sync.write_all(b"R").is_ok() && sync.read_exact(&mut b).is_ok() && b[0] == b'G'
 }
 
 static CHILD: AtomicI32 = AtomicI32::new(0);

@@ -2,8 +2,9 @@
 //!
 //! [`run`] is called by the build executor with a mounted rootfs. It creates the mount-point
 //! placeholders the step needs, then spawns a fresh kiln process (`kiln __sandbox SPECFILE`,
-//! single-threaded) which unshares PID, IPC, UTS (and, with `--network none`, network)
-//! namespaces and forks the step's PID 1. That process takes its own mount namespace, mounts
+//! single-threaded) which unshares PID, IPC, UTS (and, with `--network none` or a private
+//! network, network) namespaces and forks the step's PID 1; a private network is connected to
+//! the outside by pasta or slirp4netns before the step starts (see [`net`]). That process takes its own mount namespace, mounts
 //! /proc, /dev, /sys and the /etc files, pivots into the rootfs, switches to the USER, cuts
 //! capabilities to Docker's default set, installs the seccomp filter and execs the command.
 //! Output is streamed line by line with the step's prefix. Everything the step mounted lives in
@@ -16,6 +17,7 @@ mod helper;
 pub mod idemu;
 pub mod idmap;
 pub mod mounts;
+pub mod net;
 pub mod probe;
 pub mod seccomp;
 mod trial;
@@ -51,6 +53,9 @@ pub enum Network {
     Host,
     /// A private network namespace with only loopback, up.
     None,
+    /// A private network namespace (loopback up) connected to the outside by pasta or
+    /// slirp4netns, with published ports: `kiln run`'s default, Docker's `bridge`. See [`net`].
+    Private,
 }
 
 /// Which seccomp filter a step gets.
@@ -251,6 +256,13 @@ impl Drop for HelperSlot {
 /// namespace) and `run` returns normally with status 128+signal, so callers clean up as usual;
 /// [`interrupted`] then reports it. With no step running these signals act as by default.
 pub fn run(spec: &RunSpec) -> Result<RunOutcome> {
+    run_with_net(spec, &net::NetSpec::default())
+}
+
+/// [`run`] with a network: with [`Network::Private`] and a backend, the helper's namespace is
+/// connected (ports published) before the step starts and disconnected when it ends; `net`
+/// also shapes the generated /etc/resolv.conf and /etc/hosts for every network.
+pub fn run_with_net(spec: &RunSpec, net: &net::NetSpec) -> Result<RunOutcome> {
     if spec.args.is_empty() {
         anyhow::bail!("no command to run");
     }
@@ -275,12 +287,22 @@ pub fn run(spec: &RunSpec) -> Result<RunOutcome> {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD.encode(b.as_slice())
     });
+    // A private network is connected once the helper has made its namespace.
+    let sync = match &net.backend {
+        Some(_) if spec.network == Network::Private && !use_chroot => {
+            Some(std::os::unix::net::UnixStream::pair().context("cannot create a socket pair")?)
+        }
+        _ => None,
+    };
+    let sync_raw = sync.as_ref().map(|(_, c)| std::os::fd::AsRawFd::as_raw_fd(c));
     // The spec (with the step's environment, secrets included) lives in a memfd, never on
     // disk; the helper inherits it (and only it) and reads it through /proc/self/fd.
     let input = serde_json::to_vec(&HelperInput {
         spec: spec.clone(),
         bpf,
         chroot: use_chroot,
+        net: net.clone(),
+        net_sync: sync_raw,
     })
     .context("serialising the sandbox spec")?;
     let spec_fd = crate::fsutil::sealed_memfd("kiln-run-spec", &input)?;
@@ -312,6 +334,11 @@ pub fn run(spec: &RunSpec) -> Result<RunOutcome> {
             if libc::fcntl(spec_raw, libc::F_SETFD, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            if let Some(fd) = sync_raw
+                && libc::fcntl(fd, libc::F_SETFD, 0) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
     }
@@ -321,6 +348,19 @@ pub fn run(spec: &RunSpec) -> Result<RunOutcome> {
         .context("cannot start the sandbox helper (/proc/self/exe __sandbox)")?;
     let _slot = HelperSlot::new(child.id());
     drop(spec_fd);
+    // Connect the network (the link is dropped, so stopped, after the step).
+    let link = match sync {
+        Some((mut ours, theirs)) => {
+            drop(theirs);
+            let r = connect_network(&mut ours, child.id(), net);
+            if r.is_err() {
+                drop(ours); // the helper gives up
+                let _ = child.wait();
+            }
+            r?
+        }
+        None => None,
+    };
     let mut threads = Vec::new();
     if let (Some(data), Some(mut w)) = (spec.stdin.clone(), child.stdin.take()) {
         threads.push(std::thread::spawn(move || {
@@ -335,6 +375,7 @@ pub fn run(spec: &RunSpec) -> Result<RunOutcome> {
         threads.push(std::thread::spawn(move || pump(e, Stream::Stderr, r2, step)));
     }
     let st = child.wait().context("waiting for the sandbox helper failed")?;
+    drop(link);
     for t in threads {
         let _ = t.join();
     }
@@ -347,4 +388,27 @@ pub fn run(spec: &RunSpec) -> Result<RunOutcome> {
         status: exit_code(st),
         placeholders: mounts::prune_placeholders(&spec.rootfs, &created),
     })
+}
+
+/// Waits for the helper's network namespace, connects it and lets the helper go on. `None`
+/// when the helper ended first (its exit status says why).
+fn connect_network(
+    sync: &mut std::os::unix::net::UnixStream,
+    pid: u32,
+    net: &net::NetSpec,
+) -> Result<Option<net::Link>> {
+    use std::io::Read;
+    let mut b = [0u8; 1];
+    if sync.read_exact(&mut b).is_err() || b[0] != b'R' {
+        return Ok(None);
+    }
+    let Some(backend) = &net.backend else {
+        return Ok(None);
+    };
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
+        .with_context(|| format!("cannot open the network namespace of the sandbox helper {pid}"))?;
+    let link = net::connect(backend, &ns.into(), &net.publish)?;
+    // The helper may have been stopped meanwhile: then it is gone and this fails, harmlessly.
+    let _ = sync.write_all(b"G");
+    Ok(Some(link))
 }

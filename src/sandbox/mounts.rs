@@ -467,9 +467,22 @@ fn apply_one(sys: &dyn Syscall, root: &Root, step: &Step) -> Result<()> {
 
 /// Contents of the generated /etc/hosts.
 pub fn hosts_file(network: Network, hostname: &str) -> String {
+    hosts_file_with(network, hostname, &super::net::NetSpec::default())
+}
+
+/// Docker's /etc/hosts of a container with its own network.
+const PRIVATE_HOSTS: &str = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+                             fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\n\
+                             ff02::2\tip6-allrouters\n";
+
+/// Contents of the generated /etc/hosts: the host's with host networking, Docker's defaults
+/// in a private network, then the container's hostname (at its own address when known) and
+/// the `--add-host` entries.
+pub fn hosts_file_with(network: Network, hostname: &str, net: &super::net::NetSpec) -> String {
     let mut s = match network {
         Network::Host => std::fs::read_to_string("/etc/hosts").unwrap_or_default(),
         Network::None => String::new(),
+        Network::Private => PRIVATE_HOSTS.to_string(),
     };
     if !s
         .lines()
@@ -481,7 +494,11 @@ pub fn hosts_file(network: Network, hostname: &str) -> String {
         s.push('\n');
     }
     if !hostname.is_empty() {
-        s.push_str(&format!("127.0.1.1\t{hostname}\n"));
+        let own = net.address.as_deref().filter(|_| network == Network::Private);
+        s.push_str(&format!("{}\t{hostname}\n", own.unwrap_or("127.0.1.1")));
+    }
+    for (name, ip) in &net.add_hosts {
+        s.push_str(&format!("{ip}\t{name}\n"));
     }
     s
 }
@@ -692,5 +709,16 @@ mod tests {
     fn hosts_has_localhost_and_hostname() {
         let h = hosts_file(Network::None, "box");
         assert!(h.contains("127.0.0.1\tlocalhost") && h.ends_with("127.0.1.1\tbox\n"));
+        let net = super::super::net::NetSpec {
+            address: Some("192.0.2.2".into()),
+            add_hosts: vec![("db".into(), "10.0.0.5".into())],
+            ..Default::default()
+        };
+        let h = hosts_file_with(Network::Private, "web", &net);
+        assert!(h.starts_with("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0"));
+        assert!(
+            h.ends_with("ff02::2\tip6-allrouters\n192.0.2.2\tweb\n10.0.0.5\tdb\n"),
+            "{h}"
+        );
     }
 }
