@@ -32,6 +32,7 @@ while read -r kw op a b; do
     mkdir)    mkdir -p "$W/ctx/$a" ;;
     mkfifo)   mkfifo "$W/ctx/$a" ;;
     touch)    touch "$W/ctx/$a" ;;
+    mksocket) python3 -c 'import socket,sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])' "$W/ctx/$a" ;;
     *) result "ERROR $name: unknown prep op $op"; exit 0 ;;
   esac || { result "ERROR $name: prep $op $a $b failed"; exit 0; }
 done < "$exp"
