@@ -19,6 +19,7 @@ if grep -qx 'network' "$exp" && ((OFFLINE)); then result "SKIP $name: needs netw
 rm -rf "$W"; mkdir -p "$W/ctx"
 [[ -d $case_dir/context ]] && cp -a "$case_dir/context/." "$W/ctx/"
 cp "$case_dir/Dockerfile" "$W/Dockerfile"
+[[ -n ${CORPUS_HTTP:-} ]] && sed -i "s|{http}|$CORPUS_HTTP|g" "$W/Dockerfile"
 [[ -f $case_dir/Dockerfile.dockerignore ]] && cp "$case_dir/Dockerfile.dockerignore" "$W/Dockerfile.dockerignore"
 
 # context preparation lines: prep OP ARGS (paths relative to the context)
