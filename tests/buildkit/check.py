@@ -87,7 +87,7 @@ def parse_expect(path):
                 meta["target"] = rest
             elif word == "prep":
                 meta["prep"].append(rest)
-            elif word in ("build-flag", "build-env", "context-file"):
+            elif word in ("build-flag", "build-env", "prebuild"):
                 pass  # consumed by lib/run-case.sh
             elif word in ("buildah-deviates", "note", "timeout"):
                 if word == "buildah-deviates":

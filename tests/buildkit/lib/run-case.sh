@@ -38,7 +38,7 @@ while read -r kw op a b; do
   esac || { result "ERROR $name: prep $op $a $b failed"; exit 0; }
 done < "$exp"
 
-args=() envs=()
+args=() envs=() pre=()
 while IFS= read -r line; do
   case $line in
     "build-arg "*) args+=(--build-arg "${line#build-arg }") ;;
@@ -48,6 +48,10 @@ while IFS= read -r line; do
                     for x in "${fl[@]}"; do x=${x//\{ctx\}/$W/ctx}; args+=("${x//\{case\}/$W}"); done ;;
     # build-env K=V: set in the environment of kiln build
     "build-env "*) envs+=("${line#build-env }") ;;
+    # prebuild FILE TAG: build the case's FILE (same context, same store) as TAG before the case
+    "prebuild "*) read -r pf pt <<< "${line#prebuild }"; cp "$case_dir/$pf" "$W/$pf"
+                  [[ -n ${CORPUS_HTTP:-} ]] && sed -i "s|{http}|$CORPUS_HTTP|g" "$W/$pf"
+                  pre+=("$pf" "$pt") ;;
   esac
 done < "$exp"
 
@@ -67,6 +71,9 @@ q() { printf '%q ' "$@"; }
     echo "echo \$? > $(q "$W/push.rc")"
   else
     read -r -a extra <<< "${KILN_BUILD_ARGS:-}"   # e.g. KILN_BUILD_ARGS="--storage-driver fuse"
+    for ((i = 0; i < ${#pre[@]}; i += 2)); do
+      echo "$(q timeout 900 env "${envs[@]}" "$KILN" build --root "$R" "${extra[@]}" -t "${pre[i+1]}" -f "$W/${pre[i]}" "${args[@]}" "$W/ctx") > $(q "$W/prebuild.log") 2>&1 || { echo 1 > $(q "$W/build.rc"); cp $(q "$W/prebuild.log") $(q "$W/build.log"); exit 0; }"
+    done
     echo "$(q timeout 900 env "${envs[@]}" "$KILN" build --root "$R" "${extra[@]}" -t "$tag" -f "$W/Dockerfile" "${args[@]}" "$W/ctx") > $(q "$W/build.log") 2>&1"
     echo "rc=\$?; echo \$rc > $(q "$W/build.rc")"
     echo "[ \$rc = 0 ] || exit 0"
