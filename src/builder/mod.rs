@@ -9,6 +9,7 @@
 
 pub mod cache;
 pub mod copy;
+mod history;
 mod output;
 mod progress;
 pub mod remote_cache;
@@ -132,6 +133,9 @@ pub struct StageState {
     pub args: BTreeMap<String, String>,
     /// CMD was set in this stage (ENTRYPOINT resets an inherited CMD only).
     pub cmd_set: bool,
+    /// The ARG declarations so far (the base stage's first), in order, one per name (the
+    /// last value): BuildKit writes them into a RUN's history text (`RUN |2 a=1 b=2 …`).
+    pub arg_decls: Vec<(String, Option<String>)>,
 }
 
 impl StageState {
@@ -335,6 +339,7 @@ impl<'a> Builder<'a> {
         // inheritance keeps the parent's ARG values.
         if !matches!(stage.base, BaseRef::Stage(_)) {
             state.args.clear();
+            state.arg_decls.clear();
         }
         state.key = cache::chain(&state.key, &format!("stage {index} platform {:?}", stage.platform), &[]);
         let total = stage.instructions.len();
@@ -375,6 +380,7 @@ impl<'a> Builder<'a> {
             key: cache::chain(&Digest::of(b"scratch"), "scratch", &[]),
             args: BTreeMap::new(),
             cmd_set: false,
+            arg_decls: Vec::new(),
         }
     }
 
@@ -402,6 +408,7 @@ impl<'a> Builder<'a> {
             layers: image.manifest.layers.clone(),
             args: BTreeMap::new(),
             cmd_set: false,
+            arg_decls: Vec::new(),
         })
     }
 
@@ -438,6 +445,7 @@ impl<'a> Builder<'a> {
                     layers: img.manifest.layers.clone(),
                     args: BTreeMap::new(),
                     cmd_set: false,
+                    arg_decls: Vec::new(),
                 };
                 self.images.lock().unwrap().insert(r, st.clone());
                 Ok(st)
