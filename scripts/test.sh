@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
 cargo test --release -- --test-threads=2 "$@"
+# BuildKit's frontend tests ported as a corpus (tests/buildkit; needs the local registry of
+# ../shared/env/setup.sh; about a minute, two builds at a time). KILN_SKIP_BUILDKIT=1 skips it.
+[[ -n ${KILN_SKIP_BUILDKIT:-} ]] || tests/buildkit/run.sh --builder kiln --jobs 2
 # Benchmarks are not tests; this only keeps the driver working (tiny sizes, one run, seconds).
 scripts/bench.sh --smoke
 # The isolation ladder in every simulated locked-down environment (about a minute; needs root,

@@ -186,6 +186,19 @@ pub fn build(store: &Store, req: &BuildRequest) -> Result<Option<Image>> {
         platform: req.platform.clone(),
     };
     let plan = plan::plan(&df, &plan_opts)?;
+    // SOURCE_DATE_EPOCH as a build arg (or a global ARG default) is the build's epoch, as in
+    // BuildKit (dockerfile2llb: getBuildArgValue(…, "SOURCE_DATE_EPOCH")); --timestamp wins.
+    let with_epoch;
+    let req = match (req.timestamp, source_date_epoch(&plan)?) {
+        (None, Some(t)) => {
+            with_epoch = BuildRequest {
+                timestamp: Some(t),
+                ..req.clone()
+            };
+            &with_epoch
+        }
+        _ => req,
+    };
     let ignore = if req.dockerfile.as_os_str() == "-" {
         dockerfile::ignore::IgnoreMatcher::load(&req.context, &req.context.join("Dockerfile"))?
     } else {
@@ -277,6 +290,21 @@ fn read_dockerfile(req: &BuildRequest) -> Result<(String, String)> {
         bail!("{name}: the file contains NUL bytes: is it a Dockerfile?");
     }
     Ok((text, name))
+}
+
+/// The `SOURCE_DATE_EPOCH` build arg or global ARG, if set (an empty value is unset).
+fn source_date_epoch(plan: &Plan) -> Result<Option<i64>> {
+    let v = plan
+        .build_args
+        .get("SOURCE_DATE_EPOCH")
+        .or_else(|| plan.global_args.get("SOURCE_DATE_EPOCH"));
+    match v.map(|s| s.trim()) {
+        None | Some("") => Ok(None),
+        Some(s) => s
+            .parse::<i64>()
+            .map(Some)
+            .map_err(|_| anyhow::anyhow!("invalid SOURCE_DATE_EPOCH: {s}")),
+    }
 }
 
 /// RFC 3339 time of a Unix timestamp.

@@ -218,6 +218,7 @@ fn bind_inputs(
             is_add: false,
             checksum: None,
             keep_git_dir: false,
+            unpack: None,
             heredocs: Vec::new(),
         };
         let ignore = if is_context { Some(&b.ignore) } else { None };

@@ -480,9 +480,14 @@ fn copy_request(
     let esc = b.escape;
     let word = |f: &FlagValue| process_word(&f.raw, &vars, esc);
     let opt = |f: &Option<FlagValue>| f.as_ref().map(word).transpose();
-    if let Some(u) = &c.unpack {
-        bail!("{}: ADD --unpack is not supported by kiln", u.loc);
-    }
+    let unpack = match &c.unpack {
+        None => None,
+        Some(u) => Some(match word(u)?.as_str() {
+            "" | "true" | "1" | "True" | "TRUE" | "t" | "T" => true,
+            "false" | "0" | "False" | "FALSE" | "f" | "F" => false,
+            v => bail!("{}: invalid value for --unpack: {v:?} (expected true or false)", u.loc),
+        }),
+    };
     let mut req = super::copy::CopyRequest {
         srcs: Vec::new(),
         dest: process_word(&c.dest, &vars, esc)?,
@@ -500,6 +505,7 @@ fn copy_request(
         is_add,
         checksum: opt(&c.checksum)?,
         keep_git_dir: c.keep_git_dir,
+        unpack,
         heredocs: Vec::new(),
     };
     for h in &ins.heredocs {

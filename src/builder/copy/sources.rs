@@ -9,7 +9,7 @@ use crate::fsutil::{Follow, Root};
 use anyhow::{Context, Result, bail};
 use std::fs::{File, Metadata};
 use std::io::{self};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -409,9 +409,6 @@ pub(super) fn walk(
         let md = d
             .metadata(&name, Follow::Parents)
             .with_context(|| format!("reading {}", root.show(&inside)))?;
-        if md.file_type().is_socket() {
-            continue;
-        }
         let n = name.to_string_lossy();
         let e_rel = join_rel(ex_rel, &n);
         let ctx_rel = rel_str(&inside);
