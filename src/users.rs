@@ -11,7 +11,7 @@ use std::path::Path;
 /// The largest /etc/passwd or /etc/group kiln reads.
 pub const MAX_DB_SIZE: u64 = 4 << 20;
 
-/// A resolved user: ids and supplementary groups.
+/// A resolved user: ids and additional groups (the primary gid first).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResolvedUser {
     pub uid: u32,
@@ -119,6 +119,9 @@ pub fn resolve_user_in(root: &Root, spec: &str) -> Result<ResolvedUser> {
         }
         None => {}
     }
+    // The primary gid is one of the additional gids too, as Docker and containerd set them
+    // since CVE-2023-25173 (`id` shows `groups=0(root),10(wheel)` for root).
+    groups.insert(0, gid);
     Ok(ResolvedUser {
         uid,
         gid,
@@ -194,7 +197,7 @@ mod tests {
             ResolvedUser {
                 uid: 1000,
                 gid: 1000,
-                groups: vec![10],
+                groups: vec![1000, 10],
                 home: "/home/app".into()
             }
         );
@@ -204,7 +207,7 @@ mod tests {
             ResolvedUser {
                 uid: 4242,
                 gid: 0,
-                groups: vec![],
+                groups: vec![0],
                 home: "/".into()
             }
         );

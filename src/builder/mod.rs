@@ -9,6 +9,7 @@
 
 pub mod cache;
 pub mod copy;
+mod history;
 mod output;
 mod progress;
 pub mod remote_cache;
@@ -169,6 +170,9 @@ pub struct StageState {
     pub args: BTreeMap<String, String>,
     /// CMD was set in this stage (ENTRYPOINT resets an inherited CMD only).
     pub cmd_set: bool,
+    /// The ARG declarations so far (the base stage's first), in order, one per name (the
+    /// last value): BuildKit writes them into a RUN's history text (`RUN |2 a=1 b=2 …`).
+    pub arg_decls: Vec<(String, Option<String>)>,
 }
 
 impl StageState {
@@ -219,6 +223,18 @@ pub fn build(store: &Store, req: &BuildRequest) -> Result<Option<Image>> {
         platform: req.frontend.platform.clone(),
     };
     let plan = plan::plan(&df, &plan_opts)?;
+    // SOURCE_DATE_EPOCH as a build arg (or a global ARG default) is the build's epoch, as in
+    // BuildKit (dockerfile2llb: getBuildArgValue(…, "SOURCE_DATE_EPOCH")); --timestamp wins.
+    let with_epoch;
+    let req = match (req.output.timestamp, source_date_epoch(&plan)?) {
+        (None, Some(t)) => {
+            let mut r = req.clone();
+            r.output.timestamp = Some(t);
+            with_epoch = r;
+            &with_epoch
+        }
+        _ => req,
+    };
     let ignore = if req.source.dockerfile.as_os_str() == "-" {
         dockerfile::ignore::IgnoreMatcher::load(&req.source.context, &req.source.context.join("Dockerfile"))?
     } else {
@@ -316,6 +332,21 @@ fn read_dockerfile(req: &BuildRequest) -> Result<(String, String)> {
     Ok((text, name))
 }
 
+/// The `SOURCE_DATE_EPOCH` build arg or global ARG, if set (an empty value is unset).
+fn source_date_epoch(plan: &Plan) -> Result<Option<i64>> {
+    let v = plan
+        .build_args
+        .get("SOURCE_DATE_EPOCH")
+        .or_else(|| plan.global_args.get("SOURCE_DATE_EPOCH"));
+    match v.map(|s| s.trim()) {
+        None | Some("") => Ok(None),
+        Some(s) => s
+            .parse::<i64>()
+            .map(Some)
+            .map_err(|_| anyhow::anyhow!("invalid SOURCE_DATE_EPOCH: {s}")),
+    }
+}
+
 /// RFC 3339 time of a Unix timestamp.
 pub fn rfc3339(secs: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
@@ -376,6 +407,7 @@ impl<'a> Builder<'a> {
         // inheritance keeps the parent's ARG values.
         if !matches!(stage.base, BaseRef::Stage(_)) {
             state.args.clear();
+            state.arg_decls.clear();
         }
         state.key = cache::chain(&state.key, &format!("stage {index} platform {:?}", stage.platform), &[]);
         let total = stage.instructions.len();
@@ -419,6 +451,7 @@ impl<'a> Builder<'a> {
             key: cache::chain(&Digest::of(b"scratch"), "scratch", &[]),
             args: BTreeMap::new(),
             cmd_set: false,
+            arg_decls: Vec::new(),
         }
     }
 
@@ -446,6 +479,7 @@ impl<'a> Builder<'a> {
             layers: image.manifest.layers.clone(),
             args: BTreeMap::new(),
             cmd_set: false,
+            arg_decls: Vec::new(),
         })
     }
 
@@ -482,6 +516,7 @@ impl<'a> Builder<'a> {
                     layers: img.manifest.layers.clone(),
                     args: BTreeMap::new(),
                     cmd_set: false,
+                    arg_decls: Vec::new(),
                 };
                 self.images.lock().unwrap().insert(r, st.clone());
                 Ok(st)

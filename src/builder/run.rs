@@ -3,7 +3,7 @@
 
 use super::step::{ReadOnlyRoot, fs_step};
 use super::{Builder, StageState, shell_of};
-use crate::dockerfile::mount::{MountKind, RunMount, Sharing, parse_mount};
+use crate::dockerfile::mount::{MountKind, RunMount, Sharing, parse_mount_expanding};
 use crate::dockerfile::{FlagValue, Instruction, NetworkMode, RunCommand, SecurityMode, ShellOrExec};
 use crate::fsutil::{Follow, Root};
 use crate::sandbox::{MountSpec, Network, RunSpec};
@@ -60,6 +60,34 @@ fn run_argv(
     let mut v = shell.to_vec();
     v.push(script);
     Ok(v)
+}
+
+/// The argv BuildKit records in a RUN's history: as run, except that a lone heredoc with a
+/// shebang shows as the shell running `/dev/pipes/NAME`.
+fn history_argv(cmd: &ShellOrExec, ins: &Instruction, shell: &[String]) -> Vec<String> {
+    if let ShellOrExec::Shell(line) = cmd
+        && ins.heredocs.len() == 1
+        && is_lone_heredoc(line, &ins.heredocs[0].name)
+        && ins.heredocs[0].content.starts_with("#!")
+    {
+        let mut v = shell.to_vec();
+        v.push(format!("/dev/pipes/{}", ins.heredocs[0].name));
+        return v;
+    }
+    let mut none = Vec::new();
+    run_argv(cmd, ins, shell, Path::new("/nonexistent"), &mut none).unwrap_or_else(|_| super::command_argv(cmd, shell))
+}
+
+/// The RUN sandbox's hostname: `--build-arg BUILDKIT_SANDBOX_HOSTNAME=NAME`, else BuildKit's
+/// default, `buildkitsandbox` (frontend/dockerui/config.go, executor/oci).
+fn sandbox_hostname(b: &Builder) -> String {
+    b.req
+        .frontend
+        .build_args
+        .get("BUILDKIT_SANDBOX_HOSTNAME")
+        .filter(|h| !h.is_empty())
+        .cloned()
+        .unwrap_or_else(|| "buildkitsandbox".to_string())
 }
 
 fn is_lone_heredoc(line: &str, name: &str) -> bool {
@@ -191,6 +219,7 @@ fn bind_inputs(
             is_add: false,
             checksum: None,
             keep_git_dir: false,
+            unpack: None,
             heredocs: Vec::new(),
             ownership: b.layer_opts.ownership,
         };
@@ -228,9 +257,10 @@ pub fn run_step(
     let vars = state.vars();
     let esc = b.escape;
     let word = |f: &FlagValue| crate::dockerfile::expand::process_word(&f.raw, &vars, esc);
+    let word_str = |v: &str| crate::dockerfile::expand::process_word(v, &vars, esc);
     let mut mount_specs = Vec::new();
     for f in &run.mounts {
-        mount_specs.push(parse_mount(&word(f)?).with_context(|| format!("{}", f.loc))?);
+        mount_specs.push(parse_mount_expanding(&f.raw, &|v: &str| word_str(v)).with_context(|| format!("{}", f.loc))?);
     }
     let mut network = b.req.run.network;
     if let Some(f) = &run.network {
@@ -250,10 +280,7 @@ pub fn run_step(
     }
     let env = run_env(b, state);
     let shell = shell_of(&state.config);
-    let created_by = match cmd {
-        ShellOrExec::Shell(s) => format!("RUN {} {} # buildkit", shell.join(" "), s),
-        ShellOrExec::Exec(v) => format!("RUN {} # buildkit", serde_json::to_string(v)?),
-    };
+    let created_by = super::history::run(&history_argv(cmd, ins, &shell), &state.arg_decls, &env);
     let heredocs: Vec<_> = ins.heredocs.iter().map(|h| (&h.name, &h.content)).collect();
     let mount_key: Vec<String> = mount_specs
         .iter()
@@ -321,7 +348,7 @@ pub fn run_step(
                 cwd: cwd.clone(),
                 user: user.clone(),
                 network,
-                hostname: "kiln".to_string(),
+                hostname: sandbox_hostname(b),
                 mounts,
                 seccomp: b.req.run.seccomp.clone(),
                 cap_add: b.req.run.cap_add.clone(),
@@ -473,10 +500,10 @@ fn add_mount(
             mode: m.mode,
         }),
         MountKind::Secret => {
-            let id = m.id.clone().or(m.source.clone()).unwrap_or_default();
+            let id = m.secret_id();
             let Some(secret) = b.req.run.secrets.iter().find(|s| s.id == id) else {
                 if m.required {
-                    bail!("secret {id} is required but was not given with --secret id={id},src=FILE");
+                    bail!("secret {id}: not found (it is required: give it with --secret id={id},src=FILE)");
                 }
                 return Ok(());
             };

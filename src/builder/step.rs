@@ -16,47 +16,48 @@ pub fn execute(b: &Builder, state: &mut StageState, ins: &Instruction, stage_ind
     match &ins.command {
         Command::From(_) => bail!("FROM inside a stage"),
         Command::Arg(decls) => {
-            arg_step(b, state, decls, stage_index)?;
-            meta(b, state, ins, false)
+            let text = arg_step(b, state, decls)?;
+            meta(b, state, ins, Some(text))
         }
         Command::Workdir(w) => workdir_step(b, state, ins, stage_index, w),
         Command::Run(run) => super::run::run_step(b, state, ins, stage_index, run),
         Command::Copy(c) => copy_step(b, state, ins, stage_index, c, false),
         Command::Add(c) => copy_step(b, state, ins, stage_index, c, true),
         _ => {
-            config_step(b, state, ins)?;
-            meta(b, state, ins, true)
+            let text = config_step(b, state, ins)?;
+            meta(b, state, ins, text)
         }
     }
 }
 
-/// ARG: each declared name takes its `--build-arg` value or its expanded default.
-fn arg_step(b: &Builder, state: &mut StageState, decls: &[(String, Option<String>)], stage_index: usize) -> Result<()> {
+/// ARG, as BuildKit's dispatchArg: each declared name takes its `--build-arg` value; else,
+/// declared without a default, the global value (meta ARG or predefined); else its default,
+/// expanded (an error such as `${X:?msg}` fails the build). Declared with no value at all, an
+/// earlier value (from this stage or its base stage) stays. Returns the history text.
+fn arg_step(b: &Builder, state: &mut StageState, decls: &[(String, Option<String>)]) -> Result<String> {
     let esc = b.escape;
+    let mut texts = Vec::with_capacity(decls.len());
     for (name, default) in decls {
-        let value = b.plan.arg_value(stage_index, name, &state.args).or_else(|| {
-            default
-                .as_ref()
-                .map(|d| process_word(d, &state.vars(), esc))
-                .transpose()
-                .ok()
-                .flatten()
-        });
-        match value {
-            Some(v) => {
-                state.args.insert(name.clone(), v);
-            }
-            None => {
-                // Declared without a value: visible (as empty to expansion) but not set.
-                state.args.remove(name);
-            }
+        let value = match (b.plan.build_args.get(name), default) {
+            (Some(v), _) => Some(v.clone()),
+            (None, None) => b.plan.global_args.get(name).cloned(),
+            (None, Some(d)) => Some(process_word(d, &state.vars(), esc).with_context(|| format!("ARG {name}"))?),
+        };
+        if let Some(v) = &value {
+            state.args.insert(name.clone(), v.clone());
+            texts.push(format!("{name}={v}"));
+        } else {
+            texts.push(name.clone());
         }
+        super::history::declare_arg(&mut state.arg_decls, name, value);
     }
-    Ok(())
+    Ok(format!("ARG {}", texts.join(" ")))
 }
 
-/// An instruction that only changes the image config (ENV, LABEL, CMD, …).
-fn config_step(b: &Builder, state: &mut StageState, ins: &Instruction) -> Result<()> {
+/// An instruction that only changes the image config (ENV, LABEL, CMD, …). Returns the
+/// history text BuildKit writes for it (None: no history entry, as for ONBUILD).
+fn config_step(b: &Builder, state: &mut StageState, ins: &Instruction) -> Result<Option<String>> {
+    use super::history::{go_list, go_quote_list};
     let esc = b.escape;
     let vars = state.vars();
     let word = |w: &str| process_word(w, &vars, esc);
@@ -69,15 +70,18 @@ fn config_step(b: &Builder, state: &mut StageState, ins: &Instruction) -> Result
             for (k, v) in pairs {
                 expanded.push((word(k)?, word(v)?));
             }
+            let text: Vec<String> = expanded.iter().map(|(k, v)| format!("{k}={v}")).collect();
             for (k, v) in expanded {
                 state.config.config.env_set(&k, &v);
             }
-            Ok(())
+            Ok(Some(format!("ENV {}", text.join(" "))))
         }
         Command::Label(pairs) => {
+            let mut text = Vec::new();
             for (k, v) in pairs {
                 let k = word(k)?;
                 let v = word(v)?;
+                text.push(format!("{k}={v}"));
                 state
                     .config
                     .config
@@ -85,24 +89,29 @@ fn config_step(b: &Builder, state: &mut StageState, ins: &Instruction) -> Result
                     .get_or_insert_with(BTreeMap::new)
                     .insert(k, v);
             }
-            Ok(())
+            Ok(Some(format!("LABEL {}", text.join(" "))))
         }
         Command::Maintainer(m) => {
             state.config.author = Some(m.clone());
-            Ok(())
+            Ok(Some(format!("MAINTAINER {m}")))
         }
         Command::Expose(ports) => {
+            // BuildKit sorts the words as written, then expands each.
+            let mut raw = ports.clone();
+            raw.sort();
             let mut list = Vec::new();
-            for p in ports {
+            for p in &raw {
                 list.extend(words(p)?);
             }
-            let exposed = state.config.config.exposed_ports.get_or_insert_with(BTreeMap::new);
+            let mut specs = Vec::new();
             for p in list {
-                for port in expand_port(&p).with_context(|| format!("EXPOSE {p}"))? {
-                    exposed.insert(port, serde_json::json!({}));
-                }
+                specs.extend(expand_port(&p)?);
             }
-            Ok(())
+            let exposed = state.config.config.exposed_ports.get_or_insert_with(BTreeMap::new);
+            for port in &specs {
+                exposed.insert(port.clone(), serde_json::json!({}));
+            }
+            Ok(Some(format!("EXPOSE {}", go_list(&specs))))
         }
         Command::Volume(vols) => {
             let mut list = Vec::new();
@@ -112,31 +121,37 @@ fn config_step(b: &Builder, state: &mut StageState, ins: &Instruction) -> Result
             if list.iter().any(|v| v.trim().is_empty()) || list.is_empty() {
                 bail!("VOLUME specified can not be an empty string");
             }
+            let text = format!("VOLUME {}", go_list(&list));
             let volumes = state.config.config.volumes.get_or_insert_with(BTreeMap::new);
             for v in list {
                 volumes.insert(v, serde_json::json!({}));
             }
-            Ok(())
+            Ok(Some(text))
         }
         Command::User(u) => {
-            state.config.config.user = Some(word(u)?);
-            Ok(())
+            let u = word(u)?;
+            state.config.config.user = Some(u.clone());
+            Ok(Some(format!("USER {u}")))
         }
         Command::Stopsignal(s) => {
-            state.config.config.stop_signal = Some(word(s)?);
-            Ok(())
+            let s = word(s)?;
+            state.config.config.stop_signal = Some(s.clone());
+            Ok(Some(format!("STOPSIGNAL {s}")))
         }
         Command::Shell(v) => {
             state.config.config.shell = Some(v.clone());
-            Ok(())
+            Ok(Some(format!("SHELL {}", go_list(v))))
         }
         Command::Cmd(c) => {
-            state.config.config.cmd = Some(command_argv(c, &shell_of(&state.config)));
+            let argv = command_argv(c, &shell_of(&state.config));
+            let text = format!("CMD {}", go_quote_list(&argv));
+            state.config.config.cmd = Some(argv);
             state.cmd_set = true;
-            Ok(())
+            Ok(Some(text))
         }
         Command::Entrypoint(c) => {
             let argv = command_argv(c, &shell_of(&state.config));
+            let text = format!("ENTRYPOINT {}", go_quote_list(&argv));
             // `ENTRYPOINT []` / `ENTRYPOINT ""` clears it.
             let empty = matches!(c, ShellOrExec::Exec(v) if v.is_empty())
                 || matches!(c, ShellOrExec::Shell(s) if s.trim().is_empty());
@@ -144,16 +159,18 @@ fn config_step(b: &Builder, state: &mut StageState, ins: &Instruction) -> Result
             if !state.cmd_set {
                 state.config.config.cmd = None;
             }
-            Ok(())
+            Ok(Some(text))
         }
         Command::Healthcheck(spec) => {
-            state.config.config.healthcheck = Some(healthcheck(spec.as_ref()));
-            Ok(())
+            let h = healthcheck(spec.as_ref());
+            let text = super::history::healthcheck(&h);
+            state.config.config.healthcheck = Some(h);
+            Ok(Some(text))
         }
         Command::Onbuild(inner) => {
             let text = inner.original.clone();
             state.config.config.on_build.get_or_insert_with(Vec::new).push(text);
-            Ok(())
+            Ok(None)
         }
         other => bail!("internal error: {} is not a config instruction", other.keyword()),
     }
@@ -178,6 +195,10 @@ fn workdir_step(b: &Builder, state: &mut StageState, ins: &Instruction, stage_in
     state.config.config.working_dir = Some(path.clone());
     let user = state.config.config.user.clone();
     let created_by = format!("WORKDIR {path}");
+    if path == "/" {
+        // BuildKit makes no filesystem step for the root: an empty-layer entry.
+        return meta(b, state, ins, Some(created_by));
+    }
     fs_step(
         b,
         state,
@@ -191,13 +212,13 @@ fn workdir_step(b: &Builder, state: &mut StageState, ins: &Instruction, stage_in
 }
 
 /// A metadata-only step: history entry (empty layer) and the cache chain.
-fn meta(b: &Builder, state: &mut StageState, ins: &Instruction, history: bool) -> Result<bool> {
+fn meta(b: &Builder, state: &mut StageState, ins: &Instruction, history: Option<String>) -> Result<bool> {
     let desc = describe(ins, state);
     state.key = cache::chain(&state.key, &desc, &[]);
-    if history {
+    if let Some(text) = history {
         // Metadata steps take the time of the step before them, so that cached rebuilds
         // reproduce the same config.
-        let mut h = b.history(created_by_meta(ins, state), true);
+        let mut h = b.history(text, true);
         if b.req.output.timestamp.is_none()
             && let Some(t) = state.config.history.last().and_then(|h| h.created.clone())
         {
@@ -206,10 +227,6 @@ fn meta(b: &Builder, state: &mut StageState, ins: &Instruction, history: bool) -
         state.config.history.push(h);
     }
     Ok(false)
-}
-
-fn created_by_meta(ins: &Instruction, _state: &StageState) -> String {
-    ins.original.clone()
 }
 
 /// The cache description of an instruction: its text with the variables it can see.
@@ -291,7 +308,7 @@ pub fn fs_step(
     // Mount placeholders and directories copied up only to hold them are not changes.
     crate::rootfs::clean_upper(&upper, &lowers, &placeholders)?;
     let t_clean = t0.elapsed();
-    let layer = crate::layer::commit_dir(b.store, &upper, &placeholders, &b.layer_opts, b.req.output.format)?;
+    let layer = Some(commit_layer(b, &upper, &placeholders)?);
     let t_commit = t0.elapsed();
     if let Some(l) = &layer {
         // The upper dir becomes the layer's lower: it must hold exactly what the blob holds.
@@ -320,6 +337,23 @@ pub fn fs_step(
     }
     apply_layer(state, entry.layer, b.history(created_by, false), key);
     Ok(false)
+}
+
+/// The upper dir as a layer; a step that changed nothing still makes one (an empty tar), as
+/// BuildKit does for every RUN, COPY, ADD and WORKDIR.
+fn commit_layer(b: &Builder, upper: &Path, placeholders: &[PathBuf]) -> Result<crate::layer::CommittedLayer> {
+    if let Some(l) = crate::layer::commit_dir(b.store, upper, placeholders, &b.layer_opts, b.req.output.format)? {
+        return Ok(l);
+    }
+    let walk = crate::layer::DirWalk::new(upper, placeholders)?;
+    let blob = b.store.blob_writer().context("opening a blob writer in the store")?;
+    let (blob, diff_id, _) = crate::layer::compress_tar(walk, &b.layer_opts, blob).context("writing an empty layer")?;
+    let (digest, size) = blob.commit(None).context("committing the layer blob to the store")?;
+    let media_type = crate::layer::layer_media_type(&b.req.output.format, b.layer_opts.compression);
+    Ok(crate::layer::CommittedLayer {
+        descriptor: crate::image::Descriptor::new(media_type, digest, size),
+        diff_id,
+    })
 }
 
 fn apply_layer(
@@ -388,7 +422,7 @@ fn copy_step(
         req.dest,
         c.flags_for_key()
     );
-    let created_by = format!("{} # buildkit", ins.original);
+    let created_by = copy_created_by(&req, is_add);
     let ignore_owned = if is_context { Some(b.ignore.clone()) } else { None };
     let result = fs_step(
         b,
@@ -412,6 +446,29 @@ fn copy_step(
     result
 }
 
+/// BuildKit's history text of a COPY/ADD: the flags that change content, the sources (paths
+/// first, then heredocs as `<<NAME`) and the destination, expanded.
+fn copy_created_by(req: &super::copy::CopyRequest, is_add: bool) -> String {
+    let mut t = String::from(if is_add { "ADD" } else { "COPY" });
+    if req.parents {
+        t.push_str(" --parents");
+    }
+    if let Some(c) = &req.chown {
+        t.push_str(&format!(" --chown={c}"));
+    }
+    if let Some(c) = &req.chmod {
+        t.push_str(&format!(" --chmod={c}"));
+    }
+    for s in req.srcs.iter().filter(|s| !s.starts_with("<<")) {
+        t.push_str(&format!(" {s}"));
+    }
+    for (name, _) in &req.heredocs {
+        t.push_str(&format!(" <<{name}"));
+    }
+    t.push_str(&format!(" {} # buildkit", req.dest));
+    t
+}
+
 /// The COPY/ADD with its words and flags expanded in the stage's scope, and its `--from`.
 fn copy_request(
     b: &Builder,
@@ -424,9 +481,14 @@ fn copy_request(
     let esc = b.escape;
     let word = |f: &FlagValue| process_word(&f.raw, &vars, esc);
     let opt = |f: &Option<FlagValue>| f.as_ref().map(word).transpose();
-    if let Some(u) = &c.unpack {
-        bail!("{}: ADD --unpack is not supported by kiln", u.loc);
-    }
+    let unpack = match &c.unpack {
+        None => None,
+        Some(u) => Some(match word(u)?.as_str() {
+            "" | "true" | "1" | "True" | "TRUE" | "t" | "T" => true,
+            "false" | "0" | "False" | "FALSE" | "f" | "F" => false,
+            v => bail!("{}: invalid value for --unpack: {v:?} (expected true or false)", u.loc),
+        }),
+    };
     let mut req = super::copy::CopyRequest {
         srcs: Vec::new(),
         dest: process_word(&c.dest, &vars, esc)?,
@@ -444,6 +506,7 @@ fn copy_request(
         is_add,
         checksum: opt(&c.checksum)?,
         keep_git_dir: c.keep_git_dir,
+        unpack,
         heredocs: Vec::new(),
         ownership: b.layer_opts.ownership,
     };

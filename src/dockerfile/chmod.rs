@@ -66,7 +66,10 @@ impl Chmod {
             // Like BuildKit: whatever starts with a digit must be an octal number up to 07777.
             return match u32::from_str_radix(s, 8) {
                 Ok(m) if m <= 0o7777 && s.bytes().all(|b| b.is_ascii_digit()) => Ok(Chmod::Octal(m)),
-                _ => Err(bad("not an octal mode between 0 and 07777")),
+                // BuildKit's wording (dockerfile2llb/convert_copy.go).
+                _ => Err(anyhow!(
+                    "invalid --chmod={s}: invalid chmod parameter: '{s}'. it should be octal string and between 0 and 07777"
+                )),
             };
         }
         parse_symbolic(s.as_bytes())

@@ -96,7 +96,11 @@ impl<'a> Flags<'a> {
             };
             let Some(&(_, kind)) = allowed.iter().find(|(n, _)| *n == name) else {
                 let owners = owners_of(&name);
-                return Err(err(if owners.is_empty() {
+                let names: Vec<&str> = allowed.iter().map(|(n, _)| *n).collect();
+                let hint = super::suggest::hint(&name, &names);
+                return Err(err(if owners.is_empty() && !hint.is_empty() {
+                    format!("unknown flag: --{name}{hint}")
+                } else if owners.is_empty() {
                     format!("unknown flag: --{name} ({})", accepts(keyword))
                 } else {
                     format!(

@@ -19,6 +19,7 @@ pub mod instructions;
 pub mod mount;
 mod parse;
 mod scan;
+pub mod suggest;
 
 use anyhow::{Context, Result, bail};
 use std::fmt;

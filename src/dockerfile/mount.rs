@@ -111,10 +111,55 @@ fn parse_size(v: &str) -> Result<u64> {
 
 /// Parse one `--mount` value.
 pub fn parse_mount(spec: &str) -> Result<RunMount> {
-    let fields = split_csv(spec)?;
+    parse_fields(&split_csv(spec)?, spec)
+}
+
+/// Parse one `--mount` value as written, expanding each field's value on its own (after the
+/// CSV split, as BuildKit does, so a value cannot add fields). `from=` is never expanded.
+pub fn parse_mount_expanding(spec: &str, expand: &dyn Fn(&str) -> Result<String>) -> Result<RunMount> {
+    let mut fields = Vec::new();
+    for f in split_csv(spec)? {
+        match f.split_once('=') {
+            Some((k, v)) if k.trim().eq_ignore_ascii_case("from") => {
+                if v.find('$').is_some_and(|i| i != v.len() - 1) {
+                    bail!("'from' doesn't support variable expansion, define alias stage instead");
+                }
+                fields.push(f);
+            }
+            Some((k, v)) => fields.push(format!("{k}={}", expand(v)?)),
+            None => fields.push(f),
+        }
+    }
+    parse_fields(&fields, spec)
+}
+
+/// The keys a `--mount` accepts (for "did you mean" hints).
+const MOUNT_KEYS: &[&str] = &[
+    "type",
+    "from",
+    "source",
+    "target",
+    "readonly",
+    "id",
+    "sharing",
+    "required",
+    "size",
+    "mode",
+    "uid",
+    "gid",
+    "src",
+    "dst",
+    "destination",
+    "ro",
+    "rw",
+    "readwrite",
+    "env",
+];
+
+fn parse_fields(fields: &[String], spec: &str) -> Result<RunMount> {
     let mut kind = MountKind::Bind;
     // type first, since defaults depend on it
-    for f in &fields {
+    for f in fields {
         let (k, v) = f
             .split_once('=')
             .map(|(k, v)| (k.trim(), Some(v)))
@@ -126,7 +171,13 @@ pub fn parse_mount(spec: &str) -> Result<RunMount> {
                 "tmpfs" => MountKind::Tmpfs,
                 "secret" => MountKind::Secret,
                 "ssh" => MountKind::Ssh,
-                other => bail!("unsupported mount type {other:?} (expected bind, cache, tmpfs, secret or ssh)"),
+                other => {
+                    let types = ["bind", "cache", "tmpfs", "secret", "ssh"];
+                    match super::suggest::search(other, &types, true) {
+                        Some(m) => bail!("unsupported mount type {other:?} (did you mean {m}?)"),
+                        None => bail!("unsupported mount type {other:?} (expected bind, cache, tmpfs, secret or ssh)"),
+                    }
+                }
             };
         }
     }
@@ -145,7 +196,7 @@ pub fn parse_mount(spec: &str) -> Result<RunMount> {
         size: None,
         env: None,
     };
-    for f in &fields {
+    for f in fields {
         if f.trim().is_empty() {
             continue;
         }
@@ -193,18 +244,22 @@ pub fn parse_mount(spec: &str) -> Result<RunMount> {
             "required" => m.required = parse_bool(&key, v)?,
             "size" => m.size = Some(parse_size(&val()?)?),
             "env" => m.env = Some(val()?),
-            _ => bail!("unexpected key {k:?} in mount spec {spec:?}"),
+            _ => bail!(
+                "unexpected key '{k}' in '{f}'{} (mount spec {spec:?})",
+                super::suggest::hint(&key, MOUNT_KEYS)
+            ),
         }
     }
     if m.target.is_empty() {
         match kind {
             MountKind::Secret => {
-                let id = m.id.clone().or_else(|| m.source.clone()).unwrap_or_default();
+                let id = m.secret_id();
                 if id.is_empty() && m.env.is_none() {
                     bail!("secret mount needs an id or a target (--mount=type=secret,id=mysecret)");
                 }
                 if !id.is_empty() && m.env.is_none() {
-                    m.target = format!("/run/secrets/{id}");
+                    let base = id.rsplit('/').next().unwrap_or(&id);
+                    m.target = format!("/run/secrets/{base}");
                 }
             }
             MountKind::Ssh => m.target = "/run/buildkit/ssh_agent.0".to_string(),
@@ -215,6 +270,20 @@ pub fn parse_mount(spec: &str) -> Result<RunMount> {
         bail!("from= is only valid for bind and cache mounts");
     }
     Ok(m)
+}
+
+impl RunMount {
+    /// A secret's id as BuildKit resolves it: `source=`, else `id=`, else the target's base name.
+    pub fn secret_id(&self) -> String {
+        self.source
+            .clone()
+            .filter(|s| !s.is_empty())
+            .or_else(|| self.id.clone().filter(|s| !s.is_empty()))
+            .unwrap_or_else(|| {
+                let t = self.target.trim_end_matches('/');
+                t.rsplit('/').next().unwrap_or("").to_string()
+            })
+    }
 }
 
 #[cfg(test)]

@@ -304,7 +304,12 @@ pub fn plan(df: &Dockerfile, opts: &BuildOptions) -> Result<Plan> {
         })
         .collect();
     let target = target_index(opts, &stage_names)?;
-    let target_stage_name = stage_names[target].clone().unwrap_or_default();
+    // TARGETSTAGE: --target as given, else the last stage's name, else "default" (BuildKit's
+    // defaultArgs in dockerfile2llb/platform.go).
+    let target_stage_name = match opts.target.clone().or_else(|| stage_names[target].clone()) {
+        Some(t) if !t.is_empty() => t,
+        _ => "default".to_string(),
+    };
 
     // predefined and global ARGs
     let target_platform = match &opts.platform {
@@ -388,6 +393,9 @@ fn target_index(opts: &BuildOptions, stage_names: &[Option<String>]) -> Result<u
                 .rposition(|n| n.as_deref() == Some(lower.as_str()))
                 .ok_or_else(|| {
                     let names: Vec<&str> = stage_names.iter().flatten().map(String::as_str).collect();
+                    if let Some(m) = crate::dockerfile::suggest::search(t, &names, true) {
+                        return anyhow!("target stage {t:?} could not be found (did you mean {m}?)");
+                    }
                     anyhow!(
                         "target stage {t:?} could not be found (the Dockerfile's named stages: {})",
                         if names.is_empty() {

@@ -94,10 +94,16 @@ impl Copier {
             .mkdir_all(container_path, 0o755)
             .with_context(|| format!("creating directory {container_path} in the rootfs"))?;
         let (u, g) = self.created_owner();
+        // An octal --chmod applies to the directories the copy creates too (BuildKit passes
+        // the mode to its MkdirAll of the destination).
+        let mode = match &self.chmod {
+            Some(crate::dockerfile::chmod::Chmod::Octal(m)) => *m,
+            _ => 0o755,
+        };
         for c in &created {
             self.root
-                .chmod(c, 0o755)
-                .with_context(|| format!("setting mode 755 on {}", self.root.show(c)))?;
+                .chmod(c, mode)
+                .with_context(|| format!("setting mode {mode:o} on {}", self.root.show(c)))?;
             self.chown_path(c, u, g, false)?;
         }
         self.root
@@ -126,6 +132,13 @@ impl Copier {
                 self.write_new_file(&path, &mut content.as_bytes(), mode, None)
             }
             Kind::Remote(d) => {
+                if req.unpack == Some(true) {
+                    let f =
+                        File::open(d.file.path()).with_context(|| format!("reopening the download of {}", d.url))?;
+                    if self.extract_reader(f, &item.name, &dest.abs)? {
+                        return Ok(());
+                    }
+                }
                 let path = self.file_target(&target, &item.name);
                 let mode = self.chmod.as_ref().map_or(0o600, |c| c.apply(0o600, false));
                 let mut f =
@@ -171,7 +184,11 @@ impl Copier {
                     };
                     return self.copy_tree(root, &tdir, entries, keep_owner);
                 }
-                if req.is_add && md.is_file() && self.try_extract(root, inside, md, &dest.abs)? {
+                if req.is_add
+                    && req.unpack != Some(false)
+                    && md.is_file()
+                    && self.try_extract(root, inside, md, &dest.abs)?
+                {
                     return Ok(());
                 }
                 let path = self.file_target(&target, &item.name);
@@ -183,9 +200,14 @@ impl Copier {
     /// ADD of a local archive: extract into dest. Returns false when the file is no archive.
     fn try_extract(&mut self, src: &Root, inside: &Path, md: &Metadata, dest_abs: &str) -> Result<bool> {
         let f = open_source(src, inside, md)?;
-        let Some(reader) = crate::layer::open_archive(io::BufReader::with_capacity(1 << 20, f))
-            .with_context(|| format!("reading {}", src.show(inside)))?
-        else {
+        let name = inside.file_name().unwrap_or_default().display().to_string();
+        self.extract_reader(f, &name, dest_abs)
+            .with_context(|| format!("reading {}", src.show(inside)))
+    }
+
+    /// Extracts the archive `f` (tar, maybe compressed) into dest; false when it is no archive.
+    fn extract_reader(&mut self, f: File, name: &str, dest_abs: &str) -> Result<bool> {
+        let Some(reader) = crate::layer::open_archive(io::BufReader::with_capacity(1 << 20, f))? else {
             return Ok(false);
         };
         let dir = self.mkdir_all(dest_abs)?;
@@ -200,7 +222,6 @@ impl Copier {
             ownership: self.ownership,
             reporter: Default::default(),
         };
-        let name = inside.file_name().unwrap_or_default().display().to_string();
         let mut counted = CountingReader { inner: reader, n: 0 };
         crate::layer::apply(&mut counted, &fd_path(dir_fd.as_fd()), &opts)
             .with_context(|| format!("extracting {name} into {dest_abs}"))?;
@@ -408,11 +429,15 @@ impl Copier {
         if ft.is_dir() {
             bail!("internal error: copy_entry called for directory {}", src.show(inside));
         }
-        if ft.is_socket() {
-            return Ok(());
-        }
         self.clear(dst)?;
         let show = self.root.show(dst);
+        if ft.is_socket() {
+            // A socket becomes an empty regular file, as BuildKit's fsutil copies it.
+            self.root
+                .create_new(dst, 0o600)
+                .with_context(|| format!("creating {show} (for a socket)"))?;
+            return self.set_meta(src, inside, dst, md, keep_owner);
+        }
         if ft.is_file() {
             if md.nlink() > 1 {
                 if let Some(first) = self.links.get(&(md.dev(), md.ino()))

@@ -66,6 +66,9 @@ pub struct CopyRequest {
     /// ADD `--checksum=sha256:…`.
     pub checksum: Option<String>,
     pub keep_git_dir: bool,
+    /// ADD `--unpack[=BOOL]`: None extracts local archives only (the default); true also
+    /// extracts downloaded ones; false copies archives as they are.
+    pub unpack: Option<bool>,
     /// Heredoc bodies (name, content) for sources named `<<NAME`.
     pub heredocs: Vec<(String, String)>,
     /// Whether owners are set or recorded (see [`crate::layer::Ownership`]).
@@ -90,6 +93,11 @@ pub fn copy_into(rootfs: &Path, src: &CopySource, req: &CopyRequest) -> Result<(
     };
     let items = resolve_items(src, req)?;
     let dest = Dest::of(req);
+    if items.is_empty() && !req.parents {
+        // An empty wildcard: BuildKit returns before it creates the destination (with
+        // --parents it creates the destination directory first).
+        return Ok(());
+    }
     let dest_is_dir = dest.dir_hint || req.parents || items.len() > 1 || req.srcs.len() > 1;
     let mut cx = Copier {
         root,

@@ -9,7 +9,7 @@ use crate::fsutil::{Follow, Root};
 use anyhow::{Context, Result, bail};
 use std::fs::{File, Metadata};
 use std::io::{self};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -134,7 +134,6 @@ pub(super) fn resolve_items(src: &CopySource, req: &CopyRequest) -> Result<Vec<I
     };
     let word = if req.is_add { "ADD" } else { "COPY" };
     let mut items = Vec::new();
-    let mut local_patterns = 0usize;
     let mut root: Option<Arc<Root>> = None;
     for s in &req.srcs {
         if let Some((name, content)) = heredoc_for(s, req) {
@@ -171,7 +170,6 @@ pub(super) fn resolve_items(src: &CopySource, req: &CopyRequest) -> Result<Vec<I
         if req.checksum.is_some() {
             bail!("ADD --checksum is only supported for HTTP(S) sources, not {s:?}");
         }
-        local_patterns += 1;
         let r = match &root {
             Some(r) => r.clone(),
             None => {
@@ -188,12 +186,9 @@ pub(super) fn resolve_items(src: &CopySource, req: &CopyRequest) -> Result<Vec<I
         };
         items.extend(resolve_local(&r, src, req, s, &filter)?);
     }
-    if items.is_empty() && (local_patterns > 0 || req.srcs.is_empty()) {
-        bail!(
-            "{word} failed: no source files were specified (nothing matched {})",
-            req.srcs.join(" ")
-        );
-    }
+    // A wildcard that matches nothing copies nothing and succeeds: BuildKit sets
+    // AllowEmptyWildcard for COPY and ADD (dockerfile2llb/convert_copy.go), and creates no
+    // destination then. (A plain path that is missing already failed in resolve_local.)
     Ok(items)
 }
 
@@ -414,9 +409,6 @@ pub(super) fn walk(
         let md = d
             .metadata(&name, Follow::Parents)
             .with_context(|| format!("reading {}", root.show(&inside)))?;
-        if md.file_type().is_socket() {
-            continue;
-        }
         let n = name.to_string_lossy();
         let e_rel = join_rel(ex_rel, &n);
         let ctx_rel = rel_str(&inside);
