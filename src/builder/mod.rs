@@ -213,7 +213,14 @@ pub struct Builder<'a> {
 }
 
 /// Builds the image described by `req`. Returns None for `--dry-run`.
-pub fn build(store: &Store, req: &BuildRequest) -> Result<Option<Image>> {
+/// What a build produced: the image, or with `--dry-run` the resolved plan (for the caller to print).
+#[derive(Debug)]
+pub enum Outcome {
+    Image(Box<Image>),
+    Plan(String),
+}
+
+pub fn build(store: &Store, req: &BuildRequest) -> Result<Outcome> {
     let started = Instant::now();
     let (text, df_name) = read_dockerfile(req)?;
     let df = dockerfile::parse(&text, &df_name)?;
@@ -241,8 +248,7 @@ pub fn build(store: &Store, req: &BuildRequest) -> Result<Option<Image>> {
         dockerfile::ignore::IgnoreMatcher::load(&req.source.context, &req.source.dockerfile)?
     };
     if req.frontend.dry_run {
-        print!("{}", plan.render());
-        return Ok(None);
+        return Ok(Outcome::Plan(plan.render()));
     }
     if !req.source.context.is_dir() {
         bail!("build context {} is not a directory", req.source.context.display());
@@ -292,7 +298,7 @@ pub fn build(store: &Store, req: &BuildRequest) -> Result<Option<Image>> {
     }
     let image = b.commit_image(state?)?;
     b.progress.summary(&image, &req.output.tags, started.elapsed());
-    Ok(Some(image))
+    Ok(Outcome::Image(Box::new(image)))
 }
 
 /// The largest Dockerfile kiln reads.

@@ -255,8 +255,13 @@ pub fn run(g: &GlobalOpts, a: BuildArgs) -> Result<i32> {
         sign_key: a.sign_key.clone(),
     };
     let started = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let outcome = crate::builder::build(&store, &req)?;
-    let Some(image) = outcome else { return Ok(0) };
+    let image = match crate::builder::build(&store, &req)? {
+        crate::builder::Outcome::Image(image) => *image,
+        crate::builder::Outcome::Plan(text) => {
+            print!("{text}");
+            return Ok(0);
+        }
+    };
     if want.wanted() {
         let facts = super::attest::BuildFacts { req: &req, started };
         super::attest::after_build(&store, &image, &want, &facts)?;
