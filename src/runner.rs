@@ -101,7 +101,11 @@ pub fn parse_publish(s: &str) -> Result<PortMap> {
             if h.is_empty() { 0 } else { port(h, false)? },
             port(c, false)?,
         ),
-        (Some(ip), [h, c]) => (Some(ip), if h.is_empty() { 0 } else { port(h, false)? }, port(c, false)?),
+        (Some(ip), [h, c]) => (
+            Some(ip),
+            if h.is_empty() { 0 } else { port(h, false)? },
+            port(c, false)?,
+        ),
         _ => bail!("-p {s}: expected [IP:]HOST:CONTAINER[/tcp|/udp] or CONTAINER"),
     };
     let ip = ip.filter(|i| !i.is_empty()).unwrap_or_else(|| "0.0.0.0".to_string());
@@ -285,7 +289,8 @@ fn plan_network(req: &RunRequest, config: &ContainerConfig) -> Result<(Network, 
                         req.backend_why
                     );
                 }
-                req.reporter.warn("run", format!("the container has loopback only: {}", req.backend_why));
+                req.reporter
+                    .warn("run", format!("the container has loopback only: {}", req.backend_why));
             }
             let unpicked: Vec<bool> = ports.iter().map(|p| p.host == 0).collect();
             net::pick_free_ports(&mut ports)?;

@@ -716,6 +716,9 @@ mod tests {
         };
         let h = hosts_file_with(Network::Private, "web", &net);
         assert!(h.starts_with("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0"));
-        assert!(h.ends_with("ff02::2\tip6-allrouters\n192.0.2.2\tweb\n10.0.0.5\tdb\n"), "{h}");
+        assert!(
+            h.ends_with("ff02::2\tip6-allrouters\n192.0.2.2\tweb\n10.0.0.5\tdb\n"),
+            "{h}"
+        );
     }
 }

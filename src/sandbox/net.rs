@@ -141,7 +141,10 @@ fn find_in(path_var: Option<&OsStr>, name: &str) -> Option<PathBuf> {
 /// Finds pasta (preferred) or slirp4netns in `path_var` (the caller's `PATH`), or the one
 /// `want` names (`pasta`, `slirp4netns`). Both need a usable /dev/net/tun.
 pub fn detect(path_var: Option<&OsStr>, want: Option<&str>) -> Detection {
-    let tun = nix::unistd::access("/dev/net/tun", nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::W_OK);
+    let tun = nix::unistd::access(
+        "/dev/net/tun",
+        nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::W_OK,
+    );
     let candidates: &[&str] = match want {
         Some("pasta") => &["pasta"],
         Some("slirp4netns") => &["slirp4netns"],
@@ -281,8 +284,7 @@ pub fn resolv_conf(host: &str, network: Network, spec: &NetSpec) -> String {
         options = spec.dns_options.clone();
     }
     let mut out = String::new();
-    if network == Network::Host && spec.dns.is_empty() && spec.dns_search.is_empty() && spec.dns_options.is_empty()
-    {
+    if network == Network::Host && spec.dns.is_empty() && spec.dns_search.is_empty() && spec.dns_options.is_empty() {
         return host.to_string();
     }
     for l in other.iter().filter(|l| l.trim_start().starts_with('#')) {
@@ -305,7 +307,9 @@ pub fn resolv_conf(host: &str, network: Network, spec: &NetSpec) -> String {
 /// port 0 on its address and letting it go.
 pub fn pick_free_ports(publish: &mut [Publish]) -> Result<()> {
     for p in publish.iter_mut().filter(|p| p.host == 0) {
-        let ip: IpAddr = p.ip.parse().with_context(|| format!("-p: {:?} is not an IP address", p.ip))?;
+        let ip: IpAddr =
+            p.ip.parse()
+                .with_context(|| format!("-p: {:?} is not an IP address", p.ip))?;
         let port = match p.proto {
             Proto::Tcp => std::net::TcpListener::bind((ip, 0)).and_then(|l| l.local_addr()),
             Proto::Udp => std::net::UdpSocket::bind((ip, 0)).and_then(|l| l.local_addr()),
@@ -326,7 +330,9 @@ pub fn check_host_ports(publish: &[Publish]) -> Result<()> {
         if !seen.insert((p.host, p.proto, p.ip.clone())) {
             bail!("-p: host port {}/{} is published twice", p.host, p.proto.as_str());
         }
-        let ip: IpAddr = p.ip.parse().with_context(|| format!("-p: {:?} is not an IP address", p.ip))?;
+        let ip: IpAddr =
+            p.ip.parse()
+                .with_context(|| format!("-p: {:?} is not an IP address", p.ip))?;
         let r = match p.proto {
             Proto::Tcp => std::net::TcpListener::bind((ip, p.host)).map(drop),
             Proto::Udp => std::net::UdpSocket::bind((ip, p.host)).map(drop),
@@ -363,10 +369,17 @@ pub fn check_host_ports(publish: &[Publish]) -> Result<()> {
 /// pasta's arguments: the namespace (an fd of ours), the ports, no port forwarding from the
 /// namespace to the host, DNS forwarding, readiness through the pid file.
 pub fn pasta_args(netns: &str, pid_file: &str, publish: &[Publish]) -> Vec<String> {
-    let mut a: Vec<String> = ["--quiet", "--foreground", "--config-net", "--netns", netns, "--netns-only"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut a: Vec<String> = [
+        "--quiet",
+        "--foreground",
+        "--config-net",
+        "--netns",
+        netns,
+        "--netns-only",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     for proto in [Proto::Tcp, Proto::Udp] {
         let flag = if proto == Proto::Tcp { "-t" } else { "-u" };
         let mut any = false;
@@ -384,9 +397,18 @@ pub fn pasta_args(netns: &str, pid_file: &str, publish: &[Publish]) -> Vec<Strin
         }
     }
     a.extend(
-        ["-T", "none", "-U", "none", "--dns-forward", PASTA_DNS, "--pid", pid_file]
-            .iter()
-            .map(|s| s.to_string()),
+        [
+            "-T",
+            "none",
+            "-U",
+            "none",
+            "--dns-forward",
+            PASTA_DNS,
+            "--pid",
+            pid_file,
+        ]
+        .iter()
+        .map(|s| s.to_string()),
     );
     a
 }
@@ -668,7 +690,10 @@ mod tests {
             ],
         );
         let s = a.join(" ");
-        assert!(s.contains("-t 8080:80 -t 127.0.0.1/9000:5000 -u 5353:53 -T none -U none"), "{s}");
+        assert!(
+            s.contains("-t 8080:80 -t 127.0.0.1/9000:5000 -u 5353:53 -T none -U none"),
+            "{s}"
+        );
         assert!(s.contains("--netns /proc/self/fd/5 --netns-only") && s.ends_with("--pid /proc/self/fd/6"));
         let s = pasta_args("n", "p", &[]).join(" ");
         assert!(s.contains("-t none -u none"), "{s}");
@@ -701,7 +726,10 @@ mod tests {
             proto: Proto::Tcp,
         };
         let e = check_host_ports(std::slice::from_ref(&taken)).unwrap_err().to_string();
-        assert!(e.contains(&format!("127.0.0.1:{port}/tcp")) && e.contains("already uses it"), "{e}");
+        assert!(
+            e.contains(&format!("127.0.0.1:{port}/tcp")) && e.contains("already uses it"),
+            "{e}"
+        );
         let mut free = vec![Publish { host: 0, ..taken }];
         pick_free_ports(&mut free).unwrap();
         assert_ne!(free[0].host, 0);
