@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-time machine setup for kiln's tests and demo (Debian 12 / Ubuntu, as root):
-# Debian packages, an unprivileged test user with /etc/subuid and /etc/subgid ranges,
+# Debian packages (passt: kiln run's network), an unprivileged test user with /etc/subuid and /etc/subgid ranges,
 # /dev/fuse open to users as distributions ship it. Idempotent.
 #   scripts/setup.sh            (KILN_TEST_USER overrides the user name, default: tester)
 set -euo pipefail
@@ -9,7 +9,7 @@ export DEBIAN_FRONTEND=noninteractive
 user=${KILN_TEST_USER:-tester}
 need=(uidmap docker-registry busybox-static mmdebstrap fuse3 fuse-overlayfs skopeo umoci buildah
       libseccomp-dev pkg-config gcc g++ curl python3 python3-venv ca-certificates openssl git xz-utils bzip2 zstd
-      time util-linux libcap2-bin)
+      time util-linux libcap2-bin passt)
 missing=()
 for p in "${need[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then
@@ -36,6 +36,9 @@ uid=$(id -u "$user")
 grep -q "^$user:" /etc/subuid || echo "$user:$((100000 + (uid % 1000) * 65536)):65536" >> /etc/subuid
 grep -q "^$user:" /etc/subgid || echo "$user:$((100000 + (uid % 1000) * 65536)):65536" >> /etc/subgid
 [[ -e /dev/fuse ]] && chmod 666 /dev/fuse
+# kiln run connects each container's network namespace with pasta (package passt), which opens
+# a tap device: /dev/net/tun must be open to users, as distributions ship it.
+[[ -e /dev/net/tun ]] && chmod 666 /dev/net/tun
 # The integration tests, the demo and the lockdown matrix run kiln, scripts and the examples
 # from this checkout as the test user: make the checkout (and the path to it) readable.
 repo=$(cd "$(dirname "$0")/.." && pwd)
