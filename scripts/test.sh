@@ -5,6 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
+# The base images some tests pull (busybox, debian:bookworm) come from a registry on
+# 127.0.0.1:5000, made offline with kiln itself when none answers there.
+cargo build --release --quiet
+scripts/local-registry.sh target/release/kiln
 cargo test --release -- --test-threads=2 "$@"
 # BuildKit's frontend tests ported as a corpus (tests/buildkit; needs the local registry of
 # ../shared/env/setup.sh; about a minute, two builds at a time). KILN_SKIP_BUILDKIT=1 skips it.
