@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
+# The fuzz targets (fuzz/, run by .ci/run's fuzz smoke) call the library too: keep them compiling.
+cargo check --manifest-path fuzz/Cargo.toml --bins --quiet
 # The base images some tests pull (busybox, debian:bookworm) come from a registry on
 # 127.0.0.1:5000, made offline with kiln itself when none answers there.
 cargo build --release --quiet

@@ -34,7 +34,13 @@ fn check(data: &[u8], apply: bool) {
     if apply {
         let _ = kiln::layer::apply(data, &dest, &kiln::layer::ApplyOptions::default());
     } else {
-        let _ = kiln::layer::unpack_to_lower(data, kiln::image::Compression::None, &dest);
+        let _ = kiln::layer::unpack_to_lower(
+            data,
+            kiln::image::Compression::None,
+            &dest,
+            kiln::layer::Ownership::default(),
+            &kiln::events::Reporter::silent(),
+        );
     }
     assert_eq!(entries(b), ["root"], "an entry escaped the destination");
     assert_eq!(entries(&root), ["dest", "secret"], "an entry escaped the destination");
