@@ -161,7 +161,10 @@ mod tests {
         declare_arg(&mut d, "bar", Some("123".into()));
         declare_arg(&mut d, "foo", Some("bar2".into()));
         let argv = vec!["/bin/sh".to_string(), "-c".to_string(), "ls /etc/".to_string()];
-        assert_eq!(run(&argv, &d, &[]), "RUN |2 foo=bar2 bar=123 /bin/sh -c ls /etc/ # buildkit");
+        assert_eq!(
+            run(&argv, &d, &[]),
+            "RUN |2 foo=bar2 bar=123 /bin/sh -c ls /etc/ # buildkit"
+        );
         assert_eq!(run(&argv, &[], &[]), "RUN /bin/sh -c ls /etc/ # buildkit");
     }
 }

@@ -135,8 +135,25 @@ pub fn parse_mount_expanding(spec: &str, expand: &dyn Fn(&str) -> Result<String>
 
 /// The keys a `--mount` accepts (for "did you mean" hints).
 const MOUNT_KEYS: &[&str] = &[
-    "type", "from", "source", "target", "readonly", "id", "sharing", "required", "size", "mode", "uid", "gid", "src",
-    "dst", "destination", "ro", "rw", "readwrite", "env",
+    "type",
+    "from",
+    "source",
+    "target",
+    "readonly",
+    "id",
+    "sharing",
+    "required",
+    "size",
+    "mode",
+    "uid",
+    "gid",
+    "src",
+    "dst",
+    "destination",
+    "ro",
+    "rw",
+    "readwrite",
+    "env",
 ];
 
 fn parse_fields(fields: &[String], spec: &str) -> Result<RunMount> {

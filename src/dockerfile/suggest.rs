@@ -3,7 +3,13 @@
 
 /// The option closest to `val` (Levenshtein distance < 3), or None when `val` is one of them.
 pub fn search(val: &str, options: &[&str], case_sensitive: bool) -> Option<String> {
-    let norm = |s: &str| if case_sensitive { s.to_string() } else { s.to_lowercase() };
+    let norm = |s: &str| {
+        if case_sensitive {
+            s.to_string()
+        } else {
+            s.to_lowercase()
+        }
+    };
     let v = norm(val);
     let mut best: Option<String> = None;
     let mut min = 3;
@@ -50,9 +56,15 @@ mod tests {
     #[test]
     fn suggests_close_names_only() {
         assert_eq!(search("bulid", &["build", "base"], true).as_deref(), Some("build"));
-        assert_eq!(search("mont", &["mount", "network", "security"], true).as_deref(), Some("mount"));
+        assert_eq!(
+            search("mont", &["mount", "network", "security"], true).as_deref(),
+            Some("mount")
+        );
         assert_eq!(search("typ", &["type", "target"], true).as_deref(), Some("type"));
-        assert_eq!(search("tmp", &["bind", "cache", "tmpfs", "secret", "ssh"], true).as_deref(), Some("tmpfs"));
+        assert_eq!(
+            search("tmp", &["bind", "cache", "tmpfs", "secret", "ssh"], true).as_deref(),
+            Some("tmpfs")
+        );
         assert_eq!(search("zzzzzz", &["build"], true), None);
         assert_eq!(search("build", &["build"], true), None);
         assert_eq!(hint("bulid", &["build"]), " (did you mean build?)");

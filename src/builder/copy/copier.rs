@@ -132,7 +132,8 @@ impl Copier {
             }
             Kind::Remote(d) => {
                 if req.unpack == Some(true) {
-                    let f = File::open(d.file.path()).with_context(|| format!("reopening the download of {}", d.url))?;
+                    let f =
+                        File::open(d.file.path()).with_context(|| format!("reopening the download of {}", d.url))?;
                     if self.extract_reader(f, &item.name, &dest.abs)? {
                         return Ok(());
                     }
@@ -182,7 +183,11 @@ impl Copier {
                     };
                     return self.copy_tree(root, &tdir, entries, keep_owner);
                 }
-                if req.is_add && req.unpack != Some(false) && md.is_file() && self.try_extract(root, inside, md, &dest.abs)? {
+                if req.is_add
+                    && req.unpack != Some(false)
+                    && md.is_file()
+                    && self.try_extract(root, inside, md, &dest.abs)?
+                {
                     return Ok(());
                 }
                 let path = self.file_target(&target, &item.name);
