@@ -797,3 +797,53 @@ fn random_input_soak() {
     eprintln!("soak seed {seed:#x}, {iters} rounds");
     random_rounds(seed, iters);
 }
+
+/// BuildKit's shell lexer vectors (envVarTest and wordsTest), every Unix case.
+#[test]
+fn buildkit_lexer_vectors() {
+    use std::collections::BTreeMap;
+    let data = include_str!("testdata/lexer_vectors.tsv");
+    let mut section = "";
+    let word_env: BTreeMap<String, String> = [("PWD", "/home"), ("SHELL", "bash"), ("KOREAN", "한국어"), ("NULL", "")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let mut words_env: BTreeMap<String, String> = BTreeMap::new();
+    let mut failures = Vec::new();
+    let mut n = 0;
+    for line in data.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        if line.starts_with('[') {
+            section = line;
+            continue;
+        }
+        let (input, want) = line.split_once('\t').expect("INPUT<TAB>RESULT");
+        if section == "[words]" && input == "ENV" {
+            let (k, v) = want.split_once('=').expect("ENV k=v");
+            words_env.insert(k.to_string(), v.to_string());
+            continue;
+        }
+        n += 1;
+        let got = if section == "[word]" {
+            expand::process_word(input, &word_env, '\\').map_err(|e| e.to_string())
+        } else {
+            expand::process_words(input, &words_env, '\\')
+                .map(|v| v.join(","))
+                .map_err(|e| e.to_string())
+        };
+        match (&got, want) {
+            (Err(_), "error") => {}
+            (Ok(g), w) if g == w => {}
+            _ => failures.push(format!("{section} {input:?}: got {got:?}, want {want:?}")),
+        }
+    }
+    assert!(n > 200, "only {n} vectors read");
+    assert!(
+        failures.is_empty(),
+        "{} of {n} vectors differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}

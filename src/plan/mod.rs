@@ -664,9 +664,15 @@ impl StageScope {
         }
     }
 
+    /// Declares `k`; declared again without a value, an earlier value stays (BuildKit adds
+    /// only valued ARGs to the stage's environment).
     fn put_arg(&mut self, k: String, v: Option<String>) {
         match self.args.iter_mut().find(|(ak, _)| *ak == k) {
-            Some(a) => a.1 = v,
+            Some(a) => {
+                if v.is_some() {
+                    a.1 = v
+                }
+            }
             None => self.args.push((k, v)),
         }
     }
@@ -810,7 +816,9 @@ impl Plan {
                 self.unused_build_args.join(", ")
             );
         }
-        let mut stage_args: BTreeMap<usize, Vec<(String, Option<String>)>> = BTreeMap::new();
+        // Per rendered stage: its ARG scope and WORKDIR, for the stages built on it.
+        type Inherited = (Vec<(String, Option<String>)>, String);
+        let mut stage_args: BTreeMap<usize, Inherited> = BTreeMap::new();
         for s in &self.stages {
             let base = match &s.base {
                 BaseRef::Scratch => "scratch".to_string(),
@@ -831,9 +839,9 @@ impl Plan {
                 let _ = write!(out, " [target]");
             }
             out.push('\n');
-            let inherited = match s.base {
+            let (inherited, mut workdir) = match s.base {
                 BaseRef::Stage(j) => stage_args.get(&j).cloned().unwrap_or_default(),
-                _ => Vec::new(),
+                _ => (Vec::new(), String::new()),
             };
             let mut scope = StageScope::new(self, &[], &inherited);
             for (n, ins) in s
@@ -842,7 +850,7 @@ impl Plan {
                 .map(|i| (true, i))
                 .chain(s.instructions.iter().map(|i| (false, i)))
             {
-                let shown = match render_expanded(ins, &mut scope) {
+                let shown = match render_expanded(ins, &mut scope, &mut workdir) {
                     Ok(Some(e)) if e != ins.original => format!("{}\n      => {e}", ins.original),
                     Ok(_) => ins.original.clone(),
                     Err(e) => format!("{}\n      !! {e}", ins.original),
@@ -855,28 +863,67 @@ impl Plan {
                     shown.lines().collect::<Vec<_>>().join("\n    ")
                 );
             }
-            stage_args.insert(s.index, scope.args().to_vec());
+            stage_args.insert(s.index, (scope.args().to_vec(), workdir));
         }
         out
     }
 }
 
-fn render_expanded(ins: &Instruction, scope: &mut StageScope) -> Result<Option<String>> {
+/// One instruction with its values as the build will use them: ARG and ENV values, LABELs,
+/// WORKDIR as an absolute path (relative to the base image's when it is not known here), COPY
+/// flags and paths, and the environment a RUN gets. `workdir` is the stage's so far.
+fn render_expanded(ins: &Instruction, scope: &mut StageScope, workdir: &mut String) -> Result<Option<String>> {
     let kw = ins.keyword();
+    if let Command::Workdir(w) = &ins.command {
+        let w = scope.word(w)?;
+        let joined = if w.starts_with('/') || workdir.is_empty() {
+            w
+        } else {
+            format!("{workdir}/{w}")
+        };
+        let mut parts: Vec<&str> = Vec::new();
+        for c in joined.split('/') {
+            match c {
+                "" | "." => {}
+                ".." => {
+                    parts.pop();
+                }
+                c => parts.push(c),
+            }
+        }
+        *workdir = format!("/{}", parts.join("/"));
+        return Ok(Some(format!("{kw} {workdir}")));
+    }
     let words = |ws: &[String]| -> Result<String> {
         Ok(ws.iter().map(|w| scope.word(w)).collect::<Result<Vec<_>>>()?.join(" "))
     };
     Ok(match &ins.command {
-        Command::Arg(_) | Command::Env(_) => {
-            scope.apply(ins)?;
-            None
+        Command::Arg(kvs) => {
+            let mut shown = Vec::new();
+            for (k, d) in kvs {
+                match scope.declare_arg(k, d.as_deref())? {
+                    Some(v) => shown.push(format!("{k}={v:?}")),
+                    None => shown.push(format!("{k} (unset)")),
+                }
+            }
+            Some(format!("{kw} {}", shown.join(" ")))
         }
+        Command::Env(pairs) => {
+            let set = scope.apply_env(pairs)?;
+            let shown: Vec<String> = set.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+            Some(format!("{kw} {}", shown.join(" ")))
+        }
+        Command::Run(_) => Some(format!(
+            "{}\n      environment (besides the base image's): {}",
+            ins.original,
+            scope.run_env().join(" ")
+        )),
         Command::Copy(c) | Command::Add(c) => {
             let mut all = c.srcs.clone();
             all.push(c.dest.clone());
             Some(format!("{kw} {}{}", copy_flags(c, scope)?, words(&all)?))
         }
-        Command::Workdir(w) | Command::User(w) | Command::Stopsignal(w) => Some(format!("{kw} {}", scope.word(w)?)),
+        Command::User(w) | Command::Stopsignal(w) => Some(format!("{kw} {}", scope.word(w)?)),
         Command::Label(kvs) => Some(format!(
             "{kw} {}",
             kvs.iter()
