@@ -89,7 +89,7 @@ def parse_expect(path):
                 meta["prep"].append(rest)
             elif word in ("build-flag", "build-env", "prebuild"):
                 pass  # consumed by lib/run-case.sh
-            elif word in ("buildah-deviates", "note", "timeout", "xfail"):
+            elif word in ("buildah-deviates", "note", "timeout"):
                 if word == "buildah-deviates":
                     meta["deviates"].append(rest)
             elif word == "build" and rest == "fails":

@@ -271,7 +271,17 @@ pub(super) fn resolve_local(
                 && root.metadata(&base_in, Follow::Parents).is_ok_and(|m| m.is_dir())
             {
                 let mut matches = Vec::new();
-                match_wildcards(root, &base_in, &comps[w..], String::new(), &mut matches)?;
+                // After a --parents pivot the rest is an include pattern (BuildKit's
+                // IncludePatterns), where `**` spans any number of directories; before it
+                // (and without --parents) each component is a Go filepath.Match pattern.
+                let globstar_from = if req.parents && pivot > 0 {
+                    pivot.saturating_sub(w)
+                } else {
+                    usize::MAX
+                };
+                match_wildcards(root, &base_in, &comps[w..], globstar_from, String::new(), &mut matches)?;
+                matches.sort();
+                matches.dedup();
                 for m in matches {
                     let Some(inside) = canon(root, &base_in.join(&m).to_string_lossy())? else {
                         continue;
@@ -362,14 +372,33 @@ pub(super) fn open_dir(root: &Root, dir: &Path) -> Result<(Root, Vec<std::ffi::O
 
 /// Matches pattern components below `dir` (not following symlinks on the way, as Go's
 /// filepath.Walk does); results are relative to the pattern's base, in lexical order.
+/// From component `globstar_from` on, a `**` component matches zero or more directories
+/// (patternmatcher's rule for include patterns); results may then repeat.
 pub(super) fn match_wildcards(
     root: &Root,
     dir: &Path,
     pats: &[String],
+    globstar_from: usize,
     prefix: String,
     out: &mut Vec<String>,
 ) -> Result<()> {
     let (d, names) = open_dir(root, dir)?;
+    if globstar_from == 0 && pats[0] == "**" {
+        if pats.len() > 1 {
+            // Zero directories: the rest of the pattern right here.
+            match_wildcards(root, dir, &pats[1..], 0, prefix.clone(), out)?;
+        }
+        for name in names {
+            let rel = join_rel(&prefix, &name.to_string_lossy());
+            if pats.len() == 1 {
+                out.push(rel);
+            } else if d.metadata(&name, Follow::Parents).is_ok_and(|m| m.is_dir()) {
+                // One directory more, still under the `**`.
+                match_wildcards(root, &dir.join(&name), pats, 0, rel, out)?;
+            }
+        }
+        return Ok(());
+    }
     for name in names {
         let n = name.to_string_lossy();
         if !go_match(&pats[0], &n).with_context(|| format!("invalid source pattern {:?}", pats.join("/")))? {
@@ -379,7 +408,14 @@ pub(super) fn match_wildcards(
         if pats.len() == 1 {
             out.push(rel);
         } else if d.metadata(&name, Follow::Parents).is_ok_and(|m| m.is_dir()) {
-            match_wildcards(root, &dir.join(&name), &pats[1..], rel, out)?;
+            match_wildcards(
+                root,
+                &dir.join(&name),
+                &pats[1..],
+                globstar_from.saturating_sub(1),
+                rel,
+                out,
+            )?;
         }
     }
     Ok(())
