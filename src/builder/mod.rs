@@ -14,6 +14,7 @@ mod output;
 mod progress;
 pub mod remote_cache;
 mod run;
+mod ssh_proxy;
 mod step;
 
 pub use output::OutputSpec;
@@ -374,13 +375,19 @@ impl<'a> Builder<'a> {
 
     /// Builds the stages `index` needs in parallel (up to --jobs at once), then `index`.
     fn build_stage(&self, index: usize) -> Result<StageState> {
-        let deps: Vec<usize> = self
-            .plan
-            .stages
-            .iter()
-            .find(|s| s.index == index)
-            .map(|s| s.deps.clone())
-            .unwrap_or_default();
+        // A stage the plan did not need can still be named by an ONBUILD trigger of a base
+        // image (known only once the image is pulled): it is built from `all_stages`, as
+        // BuildKit resolves trigger dependencies after the base image's config.
+        let stage = match self.plan.stage(index) {
+            Some(s) => s.clone(),
+            None => self
+                .plan
+                .all_stages
+                .get(index)
+                .cloned()
+                .with_context(|| format!("the Dockerfile has no stage {index}"))?,
+        };
+        let deps = stage.deps.clone();
         if self.req.jobs > 1 && deps.len() > 1 {
             for chunk in deps.chunks(self.req.jobs) {
                 std::thread::scope(|scope| -> Result<()> {
@@ -393,13 +400,6 @@ impl<'a> Builder<'a> {
                 })?;
             }
         }
-        let pos = self
-            .plan
-            .stages
-            .iter()
-            .position(|s| s.index == index)
-            .with_context(|| format!("stage {index} is not part of the plan"))?;
-        let stage = self.plan.stages[pos].clone();
         let mut state = match &stage.base {
             BaseRef::Scratch => self.scratch_state(),
             BaseRef::Stage(i) => {
@@ -451,6 +451,8 @@ impl<'a> Builder<'a> {
             config.variant = p.2.clone();
         }
         config.config.env = Some(vec![format!("PATH={DEFAULT_PATH}")]);
+        // BuildKit's emptyImage: a scratch stage works in "/".
+        config.config.working_dir = Some("/".to_string());
         StageState {
             config,
             layers: Vec::new(),

@@ -384,13 +384,15 @@ fn cmd_text(cmd: &ShellOrExec) -> String {
     }
 }
 
-/// What the mounts of one RUN step hold while it runs: cache-mount locks and the secrets'
-/// tmpfs.
+/// What the mounts of one RUN step hold while it runs: cache-mount locks, the secrets'
+/// tmpfs and the ssh agent relays.
 #[derive(Default)]
 struct Held {
     /// Held until the step ends (dropping a `Flock` unlocks it).
     locks: Vec<nix::fcntl::Flock<std::fs::File>>,
     secrets: Option<SecretFs>,
+    /// Relay sockets of ssh mounts, served until the step ends.
+    ssh: Vec<super::ssh_proxy::SshProxy>,
 }
 
 /// Turns one `--mount` into sandbox mounts (and env for secrets/ssh).
@@ -543,11 +545,21 @@ fn add_mount(
                 }
                 return Ok(());
             };
+            let socket = scratch.join(format!("ssh-agent-{}.sock", held.ssh.len()));
+            let proxy = super::ssh_proxy::SshProxy::start(
+                &socket,
+                sock,
+                m.mode.unwrap_or(0o600),
+                m.uid.unwrap_or(0),
+                m.gid.unwrap_or(0),
+            )
+            .with_context(|| format!("RUN --mount=type=ssh,id={id}"))?;
             mounts.push(MountSpec::Bind {
-                src: sock.clone(),
+                src: proxy.socket.clone(),
                 dest: m.target.clone(),
                 readonly: false,
             });
+            held.ssh.push(proxy);
             env.push(format!("SSH_AUTH_SOCK={}", m.target));
         }
     }
