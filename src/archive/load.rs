@@ -291,7 +291,7 @@ fn describe_layer(store: &Store, digest: &Digest, size: u64, want: &Digest) -> R
     let fmt = ManifestFormat::Docker;
     use crate::image::Compression as C;
     let (mt, diff_id, digest, size) = match kind {
-        Kind::None => (fmt.layer_media_type(C::None), digest.clone(), digest.clone(), size),
+        Kind::Plain => (fmt.layer_media_type(C::None), digest.clone(), digest.clone(), size),
         Kind::Gzip | Kind::Zstd => {
             let mut d = decompress(Box::new(r), kind)?;
             let mut h = HashingWriter::new(io::sink());

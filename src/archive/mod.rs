@@ -122,23 +122,10 @@ pub fn export(store: &Store, image: &Image, name: &str, dest: &Transport) -> Res
     }
 }
 
-/// Writes a file through a temp file in the same directory, renamed into place when `f`
+/// Writes an archive through a temp file in the same directory, renamed into place when `f`
 /// succeeded (a failed or killed export never leaves a half archive at `path`).
 fn write_atomically(path: &Path, f: impl FnOnce(&mut File) -> Result<()>) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".kiln-tmp-")
-        .tempfile_in(&dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    f(tmp.as_file_mut())?;
-    tmp.as_file().sync_all().context("syncing the archive")?;
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .with_context(|| format!("renaming into {}", path.display()))?;
-    Ok(())
+    crate::fsutil::replace_file(path, ".kiln-tmp-", crate::fsutil::Durability::File, f)
 }
 
 /// The manifest as it goes into an OCI layout: Docker manifests are converted to OCI media
@@ -370,33 +357,13 @@ fn write_docker_archive(store: &Store, image: &Image, repo_tag: Option<&str>, ou
 // ---------------------------------------------------------------------------------------------
 // Compression sniffing and decompression of input streams.
 
-/// Compression formats recognised by their magic bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Kind {
-    None,
-    Gzip,
-    Zstd,
-    Bzip2,
-    Xz,
-}
-
-pub(crate) fn sniff(head: &[u8]) -> Kind {
-    if head.starts_with(&[0x1f, 0x8b]) {
-        Kind::Gzip
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Kind::Zstd
-    } else if head.starts_with(b"BZh") {
-        Kind::Bzip2
-    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        Kind::Xz
-    } else {
-        Kind::None
-    }
-}
+/// Compression formats recognised by their magic bytes: the layer module's (one sniffer).
+pub(crate) use crate::layer::ArchiveCompression as Kind;
+pub(crate) use crate::layer::sniff;
 
 fn sniff_kind_of(c: Compression) -> Kind {
     match c {
-        Compression::None => Kind::None,
+        Compression::None => Kind::Plain,
         Compression::Gzip => Kind::Gzip,
         Compression::Zstd => Kind::Zstd,
     }
@@ -417,7 +384,7 @@ pub(crate) fn decompress<'a>(r: Box<dyn BufRead + Send + 'a>, kind: Kind) -> Res
 
 fn decoder<'a>(r: Box<dyn BufRead + Send + 'a>, kind: Kind) -> Result<Box<dyn Read + 'a>> {
     Ok(match kind {
-        Kind::None => Box::new(r),
+        Kind::Plain => Box::new(r),
         Kind::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(r)),
         Kind::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(r).context("starting zstd decompression")?),
         Kind::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(r)),
@@ -433,7 +400,7 @@ pub(crate) fn open_decompressed(path: &Path) -> Result<Box<dyn Read + Send>> {
     // Bounded against decompression bombs (see crate::layer::bomb).
     let (r, n) = crate::layer::bomb::counted(r);
     let d: Box<dyn Read + Send> = match kind {
-        Kind::None => Box::new(r),
+        Kind::Plain => Box::new(r),
         Kind::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(r)),
         Kind::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(r).context("starting zstd decompression")?),
         Kind::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(r)),

@@ -218,26 +218,6 @@ fn rows(store: &Store) -> Result<Vec<Row>> {
     Ok(out)
 }
 
-/// "4.2MB" in Docker's decimal units.
-fn human_size(n: u64) -> String {
-    let units = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1000.0 && i < units.len() - 1 {
-        v /= 1000.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n}B")
-    } else {
-        format!("{:.3}", v)
-            .trim_end_matches('0')
-            .trim_end_matches('.')
-            .to_string()
-            + units[i]
-    }
-}
-
 /// "3 hours ago" for an RFC 3339 time.
 fn human_age(created: Option<&str>) -> String {
     let Some(t) = created.and_then(|c| humantime::parse_rfc3339_weak(c.trim_end_matches('Z')).ok()) else {
@@ -303,7 +283,7 @@ pub fn images(g: &GlobalOpts, a: ImagesArgs) -> Result<i32> {
                     r.tag.clone(),
                     r.image.id().short().to_string(),
                     human_age(r.image.config.created.as_deref()),
-                    human_size(r.size),
+                    crate::fsutil::size::human_decimal(r.size),
                 ]);
             }
             let widths: Vec<usize> = (0..5)
@@ -459,9 +439,9 @@ mod tests {
 
     #[test]
     fn sizes_read_like_docker() {
-        assert_eq!(human_size(999), "999B");
-        assert_eq!(human_size(4_260_000), "4.26MB");
-        assert_eq!(human_size(1_000_000), "1MB");
+        assert_eq!(crate::fsutil::size::human_decimal(999), "999B");
+        assert_eq!(crate::fsutil::size::human_decimal(4_260_000), "4.26MB");
+        assert_eq!(crate::fsutil::size::human_decimal(1_000_000), "1MB");
     }
 
     #[test]

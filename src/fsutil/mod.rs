@@ -13,23 +13,66 @@ use std::fs;
 use std::io::Write;
 use std::path::Path;
 
+/// A libc call's `int` result as an `io::Result`: negative is the thread's `errno`. The one
+/// errno check of the crate's raw calls.
+pub fn cvt(r: libc::c_int) -> std::io::Result<libc::c_int> {
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
 /// Writes `data` to `path` atomically: a temp file in the same directory, fsync, rename,
 /// then fsync of the directory. Readers see the old or the new content, never a mix.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().context("atomic write: path has no parent")?;
+    replace_file(path, ".tmp-", Durability::FileAndDir, |f| {
+        f.write_all(data).with_context(|| format!("writing {}", path.display()))
+    })
+}
+
+/// What [`replace_file`] syncs before it returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Nothing: after a crash the file may be missing or empty (for data that is rewritten
+    /// when it is unreadable, like cache entries).
+    None,
+    /// The file's content, before the rename.
+    File,
+    /// The content, and the directory after the rename.
+    FileAndDir,
+}
+
+/// The one atomic write: `fill` writes a temp file (`<prefix>…`) in `path`'s directory, which
+/// is renamed onto `path` when `fill` succeeded; a failed or killed writer never leaves a half
+/// file at `path`.
+pub fn replace_file(
+    path: &Path,
+    prefix: &str,
+    durability: Durability,
+    fill: impl FnOnce(&mut fs::File) -> Result<()>,
+) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
     let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
+        .prefix(prefix)
         .tempfile_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    tmp.write_all(data)
-        .with_context(|| format!("writing {}", path.display()))?;
-    tmp.as_file()
-        .sync_all()
-        .with_context(|| format!("syncing {}", path.display()))?;
+    fill(tmp.as_file_mut())?;
+    if durability != Durability::None {
+        tmp.as_file()
+            .sync_all()
+            .with_context(|| format!("syncing {}", path.display()))?;
+    }
     tmp.persist(path)
         .map_err(|e| e.error)
         .with_context(|| format!("renaming into {}", path.display()))?;
-    sync_dir(dir)
+    if durability == Durability::FileAndDir {
+        sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 /// fsyncs a directory so that a rename inside it is durable.

@@ -67,9 +67,7 @@ pub struct Root {
 /// (symlinks resolved), parents first.
 pub type Created = Vec<PathBuf>;
 
-pub(crate) fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
-}
+use super::cvt;
 
 fn cstr(b: &[u8]) -> io::Result<CString> {
     CString::new(b).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))

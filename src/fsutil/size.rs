@@ -22,19 +22,40 @@ pub fn parse_size(s: &str) -> Result<u64> {
     Ok((n * mult as f64) as u64)
 }
 
-/// Human-readable size.
-pub fn human(n: u64) -> String {
-    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+/// `n` scaled down by `base` until it is below it (or the units run out): the value and the
+/// index of its unit.
+fn scale(n: u64, base: f64, units: usize) -> (f64, usize) {
     let mut v = n as f64;
     let mut i = 0;
-    while v >= 1024.0 && i < U.len() - 1 {
-        v /= 1024.0;
+    while v >= base && i < units - 1 {
+        v /= base;
         i += 1;
     }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", U[i])
+    (v, i)
+}
+
+/// Human-readable size in binary units ("4.1 MiB"), for messages.
+pub fn human(n: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    match scale(n, 1024.0, U.len()) {
+        (_, 0) => format!("{n} B"),
+        (v, i) => format!("{v:.1} {}", U[i]),
+    }
+}
+
+/// "4.26MB": Docker's decimal units and form (up to three decimals, no trailing zeros), for
+/// `kiln images`.
+pub fn human_decimal(n: u64) -> String {
+    const U: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    match scale(n, 1000.0, U.len()) {
+        (_, 0) => format!("{n}B"),
+        (v, i) => {
+            format!("{v:.3}")
+                .trim_end_matches('0')
+                .trim_end_matches('.')
+                .to_string()
+                + U[i]
+        }
     }
 }
 

@@ -74,9 +74,7 @@ impl UnpackStats {
 // ------------------------------------------------------------------------------------------
 // libc wrappers
 
-fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
-}
+use crate::fsutil::cvt;
 
 fn cstring(b: &[u8]) -> Result<CString> {
     CString::new(b).map_err(|_| anyhow::anyhow!("archive path {:?} contains a NUL byte", String::from_utf8_lossy(b)))

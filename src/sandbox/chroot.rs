@@ -56,12 +56,9 @@ pub struct Prepared {
     times: Vec<(OwnedFd, (u64, u64), libc::timespec, libc::timespec)>,
 }
 
+/// [`crate::fsutil::cvt`] for calls whose result is only success or failure.
 fn cvt(r: libc::c_int) -> std::io::Result<()> {
-    if r < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    crate::fsutil::cvt(r).map(drop)
 }
 
 fn fstat(fd: BorrowedFd<'_>) -> std::io::Result<libc::stat> {

@@ -225,9 +225,7 @@ struct Supervisor {
     state: PathBuf,
 }
 
-fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
-}
+use crate::fsutil::cvt;
 
 fn open_path(p: &str, flags: libc::c_int) -> io::Result<OwnedFd> {
     let c = CString::new(p).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;

@@ -74,20 +74,6 @@ pub struct Filter {
     pub min_kernel: Option<String>,
 }
 
-/// Docker's name for the architecture kiln runs on.
-pub fn native_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "arm" => "arm",
-        "powerpc64" => "ppc64le",
-        "s390x" => "s390x",
-        "riscv64" => "riscv64",
-        other => other,
-    }
-}
-
 fn native_scmp_arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "SCMP_ARCH_X86_64",
@@ -205,7 +191,7 @@ pub fn compile(profile: &Profile, caps: &[String]) -> Result<Vec<u8>> {
             let _ = ctx.add_arch(arch); // unknown to this libseccomp: skip, as Docker does
         }
     }
-    let arch = native_arch();
+    let arch = crate::image::host_arch();
     let kernel = kernel_version();
     for rule in &profile.syscalls {
         if !applies(rule, arch, caps, kernel) {

@@ -58,17 +58,9 @@ pub fn store(store: &Store, key: &Digest, entry: &Entry) -> Result<()> {
 /// for 0.13 s of CPU).
 fn write_unsynced(path: &std::path::Path, data: &[u8]) -> Result<()> {
     use std::io::Write;
-    let dir = path.parent().context("cache write: path has no parent")?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    tmp.write_all(data)
-        .with_context(|| format!("writing {}", path.display()))?;
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .with_context(|| format!("renaming into {}", path.display()))?;
-    Ok(())
+    crate::fsutil::replace_file(path, ".tmp-", crate::fsutil::Durability::None, |f| {
+        f.write_all(data).with_context(|| format!("writing {}", path.display()))
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -126,17 +126,11 @@ impl Store {
             born: born(&md),
         })
         .context("serialising a layer marker")?;
-        let layers = self.root().join("layers");
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".tmp-")
-            .tempfile_in(&layers)
-            .with_context(|| format!("creating a temporary file in {}", layers.display()))?;
-        std::io::Write::write_all(&mut tmp, &data).context("writing a layer marker")?;
+        // Not synced (as before this helper existed).
         let mp = self.layer_marker(diff_id);
-        tmp.persist(&mp)
-            .map_err(|e| e.error)
-            .with_context(|| format!("writing {}", mp.display()))?;
-        Ok(())
+        crate::fsutil::replace_file(&mp, ".tmp-", crate::fsutil::Durability::None, |f| {
+            std::io::Write::write_all(f, &data).context("writing a layer marker")
+        })
     }
 
     /// Removes `layers/<diff_id>` and its marker (the marker first), whatever state they are in.

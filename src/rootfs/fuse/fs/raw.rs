@@ -11,9 +11,7 @@ pub(super) fn err(code: i32) -> io::Error {
     io::Error::from_raw_os_error(code)
 }
 
-pub(super) fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
-}
+pub(super) use crate::fsutil::cvt;
 
 pub(super) fn cstring(b: &[u8]) -> io::Result<CString> {
     CString::new(b).map_err(|_| err(libc::EINVAL))
