@@ -31,6 +31,29 @@ if ! "$venv/bin/python" -c 'import spdx_tools, cyclonedx.validation.json, nacl.s
   cert=(); [[ -r /etc/ssl/certs/ca-certificates.crt ]] && cert=(--cert /etc/ssl/certs/ca-certificates.crt)
   "$venv/bin/pip" install -q "${cert[@]}" spdx-tools 'cyclonedx-python-lib[json-validation]' pynacl cryptography
 fi
+# tests/attest.rs checks kiln's cosign-format signatures with containers/image, the implementation
+# skopeo and podman use. Debian 12's skopeo 1.9.3 is built with sigstore disabled; Debian 13's
+# skopeo 1.18 has it, but needs glibc 2.38. So skopeo and the libraries it links are unpacked from
+# trixie into /opt/kiln-skopeo (nothing is installed into the system) and run through trixie's own
+# dynamic loader by a wrapper, /opt/kiln-skopeo/skopeo.
+sk=/opt/kiln-skopeo
+if ! "$sk/skopeo" copy --help 2>/dev/null | grep -q -- --sign-by-sigstore-private-key; then
+  t=$(mktemp -d)
+  mkdir -p "$t/lists/partial" "$t/cache/archives/partial"
+  echo "deb http://deb.debian.org/debian trixie main" >"$t/sources.list"
+  apt_t=(-o Dir::Etc::SourceList="$t/sources.list" -o Dir::Etc::SourceParts=/dev/null
+         -o Dir::State::Lists="$t/lists" -o Dir::Cache="$t/cache" -o APT::Sandbox::User=root)
+  apt-get -qq "${apt_t[@]}" update
+  (cd "$t" && apt-get -qq "${apt_t[@]}" download skopeo libc6 libgpgme11t64 libassuan9 libgpg-error0 libsqlite3-0)
+  rm -rf "$sk" && mkdir -p "$sk/root"
+  for d in "$t"/*.deb; do dpkg-deb -x "$d" "$sk/root"; done
+  lib=$sk/root/usr/lib/x86_64-linux-gnu
+  printf '#!/bin/sh\nexec %s/ld-linux-x86-64.so.2 --library-path %s %s/root/usr/bin/skopeo "$@"\n' "$lib" "$lib" "$sk" >"$sk/skopeo"
+  chmod -R a+rX "$sk" && chmod 755 "$sk/skopeo"
+  rm -rf "$t"
+  "$sk/skopeo" copy --help | grep -q -- --sign-by-sigstore-private-key \
+    || { echo "setup: $sk/skopeo has no sigstore support" >&2; exit 1; }
+fi
 id "$user" >/dev/null 2>&1 || useradd -m -s /bin/bash "$user"
 uid=$(id -u "$user")
 grep -q "^$user:" /etc/subuid || echo "$user:$((100000 + (uid % 1000) * 65536)):65536" >> /etc/subuid
