@@ -13,7 +13,7 @@ use common::*;
 use std::io::{BufRead, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const REGISTRY: &str = "127.0.0.1:5000";
@@ -348,6 +348,28 @@ fn udp_port_is_published() {
     };
     drop(child);
     assert_eq!(answer, "pong:ping");
+}
+
+/// Names resolve in the container as on the host, through the resolv.conf kiln writes: the
+/// host's own resolvers where they are reachable (pasta's DNS forwarder, which would hide
+/// their answers, runs only for loopback resolvers), else the forwarder's address.
+#[test]
+fn names_resolve_as_on_the_host() {
+    require_pasta();
+    let name = "deb.debian.org";
+    let host = Command::new("getent").args(["hosts", name]).output().unwrap();
+    if !host.status.success() {
+        assert!(std::env::var_os("CI").is_none(), "the CI machine cannot resolve {name}");
+        eprintln!("\n!!!!! SKIPPED: this machine cannot resolve {name} !!!!!\n");
+        return;
+    }
+    let s = Scratch::new("net-dns");
+    let root = store_with(&s, &["busybox:latest"]);
+    let out = Kiln::with_root(&root)
+        .args(["run", "--rm", "busybox:latest", "sh", "-c"])
+        .arg(format!("cat /etc/resolv.conf; timeout 20 nslookup {name}; echo rc=$?"))
+        .ok();
+    assert!(out.contains("rc=0"), "{name} did not resolve in the container:\n{out}");
 }
 
 /// `--network none`: loopback only, no route anywhere.

@@ -407,7 +407,8 @@ fn connect_network(
     };
     let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
         .with_context(|| format!("cannot open the network namespace of the sandbox helper {pid}"))?;
-    let link = net::connect(backend, &ns.into(), &net.publish)?;
+    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let link = net::connect(backend, &ns.into(), net, &host_resolv)?;
     // The helper may have been stopped meanwhile: then it is gone and this fails, harmlessly.
     let _ = sync.write_all(b"G");
     Ok(Some(link))

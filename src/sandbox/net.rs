@@ -242,6 +242,19 @@ fn is_loopback(ns: &str) -> bool {
     ns.parse::<IpAddr>().is_ok_and(|a| a.is_loopback())
 }
 
+/// Whether a private namespace needs the backend's DNS forwarder: no `--dns` and every
+/// nameserver of the host's resolv.conf (`host`) on its loopback, unreachable from there.
+/// Only then: pasta's forwarder also rewrites the source of the answers of the host's first
+/// resolver, so with it a container that queries that resolver directly gets no answer.
+pub fn needs_dns_forwarder(host: &str, spec: &NetSpec) -> bool {
+    spec.dns.is_empty()
+        && !host
+            .lines()
+            .filter_map(|l| l.strip_prefix("nameserver"))
+            .filter_map(|r| r.split_whitespace().next())
+            .any(|ns| !is_loopback(ns))
+}
+
 /// The container's /etc/resolv.conf from the host's (`host`), as Docker makes it: `--dns`,
 /// `--dns-search` and `--dns-option` replace the host's lines of that kind; in a private
 /// namespace the host's loopback resolvers (unreachable from there) are dropped, and if none
@@ -265,8 +278,9 @@ pub fn resolv_conf(host: &str, network: Network, spec: &NetSpec) -> String {
         }
     }
     if network == Network::Private {
+        let forward = needs_dns_forwarder(host, spec);
         servers.retain(|s| !is_loopback(s));
-        if servers.is_empty() {
+        if forward {
             match &spec.backend {
                 Some(Backend::Pasta(_)) => servers.push(PASTA_DNS.into()),
                 Some(Backend::Slirp4netns(_)) => servers.push(SLIRP_DNS.into()),
@@ -367,8 +381,9 @@ pub fn check_host_ports(publish: &[Publish]) -> Result<()> {
 }
 
 /// pasta's arguments: the namespace (an fd of ours), the ports, no port forwarding from the
-/// namespace to the host, DNS forwarding, readiness through the pid file.
-pub fn pasta_args(netns: &str, pid_file: &str, publish: &[Publish]) -> Vec<String> {
+/// namespace to the host, DNS forwarding where [`needs_dns_forwarder`], readiness through the
+/// pid file.
+pub fn pasta_args(netns: &str, pid_file: &str, publish: &[Publish], dns_forward: bool) -> Vec<String> {
     let mut a: Vec<String> = [
         "--quiet",
         "--foreground",
@@ -396,20 +411,11 @@ pub fn pasta_args(netns: &str, pid_file: &str, publish: &[Publish]) -> Vec<Strin
             a.extend([flag.to_string(), "none".into()]);
         }
     }
-    a.extend(
-        [
-            "-T",
-            "none",
-            "-U",
-            "none",
-            "--dns-forward",
-            PASTA_DNS,
-            "--pid",
-            pid_file,
-        ]
-        .iter()
-        .map(|s| s.to_string()),
-    );
+    a.extend(["-T", "none", "-U", "none"].map(String::from));
+    if dns_forward {
+        a.extend(["--dns-forward", PASTA_DNS].map(String::from));
+    }
+    a.extend(["--pid".to_string(), pid_file.to_string()]);
     a
 }
 
@@ -507,8 +513,10 @@ fn drain_stderr(child: &mut Child) {
 }
 
 /// Connects the network namespace `netns` (an open fd of it) to the outside with `backend`,
-/// publishing `publish`; returns once the namespace is configured and the ports listen.
-pub fn connect(backend: &Backend, netns: &OwnedFd, publish: &[Publish]) -> Result<Link> {
+/// publishing `net`'s ports; returns once the namespace is configured and the ports listen.
+/// `host_resolv` is the host's resolv.conf, as the container's was made from.
+pub fn connect(backend: &Backend, netns: &OwnedFd, net: &NetSpec, host_resolv: &str) -> Result<Link> {
+    let publish = &net.publish;
     let ns_path = format!("/proc/self/fd/{}", netns.as_raw_fd());
     match backend {
         Backend::Pasta(bin) => {
@@ -516,10 +524,15 @@ pub fn connect(backend: &Backend, netns: &OwnedFd, publish: &[Publish]) -> Resul
             let (ready_r, ready_w) = pipe()?;
             let pid_path = format!("/proc/self/fd/{}", ready_w.as_raw_fd());
             let mut cmd = Command::new(bin);
-            cmd.args(pasta_args(&ns_path, &pid_path, publish))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped());
+            cmd.args(pasta_args(
+                &ns_path,
+                &pid_path,
+                publish,
+                needs_dns_forwarder(host_resolv, net),
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
             let mut child = spawn_kept(&mut cmd, vec![netns.as_raw_fd(), ready_w.as_raw_fd()])
                 .with_context(|| format!("cannot start {}", bin.display()))?;
             drop(ready_w);
@@ -646,6 +659,31 @@ mod tests {
     }
 
     #[test]
+    fn the_dns_forwarder_only_stands_in_for_loopback_resolvers() {
+        let spec = pasta();
+        assert!(needs_dns_forwarder("nameserver 127.0.0.53\noptions edns0\n", &spec));
+        assert!(needs_dns_forwarder("# no servers\n", &spec));
+        assert!(!needs_dns_forwarder("nameserver 10.255.255.53\n", &spec));
+        assert!(!needs_dns_forwarder(
+            "nameserver 127.0.0.1\nnameserver 10.1.1.1\n",
+            &spec
+        ));
+        let given = NetSpec {
+            dns: vec!["9.9.9.9".into()],
+            ..pasta()
+        };
+        assert!(!needs_dns_forwarder("nameserver 127.0.0.53\n", &given));
+        // The file the container gets names the forwarder exactly when pasta runs it.
+        for host in ["nameserver 127.0.0.53\n", "nameserver 10.255.255.53\n"] {
+            assert_eq!(
+                resolv_conf(host, Network::Private, &spec).contains(PASTA_DNS),
+                needs_dns_forwarder(host, &spec),
+                "{host}"
+            );
+        }
+    }
+
+    #[test]
     fn dns_flags_replace_the_hosts_lines() {
         let spec = NetSpec {
             dns: vec!["9.9.9.9".into()],
@@ -688,6 +726,7 @@ mod tests {
                 p("127.0.0.1", 9000, 5000, Proto::Tcp),
                 p("0.0.0.0", 5353, 53, Proto::Udp),
             ],
+            false,
         );
         let s = a.join(" ");
         assert!(
@@ -695,8 +734,10 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("--netns /proc/self/fd/5 --netns-only") && s.ends_with("--pid /proc/self/fd/6"));
-        let s = pasta_args("n", "p", &[]).join(" ");
+        assert!(!s.contains("--dns-forward"), "{s}");
+        let s = pasta_args("n", "p", &[], true).join(" ");
         assert!(s.contains("-t none -u none"), "{s}");
+        assert!(s.contains(&format!("--dns-forward {PASTA_DNS} --pid p")), "{s}");
     }
 
     #[test]
