@@ -80,6 +80,43 @@ fn symlinked_dockerfile() {
     assert!(read(&out.join("Dockerfile.web")).contains("ENV foo bar"));
 }
 
+/// dockerfile_core_test.go testDockerfileLowercase (moby/moby#10858): with no `-f`, a context
+/// holding only a lowercase `dockerfile` builds from it; with both, `Dockerfile` wins; and
+/// `Containerfile` (Buildah's, podman's name) is read when neither is there.
+#[test]
+fn dockerfile_lowercase() {
+    let s = Scratch::new("bk-df-lowercase");
+    let root = store_with_busybox(&s);
+    s.write("lower/dockerfile", "FROM scratch\nCOPY dockerfile /lower\n");
+    s.write("both/dockerfile", "FROM scratch\nCOPY dockerfile /lower\n");
+    s.write("both/Dockerfile", "FROM scratch\nCOPY Dockerfile /upper\n");
+    s.write("cf/Containerfile", "FROM scratch\nCOPY Containerfile /cf\n");
+    s.write("none/foo", "x");
+    if is_root() {
+        chown_to_test_user(&s.join("lower"));
+        chown_to_test_user(&s.join("both"));
+        chown_to_test_user(&s.join("cf"));
+        chown_to_test_user(&s.join("none"));
+    }
+    let out = build_local(&s, &root, &s.join("lower"), "out-lower");
+    assert!(read(&out.join("lower")).contains("COPY dockerfile"));
+    let out = build_local(&s, &root, &s.join("both"), "out-both");
+    assert!(read(&out.join("upper")).contains("COPY Dockerfile"));
+    assert!(
+        !out.join("lower").exists(),
+        "with Dockerfile and dockerfile, Dockerfile is read"
+    );
+    let out = build_local(&s, &root, &s.join("cf"), "out-cf");
+    assert!(read(&out.join("cf")).contains("COPY Containerfile"));
+    let out = Kiln::with_root(&root).arg("build").arg(s.join("none")).output();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("looked for Dockerfile, dockerfile, Containerfile"),
+        "{err}"
+    );
+}
+
 /// dockerfile_ssh_test.go testSSHSocketParams: the agent socket in the step has the mount's
 /// mode, uid and gid (BuildKit gives the step a socket of its own that forwards to the agent;
 /// the test gives it a key, here it is an ssh-agent started for the test).

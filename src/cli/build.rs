@@ -15,7 +15,8 @@ pub struct BuildArgs {
     /// Build context directory.
     #[arg(default_value = ".")]
     pub context: PathBuf,
-    /// Dockerfile (default: CONTEXT/Dockerfile; "-" reads stdin).
+    /// Dockerfile (default: CONTEXT/Dockerfile, else CONTEXT/dockerfile, else
+    /// CONTEXT/Containerfile; "-" reads stdin).
     #[arg(short = 'f', long = "file")]
     pub file: Option<PathBuf>,
     /// Name and tag the image (repeatable).
@@ -195,7 +196,7 @@ pub fn run(g: &GlobalOpts, a: BuildArgs) -> Result<i32> {
         bail!("--push needs a name to push to: add -t REGISTRY/NAME:TAG");
     }
     let context = a.context.clone();
-    let dockerfile = a.file.clone().unwrap_or_else(|| context.join("Dockerfile"));
+    let dockerfile = find_dockerfile(&context, a.file.as_deref())?;
     let req = BuildRequest {
         source: crate::builder::Source { context, dockerfile },
         frontend: crate::builder::Frontend {
@@ -280,4 +281,74 @@ pub fn run(g: &GlobalOpts, a: BuildArgs) -> Result<i32> {
         println!("{}", image.id());
     }
     Ok(0)
+}
+
+/// The Dockerfile a build reads. Without `-f`: `Dockerfile` in the context, else `dockerfile`
+/// (BuildKit's dockerui reads the lowercase name when `Dockerfile` cannot be read, moby#10858),
+/// else `Containerfile` (Buildah's and podman's name); the first that exists wins. With
+/// `-f DIR/Dockerfile` that does not exist, `DIR/dockerfile` is read as BuildKit does.
+pub(crate) fn find_dockerfile(context: &std::path::Path, file: Option<&std::path::Path>) -> Result<PathBuf> {
+    // `metadata` follows symlinks: a dangling `Dockerfile` link falls through, as a failed
+    // read does in BuildKit.
+    let exists = |p: &std::path::Path| std::fs::metadata(p).is_ok();
+    match file {
+        Some(f) if f.as_os_str() == "-" => Ok(f.to_path_buf()),
+        Some(f) => {
+            if f.file_name().is_some_and(|n| n == "Dockerfile") && !exists(f) {
+                let lower = f.with_file_name("dockerfile");
+                if exists(&lower) {
+                    return Ok(lower);
+                }
+            }
+            Ok(f.to_path_buf())
+        }
+        None => {
+            let names = ["Dockerfile", "dockerfile", "Containerfile"];
+            if let Some(p) = names.iter().map(|n| context.join(n)).find(|p| exists(p)) {
+                return Ok(p);
+            }
+            if !context.is_dir() {
+                bail!("build context {} is not a directory", context.display());
+            }
+            bail!(
+                "no Dockerfile in {} (looked for {}): name one with -f",
+                context.display(),
+                names.join(", ")
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::find_dockerfile;
+    use std::path::Path;
+
+    #[test]
+    fn default_dockerfile_lookup_order() {
+        let d = tempfile::tempdir().unwrap();
+        let ctx = d.path();
+        let e = format!("{:#}", find_dockerfile(ctx, None).unwrap_err());
+        assert!(e.contains("looked for Dockerfile, dockerfile, Containerfile"), "{e}");
+        std::fs::write(ctx.join("Containerfile"), "FROM scratch\n").unwrap();
+        assert_eq!(find_dockerfile(ctx, None).unwrap(), ctx.join("Containerfile"));
+        std::fs::write(ctx.join("dockerfile"), "FROM scratch\n").unwrap();
+        assert_eq!(find_dockerfile(ctx, None).unwrap(), ctx.join("dockerfile"));
+        // -f DIR/Dockerfile that is missing reads DIR/dockerfile.
+        assert_eq!(
+            find_dockerfile(ctx, Some(&ctx.join("Dockerfile"))).unwrap(),
+            ctx.join("dockerfile")
+        );
+        std::fs::write(ctx.join("Dockerfile"), "FROM scratch\n").unwrap();
+        assert_eq!(find_dockerfile(ctx, None).unwrap(), ctx.join("Dockerfile"));
+        // A dangling Dockerfile symlink falls through to the next name.
+        std::fs::remove_file(ctx.join("Dockerfile")).unwrap();
+        std::os::unix::fs::symlink("missing", ctx.join("Dockerfile")).unwrap();
+        assert_eq!(find_dockerfile(ctx, None).unwrap(), ctx.join("dockerfile"));
+        // An explicit -f is used as given otherwise.
+        assert_eq!(find_dockerfile(ctx, Some(Path::new("-"))).unwrap(), Path::new("-"));
+        assert_eq!(find_dockerfile(ctx, Some(&ctx.join("x"))).unwrap(), ctx.join("x"));
+        let e = format!("{:#}", find_dockerfile(&ctx.join("nope"), None).unwrap_err());
+        assert!(e.contains("is not a directory"), "{e}");
+    }
 }
